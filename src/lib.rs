@@ -1,0 +1,16 @@
+//! wcp-hall: a WCP (Worker Class Protocol) Hall.
+//!
+//! The pipeline is visible in the module list: a request is a [`wcp::RouteInput`], routed by
+//! [`router`] over the compiled [`rules`] and a [`registry`] snapshot under the [`config`] floors,
+//! producing a [`wcp::RouteDecision`]. [`conformance`] replays PyHall's vectors through the same
+//! router. The binary (`src/main.rs`) is a thin [`cli`] over this library.
+//! See ARCHITECTURE.md for the map and the invariants.
+
+pub mod cli;
+pub mod config;
+pub mod conformance;
+pub mod pyjson;
+pub mod registry;
+pub mod router;
+pub mod rules;
+pub mod wcp;
