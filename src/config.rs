@@ -1,1 +1,245 @@
-//! config
+//! `hall.toml`: the Hall's configuration.
+//!
+//! ```toml
+//! [hall]                      # PyHall's HallConfig, same names and defaults
+//! require_signatory = true
+//! allowed_tenants = ["acme-corp"]
+//! require_worker_attestation = false
+//! enforce_correlation_id = true
+//! enforce_required_controls = true
+//! enforce_blast_scoring_in_prod = true
+//! enforce_privilege_envelopes = false
+//!
+//! [paths]                     # relative paths are relative to this file's directory
+//! rules = "rules.json"
+//! registry_dir = "registry"
+//!
+//! [routing]
+//! controls_scope = "per_worker"   # or "global" (PyHall's single global controls set)
+//! ```
+//!
+//! Every table rejects unknown keys, and errors carry the line and column (a misspelt
+//! `requre_signatory` must not silently leave signatory checks off). Parsing is pure
+//! ([`Config::from_toml_str`]); [`Config::load`] adds the file read and path resolution.
+//! A bad configuration exits with 78 (EX_CONFIG) so a supervisor such as systemd can stop
+//! restarting a Hall that cannot start.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::registry::ControlsScope;
+use crate::router::RouterConfig;
+
+/// The parsed `hall.toml`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub hall: HallSection,
+    #[serde(default)]
+    pub paths: PathsSection,
+    #[serde(default)]
+    pub routing: RoutingSection,
+}
+
+/// `[hall]`: PyHall's HallConfig fields and defaults.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HallSection {
+    pub require_signatory: bool,
+    pub allowed_tenants: Vec<String>,
+    pub require_worker_attestation: bool,
+    pub enforce_correlation_id: bool,
+    pub enforce_required_controls: bool,
+    pub enforce_blast_scoring_in_prod: bool,
+    pub enforce_privilege_envelopes: bool,
+}
+
+impl Default for HallSection {
+    fn default() -> Self {
+        let d = RouterConfig::default();
+        HallSection {
+            require_signatory: d.require_signatory,
+            allowed_tenants: Vec::new(),
+            require_worker_attestation: d.require_worker_attestation,
+            enforce_correlation_id: d.enforce_correlation_id,
+            enforce_required_controls: d.enforce_required_controls,
+            enforce_blast_scoring_in_prod: d.enforce_blast_scoring_in_prod,
+            enforce_privilege_envelopes: d.enforce_privilege_envelopes,
+        }
+    }
+}
+
+/// `[paths]`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathsSection {
+    pub rules: PathBuf,
+    pub registry_dir: PathBuf,
+}
+
+impl Default for PathsSection {
+    fn default() -> Self {
+        PathsSection {
+            rules: PathBuf::from("rules.json"),
+            registry_dir: PathBuf::from("registry"),
+        }
+    }
+}
+
+/// `[routing]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingSection {
+    pub controls_scope: ControlsScope,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Parses and checks `hall.toml` text. `origin` names the file in errors.
+    pub fn from_toml_str(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.check(origin)?;
+        Ok(config)
+    }
+
+    /// Reads `path`, parses it and resolves relative `[paths]` against its directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::from_toml_str(&text, path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.paths.rules = base.join(&config.paths.rules);
+        config.paths.registry_dir = base.join(&config.paths.registry_dir);
+        Ok(config)
+    }
+
+    fn check(&self, origin: &Path) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: origin.to_owned(),
+            message,
+        };
+        if self.hall.require_signatory && self.hall.allowed_tenants.is_empty() {
+            return Err(invalid(
+                "[hall] require_signatory = true with an empty allowed_tenants would deny every request; list the signatory tenants or set require_signatory = false".into(),
+            ));
+        }
+        if let Some(t) = self
+            .hall
+            .allowed_tenants
+            .iter()
+            .find(|t| t.trim().is_empty())
+        {
+            return Err(invalid(format!(
+                "[hall] allowed_tenants contains a blank tenant id {t:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The router's view of the floors.
+    pub fn router_config(&self) -> RouterConfig {
+        let h = &self.hall;
+        RouterConfig {
+            require_signatory: h.require_signatory,
+            allowed_tenants: h.allowed_tenants.iter().cloned().collect::<BTreeSet<_>>(),
+            require_worker_attestation: h.require_worker_attestation,
+            enforce_correlation_id: h.enforce_correlation_id,
+            enforce_required_controls: h.enforce_required_controls,
+            enforce_blast_scoring_in_prod: h.enforce_blast_scoring_in_prod,
+            enforce_privilege_envelopes: h.enforce_privilege_envelopes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(text, Path::new("hall.toml"))
+    }
+
+    #[test]
+    fn defaults_are_pyhall_defaults_and_per_worker_scope() {
+        let c = parse("").unwrap();
+        assert_eq!(c.router_config(), RouterConfig::default());
+        assert_eq!(c.routing.controls_scope, ControlsScope::PerWorker);
+    }
+
+    #[test]
+    fn reads_every_section() {
+        let c = parse(
+            "[hall]\nrequire_signatory = true\nallowed_tenants = [\"acme\"]\nenforce_privilege_envelopes = true\n\
+             [paths]\nrules = \"r.json\"\n[routing]\ncontrols_scope = \"global\"\n",
+        )
+        .unwrap();
+        let r = c.router_config();
+        assert!(r.require_signatory && r.enforce_privilege_envelopes);
+        assert!(r.allowed_tenants.contains("acme"));
+        assert_eq!(c.paths.rules, PathBuf::from("r.json"));
+        assert_eq!(c.routing.controls_scope, ControlsScope::Global);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_line_numbers() {
+        let err = parse("[hall]\nrequire_signatory = false\nrequre_signatory = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("requre_signatory"), "{err}");
+        let err = parse("[hal]\n").unwrap_err().to_string();
+        assert!(err.contains("unknown field `hal`"), "{err}");
+        let err = parse("[routing]\ncontrols_scope = \"everyone\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_and_contradictions_are_refused() {
+        let err = parse("[hall]\nrequire_signatory = \"yes\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2") && err.contains("bool"), "{err}");
+        let err = parse("[hall]\nrequire_signatory = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("would deny every request"), "{err}");
+        assert!(parse("[hall]\nallowed_tenants = [\" \"]\n").is_err());
+    }
+
+    #[test]
+    fn load_resolves_paths_next_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hall.toml");
+        std::fs::write(&path, "[paths]\nrules = \"policies/rules.json\"\n").unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.paths.rules, dir.path().join("policies/rules.json"));
+        assert_eq!(c.paths.registry_dir, dir.path().join("registry"));
+        assert!(matches!(
+            Config::load(&dir.path().join("missing.toml")),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}

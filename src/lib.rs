@@ -7,6 +7,7 @@
 //! See ARCHITECTURE.md for the map and the invariants.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod conformance;
 pub mod pyjson;

@@ -1,1 +1,258 @@
-//! CLI
+//! The `wcp-hall` command line: parse arguments, call the library, print.
+//!
+//! Thin by design: each subcommand lives in its own file and only wires library calls to
+//! output. Human output by default, `--json` for scripts. Errors are printed as
+//! `error: …` plus a hint (or as a JSON object with `--json`) and mapped to stable exit codes:
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success; every request allowed |
+//! | 1 | a request was denied, a rules test or conformance case failed, or rules are invalid |
+//! | 2 | bad command-line usage |
+//! | 65 | malformed input data (RouteInput, registry record, test fixture, vector file) |
+//! | 66 | an input file does not exist or cannot be read |
+//! | 74 | an output could not be written |
+//! | 78 | bad configuration (`hall.toml`, the configured rules or registry) |
+
+mod conformance;
+mod enroll;
+mod route;
+mod status;
+mod validate;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+/// Exit codes (see the module documentation).
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const DENIED: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const DATAERR: u8 = 65;
+    pub const NOINPUT: u8 = 66;
+    pub const IOERR: u8 = 74;
+    pub const CONFIG: u8 = 78;
+}
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 allowed/ok, 1 denied or checks failed, 2 usage, 65 malformed input,
+66 missing input file, 74 output error, 78 bad configuration.
+
+Examples:
+  wcp-hall route --config policies/hall.toml policies/examples/summarize.json
+  wcp-hall validate policies/rules.json policies/rules.tests.json
+  wcp-hall conformance routing tests/vectors/routing.json";
+
+/// wcp-hall: the WCP Hall. Routes capability requests (cap.*) to attested worker species
+/// (wrk.*) under WCP rules: fail closed, deterministic, controls, blast radius, policy gate,
+/// signatory tenants.
+#[derive(Debug, Parser)]
+#[command(name = "wcp-hall", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Print machine-readable JSON instead of human text (errors too).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the Hall's configuration comes from.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArg {
+    /// Path to hall.toml.
+    #[arg(
+        long,
+        short = 'c',
+        env = "WCP_HALL_CONFIG",
+        default_value = "/etc/wcp-hall/hall.toml"
+    )]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Decide one RouteInput (or JSON lines of them) and print the RouteDecision(s) as JSON.
+    ///
+    /// INPUT is a file or `-` for stdin holding one JSON object (any formatting) or one object
+    /// per line. Nothing is executed: this is the router alone. Exit 1 if any request is denied,
+    /// 65 if any input is malformed (its line gets an error object, the others still route).
+    Route(route::RouteArgs),
+    /// Check a rules.json file: structure, ambiguous conditions, shadowed rules; optionally run
+    /// routing tests (PyHall's fixture format {"tests": [{test_id, input, expect: {expected_rule_id}}]}).
+    Validate(validate::ValidateArgs),
+    /// Validate a registry record (WCP §6) and write it atomically into the registry directory.
+    Enroll(enroll::EnrollArgs),
+    /// Show the configuration, the rule set and the registry the Hall would route with.
+    Status(status::StatusArgs),
+    /// Print the version and the protocol versions this build speaks.
+    Version,
+    /// Run language-neutral conformance vectors.
+    #[command(subcommand)]
+    Conformance(conformance::ConformanceCommand),
+}
+
+/// A failure, with the exit code it maps to and an optional hint on how to fix it.
+#[derive(Debug)]
+pub struct CliError {
+    pub exit: u8,
+    pub kind: &'static str,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl CliError {
+    pub fn new(exit: u8, kind: &'static str, message: impl Into<String>) -> Self {
+        CliError {
+            exit,
+            kind,
+            message: message.into(),
+            hint: None,
+        }
+    }
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+    fn output(e: std::io::Error) -> Self {
+        CliError::new(
+            exit::IOERR,
+            "output_error",
+            format!("cannot write output: {e}"),
+        )
+    }
+}
+
+/// Reads an input file (or stdin for `-`), mapping failures to exit 66.
+pub fn read_input(path: &Path) -> Result<String, CliError> {
+    let result = if path == Path::new("-") {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(path)
+    };
+    result.map_err(|e| {
+        CliError::new(
+            exit::NOINPUT,
+            "input_unreadable",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })
+}
+
+/// Loads `hall.toml`, mapping failures to exit 78.
+pub fn load_config(path: &Path) -> Result<Config, CliError> {
+    Config::load(path).map_err(|e| {
+        let err = CliError::new(exit::CONFIG, "config_invalid", e.to_string());
+        match e {
+            crate::config::ConfigError::Read { .. } => err.hint(
+                "pass --config PATH or set WCP_HALL_CONFIG; policies/hall.toml in the source tree is an example",
+            ),
+            _ => err,
+        }
+    })
+}
+
+/// Output sink shared by the subcommands.
+pub struct Out {
+    pub json: bool,
+    stdout: std::io::StdoutLock<'static>,
+}
+
+impl Out {
+    /// Writes one line.
+    pub fn line(&mut self, text: impl AsRef<str>) -> Result<(), CliError> {
+        writeln!(self.stdout, "{}", text.as_ref()).map_err(CliError::output)
+    }
+
+    /// Writes a value as pretty JSON.
+    pub fn json_pretty<T: serde::Serialize>(&mut self, value: &T) -> Result<(), CliError> {
+        let text = serde_json::to_string_pretty(value)
+            .map_err(|e| CliError::new(exit::IOERR, "output_error", e.to_string()))?;
+        self.line(text)
+    }
+
+    /// Writes a value as one compact JSON line.
+    pub fn json_line<T: serde::Serialize>(&mut self, value: &T) -> Result<(), CliError> {
+        let text = serde_json::to_string(value)
+            .map_err(|e| CliError::new(exit::IOERR, "output_error", e.to_string()))?;
+        self.line(text)
+    }
+}
+
+/// Parses the process arguments, runs the command and returns the exit code.
+pub fn main() -> u8 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+        }
+    };
+    run(cli)
+}
+
+/// Runs a parsed command line and returns the exit code.
+pub fn run(cli: Cli) -> u8 {
+    let json = cli.json;
+    let mut out = Out {
+        json,
+        stdout: std::io::stdout().lock(),
+    };
+    let result = match cli.command {
+        Command::Route(args) => route::run(args, &mut out),
+        Command::Validate(args) => validate::run(args, &mut out),
+        Command::Enroll(args) => enroll::run(args, &mut out),
+        Command::Status(args) => status::run(args, &mut out),
+        Command::Version => version(&mut out),
+        Command::Conformance(cmd) => conformance::run(cmd, &mut out),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) if e.exit == exit::IOERR && e.message.contains("Broken pipe") => exit::IOERR,
+        Err(e) => {
+            report(&e, json);
+            e.exit
+        }
+    }
+}
+
+fn report(e: &CliError, json: bool) {
+    let mut stderr = std::io::stderr().lock();
+    if json {
+        let v =
+            serde_json::json!({"error": {"code": e.kind, "message": e.message, "hint": e.hint}});
+        let _ = writeln!(stderr, "{v}");
+    } else {
+        let _ = writeln!(stderr, "error: {}", e.message);
+        if let Some(h) = &e.hint {
+            let _ = writeln!(stderr, "hint: {h}");
+        }
+    }
+}
+
+fn version(out: &mut Out) -> Result<u8, CliError> {
+    let info = serde_json::json!({
+        "name": "wcp-hall",
+        "version": env!("CARGO_PKG_VERSION"),
+        "wcp_version": "0.1",
+        "pyhall_compatibility": "0.3.0",
+        "routing_vectors": crate::conformance::ROUTING_FORMAT,
+    });
+    if out.json {
+        out.json_line(&info)?;
+    } else {
+        out.line(format!(
+            "wcp-hall {} (WCP 0.1; decisions compatible with PyHall 0.3.0; vectors {})",
+            env!("CARGO_PKG_VERSION"),
+            crate::conformance::ROUTING_FORMAT
+        ))?;
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,108 @@
+//! `wcp-hall status`: what the Hall would route with, and the shared loader for it.
+
+use serde_json::json;
+
+use super::{CliError, ConfigArg, Out, exit, load_config};
+use crate::config::Config;
+use crate::registry::{Registry, RegistryDir};
+use crate::rules::RuleSet;
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+}
+
+/// The configured rule set and registry snapshot.
+pub struct LoadedHall {
+    pub rules: RuleSet,
+    pub registry: Registry,
+}
+
+/// Loads the rules and the registry a configuration names. Both are configuration: a problem
+/// with either exits 78, because a Hall must not route on a partial or ambiguous rule set.
+pub fn load_hall(config: &Config) -> Result<LoadedHall, CliError> {
+    let rules_path = &config.paths.rules;
+    let text = std::fs::read_to_string(rules_path).map_err(|e| {
+        CliError::new(
+            exit::CONFIG,
+            "rules_unreadable",
+            format!("cannot read rules {}: {e}", rules_path.display()),
+        )
+        .hint("set [paths] rules in hall.toml (relative paths are relative to hall.toml)")
+    })?;
+    let rules = RuleSet::from_json_str(&text).map_err(|e| {
+        CliError::new(
+            exit::CONFIG,
+            "rules_invalid",
+            format!("{}: {e}", rules_path.display()),
+        )
+        .hint(format!(
+            "run `wcp-hall validate {}` for the full report",
+            rules_path.display()
+        ))
+    })?;
+    let dir = RegistryDir::open(&config.paths.registry_dir)
+        .map_err(|e| CliError::new(exit::CONFIG, "registry_invalid", e.to_string()))?;
+    let registry = dir.snapshot(config.routing.controls_scope);
+    Ok(LoadedHall { rules, registry })
+}
+
+pub fn run(args: StatusArgs, out: &mut Out) -> Result<u8, CliError> {
+    let config = load_config(&args.config.config)?;
+    let hall = load_hall(&config)?;
+    let summary = hall.registry.summary();
+    let shadows = hall.rules.shadows();
+    if out.json {
+        out.json_line(&json!({
+            "config": args.config.config,
+            "hall": config.hall,
+            "controls_scope": config.routing.controls_scope,
+            "rules": {"path": config.paths.rules, "count": hall.rules.rules().len(), "shadows": shadows},
+            "registry": {"path": config.paths.registry_dir, "summary": summary},
+        }))?;
+        return Ok(exit::OK);
+    }
+    let h = &config.hall;
+    out.line(format!("config:    {}", args.config.config.display()))?;
+    out.line(format!(
+        "tenants:   {}",
+        if h.require_signatory {
+            format!("signatory only: {}", h.allowed_tenants.join(", "))
+        } else {
+            "any tenant (require_signatory = false)".to_owned()
+        }
+    ))?;
+    out.line(format!(
+        "floors:    attestation={} correlation_id={} required_controls={} blast_in_prod={} privilege_envelopes={}",
+        h.require_worker_attestation,
+        h.enforce_correlation_id,
+        h.enforce_required_controls,
+        h.enforce_blast_scoring_in_prod,
+        h.enforce_privilege_envelopes
+    ))?;
+    out.line(format!(
+        "controls:  scope {}",
+        match config.routing.controls_scope {
+            crate::registry::ControlsScope::Global => "global (PyHall: one fleet-wide set)",
+            crate::registry::ControlsScope::PerWorker =>
+                "per_worker (the selected worker must implement the rule's controls)",
+        }
+    ))?;
+    out.line(format!(
+        "rules:     {} rules from {}, {} shadow warning(s)",
+        hall.rules.rules().len(),
+        config.paths.rules.display(),
+        shadows.len()
+    ))?;
+    out.line(format!(
+        "registry:  {} worker(s) from {}; species: {}",
+        summary.enrolled_workers,
+        config.paths.registry_dir.display(),
+        summary.available_species.join(", ")
+    ))?;
+    for (cap, species) in &summary.capabilities_mapped {
+        out.line(format!("           {cap} -> {}", species.join(", ")))?;
+    }
+    Ok(exit::OK)
+}
