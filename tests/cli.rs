@@ -1,0 +1,487 @@
+//! End-to-end tests of the `wcp-hall` binary: real processes, real files, exit codes and output.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wcp-hall");
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn run(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("WCP_HALL_CONFIG");
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn wcp-hall");
+    if let Some(text) = stdin {
+        use std::io::Write;
+        // The Hall may exit before reading stdin (e.g. on a bad config): a broken pipe is fine.
+        let _ = child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes());
+    }
+    child.wait_with_output().expect("wait for wcp-hall")
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().expect("exited normally, not by a signal")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A copy of policies/ in a temporary directory, so tests can break it.
+fn policies_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_dir(&repo("policies"), dir.path());
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+const SUMMARIZE: &str = r#"{"capability_id": "cap.doc.summarize", "env": "dev", "data_label": "INTERNAL",
+  "tenant_risk": "low", "qos_class": "P2", "tenant_id": "acme-corp",
+  "correlation_id": "6f1c2a7e-3b1d-4c8e-9f2a-1d2e3f4a5b6c", "request": {"text": "x"}}"#;
+
+#[test]
+fn route_allows_the_readme_example_and_exits_0() {
+    let cfg = repo("policies/hall.toml");
+    let o = run(
+        &[
+            "route",
+            "--config",
+            cfg.to_str().unwrap(),
+            repo("policies/examples/summarize.json").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    let d: Value = serde_json::from_str(&stdout(&o)).expect("decision is JSON");
+    assert_eq!(d["denied"], false);
+    assert_eq!(d["matched_rule_id"], "rr_summarize_dev");
+    assert_eq!(d["selected_worker_species_id"], "wrk.doc.summarizer");
+    assert_eq!(
+        d["candidate_workers_ranked"][1]["skip_reason"],
+        "unavailable"
+    );
+    assert_eq!(d["artifact_hash"].as_str().map(str::len), Some(64));
+}
+
+#[test]
+fn route_denies_with_exit_1_and_fails_closed_without_a_policy_gate() {
+    let cfg = repo("policies/hall.toml");
+    let prod = SUMMARIZE.replace("\"dev\"", "\"prod\"");
+    let o = run(&["route", "-c", cfg.to_str().unwrap(), "-"], Some(&prod));
+    assert_eq!(code(&o), 1);
+    let d: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        d["deny_reason_if_denied"]["code"],
+        "DENY_POLICY_GATE_UNCONFIGURED"
+    );
+
+    let rogue = SUMMARIZE.replace("acme-corp", "rogue.agent");
+    let o = run(&["route", "-c", cfg.to_str().unwrap()], Some(&rogue));
+    assert_eq!(code(&o), 1);
+    let d: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(d["deny_reason_if_denied"]["code"], "DENY_UNKNOWN_TENANT");
+}
+
+#[test]
+fn per_worker_scope_skips_a_worker_whose_record_excludes_the_env() {
+    // The summarizer's record allows dev and stage only; the hello greeter allows prod. Under
+    // the global scope PyHall would select it anyway.
+    let dir = policies_copy();
+    let rules = dir.path().join("rules.json");
+    let text = std::fs::read_to_string(&rules).unwrap().replace(
+        r#""env": {"in": ["dev", "stage"]}, "data_label": {"in": ["PUBLIC", "INTERNAL"]}"#,
+        r#""env": {"in": ["dev", "stage", "edge"]}, "data_label": {"in": ["PUBLIC", "INTERNAL"]}"#,
+    );
+    std::fs::write(&rules, text).unwrap();
+    let cfg = dir.path().join("hall.toml");
+    let edge = SUMMARIZE.replace("\"dev\"", "\"edge\"");
+    let o = run(&["route", "-c", cfg.to_str().unwrap()], Some(&edge));
+    assert_eq!(code(&o), 1, "{}", stdout(&o));
+    let d: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        d["deny_reason_if_denied"]["code"],
+        "DENY_NO_AVAILABLE_WORKER"
+    );
+    assert_eq!(
+        d["candidate_workers_ranked"][0]["skip_reason"],
+        "env_not_allowed"
+    );
+
+    let global = std::fs::read_to_string(&cfg).unwrap().replace(
+        "controls_scope = \"per_worker\"",
+        "controls_scope = \"global\"",
+    );
+    std::fs::write(&cfg, global).unwrap();
+    let o = run(&["route", "-c", cfg.to_str().unwrap()], Some(&edge));
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+}
+
+#[test]
+fn route_json_lines_reports_a_bad_line_and_still_routes_the_others() {
+    let cfg = repo("policies/hall.toml");
+    let good = SUMMARIZE.replace('\n', " ");
+    let input =
+        format!("{good}\n{{\"capability_id\": \"cap.x\", \"env\": \"production\"}}\n{good}\n");
+    let o = run(&["route", "-c", cfg.to_str().unwrap()], Some(&input));
+    assert_eq!(code(&o), 65);
+    let lines: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["denied"], false);
+    assert_eq!(lines[1]["error"]["line"], 2);
+    assert!(
+        lines[1]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("RouteInput.env")
+    );
+    assert_eq!(lines[2]["denied"], false);
+}
+
+#[test]
+fn malformed_inputs_exit_65_with_a_message_naming_the_field() {
+    let cfg = repo("policies/hall.toml");
+    let cases = [
+        ("not json", "not valid JSON"),
+        (
+            r#"{"capability_id": "cap.a", "env": "dev"}"#,
+            "RouteInput.data_label is required",
+        ),
+        (
+            &SUMMARIZE.replace("\"P2\"", "\"P9\""),
+            "qos_class: \"P9\" is not allowed; expected one of: P0, P1, P2, P3",
+        ),
+        (
+            &SUMMARIZE.replace("\"request\"", "\"reqest\""),
+            "unknown field \"reqest\"",
+        ),
+    ];
+    for (input, want) in cases {
+        let o = run(&["route", "-c", cfg.to_str().unwrap()], Some(input));
+        assert_eq!(code(&o), 65, "input {input:?}");
+        assert!(
+            stderr(&o).contains(want),
+            "{:?} should mention {want:?}",
+            stderr(&o)
+        );
+        assert!(stdout(&o).is_empty());
+    }
+    let o = run(
+        &["--json", "route", "-c", cfg.to_str().unwrap()],
+        Some("[]"),
+    );
+    assert_eq!(code(&o), 65);
+    let e: Value = serde_json::from_str(stderr(&o).trim()).expect("--json errors are JSON");
+    assert_eq!(e["error"]["code"], "invalid_input");
+}
+
+#[test]
+fn missing_files_exit_66_and_bad_configuration_exits_78() {
+    let cfg = repo("policies/hall.toml");
+    let o = run(
+        &[
+            "route",
+            "-c",
+            cfg.to_str().unwrap(),
+            "/nonexistent/input.json",
+        ],
+        None,
+    );
+    assert_eq!(code(&o), 66);
+    assert!(stderr(&o).contains("/nonexistent/input.json"));
+
+    let o = run(&["route", "-c", "/nonexistent/hall.toml"], Some(SUMMARIZE));
+    assert_eq!(code(&o), 78);
+    assert!(stderr(&o).contains("hint:"));
+
+    let dir = policies_copy();
+    let hall = dir.path().join("hall.toml");
+    let text = std::fs::read_to_string(&hall)
+        .unwrap()
+        .replace("require_signatory", "requre_signatory");
+    std::fs::write(&hall, text).unwrap();
+    let o = run(&["route", "-c", hall.to_str().unwrap()], Some(SUMMARIZE));
+    assert_eq!(code(&o), 78);
+    assert!(stderr(&o).contains("line 6"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("requre_signatory"), "{}", stderr(&o));
+}
+
+#[test]
+fn ambiguous_rules_are_refused_by_validate_and_by_route() {
+    let dir = policies_copy();
+    let rules = dir.path().join("rules.json");
+    let text = std::fs::read_to_string(&rules)
+        .unwrap()
+        .replace(r#""env": "prod""#, r#""env": {"in": "production"}"#);
+    std::fs::write(&rules, text).unwrap();
+
+    let o = run(&["validate", rules.to_str().unwrap()], None);
+    assert_eq!(code(&o), 1);
+    let out = stdout(&o);
+    assert!(out.contains("INVALID"), "{out}");
+    assert!(
+        out.contains("rule \"rr_summarize_prod\" at $.rules[3].match.env.in"),
+        "{out}"
+    );
+    assert!(out.contains("substring"), "{out}");
+
+    let o = run(&["--json", "validate", rules.to_str().unwrap()], None);
+    assert_eq!(code(&o), 1);
+    let v: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["issues"][0]["rule_id"], "rr_summarize_prod");
+
+    let hall = dir.path().join("hall.toml");
+    let o = run(&["route", "-c", hall.to_str().unwrap()], Some(SUMMARIZE));
+    assert_eq!(code(&o), 78);
+    assert!(stderr(&o).contains("wcp-hall validate"), "{}", stderr(&o));
+}
+
+#[test]
+fn validate_reports_shadows_and_failing_tests() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.json");
+    std::fs::write(
+        &rules,
+        r#"{"rules": [
+            {"rule_id": "rr_broad_any", "match": {"capability_id": {"any": true}},
+             "decision": {"candidate_workers_ranked": [{"worker_species_id": "wrk.a.b"}]}},
+            {"rule_id": "rr_specific_prod", "match": {"capability_id": {"any": true}, "env": "prod"}}]}"#,
+    )
+    .unwrap();
+    let o = run(&["validate", rules.to_str().unwrap()], None);
+    assert_eq!(code(&o), 1);
+    assert!(stdout(&o).contains("rr_specific_prod is shadowed by earlier rule rr_broad_any"));
+    let o = run(
+        &["validate", "--allow-shadows", rules.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(code(&o), 0);
+
+    let tests = dir.path().join("tests.json");
+    let input = SUMMARIZE;
+    std::fs::write(
+        &tests,
+        format!(
+            r#"{{"tests": [{{"test_id": "t1", "input": {input}, "expect": {{"expected_rule_id": "rr_broad_any"}}}},
+                         {{"test_id": "t2", "input": {input}, "expect": {{"expected_rule_id": "rr_specific_prod"}}}}]}}"#
+        ),
+    )
+    .unwrap();
+    let o = run(
+        &[
+            "validate",
+            "--allow-shadows",
+            rules.to_str().unwrap(),
+            tests.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(code(&o), 1);
+    let out = stdout(&o);
+    assert!(
+        out.contains("FAIL t2: expected rule \"rr_specific_prod\", routed to \"rr_broad_any\""),
+        "{out}"
+    );
+    assert!(out.contains("tests: 1 passed, 1 failed"), "{out}");
+
+    std::fs::write(&tests, r#"{"tests": [{"test_id": "t1"}]}"#).unwrap();
+    let o = run(
+        &["validate", rules.to_str().unwrap(), tests.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(code(&o), 65);
+}
+
+#[test]
+fn bundled_policies_validate_with_their_tests() {
+    let o = run(
+        &[
+            "validate",
+            repo("policies/rules.json").to_str().unwrap(),
+            repo("policies/rules.tests.json").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("tests: 6 passed, 0 failed"));
+}
+
+#[test]
+fn enroll_writes_a_valid_record_and_refuses_a_bad_one_without_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = dir.path().join("registry");
+    let record = repo("policies/registry/org.example.hello-greeter.1.json");
+    let o = run(
+        &[
+            "enroll",
+            "--registry-dir",
+            reg.to_str().unwrap(),
+            record.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("enrolled org.example.hello-greeter.1"));
+    assert!(reg.join("org.example.hello-greeter.1.json").is_file());
+
+    let o = run(
+        &[
+            "--json",
+            "enroll",
+            "--registry-dir",
+            reg.to_str().unwrap(),
+            record.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(code(&o), 0);
+    let v: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["enrolled"]["action"], "replaced");
+
+    let bad = r#"{"worker_id": "foo", "worker_species_id": "summarizer", "capabilities": [], "risk_tier": "extreme"}"#;
+    let o = run(
+        &["enroll", "--registry-dir", reg.to_str().unwrap(), "-"],
+        Some(bad),
+    );
+    assert_eq!(code(&o), 65);
+    let err = stderr(&o);
+    for field in ["worker_id", "worker_species_id", "capabilities"] {
+        assert!(err.contains(field), "{err} should name {field}");
+    }
+    let files: Vec<_> = std::fs::read_dir(&reg).unwrap().collect();
+    assert_eq!(files.len(), 1, "nothing but the first record was written");
+}
+
+#[test]
+fn status_describes_the_configured_hall() {
+    let cfg = repo("policies/hall.toml");
+    let o = run(&["--json", "status", "-c", cfg.to_str().unwrap()], None);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["rules"]["count"], 4);
+    assert_eq!(v["registry"]["summary"]["enrolled_workers"], 2);
+    assert_eq!(v["controls_scope"], "per_worker");
+
+    let dir = policies_copy();
+    std::fs::write(dir.path().join("registry/broken.json"), "{").unwrap();
+    let o = run(
+        &[
+            "status",
+            "-c",
+            dir.path().join("hall.toml").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(code(&o), 78);
+    assert!(stderr(&o).contains("broken.json"), "{}", stderr(&o));
+}
+
+#[test]
+fn conformance_passes_on_pyhall_vectors_and_fails_on_a_tampered_expectation() {
+    let vectors = repo("tests/vectors/routing.json");
+    let dir = tempfile::tempdir().unwrap();
+    let emit = dir.path().join("out.jsonl");
+    let o = run(
+        &[
+            "conformance",
+            "routing",
+            vectors.to_str().unwrap(),
+            "--emit",
+            emit.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    assert!(stdout(&o).contains("600 passed, 0 failed"));
+    let lines: Vec<Value> = std::fs::read_to_string(&emit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 600);
+    assert_eq!(lines[0]["id"], "R0001");
+    assert!(lines[0]["actual"]["telemetry"].is_array());
+
+    let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(&vectors).unwrap()).unwrap();
+    doc["cases"][0]["expect"]["deny_code"] = "DENY_NO_MATCHING_RULE".into();
+    let tampered = dir.path().join("tampered.json");
+    std::fs::write(&tampered, doc.to_string()).unwrap();
+    let o = run(
+        &[
+            "--json",
+            "conformance",
+            "routing",
+            tampered.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(code(&o), 1);
+    let v: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["failed"], 1);
+    assert_eq!(v["failures"][0]["id"], "R0001");
+
+    std::fs::write(
+        &tampered,
+        r#"{"format": "other/1", "rule_sets": {}, "cases": []}"#,
+    )
+    .unwrap();
+    let o = run(
+        &["conformance", "routing", tampered.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(code(&o), 65);
+}
+
+#[test]
+fn help_and_usage_errors() {
+    let o = run(&["--help"], None);
+    assert_eq!(code(&o), 0);
+    for word in [
+        "route",
+        "validate",
+        "enroll",
+        "status",
+        "conformance",
+        "Exit codes",
+    ] {
+        assert!(stdout(&o).contains(word), "--help should mention {word}");
+    }
+    let o = run(&["route", "--bogus"], None);
+    assert_eq!(code(&o), 2);
+    let o = run(&["--json", "version"], None);
+    let v: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+}
