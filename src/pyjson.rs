@@ -176,17 +176,40 @@ pub fn str_repr(s: &str) -> String {
                 out.push('\\');
                 out.push(c);
             }
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                let _ = write!(out, "\\x{:02x}", c as u32);
-            }
-            c if (0x80..0xa0).contains(&(c as u32)) => {
-                let _ = write!(out, "\\x{:02x}", c as u32);
+            c if !py_isprintable(c) => {
+                let n = c as u32;
+                let _ = match n {
+                    0..=0xff => write!(out, "\\x{n:02x}"),
+                    0x100..=0xffff => write!(out, "\\u{n:04x}"),
+                    _ => write!(out, "\\U{n:08x}"),
+                };
             }
             c => out.push(c),
         }
     }
     out.push(quote);
     out
+}
+
+/// Python's `str.isprintable()` for one character: false for categories Cc, Cf, Co, Zs (except
+/// the space), Zl, Zp and the noncharacters. Python also escapes *unassigned* code points (Cn),
+/// which would need the Unicode tables; those are rendered raw here, the one known difference.
+pub fn py_isprintable(c: char) -> bool {
+    let n = c as u32;
+    let format_char = matches!(
+        n,
+        0xad | 0x600..=0x605 | 0x61c | 0x6dd | 0x70f | 0x8e2 | 0x180e | 0x200b..=0x200f
+            | 0x202a..=0x202e | 0x2060..=0x2064 | 0x2066..=0x206f | 0xfeff | 0xfff9..=0xfffb
+            | 0x110bd | 0x110cd | 0x13430..=0x1343f | 0x1bca0..=0x1bca3 | 0x1d173..=0x1d17a
+            | 0xe0001 | 0xe0020..=0xe007f
+    );
+    let private_use = matches!(n, 0xe000..=0xf8ff | 0xf0000..=0xffffd | 0x100000..=0x10fffd);
+    let noncharacter = matches!(n, 0xfdd0..=0xfdef) || (n & 0xfffe) == 0xfffe;
+    !(c.is_control()
+        || (c.is_whitespace() && c != ' ')
+        || format_char
+        || private_use
+        || noncharacter)
 }
 
 /// Python's `str.isspace()` for one character: Unicode White_Space plus the four ASCII
@@ -272,6 +295,13 @@ mod tests {
         assert_eq!(str_repr("it's"), "\"it's\"");
         assert_eq!(str_repr("a'\"b"), "'a\\'\"b'");
         assert_eq!(str_repr("x\ny\u{1}"), "'x\\ny\\x01'");
+        // Values checked against CPython 3.11's repr().
+        assert_eq!(str_repr("ALLOW\u{a0}"), "'ALLOW\\xa0'");
+        assert_eq!(
+            str_repr("a\u{2028}\u{feff}\u{ad}"),
+            "'a\\u2028\\ufeff\\xad'"
+        );
+        assert_eq!(str_repr("\u{10ffff}é☃"), "'\\U0010ffffé☃'");
     }
 
     #[test]

@@ -314,16 +314,20 @@ fn parse_document(value: &Value, issues: &mut Vec<RuleIssue>) -> Vec<Rule> {
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, rv) in rules_value.iter().enumerate() {
         let path = format!("$.rules[{i}]");
-        if let Some(rule) = parse_rule(&path, rv, &mut ctx) {
-            if let Some(first) = seen.insert(rule.rule_id.clone(), i) {
-                ctx.rule_id = Some(rule.rule_id.clone());
-                ctx.issue(
-                    &format!("{path}.rule_id"),
-                    format!("duplicate rule_id, already used by $.rules[{first}]; rule ids must be unique"),
-                );
-            }
-            rules.push(rule);
+        let rule = parse_rule(&path, rv, &mut ctx);
+        // The duplicate check uses the id even when the rule has other problems, so one run
+        // reports every problem (ctx.rule_id is the id parse_rule read, if readable).
+        if let Some(id) = ctx.rule_id.clone()
+            && let Some(first) = seen.insert(id, i)
+        {
+            ctx.issue(
+                &format!("{path}.rule_id"),
+                format!(
+                    "duplicate rule_id, already used by $.rules[{first}]; rule ids must be unique"
+                ),
+            );
         }
+        rules.extend(rule);
     }
     rules
 }
