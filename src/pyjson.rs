@@ -42,7 +42,8 @@ pub fn dumps_sorted(value: &Value, separators: Separators) -> String {
     out
 }
 
-fn write_value(out: &mut String, value: &Value, sep: Separators) {
+/// Appends `value` as `json.dumps(value, sort_keys=True)` would write it.
+pub fn write_value(out: &mut String, value: &Value, sep: Separators) {
     match value {
         Value::Null => out.push_str("null"),
         Value::Bool(true) => out.push_str("true"),

@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::pyjson::{self, Separators};
+use crate::pyjson;
 use crate::rules::{Rule, RuleSet};
 use crate::wcp::decision::{
     CandidateWorker, DenyCode, DenyReason, Escalation, NO_MATCH, PRE_ROUTING,
@@ -157,19 +157,20 @@ pub fn is_pyhall_sha256(s: &str) -> bool {
 
 /// PyHall's `artifact_hash`: lowercase hex SHA-256 of `json.dumps(model_dump(), sort_keys=True)`.
 pub fn artifact_hash(input: &RouteInput) -> String {
-    let text = pyjson::dumps_sorted(&input.model_dump(), Separators::Default);
+    let mut text = String::with_capacity(512);
+    input.write_pyhall_json(&mut text);
     hex(&Sha256::digest(text.as_bytes()))
 }
 
 /// Lowercase hex encoding.
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
 }
 
 /// A denial under construction.

@@ -1291,3 +1291,32 @@ fn a_duplicate_id_is_reported_even_when_a_copy_has_other_problems() {
         assert!(issues.iter().any(|i| i.problem.contains("can never match")));
     }
 }
+
+#[test]
+fn bucketed_shadow_detection_equals_the_all_pairs_scan() {
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let mut total_pairs = 0;
+    for set_no in 0..500 {
+        let set = random_rule_set(&mut rng);
+        let want: Vec<(String, String)> = super::shadow::detect_all_pairs(set.rules())
+            .into_iter()
+            .map(|(i, j)| {
+                (
+                    set.rules()[i].rule_id.clone(),
+                    set.rules()[j].rule_id.clone(),
+                )
+            })
+            .collect();
+        let got: Vec<(String, String)> = set
+            .shadows()
+            .iter()
+            .map(|w| (w.shadower.clone(), w.shadowed.clone()))
+            .collect();
+        assert_eq!(got, want, "set #{set_no}: {:#?}", set.rules());
+        total_pairs += want.len();
+    }
+    assert!(
+        total_pairs > 1_000,
+        "the generator must produce shadows ({total_pairs})"
+    );
+}

@@ -171,6 +171,68 @@ impl RouteInput {
         })
     }
 
+    /// Appends `json.dumps(self.model_dump(), sort_keys=True)` (default separators) to `out`
+    /// without building the intermediate value: the 13 keys in sorted order, nested objects
+    /// through the Python-compatible encoder. Equal to encoding [`RouteInput::model_dump`]
+    /// (a test checks it); this is the hot path of every allowed decision.
+    pub fn write_pyhall_json(&self, out: &mut String) {
+        use crate::pyjson::{Separators::Default as Sep, write_str, write_value};
+        let opt_obj = |out: &mut String, m: &Option<Map<String, Value>>| match m {
+            Some(m) => write_object(out, m),
+            None => out.push_str("null"),
+        };
+        fn write_object(out: &mut String, m: &Map<String, Value>) {
+            let mut entries: Vec<(&String, &Value)> = m.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_str(out, k);
+                out.push_str(": ");
+                write_value(out, v, Sep);
+            }
+            out.push('}');
+        }
+        out.push_str("{\"blast_radius\": ");
+        opt_obj(out, &self.blast_radius);
+        out.push_str(", \"blast_score\": ");
+        match self.blast_score {
+            Some(n) => out.push_str(&n.to_string()),
+            None => out.push_str("null"),
+        }
+        out.push_str(", \"capability_id\": ");
+        write_str(out, &self.capability_id);
+        out.push_str(", \"correlation_id\": ");
+        write_str(out, &self.correlation_id);
+        out.push_str(", \"data_label\": ");
+        write_str(out, self.data_label.as_str());
+        out.push_str(if self.dry_run {
+            ", \"dry_run\": true"
+        } else {
+            ", \"dry_run\": false"
+        });
+        out.push_str(", \"env\": ");
+        write_str(out, self.env.as_str());
+        out.push_str(", \"privilege_context\": ");
+        opt_obj(out, &self.privilege_context);
+        out.push_str(", \"qos_class\": ");
+        write_str(out, self.qos_class.as_str());
+        out.push_str(", \"request\": ");
+        write_object(out, &self.request);
+        out.push_str(", \"tenant_credential\": ");
+        match &self.tenant_credential {
+            Some(c) => write_str(out, c),
+            None => out.push_str("null"),
+        }
+        out.push_str(", \"tenant_id\": ");
+        write_str(out, &self.tenant_id);
+        out.push_str(", \"tenant_risk\": ");
+        write_str(out, self.tenant_risk.as_str());
+        out.push('}');
+    }
+
     /// PyHall's `RouteInput.model_dump()`: the 13 model fields (not `policy_version`, which
     /// PyHall's model does not have), used for the byte-exact `artifact_hash`.
     pub fn model_dump(&self) -> Value {
@@ -359,6 +421,25 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn direct_encoding_equals_encoding_the_model_dump() {
+        let mut full = base();
+        full["request"] = json!({"b": [1, 2.5, true, null], "a": "é\n", "z": {"y": 1e16, "x": {}}});
+        full["blast_radius"] = json!({"data": 1});
+        full["blast_score"] = json!(7);
+        full["dry_run"] = json!(true);
+        full["tenant_credential"] = json!("tok\u{7f}");
+        full["privilege_context"] = json!({});
+        for v in [base(), full] {
+            let i = RouteInput::from_value(&v).unwrap();
+            let mut direct = String::new();
+            i.write_pyhall_json(&mut direct);
+            let via_value =
+                crate::pyjson::dumps_sorted(&i.model_dump(), crate::pyjson::Separators::Default);
+            assert_eq!(direct, via_value);
+        }
     }
 
     #[test]
