@@ -10,6 +10,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod conformance;
+pub mod crypto;
 pub mod pyjson;
 pub mod registry;
 pub mod router;
