@@ -615,6 +615,7 @@ fn main() {
             gate: Some(&gate as &dyn PolicyGate),
             hashes: None,
             privilege: None,
+            human_approval: None,
         };
         for (e, env) in ENVS.iter().enumerate() {
             let label = format!("{n}/{env}");

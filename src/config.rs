@@ -42,6 +42,12 @@ pub struct Config {
     pub paths: PathsSection,
     #[serde(default)]
     pub routing: RoutingSection,
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub identity: IdentitySection,
+    #[serde(default)]
+    pub approvals: ApprovalsSection,
 }
 
 /// `[hall]`: PyHall's HallConfig fields and defaults.
@@ -78,6 +84,8 @@ impl Default for HallSection {
 pub struct PathsSection {
     pub rules: PathBuf,
     pub registry_dir: PathBuf,
+    /// Where the daemon keeps durable state (pending approvals, later receipts and the store).
+    pub state_dir: PathBuf,
 }
 
 impl Default for PathsSection {
@@ -85,6 +93,101 @@ impl Default for PathsSection {
         PathsSection {
             rules: PathBuf::from("rules.json"),
             registry_dir: PathBuf::from("registry"),
+            state_dir: PathBuf::from("/var/lib/wcp-hall"),
+        }
+    }
+}
+
+/// `[server]`: the daemon's socket and its limits (backpressure).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// The Unix socket path (a flag or `WCP_HALL_SOCKET` overrides it).
+    pub socket: PathBuf,
+    /// Socket file mode, octal string (e.g. "0660"). The socket is created inside its directory
+    /// with this mode before anyone can connect.
+    pub socket_mode: String,
+    /// Optional group name or numeric gid to own the socket (membership grants what the Hall grants).
+    pub socket_group: Option<String>,
+    /// Requests executing at once, all tenants together.
+    pub max_concurrent: usize,
+    /// Requests executing at once for one tenant.
+    pub max_concurrent_per_tenant: usize,
+    /// Requests allowed to wait for a slot; beyond it the Hall answers 429 with Retry-After.
+    pub max_queue: usize,
+    /// How long a queued request waits for a slot before 429.
+    pub queue_timeout_ms: u64,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// A whole request (headers and body) must arrive within this time (slow-client guard).
+    pub read_timeout_ms: u64,
+    /// On SIGTERM: how long in-flight work may take to finish before it is stopped.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            socket: PathBuf::from("/run/wcp-hall/hall.sock"),
+            socket_mode: "0660".into(),
+            socket_group: None,
+            max_concurrent: 64,
+            max_concurrent_per_tenant: 16,
+            max_queue: 256,
+            queue_timeout_ms: 2_000,
+            max_body_bytes: 1024 * 1024,
+            read_timeout_ms: 10_000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl ServerSection {
+    /// The socket mode as a number.
+    pub fn mode(&self) -> Option<u32> {
+        u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+    }
+}
+
+/// `[identity]`: which kernel-verified peers may act as which tenants, and who is an operator.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentitySection {
+    /// uids allowed operator actions (resolving approvals, reloading).
+    pub operator_uids: Vec<u32>,
+    /// gids (primary group of the peer) allowed operator actions.
+    pub operator_gids: Vec<u32>,
+    /// Peer → tenants mappings; a peer may act as the union of every matching entry's tenants.
+    pub peers: Vec<PeerMapping>,
+}
+
+/// One `[[identity.peers]]` entry: a uid or a gid (exactly one) and its tenants.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerMapping {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub tenants: Vec<String>,
+}
+
+/// `[approvals]`: human-in-the-loop settings (WCP §5.8).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalsSection {
+    /// How long a pending approval stays open before it expires (denied, with a receipt).
+    pub timeout_ms: u64,
+    /// How long `POST /wcp/dispatch` waits for a resolution before answering "pending" (the
+    /// caller then polls `GET /wcp/approvals/{id}`).
+    pub wait_ms: u64,
+}
+
+impl Default for ApprovalsSection {
+    fn default() -> Self {
+        ApprovalsSection {
+            timeout_ms: 15 * 60 * 1000,
+            wait_ms: 30_000,
         }
     }
 }
@@ -131,6 +234,8 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         config.paths.rules = base.join(&config.paths.rules);
         config.paths.registry_dir = base.join(&config.paths.registry_dir);
+        config.paths.state_dir = base.join(&config.paths.state_dir);
+        config.server.socket = base.join(&config.server.socket);
         Ok(config)
     }
 
@@ -143,6 +248,25 @@ impl Config {
             return Err(invalid(
                 "[hall] require_signatory = true with an empty allowed_tenants would deny every request; list the signatory tenants or set require_signatory = false".into(),
             ));
+        }
+        if self.server.mode().is_none() {
+            return Err(invalid(format!(
+                "[server] socket_mode {:?} is not an octal file mode such as \"0660\"",
+                self.server.socket_mode
+            )));
+        }
+        if self.server.max_concurrent == 0 || self.server.max_concurrent_per_tenant == 0 {
+            return Err(invalid(
+                "[server] max_concurrent and max_concurrent_per_tenant must be at least 1".into(),
+            ));
+        }
+        for (i, p) in self.identity.peers.iter().enumerate() {
+            if p.uid.is_some() == p.gid.is_some() {
+                return Err(invalid(format!(
+                    "[[identity.peers]] entry {} must name exactly one of uid or gid",
+                    i + 1
+                )));
+            }
         }
         if let Some(t) = self
             .hall
@@ -227,6 +351,27 @@ mod tests {
             .to_string();
         assert!(err.contains("would deny every request"), "{err}");
         assert!(parse("[hall]\nallowed_tenants = [\" \"]\n").is_err());
+    }
+
+    #[test]
+    fn server_and_identity_sections_are_checked() {
+        let err = parse("[server]\nsocket_mode = \"rwx\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("socket_mode"), "{err}");
+        assert!(parse("[server]\nsocket_mode = \"0660\"\nmax_concurrent = 4\n").is_ok());
+        let err = parse("[server]\nmax_concurrent = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at least 1"), "{err}");
+        let err = parse("[[identity.peers]]\nuid = 1\ngid = 2\ntenants = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exactly one of uid or gid"), "{err}");
+        let err = parse("[identity]\noperator_uid = [0]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("operator_uid"), "{err}");
     }
 
     #[test]

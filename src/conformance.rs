@@ -289,6 +289,7 @@ pub fn run_routing_vectors(text: &str) -> Result<Vec<CaseResult>, VectorError> {
             gate: gate.as_ref().map(|g| g as &dyn PolicyGate),
             hashes: hashes.as_ref().map(|h| h as &dyn WorkerHashes),
             privilege: None,
+            human_approval: None,
         };
         let (actual, mismatches) = match RouteInput::from_value(&case.input) {
             Ok(input) => {

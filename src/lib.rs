@@ -7,10 +7,12 @@
 //! See ARCHITECTURE.md for the map and the invariants.
 
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod conformance;
 pub mod crypto;
+pub mod hall;
 pub mod pyjson;
 pub mod registry;
 pub mod router;

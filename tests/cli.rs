@@ -386,9 +386,12 @@ fn enroll_writes_a_valid_record_and_refuses_a_bad_one_without_writing() {
 }
 
 #[test]
-fn status_describes_the_configured_hall() {
+fn config_show_and_check_describe_the_configured_hall() {
     let cfg = repo("policies/hall.toml");
-    let o = run(&["--json", "status", "-c", cfg.to_str().unwrap()], None);
+    let o = run(
+        &["--json", "config", "show", "-c", cfg.to_str().unwrap()],
+        None,
+    );
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let v: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(v["rules"]["count"], 4);
@@ -399,7 +402,8 @@ fn status_describes_the_configured_hall() {
     std::fs::write(dir.path().join("registry/broken.json"), "{").unwrap();
     let o = run(
         &[
-            "status",
+            "config",
+            "check",
             "-c",
             dir.path().join("hall.toml").to_str().unwrap(),
         ],

@@ -132,6 +132,7 @@ fn mutated_rule_sets_and_inputs_never_panic_and_always_decide() {
                     gate: None,
                     hashes: None,
                     privilege: None,
+                    human_approval: None,
                 };
                 let ctx = wcp_hall::clock::mint_context("t");
                 let d = route(&router, &input, &ctx);

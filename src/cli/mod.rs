@@ -11,10 +11,14 @@
 //! | 2 | bad command-line usage |
 //! | 65 | malformed input data (RouteInput, registry record, test fixture, vector file) |
 //! | 66 | an input file does not exist or cannot be read |
+//! | 69 | the running Hall cannot be reached, or is unhealthy |
 //! | 74 | an output could not be written |
+//! | 75 | try again later: the Hall is overloaded, or a dispatch awaits human approval |
+//! | 77 | the Hall refused: the caller is not an operator |
 //! | 78 | bad configuration (`hall.toml`, the configured rules or registry) |
 
 mod conformance;
+mod daemon;
 mod enroll;
 mod route;
 mod status;
@@ -34,18 +38,24 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     pub const DATAERR: u8 = 65;
     pub const NOINPUT: u8 = 66;
+    pub const UNAVAILABLE: u8 = 69;
     pub const IOERR: u8 = 74;
+    pub const TEMPFAIL: u8 = 75;
+    pub const NOPERM: u8 = 77;
     pub const CONFIG: u8 = 78;
 }
 
-const AFTER_HELP: &str = "\
+const AFTER_HELP: &str = r#"
 Exit codes: 0 allowed/ok, 1 denied or checks failed, 2 usage, 65 malformed input,
-66 missing input file, 74 output error, 78 bad configuration.
+66 missing input file, 69 Hall unreachable, 74 output error, 75 retry later (overloaded or
+pending approval), 77 not an operator, 78 bad configuration.
 
 Examples:
+  wcp-hall serve --config policies/hall.toml --socket /tmp/hall.sock
+  wcp-hall dispatch -s /tmp/hall.sock --capability cap.hello.greet --tenant-id acme-corp --input '{"name":"Ada"}'
   wcp-hall route --config policies/hall.toml policies/examples/summarize.json
   wcp-hall validate policies/rules.json policies/rules.tests.json
-  wcp-hall conformance routing tests/vectors/routing.json";
+  wcp-hall conformance routing tests/vectors/routing.json"#;
 
 /// wcp-hall: the WCP Hall. Routes capability requests (cap.*) to attested worker species
 /// (wrk.*) under WCP rules: fail closed, deterministic, controls, blast radius, policy gate,
@@ -86,8 +96,20 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     /// Validate a registry record (WCP §6) and write it atomically into the registry directory.
     Enroll(enroll::EnrollArgs),
-    /// Show the configuration, the rule set and the registry the Hall would route with.
-    Status(status::StatusArgs),
+    /// Run the Hall daemon in the foreground on its Unix socket (HTTP/1.1 + JSON).
+    Serve(daemon::ServeArgs),
+    /// Ask a running Hall for its health (exit 0 when healthy, 69 when unreachable).
+    Status(daemon::StatusArgs),
+    /// Route and run one request on a running Hall; prints the result and the receipt.
+    Dispatch(daemon::DispatchArgs),
+    /// Human approvals on a running Hall (WCP §5.8): list, show, approve, deny, escalate.
+    #[command(subcommand)]
+    Approvals(daemon::ApprovalsCommand),
+    /// Ask a running Hall to reload its configuration, rules and registry (like SIGHUP).
+    Reload(daemon::ReloadArgs),
+    /// Inspect the configuration offline: the floors, the rule set and the registry it names.
+    #[command(subcommand)]
+    Config(status::ConfigCommand),
     /// Print the version and the protocol versions this build speaks.
     Version,
     /// Run language-neutral conformance vectors.
@@ -209,7 +231,12 @@ pub fn run(cli: Cli) -> u8 {
         Command::Route(args) => route::run(args, &mut out),
         Command::Validate(args) => validate::run(args, &mut out),
         Command::Enroll(args) => enroll::run(args, &mut out),
-        Command::Status(args) => status::run(args, &mut out),
+        Command::Serve(args) => daemon::serve(args),
+        Command::Status(args) => daemon::status(args, &mut out),
+        Command::Dispatch(args) => daemon::dispatch(args, &mut out),
+        Command::Approvals(cmd) => daemon::approvals(cmd, &mut out),
+        Command::Reload(args) => daemon::reload(args, &mut out),
+        Command::Config(cmd) => status::run(cmd, &mut out),
         Command::Version => version(&mut out),
         Command::Conformance(cmd) => conformance::run(cmd, &mut out),
     };

@@ -76,6 +76,7 @@ pub fn run(args: RouteArgs, out: &mut Out) -> Result<u8, CliError> {
         gate,
         hashes: Some(&hall.registry),
         privilege: Some(&hall.registry),
+        human_approval: None,
     };
     let single = docs.len() == 1 && docs[0].line.is_none();
     let (mut any_denied, mut any_invalid) = (false, false);

@@ -1,4 +1,4 @@
-//! `wcp-hall status`: what the Hall would route with, and the shared loader for it.
+//! `wcp-hall config show|check`: what the Hall would route with, offline.
 
 use serde_json::json;
 
@@ -7,8 +7,16 @@ use crate::config::Config;
 use crate::registry::{Registry, RegistryDir};
 use crate::rules::RuleSet;
 
+#[derive(Debug, clap::Subcommand)]
+pub enum ConfigCommand {
+    /// Show the floors, the rule set (and its shadows) and the registry the configuration names.
+    Show(ConfigArgs),
+    /// Load everything the configuration names, as `serve` would; exit 0 or 78.
+    Check(ConfigArgs),
+}
+
 #[derive(Debug, clap::Args)]
-pub struct StatusArgs {
+pub struct ConfigArgs {
     #[command(flatten)]
     pub config: ConfigArg,
 }
@@ -48,9 +56,21 @@ pub fn load_hall(config: &Config) -> Result<LoadedHall, CliError> {
     Ok(LoadedHall { rules, registry })
 }
 
-pub fn run(args: StatusArgs, out: &mut Out) -> Result<u8, CliError> {
+pub fn run(cmd: ConfigCommand, out: &mut Out) -> Result<u8, CliError> {
+    let (args, check) = match cmd {
+        ConfigCommand::Show(a) => (a, false),
+        ConfigCommand::Check(a) => (a, true),
+    };
     let config = load_config(&args.config.config)?;
     let hall = load_hall(&config)?;
+    if check {
+        if out.json {
+            out.json_line(&json!({"config": args.config.config, "ok": true}))?;
+        } else {
+            out.line(format!("{}: ok", args.config.config.display()))?;
+        }
+        return Ok(exit::OK);
+    }
     let summary = hall.registry.summary();
     let shadows = hall.rules.shadows();
     if out.json {

@@ -82,6 +82,7 @@ fn run_tests(
         gate: Some(&gate),
         hashes: None,
         privilege: None,
+        human_approval: None,
     };
     let mut failures = Vec::new();
     for case in &file.tests {

@@ -868,6 +868,7 @@ mod snapshot_tests {
                 gate: None,
                 hashes: None,
                 privilege: None,
+                human_approval: None,
             };
             router::route(&router, &input("dev", "PUBLIC"), &ctx())
         };
@@ -924,6 +925,7 @@ mod snapshot_tests {
             gate: None,
             hashes: Some(&reg),
             privilege: None,
+            human_approval: None,
         };
         let d = router::route(&router, &input("dev", "PUBLIC"), &ctx());
         assert_eq!(

@@ -146,6 +146,11 @@ pub struct Router<'a> {
     pub gate: Option<&'a dyn PolicyGate>,
     pub hashes: Option<&'a dyn WorkerHashes>,
     pub privilege: Option<&'a dyn PrivilegeCheck>,
+    /// Set when a human approved this request (WCP §5.8): the two "a human must decide" steps —
+    /// the prod/edge blast threshold (step 4) and a gate answering REQUIRE_HUMAN (step 5) — are
+    /// satisfied by the approval instead of denying. Every other step runs again unchanged.
+    /// PyHall has no approval path, so this is `None` wherever PyHall parity matters.
+    pub human_approval: Option<&'a str>,
 }
 
 /// `true` iff `s` is what PyHall's `re.match('^[0-9a-f]{64}$', s)` accepts (including its one
@@ -369,7 +374,10 @@ pub fn route(router: &Router<'_>, input: &RouteInput, ctx: &DecisionContext) -> 
     let mut blast_score = None;
     if blast_ran {
         let score = blast::score(input);
-        if input.env.is_production() && score >= BLAST_HUMAN_THRESHOLD {
+        if input.env.is_production()
+            && score >= BLAST_HUMAN_THRESHOLD
+            && router.human_approval.is_none()
+        {
             return deny(
                 rid,
                 Some(rule),
@@ -441,6 +449,7 @@ pub fn route(router: &Router<'_>, input: &RouteInput, ctx: &DecisionContext) -> 
                         }),
                 );
             }
+            "REQUIRE_HUMAN" if router.human_approval.is_some() => {}
             "REQUIRE_HUMAN" => {
                 return deny(
                     rid,
@@ -477,8 +486,12 @@ pub fn route(router: &Router<'_>, input: &RouteInput, ctx: &DecisionContext) -> 
                 );
             }
         }
+        gate_reason = if answer.decision == "REQUIRE_HUMAN" {
+            "human_approved"
+        } else {
+            "policy_gate_allow"
+        };
         policy_version = answer.policy_version;
-        gate_reason = "policy_gate_allow";
     }
     // Step 6: candidate selection (first available in rule order).
     let mut candidates = Vec::with_capacity(decision.candidate_workers_ranked.len());

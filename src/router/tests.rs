@@ -99,6 +99,7 @@ struct With<'a> {
     gate: Option<&'a dyn PolicyGate>,
     hashes: Option<&'a dyn WorkerHashes>,
     privilege: Option<&'a dyn PrivilegeCheck>,
+    human_approval: Option<&'a str>,
 }
 
 struct Hall {
@@ -139,6 +140,7 @@ impl Hall {
             gate: with.gate,
             hashes: with.hashes,
             privilege: with.privilege,
+            human_approval: with.human_approval,
         };
         let ctx = DecisionContext {
             decision_id: DECISION_ID.into(),
@@ -2315,4 +2317,51 @@ fn deny_reason_extras_flatten_after_code_and_message() {
         text(&reason),
         "{\"code\":\"DENY_MISSING_REQUIRED_CONTROLS\",\"message\":\"m\",\"missing\":[\"ctrl.a\"]}"
     );
+}
+
+#[test]
+fn a_human_approval_satisfies_the_blast_threshold_and_a_require_human_gate_only() {
+    let hall = Hall::new();
+    // Blast 90 in prod needs a human; with an approval the same request is allowed.
+    let mut i = input("cap.blast");
+    i.env = Env::Prod;
+    i.blast_score = Some(90);
+    assert_eq!(
+        hall.route(&i).deny_code(),
+        Some(DenyCode::DenyRequiresHuman)
+    );
+    let approved = With {
+        human_approval: Some("approval-1"),
+        ..With::default()
+    };
+    let d = hall.route_with(&i, approved);
+    assert!(!d.denied, "{:?}", d.deny_reason_if_denied);
+
+    // A gate answering REQUIRE_HUMAN is satisfied by the approval and says so in telemetry.
+    let gate = gate_answer("REQUIRE_HUMAN", "policy.v4", "needs supervisor");
+    let i = input("cap.gated");
+    let d = hall.route_with(
+        &i,
+        With {
+            gate: Some(&gate),
+            human_approval: Some("approval-1"),
+            ..With::default()
+        },
+    );
+    assert!(!d.denied);
+    let gated = serde_json::to_value(d.telemetry_envelopes.last().unwrap()).unwrap();
+    assert_eq!(gated["reason"], "human_approved");
+    assert_eq!(gated["policy_version"], "policy.v4");
+
+    // A DENY from the gate is never overridden by an approval.
+    let deny = gate_answer("DENY", "policy.v4", "no");
+    let d = hall.route_with(
+        &i,
+        With {
+            gate: Some(&deny),
+            human_approval: Some("approval-1"),
+            ..With::default()
+        },
+    );
+    assert_eq!(d.deny_code(), Some(DenyCode::DenyPolicyGate));
 }

@@ -1,0 +1,409 @@
+//! `wcp-hall serve` and the client commands that talk to a running Hall:
+//! `status`, `dispatch`, `approvals`, `reload`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hyper::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::{CliError, Out, exit, read_input};
+use crate::client::{self, Answer, DEFAULT_SOCKET};
+use crate::hall::lifecycle::{self, ServeOptions};
+
+/// Where to find a running Hall.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SocketArg {
+    /// The Hall's Unix socket.
+    #[arg(long, short = 's', env = "WCP_HALL_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Path to hall.toml.
+    #[arg(
+        long,
+        short = 'c',
+        env = "WCP_HALL_CONFIG",
+        default_value = "/etc/wcp-hall/hall.toml"
+    )]
+    pub config: PathBuf,
+    /// Listen on this socket instead of [server] socket (ignored under socket activation).
+    #[arg(long, short = 's')]
+    pub socket: Option<PathBuf>,
+    /// Log format on stderr: text or json.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+pub fn serve(args: ServeArgs) -> Result<u8, CliError> {
+    lifecycle::run(ServeOptions {
+        config: args.config,
+        socket: args.socket,
+        log_format: args.log_format,
+    })
+    .map(|()| exit::OK)
+    .map_err(|e| CliError::new(e.exit, "startup_failed", e.message))
+}
+
+fn call(
+    socket: &SocketArg,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Answer, CliError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::new(exit::IOERR, "runtime", e.to_string()))?;
+    runtime
+        .block_on(client::call(
+            &socket.socket,
+            method,
+            path,
+            body,
+            Duration::from_secs(socket.timeout),
+        ))
+        .map_err(|e| CliError::new(exit::UNAVAILABLE, "hall_unreachable", e.to_string()))
+}
+
+/// Turns an error answer into a CliError carrying the Hall's code and message.
+fn api_error(answer: &Answer) -> CliError {
+    let code = answer.body["code"].as_str().unwrap_or("error").to_owned();
+    let message = answer.body["message"]
+        .as_str()
+        .map_or_else(|| answer.body.to_string(), str::to_owned);
+    let exit = match answer.status {
+        StatusCode::FORBIDDEN => exit::NOPERM,
+        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => exit::DATAERR,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => exit::TEMPFAIL,
+        StatusCode::NOT_FOUND | StatusCode::CONFLICT => exit::DENIED,
+        _ => exit::UNAVAILABLE,
+    };
+    CliError::new(
+        exit,
+        "hall_error",
+        format!(
+            "the Hall refused ({}): {code}: {message}",
+            answer.status.as_u16()
+        ),
+    )
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+/// `wcp-hall status`: the running Hall's health; exit 0 when healthy.
+pub fn status(args: StatusArgs, out: &mut Out) -> Result<u8, CliError> {
+    let answer = call(&args.socket, Method::GET, "/wcp/health", None)?;
+    let b = &answer.body;
+    if out.json {
+        out.json_line(b)?;
+    } else {
+        out.line(format!(
+            "{} at {}: generation {}, {} rules ({} shadowed), {} workers, {} in flight, {} queued, {} approvals pending, runner {}",
+            b["status"].as_str().unwrap_or("unknown"),
+            args.socket.socket.display(),
+            b["generation"],
+            b["rules"],
+            b["shadowed_rules"],
+            b["workers"],
+            b["in_flight"],
+            b["queue_waiting"],
+            b["approvals_pending"],
+            if b["runner"] == true { "ready" } else { "absent (routing and dry runs only)" },
+        ))?;
+    }
+    Ok(if answer.status.is_success() {
+        exit::OK
+    } else {
+        exit::UNAVAILABLE
+    })
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DispatchArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// The capability to dispatch (cap.*).
+    #[arg(long)]
+    pub capability: Option<String>,
+    /// The worker's request payload: a JSON object, `@FILE`, or `-` for stdin.
+    #[arg(long, default_value = "{}")]
+    pub input: String,
+    /// A complete RouteInput JSON file (instead of --capability and the flags below).
+    #[arg(long, conflicts_with = "capability")]
+    pub route_input: Option<PathBuf>,
+    #[arg(long, default_value = "dev")]
+    pub env: String,
+    #[arg(long, default_value = "PUBLIC")]
+    pub data_label: String,
+    #[arg(long, default_value = "low")]
+    pub tenant_risk: String,
+    #[arg(long, default_value = "P2")]
+    pub qos_class: String,
+    /// The tenant to act as (must be one the Hall maps to your uid or gid).
+    #[arg(long, env = "WCP_TENANT_ID")]
+    pub tenant_id: Option<String>,
+    /// Correlation id (default: a fresh UUIDv4).
+    #[arg(long)]
+    pub correlation_id: Option<String>,
+    /// Decide fully but execute nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+fn payload(spec: &str) -> Result<Value, CliError> {
+    let text = if spec == "-" {
+        read_input(std::path::Path::new("-"))?
+    } else if let Some(path) = spec.strip_prefix('@') {
+        read_input(std::path::Path::new(path))?
+    } else {
+        spec.to_owned()
+    };
+    let v: Value = serde_json::from_str(&text).map_err(|e| {
+        CliError::new(
+            exit::DATAERR,
+            "invalid_input",
+            format!("--input is not valid JSON: {e}"),
+        )
+    })?;
+    if !v.is_object() {
+        return Err(CliError::new(
+            exit::DATAERR,
+            "invalid_input",
+            "--input must be a JSON object",
+        ));
+    }
+    Ok(v)
+}
+
+/// `wcp-hall dispatch`: route and run one request on the running Hall.
+pub fn dispatch(args: DispatchArgs, out: &mut Out) -> Result<u8, CliError> {
+    let body = match &args.route_input {
+        Some(path) => serde_json::from_str::<Value>(&read_input(path)?).map_err(|e| {
+            CliError::new(
+                exit::DATAERR,
+                "invalid_input",
+                format!("{}: {e}", path.display()),
+            )
+        })?,
+        None => {
+            let capability = args.capability.clone().ok_or_else(|| {
+                CliError::new(
+                    exit::USAGE,
+                    "usage",
+                    "give --capability cap.… (or --route-input FILE)",
+                )
+            })?;
+            json!({
+                "capability_id": capability,
+                "env": args.env,
+                "data_label": args.data_label,
+                "tenant_risk": args.tenant_risk,
+                "qos_class": args.qos_class,
+                "tenant_id": args.tenant_id.clone().unwrap_or_default(),
+                "correlation_id": args.correlation_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+                "request": payload(&args.input)?,
+                "dry_run": args.dry_run,
+            })
+        }
+    };
+    let answer = call(&args.socket, Method::POST, "/wcp/dispatch", Some(&body))?;
+    if !answer.status.is_success() {
+        return Err(api_error(&answer));
+    }
+    let b = &answer.body;
+    if out.json {
+        out.json_line(b)?;
+    } else {
+        let status = b["status"].as_str().unwrap_or("unknown");
+        match status {
+            "pending_approval" => out.line(format!(
+                "pending approval {} (supervisor level {}, expires {}); an operator runs `wcp-hall approvals approve {}`",
+                b["pending_approval_id"].as_str().unwrap_or("?"),
+                b["supervisor_level"].as_str().unwrap_or("?"),
+                b["approval_expires_at"].as_str().unwrap_or("?"),
+                b["pending_approval_id"].as_str().unwrap_or("?"),
+            ))?,
+            "denied" => {
+                let reason = &b["decision"]["deny_reason_if_denied"];
+                out.line(format!(
+                    "denied: {}: {}",
+                    reason["code"].as_str().unwrap_or("?"),
+                    reason["message"].as_str().unwrap_or("")
+                ))?;
+            }
+            _ => {
+                out.line(format!(
+                    "{status}: {} via {} ({})",
+                    b["decision"]["capability_id"].as_str().unwrap_or("?"),
+                    b["decision"]["selected_worker_species_id"].as_str().unwrap_or("?"),
+                    b["decision"]["matched_rule_id"].as_str().unwrap_or("?"),
+                ))?;
+                if let Some(result) = b.get("result") {
+                    out.line(format!("result: {result}"))?;
+                }
+                if let Some(receipt) = b["execution"].get("receipt") {
+                    out.line(format!("receipt: {receipt}"))?;
+                }
+            }
+        }
+    }
+    Ok(match b["status"].as_str() {
+        Some("completed" | "dry_run") => exit::OK,
+        Some("pending_approval") => exit::TEMPFAIL,
+        _ => exit::DENIED,
+    })
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ApprovalsCommand {
+    /// Pending approvals (all of them for an operator, your own otherwise).
+    List(ApprovalsListArgs),
+    /// Show one approval and its outcome.
+    Show(ApprovalIdArgs),
+    /// Approve: the request is re-routed with the approval and runs (operators only).
+    Approve(ApprovalIdArgs),
+    /// Deny: the request is denied with a receipt (operators only).
+    Deny(ApprovalIdArgs),
+    /// Escalate to a higher supervisor level (operators only).
+    Escalate(ApprovalEscalateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApprovalsListArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApprovalIdArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// The pending_approval_id.
+    pub id: String,
+    /// A note recorded with the resolution.
+    #[arg(long)]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApprovalEscalateArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    pub id: String,
+    /// advisory, gatekeeper, executor or incident_commander (default: the next level up).
+    #[arg(long)]
+    pub level: Option<String>,
+    #[arg(long)]
+    pub note: Option<String>,
+}
+
+pub fn approvals(cmd: ApprovalsCommand, out: &mut Out) -> Result<u8, CliError> {
+    let answer = match &cmd {
+        ApprovalsCommand::List(a) => call(&a.socket, Method::GET, "/wcp/approvals/pending", None)?,
+        ApprovalsCommand::Show(a) => call(
+            &a.socket,
+            Method::GET,
+            &format!("/wcp/approvals/{}", a.id),
+            None,
+        )?,
+        ApprovalsCommand::Approve(a) | ApprovalsCommand::Deny(a) => {
+            let action = if matches!(cmd, ApprovalsCommand::Approve(_)) {
+                "approve"
+            } else {
+                "deny"
+            };
+            let body = json!({"action": action, "note": a.note});
+            call(
+                &a.socket,
+                Method::POST,
+                &format!("/wcp/approvals/{}/resolve", a.id),
+                Some(&body),
+            )?
+        }
+        ApprovalsCommand::Escalate(a) => {
+            let body = json!({"action": "escalate", "level": a.level, "note": a.note});
+            call(
+                &a.socket,
+                Method::POST,
+                &format!("/wcp/approvals/{}/resolve", a.id),
+                Some(&body),
+            )?
+        }
+    };
+    if !answer.status.is_success() {
+        return Err(api_error(&answer));
+    }
+    if out.json {
+        out.json_line(&answer.body)?;
+        return Ok(exit::OK);
+    }
+    match cmd {
+        ApprovalsCommand::List(_) => {
+            let list = answer.body["pending"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if list.is_empty() {
+                out.line("no pending approvals")?;
+            }
+            for a in list {
+                out.line(format!(
+                    "{}  {}  {} for {} ({}), expires {}: {}",
+                    a["pending_approval_id"].as_str().unwrap_or("?"),
+                    a["supervisor_level"].as_str().unwrap_or("?"),
+                    a["capability_id"].as_str().unwrap_or("?"),
+                    a["tenant_id"].as_str().unwrap_or("?"),
+                    a["deny_code"].as_str().unwrap_or("?"),
+                    a["approval_expires_at"].as_str().unwrap_or("?"),
+                    a["reason"].as_str().unwrap_or(""),
+                ))?;
+            }
+        }
+        _ => {
+            let a = &answer.body["approval"];
+            out.line(format!(
+                "approval {}: {} (level {})",
+                a["id"].as_str().unwrap_or("?"),
+                a["status"].as_str().unwrap_or("?"),
+                a["supervisor_level"].as_str().unwrap_or("?")
+            ))?;
+            if let Some(r) = answer.body.get("response") {
+                out.line(format!("outcome: {}", r["status"].as_str().unwrap_or("?")))?;
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReloadArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+/// `wcp-hall reload`: ask the running Hall to reload (operators only); same as SIGHUP.
+pub fn reload(args: ReloadArgs, out: &mut Out) -> Result<u8, CliError> {
+    let answer = call(&args.socket, Method::POST, "/wcp/reload", None)?;
+    if !answer.status.is_success() {
+        return Err(api_error(&answer));
+    }
+    if out.json {
+        out.json_line(&answer.body)?;
+    } else {
+        out.line(format!(
+            "reloaded: generation {}",
+            answer.body["generation"]
+        ))?;
+    }
+    Ok(exit::OK)
+}

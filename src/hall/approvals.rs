@@ -1,0 +1,463 @@
+//! Human-in-the-loop approvals (WCP §5.8): pending requests, their resolution and expiry.
+//!
+//! A REQUIRE_HUMAN decision neither runs nor is silently denied: it becomes a pending approval
+//! with a supervisor level and an expiry. An operator approves, denies or escalates it; an
+//! unresolved one expires (denied). Every change is written to `approvals.json` in the state
+//! directory atomically (temp file, fsync, rename, fsync of the directory) *before* it is
+//! acknowledged, so pending approvals survive a restart; on start, approvals that expired while
+//! the Hall was down are marked expired (and the daemon records a receipt for each) — never
+//! silently dropped. A file that cannot be parsed stops the Hall rather than losing approvals.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::identity::Peer;
+
+/// WCP §5.8 supervisor levels, lowest first.
+pub const SUPERVISOR_LEVELS: &[&str] =
+    &["advisory", "gatekeeper", "executor", "incident_commander"];
+
+/// Where an approval stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalStatus {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+}
+
+/// How an operator resolved an approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolution {
+    pub by_uid: u32,
+    pub at: String,
+    pub action: String,
+    pub note: Option<String>,
+}
+
+/// One approval record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    pub id: String,
+    pub status: ApprovalStatus,
+    pub supervisor_level: String,
+    pub created_at: String,
+    pub expires_at: String,
+    pub expires_at_ms: u64,
+    pub tenant_id: String,
+    pub capability_id: String,
+    pub correlation_id: String,
+    /// Why a human is needed (the gate's reason or the blast rationale) and the router's code.
+    pub reason: String,
+    pub deny_code: String,
+    /// The RouteInput exactly as received, re-routed when approved.
+    pub input: Value,
+    /// The RouteDecision that asked for a human.
+    pub decision: Value,
+    pub peer: Peer,
+    pub resolutions: Vec<Resolution>,
+    /// The dispatch outcome once an approved request ran (or the final denial).
+    pub outcome: Option<Value>,
+}
+
+/// Why an approvals operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApprovalError {
+    #[error("cannot read approvals file {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "approvals file {} is corrupt ({message}); the Hall will not start and lose pending approvals: repair or move it aside",
+        .path.display()
+    )]
+    Corrupt { path: PathBuf, message: String },
+    #[error("cannot persist approvals to {}: {source}", .path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no approval with id {0:?}")]
+    NotFound(String),
+    #[error("approval {id} is already {status:?}")]
+    NotPending { id: String, status: ApprovalStatus },
+    #[error(
+        "unknown supervisor level {0:?}; expected one of: advisory, gatekeeper, executor, incident_commander"
+    )]
+    Level(String),
+}
+
+/// The approval table, persisted on every change.
+#[derive(Debug)]
+pub struct ApprovalStore {
+    path: PathBuf,
+    inner: Mutex<BTreeMap<String, Approval>>,
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 UTC with milliseconds and `Z`.
+pub fn rfc3339_ms(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    let iso = crate::clock::python_isoformat(t);
+    // python_isoformat gives `...SS[.ffffff]+00:00`; normalise to `...SS.mmmZ`.
+    let base = &iso[..19];
+    format!("{base}.{:03}Z", ms % 1000)
+}
+
+impl ApprovalStore {
+    /// Opens (or creates) the store in `state_dir`. Returns the approvals that expired while the
+    /// Hall was not running, already marked expired and persisted, for the caller to receipt.
+    pub fn open(state_dir: &Path) -> Result<(Self, Vec<Approval>), ApprovalError> {
+        let path = state_dir.join("approvals.json");
+        let mut map: BTreeMap<String, Approval> = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ApprovalError::Corrupt {
+                path: path.clone(),
+                message: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(source) => return Err(ApprovalError::Read { path, source }),
+        };
+        let now = now_ms();
+        let mut expired = Vec::new();
+        for a in map.values_mut() {
+            if a.status == ApprovalStatus::Pending && a.expires_at_ms <= now {
+                a.status = ApprovalStatus::Expired;
+                expired.push(a.clone());
+            }
+        }
+        let store = ApprovalStore {
+            path,
+            inner: Mutex::new(map),
+            changed: tokio::sync::watch::channel(0).0,
+        };
+        if !expired.is_empty() {
+            let map = store.lock();
+            store.persist(&map)?;
+        }
+        Ok((store, expired))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Approval>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn persist(&self, map: &BTreeMap<String, Approval>) -> Result<(), ApprovalError> {
+        let err = |source| ApprovalError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let bytes = serde_json::to_vec_pretty(map).map_err(|e| err(std::io::Error::other(e)))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
+        tmp.write_all(&bytes).map_err(err)?;
+        tmp.as_file().sync_all().map_err(err)?;
+        tmp.persist(&self.path).map_err(|e| err(e.error))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)?;
+        Ok(())
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Adds a pending approval (durable before returning).
+    pub fn create(&self, approval: Approval) -> Result<Approval, ApprovalError> {
+        let mut map = self.lock();
+        map.insert(approval.id.clone(), approval.clone());
+        if let Err(e) = self.persist(&map) {
+            map.remove(&approval.id);
+            return Err(e);
+        }
+        drop(map);
+        self.notify();
+        Ok(approval)
+    }
+
+    pub fn get(&self, id: &str) -> Option<Approval> {
+        self.lock().get(id).cloned()
+    }
+
+    /// Every pending approval, oldest first.
+    pub fn pending(&self) -> Vec<Approval> {
+        let mut v: Vec<Approval> = self
+            .lock()
+            .values()
+            .filter(|a| a.status == ApprovalStatus::Pending)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        v
+    }
+
+    /// Applies `f` to a pending approval and persists the result; the old state is kept if the
+    /// write fails.
+    fn update(&self, id: &str, f: impl FnOnce(&mut Approval)) -> Result<Approval, ApprovalError> {
+        let mut map = self.lock();
+        let current = map
+            .get(id)
+            .ok_or_else(|| ApprovalError::NotFound(id.to_owned()))?;
+        if current.status != ApprovalStatus::Pending {
+            return Err(ApprovalError::NotPending {
+                id: id.to_owned(),
+                status: current.status,
+            });
+        }
+        let mut next = current.clone();
+        f(&mut next);
+        let previous = map.insert(id.to_owned(), next.clone());
+        if let Err(e) = self.persist(&map) {
+            if let Some(p) = previous {
+                map.insert(id.to_owned(), p);
+            }
+            return Err(e);
+        }
+        drop(map);
+        self.notify();
+        Ok(next)
+    }
+
+    /// Approves or denies a pending approval.
+    pub fn resolve(
+        &self,
+        id: &str,
+        approve: bool,
+        by: &Peer,
+        note: Option<String>,
+    ) -> Result<Approval, ApprovalError> {
+        self.update(id, |a| {
+            a.status = if approve {
+                ApprovalStatus::Approved
+            } else {
+                ApprovalStatus::Denied
+            };
+            a.resolutions.push(Resolution {
+                by_uid: by.uid,
+                at: rfc3339_ms(now_ms()),
+                action: if approve { "approve" } else { "deny" }.into(),
+                note,
+            });
+        })
+    }
+
+    /// Raises the supervisor level (to `level`, or the next one); the approval stays pending.
+    pub fn escalate(
+        &self,
+        id: &str,
+        level: Option<&str>,
+        by: &Peer,
+        note: Option<String>,
+    ) -> Result<Approval, ApprovalError> {
+        let current = self
+            .get(id)
+            .ok_or_else(|| ApprovalError::NotFound(id.to_owned()))?;
+        let next = match level {
+            Some(l) if SUPERVISOR_LEVELS.contains(&l) => l.to_owned(),
+            Some(l) => return Err(ApprovalError::Level(l.to_owned())),
+            None => {
+                let i = SUPERVISOR_LEVELS
+                    .iter()
+                    .position(|l| *l == current.supervisor_level)
+                    .map_or(1, |i| (i + 1).min(SUPERVISOR_LEVELS.len() - 1));
+                SUPERVISOR_LEVELS[i].to_owned()
+            }
+        };
+        self.update(id, |a| {
+            a.supervisor_level = next.clone();
+            a.resolutions.push(Resolution {
+                by_uid: by.uid,
+                at: rfc3339_ms(now_ms()),
+                action: format!("escalate:{next}"),
+                note,
+            });
+        })
+    }
+
+    /// Marks every pending approval whose expiry has passed as expired; returns them.
+    pub fn expire_due(&self, now: u64) -> Result<Vec<Approval>, ApprovalError> {
+        let mut map = self.lock();
+        let due: Vec<String> = map
+            .values()
+            .filter(|a| a.status == ApprovalStatus::Pending && a.expires_at_ms <= now)
+            .map(|a| a.id.clone())
+            .collect();
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let before = map.clone();
+        let mut out = Vec::new();
+        for id in &due {
+            if let Some(a) = map.get_mut(id) {
+                a.status = ApprovalStatus::Expired;
+                out.push(a.clone());
+            }
+        }
+        if let Err(e) = self.persist(&map) {
+            *map = before;
+            return Err(e);
+        }
+        drop(map);
+        self.notify();
+        Ok(out)
+    }
+
+    /// Records the final outcome of a resolved approval (any status but pending).
+    pub fn set_outcome(&self, id: &str, outcome: Value) -> Result<(), ApprovalError> {
+        let mut map = self.lock();
+        let Some(a) = map.get_mut(id) else {
+            return Err(ApprovalError::NotFound(id.to_owned()));
+        };
+        a.outcome = Some(outcome);
+        self.persist(&map)?;
+        drop(map);
+        self.notify();
+        Ok(())
+    }
+
+    /// Waits until the approval is no longer pending and has an outcome, or `timeout` passes.
+    pub async fn wait_outcome(&self, id: &str, timeout: std::time::Duration) -> Option<Approval> {
+        let mut rx = self.changed.subscribe();
+        let wait = async {
+            loop {
+                if let Some(a) = self.get(id)
+                    && a.status != ApprovalStatus::Pending
+                    && a.outcome.is_some()
+                {
+                    return Some(a);
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.ok().flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn approval(id: &str, expires_at_ms: u64) -> Approval {
+        Approval {
+            id: id.into(),
+            status: ApprovalStatus::Pending,
+            supervisor_level: "gatekeeper".into(),
+            created_at: rfc3339_ms(now_ms()),
+            expires_at: rfc3339_ms(expires_at_ms),
+            expires_at_ms,
+            tenant_id: "acme-corp".into(),
+            capability_id: "cap.hello.greet".into(),
+            correlation_id: "c".into(),
+            reason: "needs_review".into(),
+            deny_code: "DENY_REQUIRES_HUMAN_APPROVAL".into(),
+            input: json!({}),
+            decision: json!({}),
+            peer: Peer {
+                uid: 1000,
+                gid: 1000,
+                pid: Some(1),
+            },
+            resolutions: vec![],
+            outcome: None,
+        }
+    }
+
+    #[test]
+    fn approvals_survive_a_restart_and_expire_while_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, expired) = ApprovalStore::open(dir.path()).unwrap();
+        assert!(expired.is_empty());
+        store.create(approval("a", now_ms() + 3_600_000)).unwrap();
+        store.create(approval("b", now_ms() + 50)).unwrap();
+        drop(store);
+        std::thread::sleep(std::time::Duration::from_millis(80));
+        let (store, expired) = ApprovalStore::open(dir.path()).unwrap();
+        assert_eq!(
+            expired.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
+        assert_eq!(store.pending().len(), 1);
+        assert_eq!(store.get("b").unwrap().status, ApprovalStatus::Expired);
+        let op = Peer {
+            uid: 0,
+            gid: 0,
+            pid: None,
+        };
+        let a = store.resolve("a", true, &op, Some("ok".into())).unwrap();
+        assert_eq!(a.status, ApprovalStatus::Approved);
+        assert!(matches!(
+            store.resolve("a", false, &op, None),
+            Err(ApprovalError::NotPending { .. })
+        ));
+        assert!(matches!(
+            store.resolve("zz", true, &op, None),
+            Err(ApprovalError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn escalation_raises_the_level_and_corrupt_files_stop_the_hall() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = ApprovalStore::open(dir.path()).unwrap();
+        store.create(approval("a", now_ms() + 3_600_000)).unwrap();
+        let op = Peer {
+            uid: 0,
+            gid: 0,
+            pid: None,
+        };
+        assert_eq!(
+            store
+                .escalate("a", None, &op, None)
+                .unwrap()
+                .supervisor_level,
+            "executor"
+        );
+        assert_eq!(
+            store
+                .escalate("a", Some("incident_commander"), &op, None)
+                .unwrap()
+                .supervisor_level,
+            "incident_commander"
+        );
+        assert!(matches!(
+            store.escalate("a", Some("boss"), &op, None),
+            Err(ApprovalError::Level(_))
+        ));
+        std::fs::write(dir.path().join("approvals.json"), "{not json").unwrap();
+        assert!(matches!(
+            ApprovalStore::open(dir.path()),
+            Err(ApprovalError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn expire_due_marks_and_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = ApprovalStore::open(dir.path()).unwrap();
+        store.create(approval("a", 10)).unwrap();
+        store.create(approval("b", u64::MAX)).unwrap();
+        let out = store.expire_due(now_ms()).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(store.pending().len(), 1);
+        assert_eq!(rfc3339_ms(1_795_548_961_274), "2026-11-24T19:36:01.274Z");
+    }
+}

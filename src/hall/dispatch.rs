@@ -1,0 +1,367 @@
+//! The one orchestrator of a governed request: identity → admission → route → (approval) →
+//! run → answer. Only this module decides the order of the steps; the router, the approvals
+//! store and the runner never call each other.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::api::ApiError;
+use super::approvals::{Approval, ApprovalStatus, now_ms, rfc3339_ms};
+use super::identity::Peer;
+use super::state::Loaded;
+use super::{Hall, RunRequest};
+use crate::clock::{DEFAULT_TASK_ID, mint_context};
+use crate::router::{self, Router};
+use crate::wcp::{DenyCode, RouteDecision, RouteInput};
+
+/// The answer to `POST /wcp/dispatch` (and to a poll of a resolved approval).
+#[derive(Debug, Clone, Serialize)]
+pub struct DispatchResponse {
+    /// `denied`, `dry_run`, `completed`, `failed` or `pending_approval`.
+    pub status: &'static str,
+    pub denied: bool,
+    pub supervisor_required: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub supervisor_level: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_approval_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_expires_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub escalation_context: Option<Value>,
+    /// The RouteDecision this answer rests on.
+    pub decision: Value,
+    /// The worker's result (its stdout as JSON) when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// What the runner reports about the run (exit, limits, envelope report, receipt).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub execution: Option<Value>,
+}
+
+/// Whether a denial is one a human may overturn (WCP §5.8).
+fn needs_human(decision: &RouteDecision) -> bool {
+    matches!(
+        decision.deny_code(),
+        Some(DenyCode::DenyRequiresHumanApproval | DenyCode::DenyRequiresHuman)
+    )
+}
+
+/// The key the per-tenant limit uses: the tenant when the peer may act as it, else the uid.
+pub fn admission_key(loaded: &Loaded, peer: &Peer, tenant_id: &str) -> String {
+    if loaded.identity.tenants_for(peer).contains(tenant_id) {
+        format!("tenant:{tenant_id}")
+    } else {
+        format!("uid:{}", peer.uid)
+    }
+}
+
+/// Routes `input` for `peer` on the snapshot `loaded` (pure apart from minting ids).
+pub fn route(
+    hall: &Hall,
+    loaded: &Loaded,
+    peer: &Peer,
+    input: &RouteInput,
+    approval: Option<&str>,
+) -> RouteDecision {
+    let config = loaded
+        .identity
+        .router_config_for(&loaded.router_config, peer);
+    let router = Router {
+        rules: &loaded.rules,
+        registry: &loaded.registry,
+        config: &config,
+        gate: hall
+            .gate
+            .as_deref()
+            .map(|g| g as &dyn crate::router::PolicyGate),
+        hashes: Some(&loaded.registry),
+        privilege: Some(&loaded.registry),
+        human_approval: approval,
+    };
+    router::route(&router, input, &mint_context(DEFAULT_TASK_ID))
+}
+
+fn record_decision(hall: &Hall, decision: &RouteDecision) {
+    match decision.deny_code() {
+        Some(code) => hall.metrics.inc(
+            "wcp_hall_decisions_total",
+            &[("outcome", "denied"), ("code", code.as_str())],
+        ),
+        None => hall.metrics.inc(
+            "wcp_hall_decisions_total",
+            &[("outcome", "allowed"), ("code", "")],
+        ),
+    }
+}
+
+fn response(status: &'static str, decision: RouteDecision) -> DispatchResponse {
+    DispatchResponse {
+        status,
+        denied: decision.denied,
+        decision: serde_json::to_value(&decision).unwrap_or(Value::Null),
+        supervisor_required: false,
+        supervisor_level: None,
+        pending_approval_id: None,
+        approval_expires_at: None,
+        escalation_context: None,
+        result: None,
+        execution: None,
+    }
+}
+
+/// `POST /wcp/dispatch`: the whole governed request.
+pub async fn dispatch(
+    hall: Arc<Hall>,
+    peer: Peer,
+    input: RouteInput,
+    raw: Value,
+) -> Result<DispatchResponse, ApiError> {
+    let started = Instant::now();
+    let loaded = hall.current.get();
+    let permit = hall
+        .limits
+        .admit(&admission_key(&loaded, &peer, &input.tenant_id))
+        .await
+        .map_err(|e| ApiError::overloaded(e.to_string()))?;
+    let decision = route(&hall, &loaded, &peer, &input, None);
+    record_decision(&hall, &decision);
+    let out = if needs_human(&decision) {
+        // Waiting for a human must not hold an execution slot.
+        drop(permit);
+        request_approval(&hall, &loaded, peer, input, raw, decision).await?
+    } else if decision.denied {
+        response("denied", decision)
+    } else if input.dry_run {
+        response("dry_run", decision)
+    } else {
+        run(&hall, &loaded, peer, input, decision).await?
+    };
+    hall.metrics
+        .observe_dispatch(started.elapsed().as_secs_f64());
+    Ok(out)
+}
+
+/// Runs an allowed decision through the runner on a blocking thread.
+async fn run(
+    hall: &Arc<Hall>,
+    loaded: &Arc<Loaded>,
+    peer: Peer,
+    input: RouteInput,
+    decision: RouteDecision,
+) -> Result<DispatchResponse, ApiError> {
+    let Some(runner) = hall.runner.clone() else {
+        return Err(ApiError::unavailable(
+            "execution_unavailable",
+            "this Hall has no worker runner configured; only dry runs and routing are available",
+        ));
+    };
+    let request = RunRequest {
+        peer,
+        input,
+        decision: decision.clone(),
+        loaded: loaded.clone(),
+    };
+    let outcome = tokio::task::spawn_blocking(move || runner.run(request))
+        .await
+        .map_err(|e| ApiError::internal(format!("worker runner panicked: {e}")))?;
+    match outcome {
+        Ok(done) => {
+            let mut r = response(
+                if done.succeeded {
+                    "completed"
+                } else {
+                    "failed"
+                },
+                decision,
+            );
+            r.result = done.result;
+            r.execution = Some(done.execution);
+            Ok(r)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates a pending approval and waits (up to `[approvals] wait_ms`) for its resolution.
+async fn request_approval(
+    hall: &Arc<Hall>,
+    loaded: &Arc<Loaded>,
+    peer: Peer,
+    input: RouteInput,
+    raw: Value,
+    decision: RouteDecision,
+) -> Result<DispatchResponse, ApiError> {
+    let reason_obj = decision.deny_reason_if_denied.as_ref();
+    let reason = reason_obj
+        .and_then(|r| r.extra.get("reason"))
+        .and_then(Value::as_str)
+        .unwrap_or("REQUIRE_HUMAN")
+        .to_owned();
+    let level = reason_obj
+        .and_then(|r| r.extra.get("supervisor_level"))
+        .and_then(Value::as_str)
+        .unwrap_or("gatekeeper")
+        .to_owned();
+    let now = now_ms();
+    let expires = now + loaded.config.approvals.timeout_ms;
+    let approval = Approval {
+        id: uuid::Uuid::new_v4().to_string(),
+        status: ApprovalStatus::Pending,
+        supervisor_level: level,
+        created_at: rfc3339_ms(now),
+        expires_at: rfc3339_ms(expires),
+        expires_at_ms: expires,
+        tenant_id: input.tenant_id.clone(),
+        capability_id: input.capability_id.clone(),
+        correlation_id: input.correlation_id.clone(),
+        reason,
+        deny_code: decision
+            .deny_code()
+            .map(|c| c.as_str().to_owned())
+            .unwrap_or_default(),
+        input: raw,
+        decision: serde_json::to_value(&decision).unwrap_or(Value::Null),
+        peer,
+        resolutions: Vec::new(),
+        outcome: None,
+    };
+    let approval = hall
+        .approvals
+        .create(approval)
+        .map_err(|e| ApiError::unavailable("approvals_unavailable", e.to_string()))?;
+    let wait = Duration::from_millis(loaded.config.approvals.wait_ms);
+    if let Some(done) = hall.approvals.wait_outcome(&approval.id, wait).await
+        && let Some(outcome) = done.outcome.clone()
+    {
+        return Ok(pending_or_final(&done, Some(outcome)));
+    }
+    Ok(pending_or_final(&approval, None))
+}
+
+/// The pending answer, or the final one when the approval's outcome is known.
+pub fn pending_or_final(approval: &Approval, outcome: Option<Value>) -> DispatchResponse {
+    if let Some(v) = outcome
+        && let Ok(final_response) = serde_json::from_value::<FinalOutcome>(v)
+    {
+        return final_response.into_response();
+    }
+    DispatchResponse {
+        status: "pending_approval",
+        denied: false,
+        supervisor_required: true,
+        supervisor_level: Some(approval.supervisor_level.clone()),
+        pending_approval_id: Some(approval.id.clone()),
+        approval_expires_at: Some(approval.expires_at.clone()),
+        escalation_context: Some(json!({
+            "reason": approval.reason,
+            "deny_code": approval.deny_code,
+            "tenant_id": approval.tenant_id,
+            "capability_id": approval.capability_id,
+            "correlation_id": approval.correlation_id,
+        })),
+        decision: approval.decision.clone(),
+        result: None,
+        execution: None,
+    }
+}
+
+/// What is stored as an approval's outcome once it is final.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct FinalOutcome {
+    pub status: String,
+    pub denied: bool,
+    pub decision: Value,
+    pub result: Option<Value>,
+    pub execution: Option<Value>,
+}
+
+impl FinalOutcome {
+    fn into_response(self) -> DispatchResponse {
+        let status = match self.status.as_str() {
+            "completed" => "completed",
+            "failed" => "failed",
+            "dry_run" => "dry_run",
+            _ => "denied",
+        };
+        DispatchResponse {
+            status,
+            denied: self.denied,
+            supervisor_required: false,
+            supervisor_level: None,
+            pending_approval_id: None,
+            approval_expires_at: None,
+            escalation_context: None,
+            decision: self.decision,
+            result: self.result,
+            execution: self.execution,
+        }
+    }
+
+    fn from_response(r: &DispatchResponse) -> Self {
+        FinalOutcome {
+            status: r.status.to_owned(),
+            denied: r.denied,
+            decision: r.decision.clone(),
+            result: r.result.clone(),
+            execution: r.execution.clone(),
+        }
+    }
+}
+
+/// Carries out an operator's resolution: approve re-routes the stored request with the
+/// approval (every other check runs again on the current rules) and runs it; deny and expiry
+/// store a denial. The outcome is persisted on the approval and wakes any waiting caller.
+pub async fn complete_approval(hall: Arc<Hall>, approval: Approval) -> Result<Value, ApiError> {
+    let loaded = hall.current.get();
+    let input = RouteInput::from_value(&approval.input)
+        .map_err(|e| ApiError::internal(format!("stored approval input no longer parses: {e}")))?;
+    let response = match approval.status {
+        ApprovalStatus::Approved => {
+            let decision = route(&hall, &loaded, &approval.peer, &input, Some(&approval.id));
+            record_decision(&hall, &decision);
+            if decision.denied {
+                response("denied", decision)
+            } else if input.dry_run {
+                response("dry_run", decision)
+            } else {
+                match run(&hall, &loaded, approval.peer, input, decision.clone()).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let mut r = response("failed", decision);
+                        r.execution =
+                            Some(json!({"error": {"code": e.code, "message": e.message}}));
+                        r
+                    }
+                }
+            }
+        }
+        ApprovalStatus::Denied | ApprovalStatus::Expired => {
+            // The decision that asked for a human stands, whatever the rules say now.
+            DispatchResponse {
+                status: "denied",
+                denied: true,
+                supervisor_required: false,
+                supervisor_level: Some(approval.supervisor_level.clone()),
+                pending_approval_id: Some(approval.id.clone()),
+                approval_expires_at: Some(approval.expires_at.clone()),
+                escalation_context: Some(
+                    json!({"approval_status": approval.status, "reason": approval.reason}),
+                ),
+                decision: approval.decision.clone(),
+                result: None,
+                execution: None,
+            }
+        }
+        ApprovalStatus::Pending => return Err(ApiError::internal("approval is still pending")),
+    };
+    let outcome = serde_json::to_value(FinalOutcome::from_response(&response))
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    hall.approvals
+        .set_outcome(&approval.id, outcome.clone())
+        .map_err(|e| ApiError::unavailable("approvals_unavailable", e.to_string()))?;
+    Ok(serde_json::to_value(&response).unwrap_or(outcome))
+}

@@ -1,0 +1,273 @@
+//! Process lifecycle: socket (systemd-activated or bound), readiness, signals, watchdog.
+//!
+//! Order matters: the activated socket is taken from `LISTEN_FDS` before the async runtime
+//! starts (the environment is read while the process is single-threaded), configuration and
+//! state are loaded before the socket accepts, and `READY=1` is sent only when the Hall can
+//! answer. SIGTERM/SIGINT stop accepting, let in-flight requests finish within the grace period
+//! and exit 0; SIGHUP reloads (`RELOADING=1` … `READY=1`, the systemd 252 way) and keeps the old
+//! configuration if the new one is invalid. All notifications are no-ops without `NOTIFY_SOCKET`.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+
+use super::approvals::{ApprovalStore, now_ms};
+use super::state::{Current, Loaded};
+use super::{Hall, dispatch};
+use crate::cli::exit;
+
+/// How `serve` was asked to run.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub config: PathBuf,
+    /// Overrides `[server] socket`.
+    pub socket: Option<PathBuf>,
+    /// `json` for JSON-lines logs on stderr; anything else is human text.
+    pub log_format: String,
+}
+
+/// A startup failure: message and exit code.
+#[derive(Debug)]
+pub struct StartError {
+    pub exit: u8,
+    pub message: String,
+}
+
+fn fail(exit: u8, message: impl Into<String>) -> StartError {
+    StartError {
+        exit,
+        message: message.into(),
+    }
+}
+
+fn notify(states: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Binds the Hall's socket at `path` with `mode` (and `group`), refusing to replace a socket
+/// another process is listening on. The socket is created with a restrictive umask so no other
+/// user can connect before its mode is set.
+pub fn bind_socket(
+    path: &Path,
+    mode: u32,
+    group: Option<&str>,
+) -> Result<std::os::unix::net::UnixListener, StartError> {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            fail(
+                exit::CONFIG,
+                format!("cannot create socket directory {}: {e}", dir.display()),
+            )
+        })?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(fail(
+                    exit::CONFIG,
+                    format!(
+                        "another process is already listening on {}; stop it or choose another --socket",
+                        path.display()
+                    ),
+                ));
+            }
+            std::fs::remove_file(path).map_err(|e| {
+                fail(
+                    exit::CONFIG,
+                    format!("cannot remove stale socket {}: {e}", path.display()),
+                )
+            })?;
+        }
+        Ok(_) => {
+            return Err(fail(
+                exit::CONFIG,
+                format!(
+                    "{} exists and is not a socket; refusing to replace it",
+                    path.display()
+                ),
+            ));
+        }
+        Err(_) => {}
+    }
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener =
+        bound.map_err(|e| fail(exit::CONFIG, format!("cannot bind {}: {e}", path.display())))?;
+    if let Some(group) = group {
+        let gid = match group.parse::<u32>() {
+            Ok(g) => nix::unistd::Gid::from_raw(g),
+            Err(_) => nix::unistd::Group::from_name(group)
+                .ok()
+                .flatten()
+                .map(|g| g.gid)
+                .ok_or_else(|| {
+                    fail(
+                        exit::CONFIG,
+                        format!("[server] socket_group {group:?} does not exist"),
+                    )
+                })?,
+        };
+        nix::unistd::chown(path, None, Some(gid)).map_err(|e| {
+            fail(
+                exit::CONFIG,
+                format!("cannot give {} to group {group}: {e}", path.display()),
+            )
+        })?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+        fail(
+            exit::CONFIG,
+            format!("cannot set mode of {}: {e}", path.display()),
+        )
+    })?;
+    Ok(listener)
+}
+
+/// Runs the daemon in the foreground until SIGTERM/SIGINT. Returns the process exit code.
+pub fn run(options: ServeOptions) -> Result<(), StartError> {
+    init_logging(&options.log_format);
+    // Taken first, while single-threaded: systemd socket activation.
+    let activated = listenfd::ListenFd::from_env()
+        .take_unix_listener(0)
+        .map_err(|e| {
+            fail(
+                exit::CONFIG,
+                format!("LISTEN_FDS is set but fd 3 is not a Unix socket: {e}"),
+            )
+        })?;
+    let loaded = Loaded::load(&options.config, 1).map_err(|e| fail(exit::CONFIG, e.to_string()))?;
+    let state_dir = loaded.config.paths.state_dir.clone();
+    let (approvals, expired_while_down) =
+        ApprovalStore::open(&state_dir).map_err(|e| fail(exit::CONFIG, e.to_string()))?;
+    let server = loaded.config.server.clone();
+    let (listener, socket_desc) = match activated {
+        Some(l) => (l, "systemd-activated socket".to_owned()),
+        None => {
+            let path = options
+                .socket
+                .clone()
+                .unwrap_or_else(|| server.socket.clone());
+            let mode = server.mode().unwrap_or(0o660);
+            let l = bind_socket(&path, mode, server.socket_group.as_deref())?;
+            (l, path.display().to_string())
+        }
+    };
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| fail(exit::IOERR, format!("cannot configure the socket: {e}")))?;
+    let hall = Arc::new(Hall::new(
+        Current::new(options.config.clone(), loaded),
+        approvals,
+    ));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(exit::IOERR, format!("cannot start the async runtime: {e}")))?;
+    let grace = Duration::from_millis(server.shutdown_grace_ms);
+    let result = runtime.block_on(async {
+        let listener = tokio::net::UnixListener::from_std(listener)
+            .map_err(|e| fail(exit::IOERR, format!("cannot register the socket: {e}")))?;
+        for approval in expired_while_down {
+            let hall = hall.clone();
+            tokio::spawn(async move {
+                let _ = dispatch::complete_approval(hall, approval).await;
+            });
+        }
+        tokio::spawn(expire_approvals(hall.clone()));
+        if let Some(interval) = sd_notify::watchdog_enabled() {
+            tokio::spawn(watchdog(hall.clone(), interval / 2));
+        }
+        let shutdown = signals(hall.clone());
+        tracing::info!(socket = %socket_desc, "wcp-hall serving");
+        notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+        super::server::serve(hall.clone(), listener, shutdown, grace).await;
+        notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+        tracing::info!("wcp-hall stopped");
+        Ok::<(), StartError>(())
+    });
+    runtime.shutdown_timeout(grace);
+    result
+}
+
+/// Resolves on SIGTERM or SIGINT; handles SIGHUP reloads meanwhile.
+async fn signals(hall: Arc<Hall>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the Hall with SIGKILL");
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                let mut states = vec![NotifyState::Reloading];
+                if let Ok(m) = NotifyState::monotonic_usec_now() {
+                    states.push(m);
+                }
+                notify(&states);
+                let _ = hall.reload();
+                notify(&[NotifyState::Ready]);
+            }
+        }
+    }
+    tracing::info!("shutdown requested: no new connections, finishing in-flight requests");
+    hall.begin_shutdown();
+}
+
+/// Expires due approvals every second and records their denial.
+async fn expire_approvals(hall: Arc<Hall>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        match hall.approvals.expire_due(now_ms()) {
+            Ok(expired) => {
+                for approval in expired {
+                    tracing::info!(id = %approval.id, "approval expired");
+                    if let Err(e) = dispatch::complete_approval(hall.clone(), approval).await {
+                        tracing::error!(error = %e.message, "recording an expired approval failed");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot expire approvals"),
+        }
+    }
+}
+
+/// Pings the systemd watchdog while the Hall's state is usable.
+async fn watchdog(hall: Arc<Hall>, every: Duration) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+    loop {
+        tick.tick().await;
+        // Liveness: the snapshot lock and the approvals table answer.
+        let _ = hall.current.get();
+        let _ = hall.approvals.pending();
+        notify(&[NotifyState::Watchdog]);
+    }
+}

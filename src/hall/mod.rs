@@ -1,0 +1,123 @@
+//! The Hall daemon (`wcp-hall serve`): the only part of the crate that owns sockets, threads and
+//! async. Everything it decides comes from the pure library (router, rules, registry); this
+//! module adds identity from the kernel, admission control, human approvals, the HTTP API,
+//! reload and shutdown.
+//!
+//! - [`state`]: the immutable snapshot requests route with, and its atomic reload.
+//! - [`identity`]: `SO_PEERCRED` peers → tenants and operators.
+//! - [`limits`]: bounded concurrency and queue (429 + Retry-After).
+//! - [`approvals`]: WCP §5.8 pending approvals, persisted.
+//! - [`dispatch`]: the one orchestrator of a request's steps.
+//! - [`server`]: routes, handlers and the accept loop.
+//! - [`lifecycle`]: socket binding or activation, signals, readiness and watchdog notification.
+
+pub mod api;
+pub mod approvals;
+pub mod dispatch;
+pub mod identity;
+pub mod lifecycle;
+pub mod limits;
+pub mod metrics;
+pub mod server;
+pub mod state;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::router::PolicyGate;
+use crate::wcp::{RouteDecision, RouteInput};
+use api::ApiError;
+use approvals::ApprovalStore;
+use identity::Peer;
+use limits::Limits;
+use metrics::Metrics;
+use state::{Current, Loaded};
+
+/// An allowed, non-dry-run request to execute.
+pub struct RunRequest {
+    pub peer: Peer,
+    pub input: RouteInput,
+    pub decision: RouteDecision,
+    pub loaded: Arc<Loaded>,
+}
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// The worker exited successfully with a JSON result.
+    pub succeeded: bool,
+    /// The worker's result (its stdout parsed as JSON), when it produced one.
+    pub result: Option<Value>,
+    /// The run's facts: exit status, limits hit, envelope report, receipt reference.
+    pub execution: Value,
+}
+
+/// Executes allowed decisions (attestation, envelope, receipts). Called on a blocking thread.
+pub trait Runner: Send + Sync {
+    fn run(&self, request: RunRequest) -> Result<RunOutcome, ApiError>;
+}
+
+/// The daemon's shared state.
+pub struct Hall {
+    pub current: Current,
+    pub limits: Limits,
+    pub approvals: ApprovalStore,
+    pub metrics: Metrics,
+    pub started: Instant,
+    pub gate: Option<Arc<dyn PolicyGate + Send + Sync>>,
+    pub runner: Option<Arc<dyn Runner>>,
+    stopping: AtomicBool,
+}
+
+impl Hall {
+    /// Builds the shared state from a loaded snapshot.
+    pub fn new(current: Current, approvals: ApprovalStore) -> Self {
+        let server = current.get().config.server.clone();
+        Hall {
+            limits: Limits::new(
+                server.max_concurrent,
+                server.max_concurrent_per_tenant,
+                server.max_queue,
+                Duration::from_millis(server.queue_timeout_ms),
+            ),
+            current,
+            approvals,
+            metrics: Metrics::default(),
+            started: Instant::now(),
+            gate: None,
+            runner: None,
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    /// Reloads configuration, rules and registry; keeps the old snapshot on error.
+    pub fn reload(&self) -> Result<u64, String> {
+        match self.current.reload() {
+            Ok(loaded) => {
+                self.metrics
+                    .inc("wcp_hall_reloads_total", &[("result", "ok")]);
+                tracing::info!(generation = loaded.generation, "configuration reloaded");
+                Ok(loaded.generation)
+            }
+            Err(e) => {
+                self.metrics
+                    .inc("wcp_hall_reloads_total", &[("result", "failed")]);
+                tracing::error!(error = %e, "reload failed; keeping the previous configuration");
+                Err(format!(
+                    "reload failed, the previous configuration stays active: {e}"
+                ))
+            }
+        }
+    }
+}

@@ -1,0 +1,444 @@
+//! HTTP/1.1 + JSON over the Hall's Unix socket: routes, handlers and the accept loop.
+//!
+//! Each accepted connection carries the peer's kernel credentials (`SO_PEERCRED`) into every
+//! request as an extension; handlers never look at a client-supplied identity. Connections get a
+//! header read timeout (slow-loris guard) and bodies are read with a size limit and a deadline.
+//! Graceful shutdown stops accepting, lets in-flight requests finish within the grace period,
+//! then drops what is left.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+
+use super::Hall;
+use super::api::{API_VERSION, ApiError};
+use super::approvals::{ApprovalError, ApprovalStatus};
+use super::dispatch;
+use super::identity::Peer;
+use crate::wcp::RouteInput;
+
+/// The API's routes.
+pub fn app(hall: Arc<Hall>) -> Router {
+    Router::new()
+        .route("/_ping", get(ping))
+        .route("/wcp/version", get(version))
+        .route("/wcp/health", get(health))
+        .route("/wcp/capabilities", get(capabilities))
+        .route("/wcp/workers", get(workers))
+        .route("/wcp/route", post(route))
+        .route("/wcp/dispatch", post(dispatch_handler))
+        .route("/wcp/approvals/pending", get(pending_approvals))
+        .route("/wcp/approvals/{id}", get(get_approval))
+        .route("/wcp/approvals/{id}/resolve", post(resolve_approval))
+        .route("/wcp/reload", post(reload))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::not_found("no such endpoint; see GET /wcp/version") })
+        .with_state(hall)
+}
+
+fn versioned(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert("api-version", HeaderValue::from_static(API_VERSION));
+    resp
+}
+
+async fn ping() -> Response {
+    versioned("OK".into_response())
+}
+
+async fn version() -> Response {
+    versioned(
+        Json(json!({
+            "name": "wcp-hall",
+            "version": env!("CARGO_PKG_VERSION"),
+            "api_version": API_VERSION,
+            "wcp_version": "0.1",
+        }))
+        .into_response(),
+    )
+}
+
+async fn health(State(hall): State<Arc<Hall>>) -> Response {
+    let loaded = hall.current.get();
+    let shutting_down = hall.is_shutting_down();
+    let body = json!({
+        "status": if shutting_down { "stopping" } else { "ok" },
+        "generation": loaded.generation,
+        "uptime_ms": hall.started.elapsed().as_millis() as u64,
+        "in_flight": hall.limits.in_flight(loaded.config.server.max_concurrent),
+        "queue_waiting": hall.limits.waiting(),
+        "approvals_pending": hall.approvals.pending().len(),
+        "rules": loaded.rules.rules().len(),
+        "shadowed_rules": loaded.rules.shadows().len(),
+        "workers": loaded.registry.records().len(),
+        "runner": hall.runner.is_some(),
+    });
+    let status = if shutting_down {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    versioned((status, Json(body)).into_response())
+}
+
+async fn capabilities(State(hall): State<Arc<Hall>>) -> Json<Value> {
+    let loaded = hall.current.get();
+    let summary = loaded.registry.summary();
+    let mut caps: std::collections::BTreeMap<String, Value> = std::collections::BTreeMap::new();
+    for rule in loaded.rules.rules() {
+        let names: Vec<String> = match &rule.matcher.conditions[0] {
+            Some(crate::rules::Condition::Exact(c)) => vec![c.clone()],
+            Some(crate::rules::Condition::In(list)) => list.clone(),
+            _ => continue,
+        };
+        for name in names {
+            let entry = caps.entry(name.clone()).or_insert_with(|| {
+                json!({
+                    "capability_id": name,
+                    "worker_species": summary.capabilities_mapped.get(&name).cloned().unwrap_or_default(),
+                    "rules": [],
+                })
+            });
+            if let Some(rules) = entry["rules"].as_array_mut() {
+                rules.push(Value::from(rule.rule_id.clone()));
+            }
+        }
+    }
+    Json(json!({"capabilities": caps.into_values().collect::<Vec<_>>()}))
+}
+
+async fn workers(State(hall): State<Arc<Hall>>) -> Json<Value> {
+    let loaded = hall.current.get();
+    let workers: Vec<Value> = loaded
+        .registry
+        .records()
+        .iter()
+        .map(|r| {
+            json!({
+                "worker_id": r.worker_id,
+                "worker_species_id": r.worker_species_id,
+                "capabilities": r.capabilities,
+                "risk_tier": r.risk_tier,
+                "allowed_environments": r.allowed_environments,
+                "currently_implements": r.currently_implements,
+                "privilege_envelope": r.privilege_envelope,
+                "blast_radius": r.blast_radius,
+            })
+        })
+        .collect();
+    Json(json!({"workers": workers}))
+}
+
+/// Reads a JSON body with the configured size limit and deadline.
+async fn read_json(hall: &Hall, body: Body) -> Result<Value, ApiError> {
+    let server = hall.current.get().config.server.clone();
+    let collect = Limited::new(body, server.max_body_bytes).collect();
+    let collected = tokio::time::timeout(Duration::from_millis(server.read_timeout_ms), collect)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {} ms",
+                    server.read_timeout_ms
+                ),
+            )
+        })?
+        .map_err(|e| {
+            if e.downcast_ref::<LengthLimitError>().is_some() {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("request body exceeds {} bytes", server.max_body_bytes),
+                )
+            } else {
+                ApiError::bad_request(
+                    "body_unreadable",
+                    format!("cannot read the request body: {e}"),
+                )
+            }
+        })?;
+    serde_json::from_slice(&collected.to_bytes()).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("request body is not valid JSON: {e}"),
+        )
+    })
+}
+
+async fn read_input(hall: &Hall, body: Body) -> Result<(RouteInput, Value), ApiError> {
+    let raw = read_json(hall, body).await?;
+    let input = RouteInput::from_value(&raw)
+        .map_err(|e| ApiError::bad_request("invalid_input", e.to_string()))?;
+    Ok((input, raw))
+}
+
+async fn route(
+    State(hall): State<Arc<Hall>>,
+    Extension(peer): Extension<Peer>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    hall.metrics
+        .inc("wcp_hall_requests_total", &[("endpoint", "route")]);
+    let (input, _) = read_input(&hall, body).await?;
+    let loaded = hall.current.get();
+    let decision = dispatch::route(&hall, &loaded, &peer, &input, None);
+    Ok(Json(decision).into_response())
+}
+
+async fn dispatch_handler(
+    State(hall): State<Arc<Hall>>,
+    Extension(peer): Extension<Peer>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    hall.metrics
+        .inc("wcp_hall_requests_total", &[("endpoint", "dispatch")]);
+    if hall.is_shutting_down() {
+        return Err(ApiError::unavailable(
+            "shutting_down",
+            "the Hall is shutting down",
+        ));
+    }
+    let (input, raw) = read_input(&hall, body).await?;
+    let out = dispatch::dispatch(hall, peer, input, raw).await?;
+    Ok(Json(out).into_response())
+}
+
+fn approval_visible(hall: &Hall, peer: &Peer, approval_peer: &Peer) -> bool {
+    hall.current.get().identity.is_operator(peer) || peer.uid == approval_peer.uid
+}
+
+async fn pending_approvals(
+    State(hall): State<Arc<Hall>>,
+    Extension(peer): Extension<Peer>,
+) -> Json<Value> {
+    let list: Vec<Value> = hall
+        .approvals
+        .pending()
+        .into_iter()
+        .filter(|a| approval_visible(&hall, &peer, &a.peer))
+        .map(|a| {
+            json!({
+                "pending_approval_id": a.id,
+                "supervisor_level": a.supervisor_level,
+                "created_at": a.created_at,
+                "approval_expires_at": a.expires_at,
+                "tenant_id": a.tenant_id,
+                "capability_id": a.capability_id,
+                "correlation_id": a.correlation_id,
+                "reason": a.reason,
+                "deny_code": a.deny_code,
+                "requested_by": a.peer,
+            })
+        })
+        .collect();
+    Json(json!({"pending": list}))
+}
+
+async fn get_approval(
+    State(hall): State<Arc<Hall>>,
+    Extension(peer): Extension<Peer>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let a = hall
+        .approvals
+        .get(&id)
+        .filter(|a| approval_visible(&hall, &peer, &a.peer))
+        .ok_or_else(|| ApiError::not_found(format!("no approval with id {id:?}")))?;
+    let response = dispatch::pending_or_final(&a, a.outcome.clone());
+    Ok(Json(json!({"approval": a, "response": response})).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveBody {
+    action: String,
+    #[serde(default)]
+    level: Option<String>,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+async fn resolve_approval(
+    State(hall): State<Arc<Hall>>,
+    Extension(peer): Extension<Peer>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    hall.metrics
+        .inc("wcp_hall_requests_total", &[("endpoint", "resolve")]);
+    if !hall.current.get().identity.is_operator(&peer) {
+        return Err(ApiError::forbidden(format!(
+            "uid {} is not an operator; add it to [identity] operator_uids (or its group to operator_gids)",
+            peer.uid
+        )));
+    }
+    let raw = read_json(&hall, body).await?;
+    let body: ResolveBody = serde_json::from_value(raw).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_resolution",
+            format!("expected {{\"action\": \"approve\"|\"deny\"|\"escalate\", \"level\"?, \"note\"?}}: {e}"),
+        )
+    })?;
+    let map_err = |e: ApprovalError| match e {
+        ApprovalError::NotFound(_) => ApiError::not_found(e.to_string()),
+        ApprovalError::NotPending { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "approval_not_pending", e.to_string())
+        }
+        ApprovalError::Level(_) => ApiError::bad_request("invalid_level", e.to_string()),
+        other => ApiError::unavailable("approvals_unavailable", other.to_string()),
+    };
+    let approval = match body.action.as_str() {
+        "approve" => hall
+            .approvals
+            .resolve(&id, true, &peer, body.note)
+            .map_err(map_err)?,
+        "deny" => hall
+            .approvals
+            .resolve(&id, false, &peer, body.note)
+            .map_err(map_err)?,
+        "escalate" => {
+            let a = hall
+                .approvals
+                .escalate(&id, body.level.as_deref(), &peer, body.note)
+                .map_err(map_err)?;
+            return Ok(Json(json!({"approval": a})).into_response());
+        }
+        other => {
+            return Err(ApiError::bad_request(
+                "invalid_resolution",
+                format!("action {other:?} is not one of approve, deny, escalate"),
+            ));
+        }
+    };
+    debug_assert_ne!(approval.status, ApprovalStatus::Pending);
+    let response = dispatch::complete_approval(hall.clone(), approval.clone()).await?;
+    Ok(
+        Json(
+            json!({"approval": hall.approvals.get(&id).unwrap_or(approval), "response": response}),
+        )
+        .into_response(),
+    )
+}
+
+async fn reload(
+    State(hall): State<Arc<Hall>>,
+    Extension(peer): Extension<Peer>,
+) -> Result<Response, ApiError> {
+    if !hall.current.get().identity.is_operator(&peer) {
+        return Err(ApiError::forbidden(format!(
+            "uid {} is not an operator",
+            peer.uid
+        )));
+    }
+    match hall.reload() {
+        Ok(generation) => {
+            Ok(Json(json!({"reloaded": true, "generation": generation})).into_response())
+        }
+        Err(message) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "reload_failed",
+            message,
+        )),
+    }
+}
+
+async fn metrics(State(hall): State<Arc<Hall>>) -> Response {
+    let loaded = hall.current.get();
+    let text = hall.metrics.render(&[
+        (
+            "wcp_hall_in_flight",
+            "Requests holding an execution slot.",
+            hall.limits.in_flight(loaded.config.server.max_concurrent) as f64,
+        ),
+        (
+            "wcp_hall_queue_waiting",
+            "Requests waiting for a slot.",
+            hall.limits.waiting() as f64,
+        ),
+        (
+            "wcp_hall_approvals_pending",
+            "Pending human approvals.",
+            hall.approvals.pending().len() as f64,
+        ),
+        (
+            "wcp_hall_config_generation",
+            "Generation of the loaded configuration.",
+            loaded.generation as f64,
+        ),
+    ]);
+    let mut resp = text.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+/// Serves connections from `listener` until `shutdown` resolves, then drains in-flight
+/// requests for at most `grace`.
+pub async fn serve(
+    hall: Arc<Hall>,
+    listener: tokio::net::UnixListener,
+    shutdown: impl std::future::Future<Output = ()>,
+    grace: Duration,
+) {
+    let app = app(hall.clone());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(cred) = stream.peer_cred() else {
+                    tracing::warn!("peer credentials unavailable; connection refused");
+                    continue;
+                };
+                let peer = Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid() };
+                let svc = app.clone().map_request(move |mut req: Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(peer);
+                    req
+                });
+                let header_timeout = Duration::from_millis(hall.current.get().config.server.read_timeout_ms);
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout)
+                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!("grace period over: closing the remaining connections");
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! What the daemon routes with, and its atomic reload.
+//!
+//! A [`Loaded`] snapshot (configuration, compiled rules, registry, identity map) is immutable;
+//! requests take an `Arc` to the current one and keep it for their whole life, so a reload never
+//! changes the rules under a request in flight. Reload builds a complete new snapshot first and
+//! swaps it in only if every part loaded; otherwise the old one stays and the error says why.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use crate::config::Config;
+use crate::hall::identity::IdentityMap;
+use crate::registry::{Registry, RegistryDir, RegistryDirError};
+use crate::router::RouterConfig;
+use crate::rules::{RuleSet, RulesError};
+
+/// Why a configuration could not be (re)loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot read rules {}: {source}", .path.display())]
+    RulesRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("rules {}: {source}", .path.display())]
+    Rules { path: PathBuf, source: RulesError },
+    #[error(transparent)]
+    Registry(#[from] RegistryDirError),
+}
+
+/// One immutable, complete view of what the Hall routes with.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub rules: RuleSet,
+    pub registry: Registry,
+    pub identity: IdentityMap,
+    pub router_config: RouterConfig,
+    /// Monotonic generation number, bumped on every successful reload.
+    pub generation: u64,
+}
+
+impl Loaded {
+    /// Loads the configuration file and everything it names.
+    pub fn load(config_path: &Path, generation: u64) -> Result<Self, LoadError> {
+        let config = Config::load(config_path)?;
+        Self::from_config(config, generation)
+    }
+
+    /// Loads the rules and registry an already parsed configuration names.
+    pub fn from_config(config: Config, generation: u64) -> Result<Self, LoadError> {
+        let path = config.paths.rules.clone();
+        let text = std::fs::read_to_string(&path).map_err(|source| LoadError::RulesRead {
+            path: path.clone(),
+            source,
+        })?;
+        let rules =
+            RuleSet::from_json_str(&text).map_err(|source| LoadError::Rules { path, source })?;
+        let registry =
+            RegistryDir::open(&config.paths.registry_dir)?.snapshot(config.routing.controls_scope);
+        Ok(Loaded {
+            identity: IdentityMap::from_config(&config.identity),
+            router_config: config.router_config(),
+            config,
+            rules,
+            registry,
+            generation,
+        })
+    }
+}
+
+/// The current snapshot, swappable.
+#[derive(Debug)]
+pub struct Current {
+    config_path: PathBuf,
+    inner: RwLock<Arc<Loaded>>,
+}
+
+impl Current {
+    pub fn new(config_path: PathBuf, loaded: Loaded) -> Self {
+        Current {
+            config_path,
+            inner: RwLock::new(Arc::new(loaded)),
+        }
+    }
+
+    /// The snapshot requests should use now.
+    pub fn get(&self) -> Arc<Loaded> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Loads a fresh snapshot from the configuration file and swaps it in; on error the current
+    /// snapshot stays and the error is returned.
+    pub fn reload(&self) -> Result<Arc<Loaded>, LoadError> {
+        let next_generation = self.get().generation + 1;
+        let loaded = Arc::new(Loaded::load(&self.config_path, next_generation)?);
+        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = loaded.clone();
+        Ok(loaded)
+    }
+}

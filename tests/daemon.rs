@@ -1,0 +1,778 @@
+//! End-to-end tests of `wcp-hall serve`: a real daemon on a temporary socket, real HTTP over
+//! the socket, real signals, real peer credentials (a second uid via `nobody`).
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use hyper::Method;
+use serde_json::{Value, json};
+use wcp_hall::client;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wcp-hall");
+const NOBODY: u32 = 65534;
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Rules for the daemon tests: dev rules for hello, a prod rule without a policy gate (so the
+/// blast threshold asks for a human), and the bundled summarize rule.
+fn rules() -> Value {
+    json!({"rules": [
+        {"rule_id": "rr_hello_dev", "match": {"capability_id": "cap.hello.greet", "env": {"in": ["dev", "stage"]}},
+         "decision": {"candidate_workers_ranked": [{"worker_species_id": "wrk.hello.greeter"}],
+                      "required_controls_suggested": ["ctrl.obs.audit-log-append-only"]}},
+        {"rule_id": "rr_hello_prod", "match": {"capability_id": "cap.hello.greet", "env": "prod"},
+         "decision": {"candidate_workers_ranked": [{"worker_species_id": "wrk.hello.greeter"}],
+                      "required_controls_suggested": ["ctrl.obs.audit-log-append-only", "ctrl.blast_radius_scoring"]}}
+    ]})
+}
+
+struct TestHall {
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    child: Option<Child>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl TestHall {
+    fn start(extra_toml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Traversable by other uids (the nobody tests); the socket mode is the real gate.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(dir.path().join("rules.json"), rules().to_string()).unwrap();
+        let reg = dir.path().join("registry");
+        std::fs::create_dir(&reg).unwrap();
+        std::fs::copy(
+            repo("policies/registry/org.example.hello-greeter.1.json"),
+            reg.join("org.example.hello-greeter.1.json"),
+        )
+        .unwrap();
+        let config = format!(
+            r#"[hall]
+require_signatory = true
+allowed_tenants = ["acme-corp", "mcp.my-app"]
+
+[paths]
+rules = "rules.json"
+registry_dir = "registry"
+state_dir = "state"
+
+[identity]
+operator_uids = [0]
+[[identity.peers]]
+uid = 0
+tenants = ["acme-corp"]
+[[identity.peers]]
+uid = {NOBODY}
+tenants = ["mcp.my-app"]
+
+{extra_toml}
+"#
+        );
+        std::fs::write(dir.path().join("hall.toml"), config).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut hall = TestHall {
+            socket: dir.path().join("hall.sock"),
+            dir,
+            child: None,
+            runtime,
+        };
+        hall.spawn();
+        hall
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("hall.toml")
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("hall.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "-c"])
+            .arg(self.config_path())
+            .arg("-s")
+            .arg(&self.socket)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn wcp-hall serve");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok((200, _)) = self.try_call(Method::GET, "/wcp/health", None) {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("wcp-hall serve exited early ({status}): {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Hall did not come up: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("hall.log")).unwrap_or_default()
+    }
+
+    fn try_call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), client::ClientError> {
+        self.runtime
+            .block_on(client::call(
+                &self.socket,
+                method,
+                path,
+                body,
+                Duration::from_secs(30),
+            ))
+            .map(|a| (a.status.as_u16(), a.body))
+    }
+
+    fn call(&self, method: Method, path: &str, body: Option<&Value>) -> (u16, Value) {
+        self.try_call(method, path, body)
+            .unwrap_or_else(|e| panic!("{e}; log: {}", self.log()))
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
+    }
+
+    /// Waits for the daemon to exit; returns its exit code.
+    fn wait_exit(&mut self, within: Duration) -> i32 {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "the Hall did not exit in time");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn cli(&self, args: &[&str], uid: Option<u32>) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).arg("--socket").arg(&self.socket);
+        cmd.env_remove("WCP_HALL_SOCKET")
+            .env_remove("WCP_TENANT_ID");
+        if let Some(uid) = uid {
+            cmd.uid(uid).gid(NOBODY);
+        }
+        cmd.output().expect("run wcp-hall client")
+    }
+}
+
+impl Drop for TestHall {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn input(capability: &str, tenant: &str) -> Value {
+    json!({"capability_id": capability, "env": "dev", "data_label": "PUBLIC", "tenant_risk": "low",
+           "qos_class": "P2", "tenant_id": tenant, "correlation_id": uuid::Uuid::new_v4().to_string(),
+           "request": {"name": "Ada"}})
+}
+
+fn deny_code(body: &Value) -> &str {
+    body["decision"]["deny_reason_if_denied"]["code"]
+        .as_str()
+        .unwrap_or("")
+}
+
+#[test]
+fn discovery_routing_and_dry_run_dispatch_over_the_socket() {
+    let hall = TestHall::start("");
+    let (s, health) = hall.call(Method::GET, "/wcp/health", None);
+    assert_eq!(s, 200);
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["rules"], 2);
+    let (s, v) = hall.call(Method::GET, "/wcp/version", None);
+    assert_eq!((s, v["api_version"].as_str()), (200, Some("wcp-hall/1")));
+    let (_, caps) = hall.call(Method::GET, "/wcp/capabilities", None);
+    assert_eq!(caps["capabilities"][0]["capability_id"], "cap.hello.greet");
+    assert_eq!(
+        caps["capabilities"][0]["worker_species"][0],
+        "wrk.hello.greeter"
+    );
+    let (_, workers) = hall.call(Method::GET, "/wcp/workers", None);
+    assert_eq!(
+        workers["workers"][0]["worker_id"],
+        "org.example.hello-greeter.1"
+    );
+
+    let (s, decision) = hall.call(
+        Method::POST,
+        "/wcp/route",
+        Some(&input("cap.hello.greet", "acme-corp")),
+    );
+    assert_eq!(s, 200);
+    assert_eq!(decision["denied"], false);
+    assert_eq!(decision["selected_worker_species_id"], "wrk.hello.greeter");
+
+    let mut dry = input("cap.hello.greet", "acme-corp");
+    dry["dry_run"] = json!(true);
+    let (s, out) = hall.call(Method::POST, "/wcp/dispatch", Some(&dry));
+    assert_eq!(s, 200);
+    assert_eq!(out["status"], "dry_run");
+    assert_eq!(out["decision"]["dry_run"], true);
+
+    let (_, metrics) = hall.call(Method::GET, "/metrics", None);
+    let text = metrics.as_str().unwrap_or("");
+    assert!(
+        text.contains("wcp_hall_decisions_total{outcome=\"allowed\",code=\"\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("wcp_hall_dispatch_duration_seconds_count 1"),
+        "{text}"
+    );
+
+    // The CLI against the running Hall.
+    let o = hall.cli(&["status"], None);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("ok at "));
+    let o = hall.cli(
+        &[
+            "dispatch",
+            "--capability",
+            "cap.hello.greet",
+            "--tenant-id",
+            "acme-corp",
+            "--dry-run",
+        ],
+        None,
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout)
+            .contains("dry_run: cap.hello.greet via wrk.hello.greeter")
+    );
+}
+
+#[test]
+fn each_deny_path_answers_with_its_code() {
+    let hall = TestHall::start("");
+    let cases = [
+        (
+            input("cap.unknown.thing", "acme-corp"),
+            "DENY_NO_MATCHING_RULE",
+        ),
+        (
+            input("cap.hello.greet", "rogue.agent"),
+            "DENY_UNKNOWN_TENANT",
+        ),
+        (
+            {
+                let mut i = input("cap.hello.greet", "acme-corp");
+                i["correlation_id"] = json!("  ");
+                i
+            },
+            "DENY_MISSING_CORRELATION_ID",
+        ),
+        (
+            {
+                let mut i = input("cap.hello.greet", "acme-corp");
+                i["blast_score"] = json!(101);
+                i
+            },
+            "DENY_INVALID_INPUT",
+        ),
+    ];
+    for (body, code) in cases {
+        let (s, out) = hall.call(Method::POST, "/wcp/dispatch", Some(&body));
+        assert_eq!(s, 200);
+        assert_eq!(out["status"], "denied");
+        assert_eq!(out["denied"], true);
+        assert_eq!(deny_code(&out), code, "{out}");
+    }
+    let o = hall.cli(
+        &[
+            "dispatch",
+            "--capability",
+            "cap.nope",
+            "--tenant-id",
+            "acme-corp",
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("denied: DENY_NO_MATCHING_RULE"));
+}
+
+#[test]
+fn a_peer_may_only_act_as_the_tenants_its_uid_maps_to() {
+    let hall = TestHall::start("[server]\nsocket_mode = \"0666\"\n");
+    // nobody claims root's tenant: denied by the kernel-verified identity.
+    let o = hall.cli(
+        &[
+            "--json",
+            "dispatch",
+            "--capability",
+            "cap.hello.greet",
+            "--tenant-id",
+            "acme-corp",
+            "--dry-run",
+        ],
+        Some(NOBODY),
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(deny_code(&out), "DENY_UNKNOWN_TENANT");
+    // Its own tenant is fine.
+    let o = hall.cli(
+        &[
+            "dispatch",
+            "--capability",
+            "cap.hello.greet",
+            "--tenant-id",
+            "mcp.my-app",
+            "--dry-run",
+        ],
+        Some(NOBODY),
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // And root may not act as nobody's tenant either.
+    let (_, out) = hall.call(
+        Method::POST,
+        "/wcp/dispatch",
+        Some(&input("cap.hello.greet", "mcp.my-app")),
+    );
+    assert_eq!(deny_code(&out), "DENY_UNKNOWN_TENANT");
+    // Operator actions need an operator.
+    let o = hall.cli(&["reload"], Some(NOBODY));
+    assert_eq!(
+        o.status.code(),
+        Some(77),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not an operator"));
+}
+
+#[test]
+fn the_socket_mode_keeps_other_uids_out() {
+    let hall = TestHall::start("");
+    let mode = std::fs::metadata(&hall.socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o660);
+    let o = hall.cli(&["status"], Some(NOBODY));
+    assert_eq!(o.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot reach the Hall"));
+}
+
+fn prod_blast(tenant: &str) -> Value {
+    let mut i = input("cap.hello.greet", tenant);
+    i["env"] = json!("prod");
+    i["blast_score"] = json!(90);
+    i["dry_run"] = json!(true);
+    i
+}
+
+#[test]
+fn require_human_waits_for_an_operator_who_approves_or_denies() {
+    let hall = TestHall::start(
+        "[approvals]\nwait_ms = 200\ntimeout_ms = 600000\n[server]\nsocket_mode = \"0666\"\n",
+    );
+    let (s, out) = hall.call(
+        Method::POST,
+        "/wcp/dispatch",
+        Some(&prod_blast("acme-corp")),
+    );
+    assert_eq!(s, 200);
+    assert_eq!(out["status"], "pending_approval", "{out}");
+    assert_eq!(out["denied"], false);
+    assert_eq!(out["supervisor_required"], true);
+    assert_eq!(out["supervisor_level"], "gatekeeper");
+    let id = out["pending_approval_id"].as_str().unwrap().to_owned();
+    assert!(out["approval_expires_at"].as_str().unwrap().ends_with('Z'));
+
+    let (_, pending) = hall.call(Method::GET, "/wcp/approvals/pending", None);
+    assert_eq!(pending["pending"][0]["pending_approval_id"], id.as_str());
+    // A non-operator cannot resolve.
+    let o = hall.cli(&["approvals", "approve", &id], Some(NOBODY));
+    assert_eq!(o.status.code(), Some(77));
+    // The operator approves from the CLI: the request is re-routed with the approval.
+    let o = hall.cli(&["approvals", "approve", &id, "--note", "checked"], None);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("approved"));
+    let (_, polled) = hall.call(Method::GET, &format!("/wcp/approvals/{id}"), None);
+    assert_eq!(polled["approval"]["status"], "approved");
+    assert_eq!(polled["response"]["status"], "dry_run");
+    assert_eq!(polled["response"]["decision"]["denied"], false);
+    // Approving twice is a conflict.
+    let (s, err) = hall.call(
+        Method::POST,
+        &format!("/wcp/approvals/{id}/resolve"),
+        Some(&json!({"action": "approve"})),
+    );
+    assert_eq!(
+        (s, err["code"].as_str()),
+        (409, Some("approval_not_pending"))
+    );
+
+    // Deny.
+    let (_, out) = hall.call(
+        Method::POST,
+        "/wcp/dispatch",
+        Some(&prod_blast("acme-corp")),
+    );
+    let id = out["pending_approval_id"].as_str().unwrap().to_owned();
+    let o = hall.cli(&["approvals", "deny", &id], None);
+    assert_eq!(o.status.code(), Some(0));
+    let (_, polled) = hall.call(Method::GET, &format!("/wcp/approvals/{id}"), None);
+    assert_eq!(polled["response"]["status"], "denied");
+    assert_eq!(
+        polled["response"]["decision"]["deny_reason_if_denied"]["code"],
+        "DENY_REQUIRES_HUMAN"
+    );
+}
+
+#[test]
+fn a_waiting_caller_gets_the_approved_outcome_and_approvals_expire() {
+    let hall = TestHall::start("[approvals]\nwait_ms = 20000\ntimeout_ms = 1500\n");
+    // The caller waits; an operator approves meanwhile; the caller gets the final answer.
+    let socket = hall.socket.clone();
+    let waiter = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(client::call(
+            &socket,
+            Method::POST,
+            "/wcp/dispatch",
+            Some(&prod_blast("acme-corp")),
+            Duration::from_secs(30),
+        ))
+        .unwrap()
+        .body
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let id = loop {
+        let (_, pending) = hall.call(Method::GET, "/wcp/approvals/pending", None);
+        if let Some(id) = pending["pending"][0]["pending_approval_id"].as_str() {
+            break id.to_owned();
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (s, _) = hall.call(
+        Method::POST,
+        &format!("/wcp/approvals/{id}/resolve"),
+        Some(&json!({"action": "approve"})),
+    );
+    assert_eq!(s, 200);
+    let answer = waiter.join().unwrap();
+    assert_eq!(answer["status"], "dry_run", "{answer}");
+
+    // Nobody resolves this one: it expires (denied).
+    let (_, out) = hall.call(
+        Method::POST,
+        "/wcp/dispatch",
+        Some(&{
+            let mut i = prod_blast("acme-corp");
+            i["dry_run"] = json!(false);
+            i
+        }),
+    );
+    let id = out["pending_approval_id"].as_str().map(str::to_owned);
+    let id = match id {
+        Some(id) => id,
+        // The caller waited past the expiry: the answer is already the denial.
+        None => {
+            assert_eq!(out["status"], "denied", "{out}");
+            return;
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, polled) = hall.call(Method::GET, &format!("/wcp/approvals/{id}"), None);
+        if polled["approval"]["status"] == "expired" {
+            assert_eq!(polled["response"]["status"], "denied");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "approval never expired: {polled}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn pending_approvals_survive_a_restart() {
+    let mut hall = TestHall::start("[approvals]\nwait_ms = 100\n");
+    let (_, out) = hall.call(
+        Method::POST,
+        "/wcp/dispatch",
+        Some(&prod_blast("acme-corp")),
+    );
+    let id = out["pending_approval_id"].as_str().unwrap().to_owned();
+    hall.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(hall.wait_exit(Duration::from_secs(20)), 0);
+    hall.spawn();
+    let (_, pending) = hall.call(Method::GET, "/wcp/approvals/pending", None);
+    assert_eq!(pending["pending"][0]["pending_approval_id"], id.as_str());
+    let o = hall.cli(&["approvals", "approve", &id], None);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn reload_swaps_good_configuration_and_keeps_the_old_one_on_error() {
+    let hall = TestHall::start("");
+    let (_, out) = hall.call(
+        Method::POST,
+        "/wcp/route",
+        Some(&input("cap.doc.summarize", "acme-corp")),
+    );
+    assert_eq!(out["matched_rule_id"], "NO_MATCH");
+    // A good change via SIGHUP.
+    let mut r = rules();
+    r["rules"].as_array_mut().unwrap().push(
+        json!({"rule_id": "rr_sum", "match": {"capability_id": "cap.doc.summarize"},
+        "decision": {"candidate_workers_ranked": [{"worker_species_id": "wrk.hello.greeter"}]}}),
+    );
+    std::fs::write(hall.dir.path().join("rules.json"), r.to_string()).unwrap();
+    hall.signal(nix::sys::signal::Signal::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hall.call(Method::GET, "/wcp/health", None).1["generation"] != 2 {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (_, out) = hall.call(
+        Method::POST,
+        "/wcp/route",
+        Some(&input("cap.doc.summarize", "acme-corp")),
+    );
+    assert_eq!(out["matched_rule_id"], "rr_sum");
+    // A bad change: refused with the reason, the previous rules stay active.
+    std::fs::write(
+        hall.dir.path().join("rules.json"),
+        r#"{"rules": [{"rule_id": "x", "match": {"env": {"in": "dev"}}}]}"#,
+    )
+    .unwrap();
+    let (s, err) = hall.call(Method::POST, "/wcp/reload", None);
+    assert_eq!(s, 422);
+    assert_eq!(err["code"], "reload_failed");
+    assert!(
+        err["message"].as_str().unwrap().contains("substring"),
+        "{err}"
+    );
+    hall.signal(nix::sys::signal::Signal::SIGHUP);
+    std::thread::sleep(Duration::from_millis(200));
+    let (_, health) = hall.call(Method::GET, "/wcp/health", None);
+    assert_eq!(health["generation"], 2);
+    let (_, out) = hall.call(
+        Method::POST,
+        "/wcp/route",
+        Some(&input("cap.doc.summarize", "acme-corp")),
+    );
+    assert_eq!(out["matched_rule_id"], "rr_sum");
+}
+
+#[test]
+fn malformed_oversized_and_slow_requests_are_refused_cleanly() {
+    let hall = TestHall::start("[server]\nmax_body_bytes = 2048\nread_timeout_ms = 500\n");
+    let raw = |body: &str| {
+        let mut s = std::os::unix::net::UnixStream::connect(&hall.socket).unwrap();
+        write!(
+            s,
+            "POST /wcp/dispatch HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let out = raw("{not json");
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains("\"code\":\"invalid_json\""));
+    let out = raw(r#"{"capability_id": "cap.a", "env": "production"}"#);
+    assert!(
+        out.contains("\"code\":\"invalid_input\"") && out.contains("RouteInput.env"),
+        "{out}"
+    );
+    let big = format!(r#"{{"pad": "{}"}}"#, "x".repeat(4096));
+    let out = raw(&big);
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert!(out.contains("body_too_large"));
+    let (s, err) = hall.call(Method::GET, "/wcp/nothing-here", None);
+    assert_eq!((s, err["code"].as_str()), (404, Some("not_found")));
+
+    // A slow client that never finishes its headers is cut off.
+    let mut slow = std::os::unix::net::UnixStream::connect(&hall.socket).unwrap();
+    slow.write_all(b"POST /wcp/route HTTP/1.1\r\nhost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let _ = slow.read_to_end(&mut buf);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the slow connection was not closed"
+    );
+    // The Hall is still healthy.
+    assert_eq!(hall.call(Method::GET, "/wcp/health", None).0, 200);
+}
+
+#[test]
+fn two_hundred_concurrent_clients_all_get_answers() {
+    let hall = TestHall::start("");
+    let socket = hall.socket.clone();
+    let answers = hall.runtime.block_on(async move {
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let socket = socket.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut body = input("cap.hello.greet", "acme-corp");
+                body["dry_run"] = json!(true);
+                body["request"] = json!({"i": i});
+                client::call(
+                    &socket,
+                    Method::POST,
+                    "/wcp/dispatch",
+                    Some(&body),
+                    Duration::from_secs(60),
+                )
+                .await
+            }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    let mut hashes = std::collections::BTreeSet::new();
+    for a in answers {
+        let a = a.expect("every client gets an answer");
+        assert_eq!(a.status.as_u16(), 200, "{}", a.body);
+        assert_eq!(a.body["status"], "dry_run");
+        hashes.insert(
+            a.body["decision"]["artifact_hash"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(
+        hashes.len(),
+        200,
+        "each request was decided on its own input"
+    );
+}
+
+#[test]
+fn sigterm_stops_accepting_and_exits_zero_after_in_flight_work() {
+    let mut hall =
+        TestHall::start("[approvals]\nwait_ms = 1500\n[server]\nshutdown_grace_ms = 5000\n");
+    // A request in flight (waiting for a human) when SIGTERM arrives.
+    let socket = hall.socket.clone();
+    let waiter = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(client::call(
+            &socket,
+            Method::POST,
+            "/wcp/dispatch",
+            Some(&prod_blast("acme-corp")),
+            Duration::from_secs(30),
+        ))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    hall.signal(nix::sys::signal::Signal::SIGTERM);
+    let answer = waiter
+        .join()
+        .unwrap()
+        .expect("the in-flight request is answered, not dropped");
+    assert_eq!(answer.body["status"], "pending_approval");
+    assert_eq!(hall.wait_exit(Duration::from_secs(20)), 0);
+    assert!(
+        hall.try_call(Method::GET, "/wcp/health", None).is_err(),
+        "no longer accepting"
+    );
+    assert!(hall.log().contains("wcp-hall stopped"), "{}", hall.log());
+}
+
+#[test]
+fn a_bad_configuration_exits_78_and_a_busy_socket_is_not_stolen() {
+    let hall = TestHall::start("");
+    // Another Hall on the same socket refuses to start.
+    let o = Command::new(BIN)
+        .args(["serve", "-c"])
+        .arg(hall.config_path())
+        .arg("-s")
+        .arg(&hall.socket)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already listening"));
+    assert_eq!(hall.call(Method::GET, "/wcp/health", None).0, 200);
+    let bad = hall.dir.path().join("bad.toml");
+    std::fs::write(&bad, "[server]\nsocket_mode = \"rwx\"\n").unwrap();
+    let o = Command::new(BIN)
+        .args(["serve", "-c"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("socket_mode"));
+}
