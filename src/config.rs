@@ -84,8 +84,9 @@ impl Default for HallSection {
 pub struct PathsSection {
     pub rules: PathBuf,
     pub registry_dir: PathBuf,
-    /// Where the daemon keeps durable state (pending approvals, later receipts and the store).
-    pub state_dir: PathBuf,
+    /// Where the daemon keeps durable state (pending approvals, receipts, the package store).
+    /// Unset: `$STATE_DIRECTORY` (systemd's `StateDirectory=`), else `/var/lib/wcp-hall`.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for PathsSection {
@@ -93,7 +94,7 @@ impl Default for PathsSection {
         PathsSection {
             rules: PathBuf::from("rules.json"),
             registry_dir: PathBuf::from("registry"),
-            state_dir: PathBuf::from("/var/lib/wcp-hall"),
+            state_dir: None,
         }
     }
 }
@@ -102,8 +103,9 @@ impl Default for PathsSection {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
-    /// The Unix socket path (a flag or `WCP_HALL_SOCKET` overrides it).
-    pub socket: PathBuf,
+    /// The Unix socket path (`serve --socket` overrides it). Unset: `$RUNTIME_DIRECTORY/hall.sock`
+    /// (systemd's `RuntimeDirectory=`), else `/run/wcp-hall/hall.sock`.
+    pub socket: Option<PathBuf>,
     /// Socket file mode, octal string (e.g. "0660"). The socket is created inside its directory
     /// with this mode before anyone can connect.
     pub socket_mode: String,
@@ -128,7 +130,7 @@ pub struct ServerSection {
 impl Default for ServerSection {
     fn default() -> Self {
         ServerSection {
-            socket: PathBuf::from("/run/wcp-hall/hall.sock"),
+            socket: None,
             socket_mode: "0660".into(),
             socket_group: None,
             max_concurrent: 64,
@@ -142,7 +144,42 @@ impl Default for ServerSection {
     }
 }
 
+/// The first directory of a systemd `*_DIRECTORY` variable (they may list several, `:`-separated).
+fn systemd_dir(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .and_then(|v| {
+            v.to_str()
+                .and_then(|s| s.split(':').next())
+                .map(PathBuf::from)
+        })
+        .filter(|p| p.is_absolute())
+}
+
+/// The default configuration file: `$CONFIGURATION_DIRECTORY/hall.toml` under systemd's
+/// `ConfigurationDirectory=`, else `/etc/wcp-hall/hall.toml`.
+pub fn default_config_path() -> PathBuf {
+    systemd_dir("CONFIGURATION_DIRECTORY")
+        .map(|d| d.join("hall.toml"))
+        .unwrap_or_else(|| PathBuf::from("/etc/wcp-hall/hall.toml"))
+}
+
+/// A credential systemd passed with `LoadCredential=NAME:…` (`$CREDENTIALS_DIRECTORY/NAME`),
+/// if there is one; it takes precedence over a configured key path.
+pub fn credential(name: &str) -> Option<PathBuf> {
+    let path = systemd_dir("CREDENTIALS_DIRECTORY")?.join(name);
+    path.is_file().then_some(path)
+}
+
 impl ServerSection {
+    /// The socket path: configured, else `$RUNTIME_DIRECTORY/hall.sock`, else the FHS default.
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(|| {
+            systemd_dir("RUNTIME_DIRECTORY")
+                .map(|d| d.join("hall.sock"))
+                .unwrap_or_else(|| PathBuf::from("/run/wcp-hall/hall.sock"))
+        })
+    }
+
     /// The socket mode as a number.
     pub fn mode(&self) -> Option<u32> {
         u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
@@ -234,8 +271,8 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         config.paths.rules = base.join(&config.paths.rules);
         config.paths.registry_dir = base.join(&config.paths.registry_dir);
-        config.paths.state_dir = base.join(&config.paths.state_dir);
-        config.server.socket = base.join(&config.server.socket);
+        config.paths.state_dir = config.paths.state_dir.map(|p| base.join(p));
+        config.server.socket = config.server.socket.map(|p| base.join(p));
         Ok(config)
     }
 
@@ -279,6 +316,15 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// The state directory: configured, else `$STATE_DIRECTORY`, else `/var/lib/wcp-hall`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.paths
+            .state_dir
+            .clone()
+            .or_else(|| systemd_dir("STATE_DIRECTORY"))
+            .unwrap_or_else(|| PathBuf::from("/var/lib/wcp-hall"))
     }
 
     /// The router's view of the floors.

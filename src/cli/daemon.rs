@@ -24,14 +24,10 @@ pub struct SocketArg {
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Path to hall.toml.
-    #[arg(
-        long,
-        short = 'c',
-        env = "WCP_HALL_CONFIG",
-        default_value = "/etc/wcp-hall/hall.toml"
-    )]
-    pub config: PathBuf,
+    /// Path to hall.toml (default: $CONFIGURATION_DIRECTORY/hall.toml under systemd, else
+    /// /etc/wcp-hall/hall.toml).
+    #[arg(long, short = 'c', env = "WCP_HALL_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Listen on this socket instead of [server] socket (ignored under socket activation).
     #[arg(long, short = 's')]
     pub socket: Option<PathBuf>,
@@ -42,7 +38,9 @@ pub struct ServeArgs {
 
 pub fn serve(args: ServeArgs) -> Result<u8, CliError> {
     lifecycle::run(ServeOptions {
-        config: args.config,
+        config: args
+            .config
+            .unwrap_or_else(crate::config::default_config_path),
         socket: args.socket,
         log_format: args.log_format,
     })

@@ -7,7 +7,7 @@
 //! and exit 0; SIGHUP reloads (`RELOADING=1` … `READY=1`, the systemd 252 way) and keeps the old
 //! configuration if the new one is invalid. All notifications are no-ops without `NOTIFY_SOCKET`.
 
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -157,8 +157,22 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
                 format!("LISTEN_FDS is set but fd 3 is not a Unix socket: {e}"),
             )
         })?;
+    let cgroup = super::cgroup::prepare_at_startup();
     let loaded = Loaded::load(&options.config, 1).map_err(|e| fail(exit::CONFIG, e.to_string()))?;
-    let state_dir = loaded.config.paths.state_dir.clone();
+    let state_dir = loaded.config.state_dir();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(&state_dir)
+        .map_err(|e| {
+            fail(
+                exit::CONFIG,
+                format!(
+                    "cannot create the state directory {}: {e}",
+                    state_dir.display()
+                ),
+            )
+        })?;
     let (approvals, expired_while_down) =
         ApprovalStore::open(&state_dir).map_err(|e| fail(exit::CONFIG, e.to_string()))?;
     let server = loaded.config.server.clone();
@@ -168,7 +182,7 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
             let path = options
                 .socket
                 .clone()
-                .unwrap_or_else(|| server.socket.clone());
+                .unwrap_or_else(|| server.socket_path());
             let mode = server.mode().unwrap_or(0o660);
             let l = bind_socket(&path, mode, server.socket_group.as_deref())?;
             (l, path.display().to_string())
@@ -177,10 +191,10 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
     listener
         .set_nonblocking(true)
         .map_err(|e| fail(exit::IOERR, format!("cannot configure the socket: {e}")))?;
-    let hall = Arc::new(Hall::new(
-        Current::new(options.config.clone(), loaded),
-        approvals,
-    ));
+    let mut hall = Hall::new(Current::new(options.config.clone(), loaded), approvals);
+    tracing::info!(cgroup = %cgroup.note, "cgroup");
+    hall.cgroup = cgroup;
+    let hall = Arc::new(hall);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod approvals;
+pub mod cgroup;
 pub mod dispatch;
 pub mod identity;
 pub mod lifecycle;
@@ -69,6 +70,8 @@ pub struct Hall {
     pub started: Instant,
     pub gate: Option<Arc<dyn PolicyGate + Send + Sync>>,
     pub runner: Option<Arc<dyn Runner>>,
+    /// The cgroup subtree the Hall may create worker cgroups in, and how it was obtained.
+    pub cgroup: cgroup::Delegation,
     stopping: AtomicBool,
 }
 
@@ -89,6 +92,11 @@ impl Hall {
             started: Instant::now(),
             gate: None,
             runner: None,
+            cgroup: cgroup::Delegation {
+                subtree: None,
+                controllers: Vec::new(),
+                note: "not prepared".into(),
+            },
             stopping: AtomicBool::new(false),
         }
     }

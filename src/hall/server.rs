@@ -84,6 +84,7 @@ async fn health(State(hall): State<Arc<Hall>>) -> Response {
         "shadowed_rules": loaded.rules.shadows().len(),
         "workers": loaded.registry.records().len(),
         "runner": hall.runner.is_some(),
+        "cgroup": hall.cgroup,
     });
     let status = if shutting_down {
         StatusCode::SERVICE_UNAVAILABLE

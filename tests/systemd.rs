@@ -1,0 +1,204 @@
+//! The systemd integration, checked without systemd as PID 1: the units verify cleanly, their
+//! exposure stays at or below 2.0, socket activation serves requests on the inherited socket,
+//! and readiness, reload, watchdog and stopping are signalled on `NOTIFY_SOCKET`.
+//! `.ci/run` installs systemd's tools when a machine lacks them.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hyper::Method;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wcp-hall");
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// The shipped units with `ExecStart` pointing at the binary under test (verify checks that the
+/// executable exists).
+fn units(dir: &Path) -> (PathBuf, PathBuf) {
+    let service = std::fs::read_to_string(repo("systemd/wcp-hall.service"))
+        .unwrap()
+        .replace("/usr/bin/wcp-hall", BIN);
+    let s = dir.join("wcp-hall.service");
+    std::fs::write(&s, service).unwrap();
+    let k = dir.join("wcp-hall.socket");
+    std::fs::copy(repo("systemd/wcp-hall.socket"), &k).unwrap();
+    (s, k)
+}
+
+#[test]
+fn units_verify_without_any_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let (service, socket) = units(dir.path());
+    let o = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&service)
+        .arg(&socket)
+        .output()
+        .expect("systemd-analyze is installed (.ci/run installs it)");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && stderr.trim().is_empty(),
+        "verify said: {stderr}"
+    );
+}
+
+#[test]
+fn service_exposure_is_at_most_2_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let (service, _) = units(dir.path());
+    let o = Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(&service)
+        .output()
+        .expect("systemd-analyze is installed");
+    let text = String::from_utf8_lossy(&o.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no overall exposure line in: {text}"));
+    let score: f64 = line
+        .split(':')
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("cannot parse {line:?}"));
+    assert!(score <= 2.0, "exposure {score} > 2.0: {line}");
+}
+
+fn test_config(dir: &Path) -> PathBuf {
+    for f in ["rules.json", "hall.toml"] {
+        std::fs::copy(repo(&format!("policies/{f}")), dir.join(f)).unwrap();
+    }
+    let reg = dir.join("registry");
+    std::fs::create_dir(&reg).unwrap();
+    for e in std::fs::read_dir(repo("policies/registry")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), reg.join(e.file_name())).unwrap();
+    }
+    let config = dir.join("hall.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n# test\n")).unwrap();
+    config
+}
+
+fn health(socket: &Path) -> Option<serde_json::Value> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(wcp_hall::client::call(
+        socket,
+        Method::GET,
+        "/wcp/health",
+        None,
+        Duration::from_secs(20),
+    ))
+    .ok()
+    .map(|a| a.body)
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn socket_activation_serves_on_the_inherited_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let socket = dir.path().join("activated.sock");
+    let state = dir.path().join("state");
+    let child = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&socket)
+        .arg("--fdname=hall")
+        .arg("-E")
+        .arg(format!("STATE_DIRECTORY={}", state.display()))
+        .arg(BIN)
+        .args(["serve", "-c"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("systemd-socket-activate is installed");
+    let _guard = Killed(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "systemd-socket-activate did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The first connection starts the Hall with the listening socket as fd 3.
+    let body = health(&socket).expect("the activated Hall answers on the inherited socket");
+    assert_eq!(body["status"], "ok");
+    // $STATE_DIRECTORY was honoured (the config does not set state_dir).
+    assert!(
+        state.is_dir(),
+        "the Hall creates its state directory from $STATE_DIRECTORY"
+    );
+}
+
+/// Reads notify datagrams until one contains `want`.
+fn await_notify(sock: &UnixDatagram, want: &str, seen: &mut Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let hit = msg.lines().any(|l| l == want);
+            seen.push(msg);
+            if hit {
+                return;
+            }
+        }
+    }
+    panic!("no {want} on NOTIFY_SOCKET; got {seen:?}");
+}
+
+#[test]
+fn readiness_reload_watchdog_and_stopping_are_notified() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let socket = dir.path().join("hall.sock");
+    let child = Command::new(BIN)
+        .args(["serve", "-c"])
+        .arg(&config)
+        .arg("-s")
+        .arg(&socket)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "400000")
+        .env("STATE_DIRECTORY", dir.path().join("state"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Killed(child);
+    let mut seen = Vec::new();
+    await_notify(&notify, "READY=1", &mut seen);
+    // READY comes only once the socket answers.
+    assert!(health(&socket).is_some());
+    assert!(dir.path().join("state").is_dir());
+    await_notify(&notify, "WATCHDOG=1", &mut seen);
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    await_notify(&notify, "RELOADING=1", &mut seen);
+    await_notify(&notify, "READY=1", &mut seen);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    await_notify(&notify, "STOPPING=1", &mut seen);
+    let status = child.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
