@@ -6,12 +6,16 @@
 //! router. The binary (`src/main.rs`) is a thin [`cli`] over this library.
 //! See ARCHITECTURE.md for the map and the invariants.
 
+pub mod attest;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod conformance;
 pub mod crypto;
+pub mod envelope;
+pub mod policy;
 pub mod pyjson;
+pub mod receipt;
 pub mod registry;
 pub mod router;
 pub mod rules;
