@@ -282,3 +282,68 @@ pub fn run(
         results,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REQ: &str = "[case.request]\ntenant_id = \"a\"\ncapability_id = \"cap.x.y\"\nenv = \"dev\"\ndata_label = \"PUBLIC\"\ntenant_risk = \"low\"\nqos_class = \"P2\"\n";
+
+    fn case(head: &str) -> String {
+        format!("[[case]]\n{head}\n{REQ}")
+    }
+
+    fn errors(text: &str) -> Vec<Diagnostic> {
+        match parse(text, "g.toml") {
+            Ok(s) => panic!("accepted: {s:?}"),
+            Err(e) => e.diagnostics().to_vec(),
+        }
+    }
+
+    #[test]
+    fn cases_parse_with_their_positions() {
+        let text = format!(
+            "{}\n{}",
+            case("name = \"a\"\nexpect = \"ALLOW\"\npolicies = [\"pol.z\", \"pol.a\"]"),
+            case("name = \"b\"\nexpect = \"REQUIRE_HUMAN\"\nlevel = \"executor\"")
+        );
+        let suite = parse(&text, "g.toml").unwrap();
+        assert_eq!(suite.cases.len(), 2);
+        assert_eq!(suite.cases[0].expect, Outcome::Allow);
+        assert_eq!(
+            suite.cases[0].policies.as_deref(),
+            Some(&["pol.a".to_owned(), "pol.z".to_owned()][..]),
+            "sorted for comparison"
+        );
+        assert_eq!(
+            suite.cases[1].expect,
+            Outcome::RequireHuman(SupervisorLevel::Executor)
+        );
+        assert_eq!(suite.cases[0].line, 1, "the [[case]] header");
+        assert!(suite.cases[1].line > 10);
+    }
+
+    #[test]
+    fn malformed_cases_are_located() {
+        let d = errors(&case("name = \"a\"\nexpect = \"REQUIRE_HUMAN\""));
+        assert!(d[0].message.contains("without a level"), "{}", d[0]);
+        assert_eq!(d[0].line, 1);
+        let d = errors(&case(
+            "name = \"a\"\nexpect = \"DENY\"\nlevel = \"advisory\"",
+        ));
+        assert!(d[0].message.contains("only goes with"), "{}", d[0]);
+        let d = errors(&format!(
+            "{}\n{}",
+            case("name = \"a\"\nexpect = \"DENY\""),
+            case("name = \"a\"\nexpect = \"DENY\"")
+        ));
+        assert!(d[0].message.contains("used twice"), "{}", d[0]);
+        let d = errors(&case("name = \"a\"\nexpect = \"MAYBE\""));
+        assert_eq!(d[0].line, 3, "{}", d[0]);
+        let d = errors(&case("name = \"a\"\nexpect = \"DENY\"\nwhy = 1"));
+        assert_eq!(d[0].line, 4, "{}", d[0]);
+        assert!(d[0].message.contains("why"), "{}", d[0]);
+        let d = errors("# nothing\ncase = []\n");
+        assert!(d[0].message.contains("no [[case]]"), "{}", d[0]);
+    }
+}

@@ -479,11 +479,10 @@ pub fn compile(src: &PolicySetSources) -> Result<CompiledPolicySet, PolicyLoadEr
     let Some(schema) = schema else {
         return Err(PolicyLoadError::Invalid(problems));
     };
-    if !problems.is_empty() {
-        return Err(PolicyLoadError::Invalid(problems));
-    }
 
-    // 3. Strict validation against the schema; warnings count as errors.
+    // 3. Strict validation against the schema; warnings count as errors. The policies that
+    // passed step 2 are validated even when others failed, so one run reports everything.
+    let validation_start = problems.len();
     let result = Validator::new(schema.clone()).validate(&combined, ValidationMode::Strict);
     let file_of = |id: &PolicyId| {
         let key: &str = id.as_ref();
@@ -532,6 +531,16 @@ pub fn compile(src: &PolicySetSources) -> Result<CompiledPolicySet, PolicyLoadEr
             .policy(id.as_deref()),
         );
     }
+    // The validator's order follows its hash maps; report in manifest, line and column order.
+    let file_index = |f: &str| src.policies.iter().position(|p| p.display == f);
+    problems[validation_start..].sort_by(|a, b| {
+        (file_index(&a.file), a.line, a.column, &a.message).cmp(&(
+            file_index(&b.file),
+            b.line,
+            b.column,
+            &b.message,
+        ))
+    });
     if !problems.is_empty() {
         return Err(PolicyLoadError::Invalid(problems));
     }
