@@ -14,7 +14,10 @@
 //! A human approval can never override a `forbid`: forbids win before annotations are looked at.
 //!
 //! # Cost
-//! Per request the engine builds a Cedar context from typed values (no JSON) and looks up the
+//! Cedar evaluates every policy it is given, so the engine gives it only those that can apply
+//! to the request's (env, data_label, tenant_risk, qos_class) cell, decided once at load from the
+//! policies' leading tests ([`super::partition`], which explains why that cannot change a
+//! verdict). Per request the engine builds a Cedar context from typed values (no JSON) and looks up the
 //! capability's entity (the capability and its prefix groups) in a bounded cache; the tenant
 //! entity is not materialised (it has no attributes). Requests are not re-validated against the
 //! schema per call: the context is built from typed Rust values and the schema was checked at
@@ -26,13 +29,14 @@ use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 
 use cedar_policy::{
-    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request,
-    RestrictedExpression,
+    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid,
+    PolicySet, Request, RestrictedExpression,
 };
 use serde::Serialize;
 
 use super::SupervisorLevel;
 use super::golden::{self, GoldenReport};
+use super::partition::{Partition, cell};
 use super::request::{EnvelopeSummary, PolicyRequest};
 use super::source::{
     ACTION_TYPE, CAPABILITY_GROUP_TYPE, CAPABILITY_TYPE, CompiledPolicySet, DISPATCH_ACTION,
@@ -362,6 +366,7 @@ pub struct CedarEngine {
     group_type: EntityTypeName,
     action: EntityUid,
     authorizer: Authorizer,
+    partition: Partition,
     cache: RwLock<HashMap<String, Arc<Entities>>>,
 }
 
@@ -379,6 +384,7 @@ impl CedarEngine {
                 t(ACTION_TYPE)?,
                 EntityId::new(DISPATCH_ACTION),
             ),
+            partition: Partition::new(&set.policies),
             set,
             authorizer: Authorizer::new(),
             cache: RwLock::new(HashMap::new()),
@@ -466,8 +472,9 @@ impl CedarEngine {
     }
 }
 
-impl PolicyEngine for CedarEngine {
-    fn evaluate(&self, req: &PolicyRequest) -> Result<Verdict, EvalError> {
+impl CedarEngine {
+    /// Evaluates against `policies` (the request's cell of the partition, or the whole set).
+    fn evaluate_in(&self, req: &PolicyRequest, policies: &PolicySet) -> Result<Verdict, EvalError> {
         let context = build_context(req, &self.types)?;
         let request = Request::new(
             EntityUid::from_type_name_and_id(
@@ -484,9 +491,7 @@ impl PolicyEngine for CedarEngine {
         )
         .map_err(|e| EvalError::Request(e.to_string()))?;
         let entities = self.entities_for(&req.capability_id);
-        let response = self
-            .authorizer
-            .is_authorized(&request, &self.set.policies, &entities);
+        let response = self.authorizer.is_authorized(&request, policies, &entities);
         let diagnostics = response.diagnostics();
         let mut determining: Vec<Determining> = diagnostics
             .reason()
@@ -513,6 +518,29 @@ impl PolicyEngine for CedarEngine {
             determining,
             errors,
         })
+    }
+
+    /// Evaluates against the whole set, skipping the partition (tests compare both).
+    #[cfg(test)]
+    pub(crate) fn evaluate_unpartitioned(&self, req: &PolicyRequest) -> Result<Verdict, EvalError> {
+        self.evaluate_in(req, &self.set.policies)
+    }
+
+    /// How many policies Cedar evaluates for a request in this cell (see [`Partition`]).
+    pub fn policies_evaluated(&self, req: &PolicyRequest) -> usize {
+        self.partition.size(cell(
+            req.env,
+            req.data_label,
+            req.tenant_risk,
+            req.qos_class,
+        ))
+    }
+}
+
+impl PolicyEngine for CedarEngine {
+    fn evaluate(&self, req: &PolicyRequest) -> Result<Verdict, EvalError> {
+        let cell = cell(req.env, req.data_label, req.tenant_risk, req.qos_class);
+        self.evaluate_in(req, self.partition.for_cell(cell))
     }
 
     fn policy_version(&self) -> String {

@@ -14,6 +14,7 @@
 //! | [`request`] | the [`PolicyRequest`] and its worker facts | yes |
 //! | [`source`] | policy set manifests, Cedar parsing, schema validation, annotation rules, located errors | compile: yes; `load_*`: reads files |
 //! | [`engine`] | the [`PolicyEngine`] trait, the Cedar implementation, the reloadable [`PolicyStore`] | evaluation: yes |
+//! | [`partition`] | which policies can apply per (env, label, risk, QoS) cell, decided at load | yes |
 //! | [`blast`] | the WCP five-dimension blast score, chain accumulation, the check against a profile | yes |
 //! | [`profile`] | `prof.*` profiles (TOML), their loader and the env → profile selection | parsing: yes; `load_*`: reads files |
 //! | [`golden`] | golden decision files and their runner | parsing and running: yes |
@@ -42,6 +43,7 @@ pub mod blast;
 pub mod engine;
 pub mod gate;
 pub mod golden;
+pub mod partition;
 pub mod profile;
 pub mod request;
 pub mod source;

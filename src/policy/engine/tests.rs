@@ -478,3 +478,105 @@ fn engines_are_shareable_across_threads() {
         assert_eq!(h.join().unwrap(), Outcome::Allow);
     }
 }
+
+#[test]
+fn partition_never_changes_a_verdict() {
+    let overflow = r#"
+@id("pol.t.allow")
+@reason("open")
+permit (principal, action, resource);
+
+@id("pol.t.overflow")
+@reason("overflows")
+forbid (principal, action, resource)
+when { context.chain_blast_prior * 4611686018427387904 > 0 && context.env == Wcp::Env::"dev" };
+"#;
+    let (bundled, _) = CedarEngine::load(Path::new(SET)).unwrap();
+    let engines = [
+        bundled,
+        engine(&[("t.cedar", MIXED)]),
+        engine(&[("o.cedar", overflow)]),
+    ];
+    let workers = [
+        None,
+        Some(WorkerFacts {
+            species: "wrk.a.b".into(),
+            risk_tier: RiskTier::Low,
+            envelope: None,
+            blast: None,
+        }),
+        Some(WorkerFacts {
+            species: "wrk.a.c".into(),
+            risk_tier: RiskTier::Critical,
+            envelope: Some(EnvelopeSummary {
+                network_egress: true,
+                egress_hosts: vec!["h:443".into()],
+                secrets_access: vec!["k".into()],
+                ..EnvelopeSummary::default()
+            }),
+            blast: Some(crate::policy::WcpBlast::new(5, 5, 5, 5, 5).unwrap()),
+        }),
+        Some(WorkerFacts {
+            species: "wrk.a.d".into(),
+            risk_tier: RiskTier::High,
+            envelope: Some(EnvelopeSummary::default()),
+            blast: Some(crate::policy::WcpBlast::new(1, 0, 0, 1, 0).unwrap()),
+        }),
+    ];
+    let mut compared = 0;
+    let mut skipped = 0;
+    for e in &engines {
+        for &env in Env::ALL {
+            for &label in DataLabel::ALL {
+                for &risk in TenantRisk::ALL {
+                    for &qos in QosClass::ALL {
+                        for w in &workers {
+                            for prior in [0, 2, 38] {
+                                for cap in ["cap.doc.summarize", "cap.db.write"] {
+                                    let mut r =
+                                        PolicyRequest::new("acme", cap, env, label, risk, qos);
+                                    r.worker = w.clone();
+                                    r.chain_blast_prior = prior;
+                                    let part = e.evaluate(&r).unwrap();
+                                    let full = e.evaluate_unpartitioned(&r).unwrap();
+                                    assert_eq!(part, full, "{r:?}");
+                                    compared += 1;
+                                    skipped += e.policy_set().len() - e.policies_evaluated(&r);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(compared, 3 * 144 * 4 * 3 * 2);
+    assert!(
+        skipped > compared,
+        "the partition leaves policies out: {skipped}"
+    );
+}
+
+#[test]
+fn the_bundled_set_evaluates_few_policies_per_cell() {
+    let (e, _) = CedarEngine::load(Path::new(SET)).unwrap();
+    let n = |env, label, risk, qos| {
+        e.policies_evaluated(&PolicyRequest::new("a", "cap.x.y", env, label, risk, qos))
+    };
+    assert_eq!(e.policy_set().len(), 15);
+    // Routine prod: routine, db-writes, critical-worker, envelope-declared, chain.runaway.
+    assert_eq!(
+        n(
+            Env::Prod,
+            DataLabel::Internal,
+            TenantRisk::Low,
+            QosClass::P2
+        ),
+        5
+    );
+    // Dev: nonprod.allow and chain.runaway.
+    assert_eq!(
+        n(Env::Dev, DataLabel::Internal, TenantRisk::Low, QosClass::P2),
+        2
+    );
+}
