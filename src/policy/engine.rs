@@ -37,7 +37,7 @@ use serde::Serialize;
 use super::SupervisorLevel;
 use super::golden::{self, GoldenReport};
 use super::partition::{Partition, cell};
-use super::request::{EnvelopeSummary, PolicyRequest};
+use super::request::{EnvelopeSummary, PolicyRequest, WorkerFacts};
 use super::source::{
     ACTION_TYPE, CAPABILITY_GROUP_TYPE, CAPABILITY_TYPE, CompiledPolicySet, DISPATCH_ACTION,
     PolicyLoadError, PolicySetSources, TENANT_TYPE, compile, read_sources,
@@ -209,6 +209,7 @@ pub(crate) struct ContextTypes {
     tenant_risk: EntityTypeName,
     qos_class: EntityTypeName,
     risk_tier: EntityTypeName,
+    worker: EntityTypeName,
 }
 
 impl ContextTypes {
@@ -221,6 +222,7 @@ impl ContextTypes {
             tenant_risk: t("Wcp::TenantRisk")?,
             qos_class: t("Wcp::QosClass")?,
             risk_tier: t("Wcp::RiskTier")?,
+            worker: t("Wcp::Worker")?,
         })
     }
 }
@@ -298,30 +300,10 @@ pub(crate) fn build_context(req: &PolicyRequest, t: &ContextTypes) -> Result<Con
         pairs.push(("chain_blast_total", long(total)));
     }
     if let Some(w) = &req.worker {
-        let mut fields = vec![
-            (
-                "species",
-                RestrictedExpression::new_string(w.species.clone()),
-            ),
-            ("risk_tier", enum_value(&t.risk_tier, w.risk_tier.as_str())),
-        ];
-        if let Some(e) = &w.envelope {
-            fields.push(("envelope", envelope(e)?));
-        }
-        if let Some(b) = &w.blast {
-            fields.push((
-                "blast",
-                record([
-                    ("data", long(b.data)),
-                    ("network", long(b.network)),
-                    ("financial", long(b.financial)),
-                    ("time", long(b.time)),
-                    ("reversibility", long(b.reversibility)),
-                    ("total", long(b.total())),
-                ])?,
-            ));
-        }
-        pairs.push(("worker", record(fields)?));
+        pairs.push((
+            "worker",
+            RestrictedExpression::new_entity_uid(worker_uid(t, &w.species)),
+        ));
     }
     Context::from_pairs(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)))
         .map_err(|e| EvalError::Request(e.to_string()))
@@ -356,6 +338,89 @@ pub(crate) fn capability_entity(
     )
 }
 
+fn worker_uid(t: &ContextTypes, species: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(t.worker.clone(), EntityId::new(species))
+}
+
+/// The worker entity: `Wcp::Worker::"<species>"` with the registry facts as attributes.
+pub(crate) fn worker_entity(t: &ContextTypes, w: &WorkerFacts) -> Result<Entity, EvalError> {
+    let mut attrs: HashMap<String, RestrictedExpression> = HashMap::with_capacity(4);
+    attrs.insert(
+        "species".into(),
+        RestrictedExpression::new_string(w.species.clone()),
+    );
+    attrs.insert(
+        "risk_tier".into(),
+        enum_value(&t.risk_tier, w.risk_tier.as_str()),
+    );
+    if let Some(e) = &w.envelope {
+        attrs.insert("envelope".into(), envelope(e)?);
+    }
+    if let Some(b) = &w.blast {
+        attrs.insert(
+            "blast".into(),
+            record([
+                ("data", long(b.data)),
+                ("network", long(b.network)),
+                ("financial", long(b.financial)),
+                ("time", long(b.time)),
+                ("reversibility", long(b.reversibility)),
+                ("total", long(b.total())),
+            ])?,
+        );
+    }
+    Entity::new(worker_uid(t, &w.species), attrs, HashSet::new())
+        .map_err(|e| EvalError::Request(e.to_string()))
+}
+
+/// The entity store of a request: the capability (with its groups) and the selected worker.
+pub(crate) fn request_entities(
+    t: &ContextTypes,
+    cap_type: &EntityTypeName,
+    group_type: &EntityTypeName,
+    capability_id: &str,
+    worker: Option<&WorkerFacts>,
+    schema: Option<&cedar_policy::Schema>,
+) -> Result<Entities, EvalError> {
+    let mut list = vec![capability_entity(cap_type, group_type, capability_id)];
+    if let Some(w) = worker {
+        list.push(worker_entity(t, w)?);
+    }
+    Entities::from_entities(list, schema).map_err(|e| EvalError::Request(e.to_string()))
+}
+
+/// Entity stores by capability, and by worker facts and capability. Bounded in total.
+#[derive(Debug, Default)]
+struct EntityCache {
+    plain: HashMap<String, Arc<Entities>>,
+    with_worker: HashMap<WorkerFacts, HashMap<String, Arc<Entities>>>,
+    len: usize,
+}
+
+impl EntityCache {
+    fn get(&self, capability_id: &str, worker: Option<&WorkerFacts>) -> Option<&Arc<Entities>> {
+        match worker {
+            None => self.plain.get(capability_id),
+            Some(w) => self.with_worker.get(w)?.get(capability_id),
+        }
+    }
+
+    fn insert(&mut self, capability_id: &str, worker: Option<&WorkerFacts>, e: Arc<Entities>) {
+        if self.len >= ENTITY_CACHE_CAPACITY || self.get(capability_id, worker).is_some() {
+            return;
+        }
+        match worker {
+            None => self.plain.insert(capability_id.to_owned(), e),
+            Some(w) => self
+                .with_worker
+                .entry(w.clone())
+                .or_default()
+                .insert(capability_id.to_owned(), e),
+        };
+        self.len += 1;
+    }
+}
+
 /// A compiled Cedar policy set, ready to answer.
 #[derive(Debug)]
 pub struct CedarEngine {
@@ -367,7 +432,7 @@ pub struct CedarEngine {
     action: EntityUid,
     authorizer: Authorizer,
     partition: Partition,
-    cache: RwLock<HashMap<String, Arc<Entities>>>,
+    cache: RwLock<EntityCache>,
 }
 
 impl CedarEngine {
@@ -387,7 +452,7 @@ impl CedarEngine {
             partition: Partition::new(&set.policies),
             set,
             authorizer: Authorizer::new(),
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::new(EntityCache::default()),
         })
     }
 
@@ -432,25 +497,31 @@ impl CedarEngine {
         &self.set
     }
 
-    fn entities_for(&self, capability_id: &str) -> Arc<Entities> {
+    fn entities_for(
+        &self,
+        capability_id: &str,
+        worker: Option<&WorkerFacts>,
+    ) -> Result<Arc<Entities>, EvalError> {
         let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = cache.get(capability_id) {
-            return Arc::clone(e);
+        if let Some(e) = cache.get(capability_id, worker) {
+            return Ok(Arc::clone(e));
         }
-        let full = cache.len() >= ENTITY_CACHE_CAPACITY;
+        let full = cache.len >= ENTITY_CACHE_CAPACITY;
         drop(cache);
-        let entity = capability_entity(&self.cap_type, &self.group_type, capability_id);
-        // One entity without attributes: nothing in it can fail validation, and the schema was
-        // probed at load with the same construction.
-        let entities =
-            Arc::new(Entities::from_entities([entity], None).unwrap_or_else(|_| Entities::empty()));
+        // Built without the schema: the schema was probed at load with the same construction.
+        let entities = Arc::new(request_entities(
+            &self.types,
+            &self.cap_type,
+            &self.group_type,
+            capability_id,
+            worker,
+            None,
+        )?);
         if !full {
             let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
-            if cache.len() < ENTITY_CACHE_CAPACITY {
-                cache.insert(capability_id.to_owned(), Arc::clone(&entities));
-            }
+            cache.insert(capability_id, worker, Arc::clone(&entities));
         }
-        entities
+        Ok(entities)
     }
 
     fn determining(&self, id: &str) -> Determining {
@@ -490,7 +561,7 @@ impl CedarEngine {
             None,
         )
         .map_err(|e| EvalError::Request(e.to_string()))?;
-        let entities = self.entities_for(&req.capability_id);
+        let entities = self.entities_for(&req.capability_id, req.worker.as_ref())?;
         let response = self.authorizer.is_authorized(&request, policies, &entities);
         let diagnostics = response.diagnostics();
         let mut determining: Vec<Determining> = diagnostics

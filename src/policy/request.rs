@@ -49,7 +49,7 @@ pub struct CallerIdentity {
 }
 
 /// What the registry says about the selected worker species.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerFacts {
     /// `wrk.*`.
@@ -66,7 +66,7 @@ pub struct WorkerFacts {
 }
 
 /// The declared privilege envelope (WCP §6), flattened for policies.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EnvelopeSummary {
     /// `false` for `network_egress = "none"`.

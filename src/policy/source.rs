@@ -41,7 +41,7 @@ use cedar_policy::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::engine::{Effect, build_context, capability_entity};
+use super::engine::{Effect, build_context, request_entities};
 use super::request::{CallerIdentity, EnvelopeSummary, PolicyRequest, WorkerFacts};
 use super::{SupervisorLevel, is_wcp_id, line_col};
 use crate::registry::RiskTier;
@@ -668,10 +668,21 @@ fn probe_schema(schema: &Schema) -> Result<(), String> {
         )
         .map_err(|e| format!("the schema does not accept the request the Hall sends: {e}"))?;
     }
-    let entity: Entity = capability_entity(&cap_type, &group_type, "cap.probe.deep.check");
-    Entities::from_entities([entity], Some(schema)).map_err(|e| {
-        format!("the schema does not accept the capability entity the Hall sends: {e}")
-    })?;
+    for req in [&full, &bare_worker, &minimal] {
+        request_entities(
+            &types,
+            &cap_type,
+            &group_type,
+            "cap.probe.deep.check",
+            req.worker.as_ref(),
+            Some(schema),
+        )
+        .map_err(|e| {
+            format!(
+                "the schema does not accept the entities (capability, worker) the Hall sends: {e}"
+            )
+        })?;
+    }
     // The tenant entity carries no attributes; a schema demanding some could never be satisfied.
     Entities::from_entities(
         [Entity::new_no_attrs(

@@ -297,7 +297,7 @@ fn the_entity_cache_is_bounded() {
         r.capability_id = format!("cap.bulk.c{i}");
         assert_eq!(e.evaluate(&r).unwrap().outcome, Outcome::Allow);
     }
-    assert_eq!(e.cache.read().unwrap().len(), ENTITY_CACHE_CAPACITY);
+    assert_eq!(e.cache.read().unwrap().len, ENTITY_CACHE_CAPACITY);
 }
 
 #[test]
@@ -579,4 +579,31 @@ fn the_bundled_set_evaluates_few_policies_per_cell() {
         n(Env::Dev, DataLabel::Internal, TenantRisk::Low, QosClass::P2),
         2
     );
+}
+
+#[test]
+fn cached_worker_entities_follow_the_worker_facts() {
+    // The same species re-enrolled with other facts must not reuse the cached entity.
+    let (e, _) = CedarEngine::load(Path::new(SET)).unwrap();
+    let cached = e.cache.read().unwrap().len;
+    let mut r = req(Env::Prod, DataLabel::Internal, TenantRisk::Low);
+    let mut w = WorkerFacts {
+        species: "wrk.test.fresh".into(),
+        risk_tier: RiskTier::Low,
+        envelope: Some(EnvelopeSummary::default()),
+        blast: None,
+    };
+    r.worker = Some(w.clone());
+    assert_eq!(e.evaluate(&r).unwrap().outcome, Outcome::Allow);
+    w.risk_tier = RiskTier::Critical;
+    r.worker = Some(w.clone());
+    assert_eq!(
+        e.evaluate(&r).unwrap().outcome,
+        Outcome::RequireHuman(SupervisorLevel::Executor)
+    );
+    w.risk_tier = RiskTier::Low;
+    w.envelope = None;
+    r.worker = Some(w);
+    assert_eq!(e.evaluate(&r).unwrap().outcome, Outcome::Deny);
+    assert_eq!(e.cache.read().unwrap().len, cached + 3, "one store per distinct facts");
 }
