@@ -232,6 +232,18 @@ fn main() {
             }),
         ));
     }
+    if wanted("cedar/golden-mix-unpartitioned") {
+        rows.push((
+            "cedar/golden-mix-unpartitioned",
+            measure(|i| {
+                black_box(
+                    engine
+                        .evaluate_unpartitioned(black_box(&requests[i % n]))
+                        .unwrap(),
+                );
+            }),
+        ));
+    }
     if wanted("cedar/prod-routine-worker") {
         rows.push((
             "cedar/prod-routine-worker",

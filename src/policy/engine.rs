@@ -591,9 +591,9 @@ impl CedarEngine {
         })
     }
 
-    /// Evaluates against the whole set, skipping the partition (tests compare both).
-    #[cfg(test)]
-    pub(crate) fn evaluate_unpartitioned(&self, req: &PolicyRequest) -> Result<Verdict, EvalError> {
+    /// Evaluates against the whole set, without the cell partition. Same verdict as
+    /// [`PolicyEngine::evaluate`], only slower; tests and the benchmark compare the two.
+    pub fn evaluate_unpartitioned(&self, req: &PolicyRequest) -> Result<Verdict, EvalError> {
         self.evaluate_in(req, &self.set.policies)
     }
 

@@ -605,5 +605,9 @@ fn cached_worker_entities_follow_the_worker_facts() {
     w.envelope = None;
     r.worker = Some(w);
     assert_eq!(e.evaluate(&r).unwrap().outcome, Outcome::Deny);
-    assert_eq!(e.cache.read().unwrap().len, cached + 3, "one store per distinct facts");
+    assert_eq!(
+        e.cache.read().unwrap().len,
+        cached + 3,
+        "one store per distinct facts"
+    );
 }
