@@ -16,12 +16,13 @@
 //! # Cost
 //! Cedar evaluates every policy it is given, so the engine gives it only those that can apply
 //! to the request's (env, data_label, tenant_risk, qos_class) cell, decided once at load from the
-//! policies' leading tests ([`super::partition`], which explains why that cannot change a
-//! verdict). Per request the engine builds a Cedar context from typed values (no JSON) and looks up the
-//! capability's entity (the capability and its prefix groups) in a bounded cache; the tenant
-//! entity is not materialised (it has no attributes). Requests are not re-validated against the
-//! schema per call: the context is built from typed Rust values and the schema was checked at
-//! load to accept exactly this shape (`source::probe_schema`). See BENCHMARKS.md.
+//! policies' leading tests ([`super::partition`] explains why that cannot change a verdict).
+//! Per request the engine builds a Cedar context of scalars and entity references from typed
+//! values (no JSON), and looks up the entity store (the capability with its prefix groups, the
+//! selected worker with its registry facts) in a bounded cache keyed by worker facts and
+//! capability; the tenant entity is not materialised (it has no attributes). Requests are not
+//! re-validated against the schema per call: the schema was checked at load to accept exactly
+//! what the engine builds (`source::probe_schema`). See BENCHMARKS.md.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
