@@ -6,14 +6,18 @@
 //! router. The binary (`src/main.rs`) is a thin [`cli`] over this library.
 //! See ARCHITECTURE.md for the map and the invariants.
 
+pub mod attest;
 pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
 pub mod conformance;
 pub mod crypto;
+pub mod envelope;
 pub mod hall;
+pub mod policy;
 pub mod pyjson;
+pub mod receipt;
 pub mod registry;
 pub mod router;
 pub mod rules;

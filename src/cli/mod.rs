@@ -17,9 +17,13 @@
 //! | 77 | the Hall refused: the caller is not an operator |
 //! | 78 | bad configuration (`hall.toml`, the configured rules or registry) |
 
+mod attest;
 mod conformance;
 mod daemon;
 mod enroll;
+mod envelope;
+mod policy;
+mod receipts;
 mod route;
 mod status;
 mod validate;
@@ -115,6 +119,18 @@ pub enum Command {
     /// Run language-neutral conformance vectors.
     #[command(subcommand)]
     Conformance(conformance::ConformanceCommand),
+    /// Package attestation: keys, scaffolds, package hashes, signing and verification.
+    #[command(subcommand)]
+    Attest(attest::AttestCommand),
+    /// Evidence receipts: verify the log, show, prove and check inclusion; rotate keys.
+    #[command(subcommand)]
+    Receipts(receipts::ReceiptsCommand),
+    /// The policy gate: check policies against the schema and run golden decisions.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// The privilege envelope: probe what this kernel can enforce; run a package under it.
+    #[command(subcommand)]
+    Envelope(envelope::EnvelopeCommand),
 }
 
 /// A failure, with the exit code it maps to and an optional hint on how to fix it.
@@ -239,6 +255,10 @@ pub fn run(cli: Cli) -> u8 {
         Command::Config(cmd) => status::run(cmd, &mut out),
         Command::Version => version(&mut out),
         Command::Conformance(cmd) => conformance::run(cmd, &mut out),
+        Command::Attest(cmd) => attest::run(cmd, &mut out),
+        Command::Receipts(cmd) => receipts::run(cmd, &mut out),
+        Command::Policy(cmd) => policy::run(cmd, &mut out),
+        Command::Envelope(cmd) => envelope::run(cmd, &mut out),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,420 @@
+//! WCP profiles (`prof.*`, spec §2.5): named postures that set the required controls, the policy
+//! set, the privilege-envelope minimums and limits, and the blast maxima. The Hall selects one per
+//! environment (`[profiles]` in `hall.toml`), so the same worker fleet runs under
+//! `prof.dev.permissive` or `prof.prod.strict` without code changes.
+//!
+//! One profile per file, `<id>.toml`, every table closed (`deny_unknown_fields`), every error
+//! located at its line and column:
+//!
+//! ```toml
+//! id = "prof.prod.strict"
+//! description = "Production: every control enforced, every dispatch gated."
+//! policy_set = "../cedar"            # a policy set manifest or its directory, relative to this file
+//! gate_every_dispatch = true         # run the policy gate even for rules without escalation.policy_gate
+//! required_controls = ["ctrl.obs.audit-log-append-only"]
+//!
+//! [blast]                            # WCP §7 five-dimension score, chain total per correlation id
+//! max = { dev = 25, stage = 15, prod = 10, edge = 6 }
+//! over_max = { require_human = "gatekeeper" }   # or "deny"
+//! undeclared = "deny"                # worker declares no blast_radius: "allow" | "deny" | { require_human = "<level>" }
+//!
+//! [envelope]                         # minimums: "required" | "best_effort" | "off"
+//! landlock = "required"
+//! network_isolation = "required"
+//! seccomp = "required"
+//! pid_namespace = "required"
+//! cgroup = "required"
+//! unprivileged_user = "required"
+//!
+//! [limits]                           # all required, all > 0
+//! wall_timeout_ms = 30000
+//! cpu_seconds = 10
+//! memory_bytes = 536870912
+//! max_processes = 32
+//! max_open_files = 256
+//! max_file_size_bytes = 67108864
+//! max_output_bytes = 1048576
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::source::{Diagnostic, DiagnosticKind, PolicyLoadError};
+use super::{SupervisorLevel, is_wcp_id};
+use crate::registry::is_pyhall_control_id;
+use crate::wcp::Env;
+
+/// What to do when a chain's blast total exceeds the maximum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverMaxAction {
+    Deny,
+    RequireHuman(SupervisorLevel),
+}
+
+/// What to do when the selected worker declares no blast radius.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UndeclaredAction {
+    Allow,
+    Deny,
+    RequireHuman(SupervisorLevel),
+}
+
+/// The largest chain blast total allowed per environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerEnvMax {
+    pub dev: u32,
+    pub stage: u32,
+    pub prod: u32,
+    pub edge: u32,
+}
+
+impl PerEnvMax {
+    /// The maximum for `env`.
+    pub fn get(&self, env: Env) -> u32 {
+        match env {
+            Env::Dev => self.dev,
+            Env::Stage => self.stage,
+            Env::Prod => self.prod,
+            Env::Edge => self.edge,
+        }
+    }
+}
+
+/// `[blast]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlastPolicy {
+    pub max: PerEnvMax,
+    pub over_max: OverMaxAction,
+    pub undeclared: UndeclaredAction,
+}
+
+/// How strongly an envelope mechanism is demanded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Requirement {
+    /// The dispatch is refused if the mechanism cannot be enforced.
+    Required,
+    /// Enforced when the kernel allows it; its absence is reported, not fatal.
+    BestEffort,
+    /// Not applied.
+    Off,
+}
+
+/// `[envelope]`: the minimum privilege envelope (field names shared with the envelope module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvelopeMinimums {
+    pub landlock: Requirement,
+    pub network_isolation: Requirement,
+    pub seccomp: Requirement,
+    pub pid_namespace: Requirement,
+    pub cgroup: Requirement,
+    pub unprivileged_user: Requirement,
+}
+
+/// `[limits]`: resource limits for a worker run (field names shared with the envelope module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(deserialize_with = "positive")]
+    pub wall_timeout_ms: u64,
+    #[serde(deserialize_with = "positive")]
+    pub cpu_seconds: u64,
+    #[serde(deserialize_with = "positive")]
+    pub memory_bytes: u64,
+    #[serde(deserialize_with = "positive")]
+    pub max_processes: u64,
+    #[serde(deserialize_with = "positive")]
+    pub max_open_files: u64,
+    #[serde(deserialize_with = "positive")]
+    pub max_file_size_bytes: u64,
+    #[serde(deserialize_with = "positive")]
+    pub max_output_bytes: u64,
+}
+
+fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let v = u64::deserialize(d)?;
+    if v == 0 {
+        return Err(serde::de::Error::custom(
+            "must be greater than 0 (a zero limit would make every run fail)",
+        ));
+    }
+    Ok(v)
+}
+
+/// The file form.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileSpec {
+    id: toml::Spanned<String>,
+    #[serde(default)]
+    description: String,
+    policy_set: String,
+    gate_every_dispatch: bool,
+    #[serde(default)]
+    required_controls: Vec<toml::Spanned<String>>,
+    blast: BlastPolicy,
+    envelope: EnvelopeMinimums,
+    limits: Limits,
+}
+
+/// A loaded profile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Profile {
+    /// `prof.<domain>.<name>`.
+    pub id: String,
+    pub description: String,
+    /// The policy set (manifest or directory), resolved against the profile file's directory.
+    pub policy_set: PathBuf,
+    /// Whether the policy gate runs for every dispatch, not only rules with
+    /// `escalation.policy_gate`.
+    pub gate_every_dispatch: bool,
+    /// Controls every dispatch under this profile needs, besides the rule's own.
+    pub required_controls: Vec<String>,
+    pub blast: BlastPolicy,
+    pub envelope: EnvelopeMinimums,
+    pub limits: Limits,
+    /// The file it came from.
+    pub file: String,
+    /// First 16 hex digits of the SHA-256 of the file text (for decisions and receipts).
+    pub digest: String,
+}
+
+impl Profile {
+    /// Parses one profile. `file` names it in errors; a relative `policy_set` is resolved
+    /// against `base`. With `expected_id` (the file stem), the id must match it. Pure.
+    pub fn from_toml_str(
+        text: &str,
+        file: &str,
+        base: &Path,
+        expected_id: Option<&str>,
+    ) -> Result<Self, PolicyLoadError> {
+        let spec: ProfileSpec = toml::from_str(text).map_err(|e| {
+            PolicyLoadError::Invalid(vec![Diagnostic::from_toml(
+                DiagnosticKind::Profile,
+                file,
+                text,
+                &e,
+            )])
+        })?;
+        let at = |offset: usize, msg: String| {
+            Diagnostic::at(DiagnosticKind::Profile, file, text, offset, msg)
+        };
+        let mut problems = Vec::new();
+        let id = spec.id.get_ref();
+        if !is_wcp_id(id, "prof") {
+            problems.push(at(spec.id.span().start, format!("id {id:?} is not a WCP profile id")).help(
+                "prof. followed by 1-3 dot-separated segments of a-z, 0-9 and '-'; example: prof.prod.strict",
+            ));
+        } else if let Some(stem) = expected_id
+            && stem != id
+        {
+            problems.push(
+                at(
+                    spec.id.span().start,
+                    format!("id {id:?} does not match the file name {stem:?}.toml"),
+                )
+                .help("name each profile file <id>.toml"),
+            );
+        }
+        for c in &spec.required_controls {
+            if !is_pyhall_control_id(c.get_ref()) {
+                problems.push(at(
+                    c.span().start,
+                    format!(
+                        "{:?} is not a control id; expected ctrl.<name> in lowercase a-z, 0-9, '.', '_' and '-'",
+                        c.get_ref()
+                    ),
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(PolicyLoadError::Invalid(problems));
+        }
+        let mut controls: Vec<String> = spec
+            .required_controls
+            .into_iter()
+            .map(toml::Spanned::into_inner)
+            .collect();
+        controls.sort();
+        controls.dedup();
+        Ok(Profile {
+            id: spec.id.into_inner(),
+            description: spec.description,
+            policy_set: base.join(&spec.policy_set),
+            gate_every_dispatch: spec.gate_every_dispatch,
+            required_controls: controls,
+            blast: spec.blast,
+            envelope: spec.envelope,
+            limits: spec.limits,
+            file: file.to_owned(),
+            digest: crate::router::hex(&Sha256::digest(text.as_bytes()))[..16].to_owned(),
+        })
+    }
+
+    /// Reads one profile file; its id must equal the file stem.
+    pub fn load(path: &Path) -> Result<Self, PolicyLoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyLoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let stem = path.file_stem().and_then(|s| s.to_str());
+        Profile::from_toml_str(
+            &text,
+            &path.display().to_string(),
+            path.parent().unwrap_or(Path::new(".")),
+            stem,
+        )
+    }
+}
+
+/// Every profile of a directory, by id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProfileSet {
+    profiles: BTreeMap<String, Arc<Profile>>,
+}
+
+impl ProfileSet {
+    /// Loads every `*.toml` file in `dir` (sorted by name). Every bad file is reported.
+    pub fn load_dir(dir: &Path) -> Result<Self, PolicyLoadError> {
+        let entries = std::fs::read_dir(dir).map_err(|source| PolicyLoadError::Read {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let mut paths = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| PolicyLoadError::Read {
+                path: dir.to_owned(),
+                source,
+            })?;
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "toml") && path.is_file() {
+                paths.push(path);
+            }
+        }
+        paths.sort();
+        let mut set = ProfileSet::default();
+        let mut problems = Vec::new();
+        for path in paths {
+            match Profile::load(&path) {
+                Ok(p) => {
+                    set.profiles.insert(p.id.clone(), Arc::new(p));
+                }
+                Err(PolicyLoadError::Invalid(d)) => problems.extend(d),
+                Err(e) => return Err(e),
+            }
+        }
+        if set.profiles.is_empty() && problems.is_empty() {
+            problems.push(Diagnostic {
+                kind: DiagnosticKind::Profile,
+                file: dir.display().to_string(),
+                line: 1,
+                column: 1,
+                message: "the profile directory holds no <id>.toml profile".into(),
+                help: None,
+                policy_id: None,
+            });
+        }
+        if problems.is_empty() {
+            Ok(set)
+        } else {
+            Err(PolicyLoadError::Invalid(problems))
+        }
+    }
+
+    /// A set from already loaded profiles (later ids replace earlier ones).
+    pub fn from_profiles(profiles: impl IntoIterator<Item = Profile>) -> Self {
+        ProfileSet {
+            profiles: profiles
+                .into_iter()
+                .map(|p| (p.id.clone(), Arc::new(p)))
+                .collect(),
+        }
+    }
+
+    /// A profile by id.
+    pub fn get(&self, id: &str) -> Option<&Arc<Profile>> {
+        self.profiles.get(id)
+    }
+
+    /// Every profile, by id.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Profile>> {
+        self.profiles.values()
+    }
+
+    /// Number of profiles.
+    pub fn len(&self) -> usize {
+        self.profiles.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.profiles.is_empty()
+    }
+}
+
+/// A `[profiles]` entry naming a profile that does not exist.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("[profiles] {env} = {id:?}: no such profile; known profiles: {}", .known.join(", "))]
+pub struct SelectionError {
+    pub env: Env,
+    pub id: String,
+    pub known: Vec<String>,
+}
+
+/// The profile selected for each environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvProfiles {
+    by_env: [Option<Arc<Profile>>; 4],
+}
+
+impl EnvProfiles {
+    /// Resolves an env → profile id selection (the `[profiles]` table of `hall.toml`).
+    pub fn select<'a>(
+        set: &ProfileSet,
+        selection: impl IntoIterator<Item = (Env, &'a str)>,
+    ) -> Result<Self, SelectionError> {
+        let mut out = EnvProfiles::default();
+        for (env, id) in selection {
+            let p = set.get(id).ok_or_else(|| SelectionError {
+                env,
+                id: id.to_owned(),
+                known: set.profiles.keys().cloned().collect(),
+            })?;
+            out.by_env[env.index()] = Some(Arc::clone(p));
+        }
+        Ok(out)
+    }
+
+    /// The profile for `env`, if one is selected.
+    pub fn get(&self, env: Env) -> Option<&Arc<Profile>> {
+        self.by_env[env.index()].as_ref()
+    }
+
+    /// Each environment with its profile.
+    pub fn iter(&self) -> impl Iterator<Item = (Env, &Arc<Profile>)> {
+        Env::ALL.iter().filter_map(|&e| self.get(e).map(|p| (e, p)))
+    }
+}
+
+impl fmt::Display for Requirement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Requirement::Required => "required",
+            Requirement::BestEffort => "best_effort",
+            Requirement::Off => "off",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1 @@
+//! Evidence receipts (issue 5): DSSE-signed, hash-chained, Merkle-checkpointed log.
