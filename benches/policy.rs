@@ -158,6 +158,7 @@ fn main() {
         decision: "ALLOW".into(),
         policy_version: "policy.bench.v1".into(),
         reason: "bench gate allows".into(),
+        supervisor_level: None,
     });
     let ctx = DecisionContext {
         decision_id: "018f6c1e-7d2a-7b3c-9d4e-5f6a7b8c9d0e".into(),

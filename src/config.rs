@@ -338,6 +338,7 @@ impl Config {
             enforce_required_controls: h.enforce_required_controls,
             enforce_blast_scoring_in_prod: h.enforce_blast_scoring_in_prod,
             enforce_privilege_envelopes: h.enforce_privilege_envelopes,
+            ..RouterConfig::default()
         }
     }
 }

@@ -137,8 +137,18 @@ fn socket_activation_serves_on_the_inherited_socket() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // The first connection starts the Hall with the listening socket as fd 3.
-    let body = health(&socket).expect("the activated Hall answers on the inherited socket");
+    // The first connection starts the Hall with the listening socket as fd 3. (The socket file
+    // appears at bind(), a moment before listen(): retry until the deadline.)
+    let body = loop {
+        if let Some(b) = health(&socket) {
+            break b;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the activated Hall never answered on the inherited socket"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(body["status"], "ok");
     // $STATE_DIRECTORY was honoured (the config does not set state_dir).
     assert!(

@@ -73,6 +73,7 @@ fn run_tests(
         decision: "ALLOW".into(),
         policy_version: "policy.v0".into(),
         reason: "validate".into(),
+        supervisor_level: None,
     });
     let config = RouterConfig::default();
     let router = Router {

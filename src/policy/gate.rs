@@ -74,11 +74,24 @@ pub struct GateDecision {
 
 impl GateDecision {
     /// The router's answer type.
+    ///
+    /// `advisory` does not block (WCP §5.8: a human is notified and execution proceeds), so it
+    /// is answered ALLOW with the advisory in the reason; the full decision, with the level,
+    /// stays available to the caller for the decision and the receipt.
     pub fn to_gate_answer(&self) -> GateAnswer {
-        GateAnswer {
-            decision: self.outcome.decision().to_owned(),
-            policy_version: self.policy_version.clone(),
-            reason: self.summary.clone(),
+        match self.supervisor_level() {
+            Some(level) if !level.blocks_execution() => GateAnswer {
+                decision: "ALLOW".to_owned(),
+                policy_version: self.policy_version.clone(),
+                reason: format!("advisory (execution proceeds): {}", self.summary),
+                supervisor_level: Some(level.as_str().to_owned()),
+            },
+            level => GateAnswer {
+                decision: self.outcome.decision().to_owned(),
+                policy_version: self.policy_version.clone(),
+                reason: self.summary.clone(),
+                supervisor_level: level.map(|l| l.as_str().to_owned()),
+            },
         }
     }
 
@@ -292,14 +305,17 @@ impl PolicyRequest {
 
     /// The facts today's router `GateContext` carries.
     pub fn from_gate_context(ctx: &GateContext<'_>) -> Self {
-        PolicyRequest::new(
+        let mut req = PolicyRequest::new(
             ctx.tenant_id,
             ctx.capability_id,
             ctx.env,
             ctx.data_label,
             ctx.tenant_risk,
             ctx.qos_class,
-        )
+        );
+        req.dry_run = ctx.dry_run;
+        req.pyhall_blast_score = ctx.pyhall_blast_score;
+        req
     }
 }
 
@@ -323,6 +339,7 @@ impl<E: PolicyEngine> PolicyGate for EngineGate<E> {
         Ok(GateAnswer {
             decision: v.outcome.decision().to_owned(),
             reason: v.summary(),
+            supervisor_level: v.outcome.supervisor_level().map(|l| l.as_str().to_owned()),
             policy_version: v.policy_version,
         })
     }

@@ -45,6 +45,12 @@ pub struct RouterConfig {
     pub enforce_required_controls: bool,
     pub enforce_blast_scoring_in_prod: bool,
     pub enforce_privilege_envelopes: bool,
+    /// The Hall's profile may demand the policy gate for every dispatch, not only for rules with
+    /// `escalation.policy_gate` (PyHall: never).
+    pub gate_every_dispatch: bool,
+    /// Controls the profile requires on top of each rule's (PyHall: none). They join
+    /// `required_controls_effective` and the missing-controls check.
+    pub profile_controls: Vec<String>,
 }
 
 impl Default for RouterConfig {
@@ -57,6 +63,8 @@ impl Default for RouterConfig {
             enforce_required_controls: true,
             enforce_blast_scoring_in_prod: true,
             enforce_privilege_envelopes: false,
+            gate_every_dispatch: false,
+            profile_controls: Vec::new(),
         }
     }
 }
@@ -90,6 +98,12 @@ pub struct GateContext<'a> {
     pub tenant_risk: TenantRisk,
     pub qos_class: QosClass,
     pub policy_version: &'a str,
+    /// The Hall's additions (PyHall's gate sees none of these): the candidate the router would
+    /// select (the gate runs after selection is computed, so policies can look at the worker),
+    /// the step-4 blast score when it ran, and whether this is a dry run.
+    pub selected_worker_species: Option<&'a str>,
+    pub pyhall_blast_score: Option<i64>,
+    pub dry_run: bool,
 }
 
 /// The gate's answer: `(decision, policy_version, reason)`. `decision` stays a string so an
@@ -99,6 +113,10 @@ pub struct GateAnswer {
     pub decision: String,
     pub policy_version: String,
     pub reason: String,
+    /// For REQUIRE_HUMAN: the WCP supervisor level the gate asks for (PyHall's gate has none;
+    /// when set it is added to the denial's extras as `supervisor_level`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor_level: Option<String>,
 }
 
 /// A gate that failed to answer (PyHall: the callable raised).
@@ -220,6 +238,18 @@ pub fn route(router: &Router<'_>, input: &RouteInput, ctx: &DecisionContext) -> 
         capability_id: sanitize(&input.capability_id),
         dry_run: input.dry_run,
     };
+    let cfg = router.config;
+    // The rule's controls plus the profile's, sorted and deduplicated (just the rule's when no
+    // profile adds any, which is PyHall's case).
+    let effective_controls = |rule: &Rule| -> Vec<String> {
+        let mut v = rule.decision.required_controls.clone();
+        if !cfg.profile_controls.is_empty() {
+            v.extend(cfg.profile_controls.iter().cloned());
+            v.sort();
+            v.dedup();
+        }
+        v
+    };
     let base = |matched: &str, rule: Option<&Rule>| RouteDecision {
         decision_id: ctx.decision_id.clone(),
         timestamp: ctx.timestamp.clone(),
@@ -235,9 +265,7 @@ pub fn route(router: &Router<'_>, input: &RouteInput, ctx: &DecisionContext) -> 
         deny_reason_if_denied: None,
         selected_worker_species_id: None,
         candidate_workers_ranked: Vec::new(),
-        required_controls_effective: rule
-            .map(|r| r.decision.required_controls.clone())
-            .unwrap_or_default(),
+        required_controls_effective: rule.map(effective_controls).unwrap_or_default(),
         recommended_profiles_effective: Vec::new(),
         escalation_effective: Escalation::default(),
         preconditions_checked: rule.map(|r| r.decision.preconditions).unwrap_or_default(),
@@ -263,7 +291,6 @@ pub fn route(router: &Router<'_>, input: &RouteInput, ctx: &DecisionContext) -> 
         out.worker_attestation_valid = d.attestation_valid;
         out
     };
-    let cfg = router.config;
 
     // Step 0: signatory tenants.
     if cfg.require_signatory && !cfg.allowed_tenants.contains(&input.tenant_id) {
@@ -348,8 +375,8 @@ pub fn route(router: &Router<'_>, input: &RouteInput, ctx: &DecisionContext) -> 
         );
     }
     // Step 3: required controls (sorted, from the sorted rule list).
-    let missing: Vec<&String> = decision
-        .required_controls
+    let controls = effective_controls(rule);
+    let missing: Vec<&String> = controls
         .iter()
         .filter(|c| !router.registry.has_control(c))
         .collect();
@@ -367,7 +394,6 @@ pub fn route(router: &Router<'_>, input: &RouteInput, ctx: &DecisionContext) -> 
         );
     }
     // Step 4: blast gate.
-    let controls = &decision.required_controls;
     let has_ctrl = |c: &str| controls.binary_search_by(|x| x.as_str().cmp(c)).is_ok();
     let blast_ran = has_ctrl(CTRL_BLAST_RADIUS_SCORING)
         || (input.env.is_production() && cfg.enforce_blast_scoring_in_prod);
@@ -396,10 +422,36 @@ pub fn route(router: &Router<'_>, input: &RouteInput, ctx: &DecisionContext) -> 
         }
         blast_score = Some(score);
     }
+    // Step 6 (computed before the gate, denied after it, as PyHall orders the denials):
+    // candidate selection, first available in rule order. Computing it first is pure and lets
+    // the gate see the worker it is deciding about.
+    let mut candidates = Vec::with_capacity(decision.candidate_workers_ranked.len());
+    let mut selected: Option<&str> = None;
+    for c in &decision.candidate_workers_ranked {
+        let status = router
+            .registry
+            .candidate_status(&c.worker_species_id, rule, input.env);
+        let skip_reason = match (status, selected) {
+            (CandidateStatus::Available, None) => {
+                selected = Some(&c.worker_species_id);
+                None
+            }
+            (CandidateStatus::Available, Some(_)) => Some(SkipReason::AlreadySelected),
+            (CandidateStatus::Unavailable, _) => Some(SkipReason::Unavailable),
+            (CandidateStatus::MissingControls, _) => Some(SkipReason::MissingControls),
+            (CandidateStatus::EnvNotAllowed, _) => Some(SkipReason::EnvNotAllowed),
+        };
+        candidates.push(CandidateWorker {
+            worker_species_id: c.worker_species_id.clone(),
+            score_hint: c.score_hint,
+            requires_controls_minimum: None,
+            skip_reason,
+        });
+    }
     // Step 5: policy gate.
     let mut policy_version = DEFAULT_POLICY_VERSION.to_owned();
     let mut gate_reason = "no_gate_required";
-    if rule_escalation.policy_gate {
+    if rule_escalation.policy_gate || cfg.gate_every_dispatch {
         let Some(gate) = router.gate else {
             return deny(
                 rid,
@@ -419,6 +471,9 @@ pub fn route(router: &Router<'_>, input: &RouteInput, ctx: &DecisionContext) -> 
             tenant_risk: input.tenant_risk,
             qos_class: input.qos_class,
             policy_version: DEFAULT_POLICY_VERSION,
+            selected_worker_species: selected,
+            pyhall_blast_score: blast_score,
+            dry_run: input.dry_run,
         };
         let answer = match gate.evaluate(&gate_ctx) {
             Ok(a) => a,
@@ -451,17 +506,20 @@ pub fn route(router: &Router<'_>, input: &RouteInput, ctx: &DecisionContext) -> 
             }
             "REQUIRE_HUMAN" if router.human_approval.is_some() => {}
             "REQUIRE_HUMAN" => {
+                let mut d = Deny::new(
+                    DenyCode::DenyRequiresHumanApproval,
+                    "Policy gate requires human approval before this worker can be dispatched. Submit the pending approval via wcp.approval.resolve.",
+                )
+                .with("reason", answer.reason.clone())
+                .with("policy_version", answer.policy_version)
+                .with("supervisor_required", true);
+                if let Some(level) = answer.supervisor_level {
+                    d = d.with("supervisor_level", level);
+                }
                 return deny(
                     rid,
                     Some(rule),
-                    Deny::new(
-                        DenyCode::DenyRequiresHumanApproval,
-                        "Policy gate requires human approval before this worker can be dispatched. Submit the pending approval via wcp.approval.resolve.",
-                    )
-                    .with("reason", answer.reason.clone())
-                    .with("policy_version", answer.policy_version)
-                    .with("supervisor_required", true)
-                    .escalation(Escalation {
+                    d.escalation(Escalation {
                         human_required_default: true,
                         rationale: Some(answer.reason),
                         ..rule_escalation
@@ -492,30 +550,6 @@ pub fn route(router: &Router<'_>, input: &RouteInput, ctx: &DecisionContext) -> 
             "policy_gate_allow"
         };
         policy_version = answer.policy_version;
-    }
-    // Step 6: candidate selection (first available in rule order).
-    let mut candidates = Vec::with_capacity(decision.candidate_workers_ranked.len());
-    let mut selected: Option<&str> = None;
-    for c in &decision.candidate_workers_ranked {
-        let status = router
-            .registry
-            .candidate_status(&c.worker_species_id, rule, input.env);
-        let skip_reason = match (status, selected) {
-            (CandidateStatus::Available, None) => {
-                selected = Some(&c.worker_species_id);
-                None
-            }
-            (CandidateStatus::Available, Some(_)) => Some(SkipReason::AlreadySelected),
-            (CandidateStatus::Unavailable, _) => Some(SkipReason::Unavailable),
-            (CandidateStatus::MissingControls, _) => Some(SkipReason::MissingControls),
-            (CandidateStatus::EnvNotAllowed, _) => Some(SkipReason::EnvNotAllowed),
-        };
-        candidates.push(CandidateWorker {
-            worker_species_id: c.worker_species_id.clone(),
-            score_hint: c.score_hint,
-            requires_controls_minimum: None,
-            skip_reason,
-        });
     }
     let Some(sel) = selected else {
         let mut d = Deny::new(

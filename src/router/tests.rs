@@ -193,6 +193,7 @@ fn gate_answer(decision: &str, version: &str, reason: &str) -> FixedGate {
         decision: decision.into(),
         policy_version: version.into(),
         reason: reason.into(),
+        supervisor_level: None,
     })
 }
 
@@ -1157,6 +1158,7 @@ fn gate_is_asked_with_the_request_context_and_only_for_gated_rules() {
             decision: "ALLOW".into(),
             policy_version: "policy.v9".into(),
             reason: "ok".into(),
+            supervisor_level: None,
         },
         seen: RefCell::new(Vec::new()),
     };
@@ -1173,7 +1175,9 @@ fn gate_is_asked_with_the_request_context_and_only_for_gated_rules() {
         text(&json!([{
             "capability_id": "cap.gated", "tenant_id": "tenant-1", "env": "stage",
             "data_label": "PUBLIC", "tenant_risk": "high", "qos_class": "P1",
-            "policy_version": "policy.v0"
+            "policy_version": "policy.v0",
+            // The Hall's additions: the gate sees the worker the router would select.
+            "selected_worker_species": WRK_A, "pyhall_blast_score": null, "dry_run": false
         }]))
     );
     // An ungated rule never consults the gate, and reports the default policy version.

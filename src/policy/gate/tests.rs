@@ -339,6 +339,9 @@ fn the_router_adapter_answers_from_the_gate_context() {
         tenant_risk: TenantRisk::Low,
         qos_class: QosClass::P2,
         policy_version: "policy.v0",
+        selected_worker_species: None,
+        pyhall_blast_score: None,
+        dry_run: false,
     };
     let a = g.evaluate(&ctx).unwrap();
     assert_eq!(a.decision, "REQUIRE_HUMAN");
