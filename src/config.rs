@@ -48,6 +48,37 @@ pub struct Config {
     pub identity: IdentitySection,
     #[serde(default)]
     pub approvals: ApprovalsSection,
+    #[serde(default)]
+    pub profiles: ProfilesSection,
+}
+
+/// `[profiles]`: the WCP profile (`prof.*`) each environment runs under. A profile sets the
+/// policy set the gate evaluates, extra required controls, whether every dispatch is gated,
+/// the envelope minimums and limits, and the blast maxima. An environment without a profile
+/// has no policy gate (rules that demand one are denied, fail closed).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProfilesSection {
+    pub dev: Option<String>,
+    pub stage: Option<String>,
+    pub prod: Option<String>,
+    pub edge: Option<String>,
+}
+
+impl ProfilesSection {
+    /// The selection as (env, profile id) pairs.
+    pub fn selection(&self) -> Vec<(crate::wcp::Env, &str)> {
+        use crate::wcp::Env;
+        [
+            (Env::Dev, &self.dev),
+            (Env::Stage, &self.stage),
+            (Env::Prod, &self.prod),
+            (Env::Edge, &self.edge),
+        ]
+        .into_iter()
+        .filter_map(|(e, p)| p.as_deref().map(|p| (e, p)))
+        .collect()
+    }
 }
 
 /// `[hall]`: PyHall's HallConfig fields and defaults.
@@ -87,6 +118,8 @@ pub struct PathsSection {
     /// Where the daemon keeps durable state (pending approvals, receipts, the package store).
     /// Unset: `$STATE_DIRECTORY` (systemd's `StateDirectory=`), else `/var/lib/wcp-hall`.
     pub state_dir: Option<PathBuf>,
+    /// The directory of profile files (`prof.*.toml`), needed when `[profiles]` selects any.
+    pub profiles_dir: Option<PathBuf>,
 }
 
 impl Default for PathsSection {
@@ -95,6 +128,7 @@ impl Default for PathsSection {
             rules: PathBuf::from("rules.json"),
             registry_dir: PathBuf::from("registry"),
             state_dir: None,
+            profiles_dir: None,
         }
     }
 }
@@ -272,6 +306,7 @@ impl Config {
         config.paths.rules = base.join(&config.paths.rules);
         config.paths.registry_dir = base.join(&config.paths.registry_dir);
         config.paths.state_dir = config.paths.state_dir.map(|p| base.join(p));
+        config.paths.profiles_dir = config.paths.profiles_dir.map(|p| base.join(p));
         config.server.socket = config.server.socket.map(|p| base.join(p));
         Ok(config)
     }
@@ -304,6 +339,11 @@ impl Config {
                     i + 1
                 )));
             }
+        }
+        if !self.profiles.selection().is_empty() && self.paths.profiles_dir.is_none() {
+            return Err(invalid(
+                "[profiles] selects profiles but [paths] profiles_dir is not set; point it at the directory of prof.*.toml files".into(),
+            ));
         }
         if let Some(t) = self
             .hall

@@ -95,9 +95,61 @@ fn route_allows_the_readme_example_and_exits_0() {
 
 #[test]
 fn route_denies_with_exit_1_and_fails_closed_without_a_policy_gate() {
+    // With the bundled profiles, prod runs the Cedar gate on every dispatch; a high-risk
+    // tenant's RESTRICTED-free prod request needs a human (the production policy set).
     let cfg = repo("policies/hall.toml");
+    let hello = |risk: &str| {
+        format!(
+            r#"{{"capability_id": "cap.hello.greet", "env": "prod", "data_label": "PUBLIC",
+                "tenant_risk": "{risk}", "qos_class": "P2", "tenant_id": "acme-corp",
+                "correlation_id": "c-1", "request": {{"name": "Ada"}}}}"#
+        )
+    };
+    let o = run(
+        &["route", "-c", cfg.to_str().unwrap(), "-"],
+        Some(&hello("low")),
+    );
+    let d: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(code(&o), 0, "{d}");
+    assert_eq!(
+        d["telemetry_envelopes"].as_array().unwrap().last().unwrap()["reason"],
+        "policy_gate_allow"
+    );
+    let o = run(
+        &["route", "-c", cfg.to_str().unwrap(), "-"],
+        Some(&hello("high")),
+    );
+    let d: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(code(&o), 1, "{d}");
+    let reason = &d["deny_reason_if_denied"];
+    assert_eq!(reason["code"], "DENY_REQUIRES_HUMAN_APPROVAL");
+    assert_eq!(reason["supervisor_level"], "gatekeeper");
+    assert!(
+        reason["reason"]
+            .as_str()
+            .unwrap()
+            .contains("pol.prod.high-risk-tenant"),
+        "{reason}"
+    );
+    assert!(
+        reason["policy_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("wcp-default@")
+    );
+
+    // Without any profile there is no gate: a rule that demands one is denied, never waved
+    // through by a stub.
+    let dir = policies_copy();
+    let hall = dir.path().join("hall.toml");
+    let text = std::fs::read_to_string(&hall).unwrap();
+    let cut = text
+        .find("[profiles]")
+        .expect("the bundled config selects profiles");
+    let end = text[cut..].find("\n\n").map_or(text.len(), |e| cut + e);
+    std::fs::write(&hall, format!("{}{}", &text[..cut], &text[end..])).unwrap();
     let prod = SUMMARIZE.replace("\"dev\"", "\"prod\"");
-    let o = run(&["route", "-c", cfg.to_str().unwrap(), "-"], Some(&prod));
+    let o = run(&["route", "-c", hall.to_str().unwrap(), "-"], Some(&prod));
     assert_eq!(code(&o), 1);
     let d: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(

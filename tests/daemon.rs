@@ -52,6 +52,14 @@ impl TestHall {
             reg.join("org.example.hello-greeter.1.json"),
         )
         .unwrap();
+        for sub in ["profiles", "cedar"] {
+            let to = dir.path().join(sub);
+            std::fs::create_dir(&to).unwrap();
+            for e in std::fs::read_dir(repo(&format!("policies/{sub}"))).unwrap() {
+                let e = e.unwrap();
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
         let config = format!(
             r#"[hall]
 require_signatory = true
@@ -61,6 +69,7 @@ allowed_tenants = ["acme-corp", "mcp.my-app"]
 rules = "rules.json"
 registry_dir = "registry"
 state_dir = "state"
+profiles_dir = "profiles"
 
 [identity]
 operator_uids = [0]
@@ -775,4 +784,49 @@ fn a_bad_configuration_exits_78_and_a_busy_socket_is_not_stolen() {
         .unwrap();
     assert_eq!(o.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&o.stderr).contains("socket_mode"));
+}
+
+#[test]
+fn the_cedar_gate_decides_with_reasons_and_its_level_reaches_the_approval() {
+    let hall = TestHall::start(
+        "[profiles]\ndev = \"prof.dev.permissive\"\nprod = \"prof.prod.strict\"\n[approvals]\nwait_ms = 100\n",
+    );
+    // prod is gated on every dispatch: a low-risk tenant is allowed, with the policies' reasons.
+    let mut low = input("cap.hello.greet", "acme-corp");
+    low["env"] = json!("prod");
+    low["dry_run"] = json!(true);
+    let (_, out) = hall.call(Method::POST, "/wcp/dispatch", Some(&low));
+    assert_eq!(out["status"], "dry_run", "{out}");
+    assert_eq!(out["policy"]["decision"], "ALLOW", "{out}");
+    assert!(
+        out["policy"]["policy_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("wcp-default@")
+    );
+    assert_eq!(out["policy"]["profile_id"], "prof.prod.strict");
+    // A high-risk tenant needs a gatekeeper: a pending approval at that level.
+    let mut high = low.clone();
+    high["tenant_risk"] = json!("high");
+    let (_, out) = hall.call(Method::POST, "/wcp/dispatch", Some(&high));
+    assert_eq!(out["status"], "pending_approval", "{out}");
+    assert_eq!(out["supervisor_level"], "gatekeeper");
+    assert_eq!(out["policy"]["decision"], "REQUIRE_HUMAN");
+    assert!(
+        out["escalation_context"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("pol.prod.high-risk-tenant")
+    );
+    // The operator approves: it re-routes with the approval and the gate's REQUIRE_HUMAN is satisfied.
+    let id = out["pending_approval_id"].as_str().unwrap();
+    let o = hall.cli(&["approvals", "approve", id], None);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let (_, polled) = hall.call(Method::GET, &format!("/wcp/approvals/{id}"), None);
+    assert_eq!(polled["response"]["status"], "dry_run", "{polled}");
 }

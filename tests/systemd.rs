@@ -69,20 +69,22 @@ fn service_exposure_is_at_most_2_0() {
     assert!(score <= 2.0, "exposure {score} > 2.0: {line}");
 }
 
-fn test_config(dir: &Path) -> PathBuf {
-    for f in ["rules.json", "hall.toml"] {
-        std::fs::copy(repo(&format!("policies/{f}")), dir.join(f)).unwrap();
-    }
-    let reg = dir.join("registry");
-    std::fs::create_dir(&reg).unwrap();
-    for e in std::fs::read_dir(repo("policies/registry")).unwrap() {
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
-        std::fs::copy(e.path(), reg.join(e.file_name())).unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
     }
-    let config = dir.join("hall.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, format!("{text}\n# test\n")).unwrap();
-    config
+}
+
+/// A copy of the bundled policies/ (config, rules, registry, profiles, Cedar policies).
+fn test_config(dir: &Path) -> PathBuf {
+    copy_dir(&repo("policies"), dir);
+    dir.join("hall.toml")
 }
 
 fn health(socket: &Path) -> Option<serde_json::Value> {

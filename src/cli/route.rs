@@ -6,8 +6,10 @@ use serde_json::{Value, json};
 
 use super::{CliError, ConfigArg, Out, exit, load_config, read_input};
 use crate::clock::{DEFAULT_TASK_ID, mint_context};
+use crate::hall::state::Loaded;
+use crate::policy::gate::RequestGate;
 use crate::router::{self, PolicyGate, Router};
-use crate::wcp::RouteInput;
+use crate::wcp::{RouteDecision, RouteInput};
 
 #[derive(Debug, clap::Args)]
 pub struct RouteArgs {
@@ -65,25 +67,12 @@ pub fn run(args: RouteArgs, out: &mut Out) -> Result<u8, CliError> {
         )
         .hint("pass a JSON object such as policies/examples/summarize.json"));
     }
-    let router_config = config.router_config();
-    // No policy engine is configured in this build: rules that require the policy gate are
-    // denied with DENY_POLICY_GATE_UNCONFIGURED (fail closed), never waved through by a stub.
-    let gate: Option<&dyn PolicyGate> = None;
-    let router = Router {
-        rules: &hall.rules,
-        registry: &hall.registry,
-        config: &router_config,
-        gate,
-        hashes: Some(&hall.registry),
-        privilege: Some(&hall.registry),
-        human_approval: None,
-    };
     let single = docs.len() == 1 && docs[0].line.is_none();
     let (mut any_denied, mut any_invalid) = (false, false);
     for doc in docs {
         match RouteInput::from_json_str(doc.text) {
             Ok(input) => {
-                let decision = router::route(&router, &input, &mint_context(&args.task_id));
+                let decision = route_offline(&hall, &input, &args.task_id);
                 any_denied |= decision.denied;
                 if single {
                     out.json_pretty(&decision)?;
@@ -108,6 +97,30 @@ pub fn run(args: RouteArgs, out: &mut Out) -> Result<u8, CliError> {
     } else {
         exit::OK
     })
+}
+
+/// Routes with the configured rules, registry and policy gate, without a caller (offline): no
+/// `[identity]` mapping applies, and the gate sees no caller identity. Without a selected
+/// profile there is no gate, and rules that require one are denied (fail closed).
+fn route_offline(hall: &Loaded, input: &RouteInput, task_id: &str) -> RouteDecision {
+    let mut config = hall.router_config.clone();
+    let gate = hall.gate.as_ref().map(|g| {
+        if let Some(profile) = g.profile(input.env) {
+            config.gate_every_dispatch = g.gates_every_dispatch(input.env);
+            config.profile_controls = profile.required_controls.clone();
+        }
+        RequestGate::new(g, &hall.registry, None, 0)
+    });
+    let router = Router {
+        rules: &hall.rules,
+        registry: &hall.registry,
+        config: &config,
+        gate: gate.as_ref().map(|g| g as &dyn PolicyGate),
+        hashes: Some(&hall.registry),
+        privilege: Some(&hall.registry),
+        human_approval: None,
+    };
+    router::route(&router, input, &mint_context(task_id))
 }
 
 #[cfg(test)]

@@ -4,8 +4,7 @@ use serde_json::json;
 
 use super::{CliError, ConfigArg, Out, exit, load_config};
 use crate::config::Config;
-use crate::registry::{Registry, RegistryDir};
-use crate::rules::RuleSet;
+use crate::hall::state::{LoadError, Loaded};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ConfigCommand {
@@ -21,39 +20,22 @@ pub struct ConfigArgs {
     pub config: ConfigArg,
 }
 
-/// The configured rule set and registry snapshot.
-pub struct LoadedHall {
-    pub rules: RuleSet,
-    pub registry: Registry,
-}
-
-/// Loads the rules and the registry a configuration names. Both are configuration: a problem
-/// with either exits 78, because a Hall must not route on a partial or ambiguous rule set.
-pub fn load_hall(config: &Config) -> Result<LoadedHall, CliError> {
-    let rules_path = &config.paths.rules;
-    let text = std::fs::read_to_string(rules_path).map_err(|e| {
-        CliError::new(
-            exit::CONFIG,
-            "rules_unreadable",
-            format!("cannot read rules {}: {e}", rules_path.display()),
-        )
-        .hint("set [paths] rules in hall.toml (relative paths are relative to hall.toml)")
-    })?;
-    let rules = RuleSet::from_json_str(&text).map_err(|e| {
-        CliError::new(
-            exit::CONFIG,
-            "rules_invalid",
-            format!("{}: {e}", rules_path.display()),
-        )
-        .hint(format!(
-            "run `wcp-hall validate {}` for the full report",
-            rules_path.display()
-        ))
-    })?;
-    let dir = RegistryDir::open(&config.paths.registry_dir)
-        .map_err(|e| CliError::new(exit::CONFIG, "registry_invalid", e.to_string()))?;
-    let registry = dir.snapshot(config.routing.controls_scope);
-    Ok(LoadedHall { rules, registry })
+/// Loads everything a configuration names (rules, registry, profiles and policy sets), as
+/// `serve` would. All of it is configuration: a problem with any part exits 78, because a Hall
+/// must not route on a partial or ambiguous rule set.
+pub fn load_hall(config: &Config) -> Result<Loaded, CliError> {
+    Loaded::from_config(config.clone(), 1).map_err(|e| {
+        let err = CliError::new(exit::CONFIG, "config_invalid", e.to_string());
+        match e {
+            LoadError::Rules { path, .. } => err.hint(format!(
+                "run `wcp-hall validate {}` for the full report",
+                path.display()
+            )),
+            LoadError::RulesRead { .. } => err
+                .hint("set [paths] rules in hall.toml (relative paths are relative to hall.toml)"),
+            _ => err,
+        }
+    })
 }
 
 pub fn run(cmd: ConfigCommand, out: &mut Out) -> Result<u8, CliError> {

@@ -60,6 +60,9 @@ pub struct Approval {
     pub input: Value,
     /// The RouteDecision that asked for a human.
     pub decision: Value,
+    /// The policy gate's full answer behind it, when the gate asked.
+    #[serde(default)]
+    pub policy: Option<Value>,
     pub peer: Peer,
     pub resolutions: Vec<Resolution>,
     /// The dispatch outcome once an approved request ran (or the final denial).
@@ -371,6 +374,7 @@ mod tests {
             deny_code: "DENY_REQUIRES_HUMAN_APPROVAL".into(),
             input: json!({}),
             decision: json!({}),
+            policy: None,
             peer: Peer {
                 uid: 1000,
                 gid: 1000,

@@ -14,7 +14,9 @@ use super::identity::Peer;
 use super::state::Loaded;
 use super::{Hall, RunRequest};
 use crate::clock::{DEFAULT_TASK_ID, mint_context};
-use crate::router::{self, Router};
+use crate::policy::gate::{GateDecision, RequestGate};
+use crate::policy::request::CallerIdentity;
+use crate::router::{self, PolicyGate, Router};
 use crate::wcp::{DenyCode, RouteDecision, RouteInput};
 
 /// The answer to `POST /wcp/dispatch` (and to a poll of a resolved approval).
@@ -34,6 +36,10 @@ pub struct DispatchResponse {
     pub escalation_context: Option<Value>,
     /// The RouteDecision this answer rests on.
     pub decision: Value,
+    /// The policy gate's full answer (outcome, supervisor level, policy version, the
+    /// determining policies and their reasons, profile, WCP blast assessment), when consulted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Value>,
     /// The worker's result (its stdout as JSON) when it ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
@@ -59,30 +65,57 @@ pub fn admission_key(loaded: &Loaded, peer: &Peer, tenant_id: &str) -> String {
     }
 }
 
-/// Routes `input` for `peer` on the snapshot `loaded` (pure apart from minting ids).
+/// A decision and, when the policy gate was consulted, its full answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Routed {
+    pub decision: RouteDecision,
+    pub policy: Option<GateDecision>,
+}
+
+/// Routes `input` for `peer` on the snapshot `loaded` (pure apart from minting ids): the peer's
+/// tenants, the env's profile (extra controls, gate on every dispatch) and the policy gate with
+/// the caller's identity and the chain's blast so far.
 pub fn route(
     hall: &Hall,
     loaded: &Loaded,
     peer: &Peer,
     input: &RouteInput,
     approval: Option<&str>,
-) -> RouteDecision {
-    let config = loaded
+) -> Routed {
+    let mut config = loaded
         .identity
         .router_config_for(&loaded.router_config, peer);
+    let request_gate = loaded.gate.as_ref().map(|gate| {
+        if let Some(profile) = gate.profile(input.env) {
+            config.gate_every_dispatch = gate.gates_every_dispatch(input.env);
+            config.profile_controls = profile.required_controls.clone();
+        }
+        let caller = CallerIdentity {
+            uid: peer.uid,
+            gid: peer.gid,
+            pid: peer.pid.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+        };
+        let prior = hall
+            .chains
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .prior(&input.correlation_id);
+        RequestGate::new(gate, &loaded.registry, Some(caller), prior)
+    });
     let router = Router {
         rules: &loaded.rules,
         registry: &loaded.registry,
         config: &config,
-        gate: hall
-            .gate
-            .as_deref()
-            .map(|g| g as &dyn crate::router::PolicyGate),
+        gate: request_gate.as_ref().map(|g| g as &dyn PolicyGate),
         hashes: Some(&loaded.registry),
         privilege: Some(&loaded.registry),
         human_approval: approval,
     };
-    router::route(&router, input, &mint_context(DEFAULT_TASK_ID))
+    let decision = router::route(&router, input, &mint_context(DEFAULT_TASK_ID));
+    Routed {
+        decision,
+        policy: request_gate.and_then(|g| g.decision()),
+    }
 }
 
 fn record_decision(hall: &Hall, decision: &RouteDecision) {
@@ -98,11 +131,13 @@ fn record_decision(hall: &Hall, decision: &RouteDecision) {
     }
 }
 
-fn response(status: &'static str, decision: RouteDecision) -> DispatchResponse {
+fn response(status: &'static str, routed: Routed) -> DispatchResponse {
+    let Routed { decision, policy } = routed;
     DispatchResponse {
         status,
         denied: decision.denied,
         decision: serde_json::to_value(&decision).unwrap_or(Value::Null),
+        policy: policy.and_then(|p| serde_json::to_value(p).ok()),
         supervisor_required: false,
         supervisor_level: None,
         pending_approval_id: None,
@@ -127,18 +162,18 @@ pub async fn dispatch(
         .admit(&admission_key(&loaded, &peer, &input.tenant_id))
         .await
         .map_err(|e| ApiError::overloaded(e.to_string()))?;
-    let decision = route(&hall, &loaded, &peer, &input, None);
-    record_decision(&hall, &decision);
-    let out = if needs_human(&decision) {
+    let routed = route(&hall, &loaded, &peer, &input, None);
+    record_decision(&hall, &routed.decision);
+    let out = if needs_human(&routed.decision) {
         // Waiting for a human must not hold an execution slot.
         drop(permit);
-        request_approval(&hall, &loaded, peer, input, raw, decision).await?
-    } else if decision.denied {
-        response("denied", decision)
+        request_approval(&hall, &loaded, peer, input, raw, routed).await?
+    } else if routed.decision.denied {
+        response("denied", routed)
     } else if input.dry_run {
-        response("dry_run", decision)
+        response("dry_run", routed)
     } else {
-        run(&hall, &loaded, peer, input, decision).await?
+        run(&hall, &loaded, peer, input, routed).await?
     };
     hall.metrics
         .observe_dispatch(started.elapsed().as_secs_f64());
@@ -151,7 +186,7 @@ async fn run(
     loaded: &Arc<Loaded>,
     peer: Peer,
     input: RouteInput,
-    decision: RouteDecision,
+    routed: Routed,
 ) -> Result<DispatchResponse, ApiError> {
     let Some(runner) = hall.runner.clone() else {
         return Err(ApiError::unavailable(
@@ -162,7 +197,8 @@ async fn run(
     let request = RunRequest {
         peer,
         input,
-        decision: decision.clone(),
+        decision: routed.decision.clone(),
+        policy: routed.policy.clone(),
         loaded: loaded.clone(),
     };
     let outcome = tokio::task::spawn_blocking(move || runner.run(request))
@@ -176,7 +212,7 @@ async fn run(
                 } else {
                     "failed"
                 },
-                decision,
+                routed,
             );
             r.result = done.result;
             r.execution = Some(done.execution);
@@ -193,8 +229,9 @@ async fn request_approval(
     peer: Peer,
     input: RouteInput,
     raw: Value,
-    decision: RouteDecision,
+    routed: Routed,
 ) -> Result<DispatchResponse, ApiError> {
+    let decision = &routed.decision;
     let reason_obj = decision.deny_reason_if_denied.as_ref();
     let reason = reason_obj
         .and_then(|r| r.extra.get("reason"))
@@ -224,7 +261,11 @@ async fn request_approval(
             .map(|c| c.as_str().to_owned())
             .unwrap_or_default(),
         input: raw,
-        decision: serde_json::to_value(&decision).unwrap_or(Value::Null),
+        decision: serde_json::to_value(decision).unwrap_or(Value::Null),
+        policy: routed
+            .policy
+            .as_ref()
+            .and_then(|p| serde_json::to_value(p).ok()),
         peer,
         resolutions: Vec::new(),
         outcome: None,
@@ -264,6 +305,7 @@ pub fn pending_or_final(approval: &Approval, outcome: Option<Value>) -> Dispatch
             "correlation_id": approval.correlation_id,
         })),
         decision: approval.decision.clone(),
+        policy: approval.policy.clone(),
         result: None,
         execution: None,
     }
@@ -275,6 +317,8 @@ pub struct FinalOutcome {
     pub status: String,
     pub denied: bool,
     pub decision: Value,
+    #[serde(default)]
+    pub policy: Option<Value>,
     pub result: Option<Value>,
     pub execution: Option<Value>,
 }
@@ -296,6 +340,7 @@ impl FinalOutcome {
             approval_expires_at: None,
             escalation_context: None,
             decision: self.decision,
+            policy: self.policy,
             result: self.result,
             execution: self.execution,
         }
@@ -306,6 +351,7 @@ impl FinalOutcome {
             status: r.status.to_owned(),
             denied: r.denied,
             decision: r.decision.clone(),
+            policy: r.policy.clone(),
             result: r.result.clone(),
             execution: r.execution.clone(),
         }
@@ -321,17 +367,17 @@ pub async fn complete_approval(hall: Arc<Hall>, approval: Approval) -> Result<Va
         .map_err(|e| ApiError::internal(format!("stored approval input no longer parses: {e}")))?;
     let response = match approval.status {
         ApprovalStatus::Approved => {
-            let decision = route(&hall, &loaded, &approval.peer, &input, Some(&approval.id));
-            record_decision(&hall, &decision);
-            if decision.denied {
-                response("denied", decision)
+            let routed = route(&hall, &loaded, &approval.peer, &input, Some(&approval.id));
+            record_decision(&hall, &routed.decision);
+            if routed.decision.denied {
+                response("denied", routed)
             } else if input.dry_run {
-                response("dry_run", decision)
+                response("dry_run", routed)
             } else {
-                match run(&hall, &loaded, approval.peer, input, decision.clone()).await {
+                match run(&hall, &loaded, approval.peer, input, routed.clone()).await {
                     Ok(r) => r,
                     Err(e) => {
-                        let mut r = response("failed", decision);
+                        let mut r = response("failed", routed);
                         r.execution =
                             Some(json!({"error": {"code": e.code, "message": e.message}}));
                         r
@@ -352,6 +398,7 @@ pub async fn complete_approval(hall: Arc<Hall>, approval: Approval) -> Result<Va
                     json!({"approval_status": approval.status, "reason": approval.reason}),
                 ),
                 decision: approval.decision.clone(),
+                policy: approval.policy.clone(),
                 result: None,
                 execution: None,
             }

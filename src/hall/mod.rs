@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::router::PolicyGate;
 use crate::wcp::{RouteDecision, RouteInput};
 use api::ApiError;
 use approvals::ApprovalStore;
@@ -42,6 +41,8 @@ pub struct RunRequest {
     pub peer: Peer,
     pub input: RouteInput,
     pub decision: RouteDecision,
+    /// The policy gate's full answer, when it was consulted (for the evidence receipt).
+    pub policy: Option<crate::policy::gate::GateDecision>,
     pub loaded: Arc<Loaded>,
 }
 
@@ -68,7 +69,8 @@ pub struct Hall {
     pub approvals: ApprovalStore,
     pub metrics: Metrics,
     pub started: Instant,
-    pub gate: Option<Arc<dyn PolicyGate + Send + Sync>>,
+    /// WCP chain blast per correlation id (WCP §7: a chain's dispatches add up).
+    pub chains: std::sync::Mutex<crate::policy::blast::ChainBlast>,
     pub runner: Option<Arc<dyn Runner>>,
     /// The cgroup subtree the Hall may create worker cgroups in, and how it was obtained.
     pub cgroup: cgroup::Delegation,
@@ -90,7 +92,7 @@ impl Hall {
             approvals,
             metrics: Metrics::default(),
             started: Instant::now(),
-            gate: None,
+            chains: std::sync::Mutex::new(crate::policy::blast::ChainBlast::new(100_000)),
             runner: None,
             cgroup: cgroup::Delegation {
                 subtree: None,

@@ -196,8 +196,16 @@ async fn route(
         .inc("wcp_hall_requests_total", &[("endpoint", "route")]);
     let (input, _) = read_input(&hall, body).await?;
     let loaded = hall.current.get();
-    let decision = dispatch::route(&hall, &loaded, &peer, &input, None);
-    Ok(Json(decision).into_response())
+    let routed = dispatch::route(&hall, &loaded, &peer, &input, None);
+    let mut body =
+        serde_json::to_value(&routed.decision).map_err(|e| ApiError::internal(e.to_string()))?;
+    if let (Some(policy), Value::Object(map)) = (routed.policy, &mut body) {
+        map.insert(
+            "policy".into(),
+            serde_json::to_value(policy).unwrap_or(Value::Null),
+        );
+    }
+    Ok(Json(body).into_response())
 }
 
 async fn dispatch_handler(

@@ -10,6 +10,8 @@ use std::sync::{Arc, RwLock};
 
 use crate::config::Config;
 use crate::hall::identity::IdentityMap;
+use crate::policy::gate::HallGate;
+use crate::policy::profile::{EnvProfiles, ProfileSet};
 use crate::registry::{Registry, RegistryDir, RegistryDirError};
 use crate::router::RouterConfig;
 use crate::rules::{RuleSet, RulesError};
@@ -28,6 +30,8 @@ pub enum LoadError {
     Rules { path: PathBuf, source: RulesError },
     #[error(transparent)]
     Registry(#[from] RegistryDirError),
+    #[error("policy gate: {0}")]
+    Policy(String),
 }
 
 /// One immutable, complete view of what the Hall routes with.
@@ -38,6 +42,8 @@ pub struct Loaded {
     pub registry: Registry,
     pub identity: IdentityMap,
     pub router_config: RouterConfig,
+    /// The policy gate (Cedar under the profiles `[profiles]` selects), when any is selected.
+    pub gate: Option<HallGate>,
     /// Monotonic generation number, bumped on every successful reload.
     pub generation: u64,
 }
@@ -60,7 +66,9 @@ impl Loaded {
             RuleSet::from_json_str(&text).map_err(|source| LoadError::Rules { path, source })?;
         let registry =
             RegistryDir::open(&config.paths.registry_dir)?.snapshot(config.routing.controls_scope);
+        let gate = load_gate(&config)?;
         Ok(Loaded {
+            gate,
             identity: IdentityMap::from_config(&config.identity),
             router_config: config.router_config(),
             config,
@@ -69,6 +77,25 @@ impl Loaded {
             generation,
         })
     }
+}
+
+/// Loads the profiles `[profiles]` selects and the policy sets they name.
+pub fn load_gate(config: &Config) -> Result<Option<HallGate>, LoadError> {
+    let selection = config.profiles.selection();
+    if selection.is_empty() {
+        return Ok(None);
+    }
+    let dir = config
+        .paths
+        .profiles_dir
+        .as_ref()
+        .ok_or_else(|| LoadError::Policy("[paths] profiles_dir is not set".into()))?;
+    let set = ProfileSet::load_dir(dir).map_err(|e| LoadError::Policy(e.to_string()))?;
+    let selected =
+        EnvProfiles::select(&set, selection).map_err(|e| LoadError::Policy(e.to_string()))?;
+    HallGate::load(&selected)
+        .map(Some)
+        .map_err(|e| LoadError::Policy(e.to_string()))
 }
 
 /// The current snapshot, swappable.

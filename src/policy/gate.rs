@@ -327,6 +327,62 @@ impl PolicyGate for HallGate {
     }
 }
 
+/// The router's gate for one request: the Hall's gate plus what only the caller of the router
+/// knows — the caller's kernel identity, the selected worker's registry facts and the chain's
+/// blast so far. It keeps the full [`GateDecision`] (reasons, level, profile, blast) so the
+/// decision and the evidence receipt can carry it.
+pub struct RequestGate<'a> {
+    pub gate: &'a HallGate,
+    pub registry: &'a crate::registry::Registry,
+    pub caller: Option<super::request::CallerIdentity>,
+    pub chain_blast_prior: u32,
+    decision: std::sync::Mutex<Option<GateDecision>>,
+}
+
+impl<'a> RequestGate<'a> {
+    pub fn new(
+        gate: &'a HallGate,
+        registry: &'a crate::registry::Registry,
+        caller: Option<super::request::CallerIdentity>,
+        chain_blast_prior: u32,
+    ) -> Self {
+        RequestGate {
+            gate,
+            registry,
+            caller,
+            chain_blast_prior,
+            decision: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The gate's full decision, if the router consulted it.
+    pub fn decision(&self) -> Option<GateDecision> {
+        self.decision
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl PolicyGate for RequestGate<'_> {
+    fn evaluate(&self, ctx: &GateContext<'_>) -> Result<GateAnswer, GateError> {
+        let mut req = PolicyRequest::from_gate_context(ctx);
+        req.caller = self.caller;
+        req.chain_blast_prior = self.chain_blast_prior;
+        req.worker = ctx
+            .selected_worker_species
+            .and_then(|s| self.registry.records_of(s).next())
+            .map(super::request::WorkerFacts::from_record);
+        let decision = self
+            .gate
+            .decide(&req)
+            .map_err(|e| GateError(e.to_string()))?;
+        let answer = decision.to_gate_answer();
+        *self.decision.lock().unwrap_or_else(|p| p.into_inner()) = Some(decision);
+        Ok(answer)
+    }
+}
+
 /// The router adapter for a single engine (no profile, no blast check): Cedar's verdict only.
 pub struct EngineGate<E: PolicyEngine>(pub E);
 
