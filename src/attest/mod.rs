@@ -25,6 +25,7 @@ pub mod manifest_v1;
 pub mod manifest_v2;
 pub mod report;
 pub mod scaffold;
+pub mod sign;
 pub mod store;
 pub mod time;
 pub mod tree;
@@ -34,6 +35,7 @@ pub mod workers;
 
 pub use manifest_v1::{HmacKey, HmacKeyError, ManifestV1};
 pub use report::{AttestCode, ManifestFormat, Protection, ProtectionStatus, VerificationReport};
+pub use sign::{SignError, SignRequest};
 pub use store::{PackageStore, StoreError};
 pub use time::UtcTime;
 pub use tree::{TreeDigest, TreeError, TreeLimits, UnsafeKind, hash_tree};

@@ -590,7 +590,7 @@ fn protections(
     if req.store.is_some() && progress.copied_or_reused {
         out.push(Protection::not_applied(
             "fs_verity",
-            "not attempted: fs-verity is unavailable on this kernel's file systems; the copy is protected by ownership and mode bits only",
+            "not attempted: the Hall does not enable fs-verity (unavailable on the reference kernel, attestation-anchors §4.3); the copy is protected by ownership and mode bits only",
         ));
     }
     if let Some(sig) = &progress.signature {
