@@ -1041,3 +1041,89 @@ fn router_denies_from_real_files_and_signatures() {
     assert_eq!(no_record.registered_hash("wrk.unknown"), None);
     assert_eq!(no_record.current_hash("wrk.unknown"), None);
 }
+
+#[test]
+fn watched_sources_recheck_without_a_scan_and_every_change_is_seen() {
+    use std::os::unix::fs::PermissionsExt;
+    let fx = Fixture::new();
+    assert!(
+        fx.store.watching(),
+        "inotify is available on the reference kernel"
+    );
+    let k = key(1);
+    let p = one_key_policy(&k);
+    let digest = fx.sign(WID, &[&k], None);
+    // No wait for the racy margin: inotify events are exact.
+    let first = fx.verify(&p);
+    assert!(first.ok && !first.cached);
+    assert!(fx.verify(&p).cached);
+    put(&fx.root, "deep/er/still/data.txt", b"x");
+    // (The tree no longer matches its manifest; a mismatch is cached like a match.)
+    assert_denied(&fx.verify(&p), AttestCode::HashMismatch);
+    // Each change below is seen: the tree is re-read (cached = false) the next time.
+    type Change<'a> = (&'a str, Box<dyn Fn() + 'a>);
+    let changes: Vec<Change> = vec![
+        (
+            "edit deep file",
+            Box::new(|| put(&fx.root, "deep/er/still/data.txt", b"y")),
+        ),
+        (
+            "chmod",
+            Box::new(|| {
+                std::fs::set_permissions(
+                    fx.root.join("code/bootstrap.py"),
+                    std::fs::Permissions::from_mode(0o600),
+                )
+                .unwrap()
+            }),
+        ),
+        (
+            "new empty dir",
+            Box::new(|| std::fs::create_dir(fx.root.join("deep/new")).unwrap()),
+        ),
+        (
+            "remove file",
+            Box::new(|| std::fs::remove_file(fx.root.join("deep/er/still/data.txt")).unwrap()),
+        ),
+        (
+            "rename dir",
+            Box::new(|| {
+                std::fs::rename(fx.root.join("deep/new"), fx.root.join("deep/new2")).unwrap()
+            }),
+        ),
+    ];
+    for (what, change) in &changes {
+        let before = fx.verify(&p);
+        assert!(
+            before.cached,
+            "{what}: should start from a cached state: {before:#?}"
+        );
+        change();
+        let after = fx.verify(&p);
+        assert!(!after.cached, "{what}: change not seen");
+    }
+    // The root path re-pointed at another directory (a rename of the package dir).
+    let moved = fx._tmp.path().join("pkg-old");
+    assert!(fx.verify(&p).cached);
+    std::fs::rename(&fx.root, &moved).unwrap();
+    sample_package(&fx.root);
+    put(
+        &fx.root,
+        "code/worker_logic.py",
+        b"def run():\n    return 7\n",
+    );
+    std::fs::copy(moved.join("manifest.sig"), fx.manifest()).unwrap();
+    let swapped = fx.verify(&p);
+    assert_denied(&swapped, AttestCode::HashMismatch);
+    assert!(!swapped.cached);
+    // Back to the signed content: verified against the existing entry.
+    put(
+        &fx.root,
+        "code/worker_logic.py",
+        b"def run():\n    return 42\n",
+    );
+    std::fs::remove_dir_all(fx.root.join("deep")).ok();
+    let back = fx.verify(&p);
+    assert!(back.ok, "{back:#?}");
+    assert_eq!(back.package_hash.as_deref(), Some(digest.as_str()));
+}

@@ -31,6 +31,7 @@ pub mod time;
 pub mod tree;
 pub mod trust;
 pub mod verify;
+mod watch;
 pub mod workers;
 
 pub use manifest_v1::{HmacKey, HmacKeyError, ManifestV1};

@@ -28,13 +28,19 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, RenameFlags, renameat2};
 use nix::sys::stat::{FchmodatFlags, Mode, fchmodat, mkdirat};
 
 use super::time::UtcTime;
-use super::tree::{self, CopyTarget, TreeDigest, TreeError, TreeLimits};
+use super::tree::{self, CopyTarget, TreeDigest, TreeError, TreeLimits, TreePlan};
+use super::watch::TreeWatcher;
+
+/// Even when inotify reports no change, a source's metadata is rescanned after this long
+/// (inotify misses writes through a shared mmap; see `watch`).
+pub const FULL_RESCAN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why the store cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +67,10 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 #[derive(Debug, Clone)]
 struct CachedTree {
     tree: TreeDigest,
+    /// Every directory was watched from before it was listed (see `watch`).
+    watched: bool,
+    root_id: (u64, u64),
+    scanned_at: Instant,
 }
 
 /// The seal of an entry (`sha256-<digest>.seal`).
@@ -82,6 +92,7 @@ pub struct PackageStore {
     threads: usize,
     boot_id: String,
     cache: Mutex<HashMap<PathBuf, CachedTree>>,
+    watcher: Mutex<TreeWatcher>,
     /// Entries whose seal or content was checked by this process, with their inode.
     checked: Mutex<HashMap<String, (u64, u64)>>,
 }
@@ -207,6 +218,7 @@ impl PackageStore {
             threads: threads.max(1),
             boot_id: read_boot_id(),
             cache: Mutex::new(HashMap::new()),
+            watcher: Mutex::new(TreeWatcher::new()),
             checked: Mutex::new(HashMap::new()),
         };
         for entry in std::fs::read_dir(root).map_err(io_err(root))? {
@@ -319,27 +331,33 @@ impl PackageStore {
     /// The tree's metadata is always rescanned; its contents are re-read only when the
     /// fingerprint changed since the last hash of this source (or was racy).
     pub fn ingest(&self, source: &Path, claimed: Option<&str>) -> Result<Ingest<'_>, StoreError> {
-        let plan = tree::plan(source, &self.limits)?;
-        let cached = self
-            .cache
-            .lock()
-            .ok()
-            .and_then(|c| c.get(source).cloned())
-            .filter(|c| plan.stable && c.tree.stable && c.tree.fingerprint == plan.fingerprint);
-        if let Some(c) = cached {
-            if claimed.is_some_and(|d| d != c.tree.digest) {
-                return Ok(Ingest {
-                    tree: c.tree,
-                    cached: true,
-                    state: IngestState::Mismatch,
-                });
-            }
-            if let Some(path) = self.valid_entry(&c.tree.digest)? {
-                return Ok(Ingest {
-                    tree: c.tree,
-                    cached: true,
-                    state: IngestState::Existing(path),
-                });
+        // 1. Watched and quiet since the last scan: no scan at all (one read of the inotify
+        //    descriptor and one stat of the root path).
+        let cached = self.cache.lock().ok().and_then(|c| c.get(source).cloned());
+        if let Some(c) = &cached
+            && c.watched
+            && c.scanned_at.elapsed() < FULL_RESCAN_INTERVAL
+            && std::fs::symlink_metadata(source)
+                .is_ok_and(|m| m.is_dir() && (m.dev(), m.ino()) == c.root_id)
+            && self
+                .watcher
+                .lock()
+                .map(|mut w| w.unchanged(source))
+                .unwrap_or(false)
+            && let Some(hit) = self.answer_from_cache(c, claimed)?
+        {
+            return Ok(hit);
+        }
+        // 2. Scan the metadata, watching each directory before listing it.
+        let plan = self.scan(source)?;
+        if let Some(c) = cached
+            && plan.stable
+            && c.tree.stable
+            && c.tree.fingerprint == plan.fingerprint
+        {
+            let c = self.remember(source, &c.tree, &plan);
+            if let Some(hit) = self.answer_from_cache(&c, claimed)? {
+                return Ok(hit);
             }
         }
         let target_digest = claimed.filter(|d| is_hex64(d));
@@ -348,7 +366,7 @@ impl PackageStore {
         {
             // Hash only: the copy exists already.
             let tree = tree::hash_plan(&plan, None, &self.limits, self.threads)?;
-            self.remember(source, &tree);
+            self.remember(source, &tree, &plan);
             let state = if tree.digest == d {
                 IngestState::Existing(path)
             } else {
@@ -398,7 +416,7 @@ impl PackageStore {
         };
         let tree = tree::hash_plan(&plan, Some(&target), &self.limits, self.threads)?;
         drop(staging_fd);
-        self.remember(source, &tree);
+        self.remember(source, &tree, &plan);
         if claimed.is_some_and(|d| d != tree.digest) {
             return Ok(Ingest {
                 tree,
@@ -421,14 +439,77 @@ impl PackageStore {
         })
     }
 
-    fn remember(&self, source: &Path, tree: &TreeDigest) {
-        if let Ok(mut c) = self.cache.lock() {
-            if tree.stable {
-                c.insert(source.to_owned(), CachedTree { tree: tree.clone() });
+    /// A cache answer for a known tree: a mismatch, or the existing entry (`None` if the entry
+    /// is gone and the tree must be copied again).
+    fn answer_from_cache(
+        &self,
+        c: &CachedTree,
+        claimed: Option<&str>,
+    ) -> Result<Option<Ingest<'_>>, StoreError> {
+        if claimed.is_some_and(|d| d != c.tree.digest) {
+            return Ok(Some(Ingest {
+                tree: c.tree.clone(),
+                cached: true,
+                state: IngestState::Mismatch,
+            }));
+        }
+        Ok(self.valid_entry(&c.tree.digest)?.map(|path| Ingest {
+            tree: c.tree.clone(),
+            cached: true,
+            state: IngestState::Existing(path),
+        }))
+    }
+
+    /// Scans `source`, (re)placing inotify watches on every directory before it is listed.
+    fn scan(&self, source: &Path) -> Result<TreePlan, StoreError> {
+        let mut wds = std::collections::HashSet::new();
+        let mut complete = match self.watcher.lock() {
+            Ok(mut w) => {
+                w.begin(source);
+                w.available()
+            }
+            Err(_) => false,
+        };
+        let plan = tree::plan_with(source, &self.limits, &mut |dir| match self
+            .watcher
+            .lock()
+            .ok()
+            .and_then(|mut w| w.watch(dir))
+        {
+            Some(wd) => {
+                wds.insert(wd);
+            }
+            None => complete = false,
+        });
+        if let Ok(mut w) = self.watcher.lock() {
+            if plan.is_ok() {
+                w.finish(source, wds, complete);
             } else {
-                c.remove(source);
+                w.forget(source);
             }
         }
+        if plan.is_err() {
+            self.forget(source);
+        }
+        Ok(plan?)
+    }
+
+    fn remember(&self, source: &Path, tree: &TreeDigest, plan: &TreePlan) -> CachedTree {
+        let watched = self
+            .watcher
+            .lock()
+            .map(|mut w| w.unchanged(source))
+            .unwrap_or(false);
+        let entry = CachedTree {
+            tree: tree.clone(),
+            watched,
+            root_id: plan.root_id,
+            scanned_at: Instant::now(),
+        };
+        if let Ok(mut c) = self.cache.lock() {
+            c.insert(source.to_owned(), entry.clone());
+        }
+        entry
     }
 
     /// Forgets what the store knows about `source` (the next ingest re-reads it).
@@ -436,6 +517,11 @@ impl PackageStore {
         if let Ok(mut c) = self.cache.lock() {
             c.remove(source);
         }
+    }
+
+    /// Whether inotify change detection is available to this store.
+    pub fn watching(&self) -> bool {
+        self.watcher.lock().map(|w| w.available()).unwrap_or(false)
     }
 }
 

@@ -40,7 +40,6 @@ use std::cmp::Ordering;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
@@ -237,6 +236,8 @@ pub(crate) struct PlannedFile {
 #[derive(Debug)]
 pub struct TreePlan {
     root: OwnedFd,
+    /// Device and inode of the root directory.
+    pub root_id: (u64, u64),
     /// Directories below the root (parents before children).
     pub(crate) dirs: Vec<String>,
     pub(crate) files: Vec<PlannedFile>,
@@ -318,6 +319,7 @@ fn display_name(prefix: &str, name: &[u8]) -> String {
 
 struct Scan<'a> {
     limits: &'a TreeLimits,
+    on_dir: &'a mut dyn FnMut(BorrowedFd<'_>),
     racy_after: (i64, i64),
     fingerprint: Sha256,
     stable: bool,
@@ -354,6 +356,8 @@ impl Scan<'_> {
 
     fn visit(&mut self, dir: BorrowedFd<'_>, prefix: &str, depth: usize) -> Result<(), TreeError> {
         let shown = if prefix.is_empty() { "." } else { prefix };
+        // Before listing: a watcher sees every change from here on (see `watch`).
+        (self.on_dir)(dir);
         let listing = dir.try_clone_to_owned().map_err(|e| TreeError::Io {
             path: shown.to_owned(),
             source: e,
@@ -483,6 +487,15 @@ fn racy_after(now: SystemTime) -> (i64, i64) {
 /// Scans `root` (no file contents read): validates every name and type, applies the
 /// exclusions and limits, and lists the files in record order.
 pub fn plan(root: &Path, limits: &TreeLimits) -> Result<TreePlan, TreeError> {
+    plan_with(root, limits, &mut |_| {})
+}
+
+/// [`plan`], calling `on_dir` with each directory (the root first) just before it is listed.
+pub(crate) fn plan_with(
+    root: &Path,
+    limits: &TreeLimits,
+    on_dir: &mut dyn FnMut(BorrowedFd<'_>),
+) -> Result<TreePlan, TreeError> {
     let shown = root.display().to_string();
     let lst = nix::sys::stat::lstat(root).map_err(io(&shown))?;
     let kind = kind_of(&lst);
@@ -515,6 +528,7 @@ pub fn plan(root: &Path, limits: &TreeLimits) -> Result<TreePlan, TreeError> {
     }
     let mut scan = Scan {
         limits,
+        on_dir,
         racy_after: racy_after(SystemTime::now()),
         fingerprint: Sha256::new(),
         stable: true,
@@ -528,6 +542,7 @@ pub fn plan(root: &Path, limits: &TreeLimits) -> Result<TreePlan, TreeError> {
     scan.visit(fd.as_fd(), "", 0)?;
     Ok(TreePlan {
         root: fd,
+        root_id: (st.st_dev, st.st_ino),
         dirs: scan.dirs,
         files: scan.files,
         excluded: scan.excluded,
@@ -552,11 +567,12 @@ pub(crate) struct CopyTarget<'a> {
 }
 
 fn create_copy(target: &CopyTarget<'_>, rel: &str) -> Result<File, TreeError> {
+    // Created read-only (0444) in one step: the creating open still gets a writable fd.
     let how = OpenHow::new()
         .flags(
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
         )
-        .mode(Mode::from_bits_truncate(0o600))
+        .mode(Mode::from_bits_truncate(0o444))
         .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
     openat2(target.dir, rel, how)
         .map(File::from)
@@ -594,6 +610,115 @@ fn spend(budget: &AtomicU64, n: usize, limit: u64) -> Result<(), TreeError> {
     Ok(())
 }
 
+/// Reads until the buffer is full or the file ends. A read shorter than asked is the end of a
+/// regular file on local file systems; should one ever come short early, the file hashes (and
+/// copies) truncated, which fails verification — closed, never open.
+fn fill(src: &mut File, buf: &mut [u8]) -> std::io::Result<(usize, bool)> {
+    let mut n = 0;
+    while n < buf.len() {
+        match src.read(&mut buf[n..]) {
+            Ok(0) => return Ok((n, true)),
+            Ok(k) => {
+                n += k;
+                if n < buf.len() {
+                    return Ok((n, true));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((n, false))
+}
+
+/// Large files: one thread reads, this one hashes, another writes the same buffers after they
+/// were hashed, so only SHA-256 is on the critical path. Returns (size, digest).
+fn pipeline(
+    src: &mut File,
+    mut out: Option<File>,
+    rel: &str,
+    budget: &AtomicU64,
+    limit: u64,
+) -> Result<(u64, [u8; 32]), TreeError> {
+    use std::sync::mpsc::sync_channel;
+    const BUFFERS: usize = 8;
+    let (free_tx, free_rx) = sync_channel::<Vec<u8>>(BUFFERS);
+    let (full_tx, full_rx) = sync_channel::<Result<(Vec<u8>, usize), std::io::Error>>(BUFFERS);
+    let (hashed_tx, hashed_rx) = sync_channel::<(Vec<u8>, usize)>(BUFFERS);
+    for _ in 0..BUFFERS {
+        let _ = free_tx.send(vec![0u8; BUF_SIZE]);
+    }
+    std::thread::scope(|s| {
+        let reader = s.spawn(move || {
+            for mut buf in free_rx.iter() {
+                match fill(src, &mut buf) {
+                    Ok((n, end)) => {
+                        if n > 0 && full_tx.send(Ok((buf, n))).is_err() {
+                            return;
+                        }
+                        if end {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = full_tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+        });
+        let writer = s.spawn(move || -> std::io::Result<()> {
+            for (buf, n) in hashed_rx.iter() {
+                if let Some(f) = out.as_mut() {
+                    f.write_all(&buf[..n])?;
+                }
+                // The reader may have finished: a closed free list is fine.
+                let _ = free_tx.send(buf);
+            }
+            Ok(())
+        });
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut result = Ok(());
+        for item in full_rx.iter() {
+            match item {
+                Ok((buf, n)) => {
+                    if let Err(e) = spend(budget, n, limit) {
+                        result = Err(e);
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                    size += n as u64;
+                    if hashed_tx.send((buf, n)).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    result = Err(read_err(rel)(e));
+                    break;
+                }
+            }
+        }
+        drop(full_rx);
+        drop(hashed_tx);
+        let joined_reader = reader.join();
+        let written = writer.join();
+        result?;
+        if joined_reader.is_err() {
+            return Err(read_err(rel)(std::io::Error::other(
+                "reader thread panicked",
+            )));
+        }
+        match written {
+            Ok(Ok(())) => Ok((size, hasher.finalize().into())),
+            Ok(Err(e)) => Err(copy_err(rel)(e)),
+            Err(_) => Err(copy_err(rel)(std::io::Error::other(
+                "writer thread panicked",
+            ))),
+        }
+    })
+}
+
 fn hash_one(
     root: BorrowedFd<'_>,
     file: &PlannedFile,
@@ -620,92 +745,30 @@ fn hash_one(
         (st.st_dev, st.st_ino, (st.st_ctime, st.st_ctime_nsec)) != (file.dev, file.ino, file.ctime);
     let mut src = File::from(fd);
     let mut out = target.map(|t| create_copy(t, rel)).transpose()?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    if out.is_some() && file.size >= PIPELINE_THRESHOLD {
-        // Two threads: this one reads and hashes, the other writes the same buffers.
-        let mut writer = out.take();
-        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(4);
-        let (free_tx, free_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(6);
-        for _ in 0..6 {
-            let _ = free_tx.send(vec![0u8; BUF_SIZE]);
-        }
-        let written = std::thread::scope(|s| {
-            let w = s.spawn(move || -> Result<Option<File>, std::io::Error> {
-                let mut writer = writer.take();
-                for (chunk, n) in full_rx {
-                    if let Some(f) = writer.as_mut() {
-                        f.write_all(&chunk[..n])?;
-                    }
-                    let _ = free_tx.send(chunk);
-                }
-                Ok(writer)
-            });
-            let read = (|| -> Result<(), TreeError> {
-                loop {
-                    let Ok(mut chunk) = free_rx.recv() else {
-                        // The writer stopped early: its error is reported below.
-                        return Ok(());
-                    };
-                    let n = read_some(&mut src, &mut chunk).map_err(read_err(rel))?;
-                    if n == 0 {
-                        return Ok(());
-                    }
-                    spend(budget, n, limit)?;
-                    hasher.update(&chunk[..n]);
-                    size += n as u64;
-                    if full_tx.send((chunk, n)).is_err() {
-                        return Ok(());
-                    }
-                }
-            })();
-            drop(full_tx);
-            let joined = w.join();
-            (read, joined)
-        });
-        let (read, joined) = written;
-        read?;
-        out = match joined {
-            Ok(r) => r.map_err(copy_err(rel))?,
-            Err(_) => {
-                return Err(TreeError::Copy {
-                    path: rel.to_owned(),
-                    source: std::io::Error::other("copy thread panicked"),
-                });
-            }
-        };
+    let (size, sha256) = if st.st_size as u64 >= PIPELINE_THRESHOLD {
+        pipeline(&mut src, out, rel, budget, limit)?
     } else {
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
         loop {
-            let n = read_some(&mut src, buf).map_err(read_err(rel))?;
-            if n == 0 {
-                break;
-            }
+            let (n, end) = fill(&mut src, buf).map_err(read_err(rel))?;
             spend(budget, n, limit)?;
             hasher.update(&buf[..n]);
             size += n as u64;
             if let Some(f) = out.as_mut() {
                 f.write_all(&buf[..n]).map_err(copy_err(rel))?;
             }
+            if end {
+                break;
+            }
         }
-    }
-    if let Some(f) = out {
-        f.set_permissions(std::fs::Permissions::from_mode(0o444))
-            .map_err(copy_err(rel))?;
-    }
+        (size, hasher.finalize().into())
+    };
     Ok(FileResult {
         size,
-        sha256: hasher.finalize().into(),
+        sha256,
         changed,
     })
-}
-
-fn read_some(src: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    loop {
-        match src.read(buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            other => return other,
-        }
-    }
 }
 
 /// How many threads hash files (at most 4; SHA-256 is one core per file).

@@ -47,6 +47,9 @@ use crate::router::hex;
 /// The `schema` value of trust policy files.
 pub const SCHEMA: &str = "wcp-hall-trust/1";
 const MAX_POLICY_BYTES: u64 = 4 << 20;
+/// More signatures than this on one envelope are refused: each may cost one Ed25519
+/// verification per trusted key, so an unbounded list is a denial of service.
+pub const MAX_SIGNATURES: usize = 16;
 
 /// A trust policy file that cannot be used. Every variant names the place and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -388,6 +391,12 @@ impl TrustPolicy {
         if envelope.signatures.is_empty() {
             return Err(TrustFailure::SignatureMissing);
         }
+        if envelope.signatures.len() > MAX_SIGNATURES {
+            return Err(TrustFailure::Malformed(format!(
+                "the envelope carries {} signatures; at most {MAX_SIGNATURES} are accepted",
+                envelope.signatures.len()
+            )));
+        }
         let payload = decode_b64(&envelope.payload).ok_or(TrustFailure::Malformed(
             "envelope payload is not valid base64".into(),
         ))?;
@@ -435,12 +444,7 @@ impl TrustPolicy {
             return Ok(SignatureCheck {
                 signer_key_ids: good,
                 threshold: ns.threshold,
-                trusted_keys: ns
-                    .keys
-                    .iter()
-                    .filter(|t| t.valid_at(now) && !self.revoked.contains_key(t.key.id()))
-                    .map(|t| t.key.clone())
-                    .collect(),
+                payload,
                 outside_validity: expired.into_iter().map(|e| e.0).collect(),
             });
         }
@@ -501,8 +505,8 @@ pub struct SignatureCheck {
     /// The distinct trusted, valid, unrevoked keys whose signatures verified.
     pub signer_key_ids: Vec<KeyId>,
     pub threshold: usize,
-    /// The keys that may count now (for the final DSSE verification).
-    pub trusted_keys: Vec<PublicKey>,
+    /// The payload bytes the signatures cover (not yet parsed: DSSE order).
+    pub payload: Vec<u8>,
     /// Keys that signed but are outside their validity window (ignored).
     pub outside_validity: Vec<KeyId>,
 }

@@ -39,7 +39,6 @@ use super::store::{IngestState, PackageStore, StoreError};
 use super::time::UtcTime;
 use super::tree::{self, TreeDigest, TreeError, TreeLimits};
 use super::trust::TrustPolicy;
-use crate::crypto::DsseError;
 use crate::pyjson::py_truthy;
 use crate::router::hex;
 
@@ -471,21 +470,25 @@ fn run_v2(
         .check_envelope(&ns, &envelope, req.now)
         .map_err(|f| deny(f.code(), f.to_string()))?;
     progress.namespace_bound = Some(true);
-    let verified = envelope
-        .verify(PAYLOAD_TYPE, &check.trusted_keys, check.threshold)
-        .map_err(|e| match e {
-            DsseError::ThresholdNotMet { .. } => deny(AttestCode::ThresholdNotMet, e.to_string()),
-            DsseError::Unsigned => deny(AttestCode::SignatureMissing, e.to_string()),
-            _ => deny(AttestCode::ManifestInvalid, e.to_string()),
-        })?;
-    report.signer_key_ids = verified.key_ids.clone();
-    report.threshold = Some(check.threshold);
+    // DSSE order: signatures first (above), then the payload type, then the payload.
+    if envelope.payload_type != PAYLOAD_TYPE {
+        return Err(deny(
+            AttestCode::ManifestInvalid,
+            format!(
+                "payloadType is {:?}; awp.v2 manifests are {PAYLOAD_TYPE:?}",
+                envelope.payload_type
+            ),
+        ));
+    }
+    let verified = check;
+    report.signer_key_ids = verified.signer_key_ids.clone();
+    report.threshold = Some(verified.threshold);
     progress.signature = Some(Protection::applied(
         "signature",
         format!(
             "awp.v2 Ed25519 over DSSE PAE: {} of threshold {} keys trusted for {ns} (trust policy version {})",
-            verified.key_ids.len(),
-            check.threshold,
+            verified.signer_key_ids.len(),
+            verified.threshold,
             policy.version
         ),
     ));
@@ -529,8 +532,8 @@ fn run_v2(
         "awp.v2 package {} verified for {} ({} of {} trusted keys for {ns})",
         hashed.tree.digest,
         req.worker_id,
-        verified.key_ids.len(),
-        check.threshold
+        verified.signer_key_ids.len(),
+        verified.threshold
     ))
 }
 
