@@ -730,11 +730,18 @@ fn a_failed_verification_never_leaves_a_partial_entry() {
     .unwrap();
     assert_denied(&fx.verify(&p), AttestCode::TreeUnsafe);
     assert!(fx.store_names().is_empty(), "{:?}", fx.store_names());
-    // Staging left by a crash is removed when the store opens.
-    std::fs::create_dir(fx.store_dir.join(".staging-crashed")).unwrap();
-    std::fs::write(fx.store_dir.join(".staging-crashed/half"), b"x").unwrap();
+    // Staging left by a crashed process is removed when the store opens; staging of a live
+    // process sharing the store is not.
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let crashed = format!(".staging-{dead}-0123");
+    std::fs::create_dir(fx.store_dir.join(&crashed)).unwrap();
+    std::fs::write(fx.store_dir.join(&crashed).join("half"), b"x").unwrap();
+    let live = format!(".staging-{}-4567", std::process::id());
+    std::fs::create_dir(fx.store_dir.join(&live)).unwrap();
     PackageStore::open(&fx.store_dir).unwrap();
-    assert!(fx.store_names().is_empty(), "{:?}", fx.store_names());
+    assert_eq!(fx.store_names(), vec![live]);
 }
 
 #[test]
@@ -1038,6 +1045,33 @@ fn router_denies_from_real_files_and_signatures() {
         Some(digest.as_str())
     );
     assert!(!decide(&no_record).denied);
+    // A legitimate new release (changed and re-signed) is allowed at the very next decision:
+    // registered and current hash come from one verification.
+    put(
+        &fx.root,
+        "code/worker_logic.py",
+        b"def run():\n    return 43\n",
+    );
+    let release = fx.sign(WID, &[&k], None);
+    let next = decide(&no_record);
+    assert!(!next.denied, "{next:?}");
+    assert_eq!(
+        no_record.last_report(SID).unwrap().package_hash.as_deref(),
+        Some(release.as_str())
+    );
+    // Edited without re-signing → tampered.
+    put(
+        &fx.root,
+        "code/worker_logic.py",
+        b"def run():\n    return 44\n",
+    );
+    assert_eq!(
+        decide(&no_record)
+            .deny_code()
+            .map(|c| c.to_string())
+            .as_deref(),
+        Some("DENY_WORKER_TAMPERED")
+    );
     assert_eq!(no_record.registered_hash("wrk.unknown"), None);
     assert_eq!(no_record.current_hash("wrk.unknown"), None);
 }

@@ -135,6 +135,31 @@ fn is_hex64(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// Temporary names carry the creating process id (`.staging-<pid>-<uuid>`,
+/// `.seal-<pid>-<uuid>`), so a store shared by several processes only removes the leftovers
+/// of processes that are gone.
+fn temp_name(kind: &str) -> String {
+    format!(
+        ".{kind}-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+fn temp_owner(name: &str) -> Option<i32> {
+    let rest = name
+        .strip_prefix(".staging-")
+        .or_else(|| name.strip_prefix(".seal-"))?;
+    rest.split('-').next()?.parse().ok()
+}
+
+fn process_alive(pid: i32) -> bool {
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) => true,
+        Err(e) => e != Errno::ESRCH,
+    }
+}
+
 fn read_boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_owned())
@@ -224,8 +249,9 @@ impl PackageStore {
         for entry in std::fs::read_dir(root).map_err(io_err(root))? {
             let entry = entry.map_err(io_err(root))?;
             let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with(".staging-") || name.starts_with(".seal-") {
+            if let Some(pid) = temp_owner(&name.to_string_lossy())
+                && !process_alive(pid)
+            {
                 remove_tree(&entry.path()).map_err(io_err(&entry.path()))?;
             }
         }
@@ -312,9 +338,7 @@ impl PackageStore {
             boot_id: self.boot_id.clone(),
             sealed_at: UtcTime::now().to_string(),
         };
-        let tmp = self
-            .root
-            .join(format!(".seal-{}", uuid::Uuid::new_v4().simple()));
+        let tmp = self.root.join(temp_name("seal"));
         let text = serde_json::to_vec(&seal).unwrap_or_default();
         std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
         let dest = self.seal_path(&tree.digest);
@@ -360,8 +384,17 @@ impl PackageStore {
                 return Ok(hit);
             }
         }
-        let target_digest = claimed.filter(|d| is_hex64(d));
-        if let Some(d) = target_digest
+        if claimed.is_some_and(|d| !is_hex64(d)) {
+            // Not a digest: it can never match, so hash without copying.
+            let tree = tree::hash_plan(&plan, None, &self.limits, self.threads)?;
+            self.remember(source, &tree, &plan);
+            return Ok(Ingest {
+                tree,
+                cached: false,
+                state: IngestState::Mismatch,
+            });
+        }
+        if let Some(d) = claimed
             && let Some(path) = self.valid_entry(d)?
         {
             // Hash only: the copy exists already.
@@ -378,7 +411,7 @@ impl PackageStore {
                 state,
             });
         }
-        let name = format!(".staging-{}", uuid::Uuid::new_v4().simple());
+        let name = temp_name("staging");
         mkdirat(
             &self.root_fd,
             name.as_str(),

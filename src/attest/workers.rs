@@ -58,6 +58,9 @@ pub enum RecheckPolicy {
 struct Last {
     report: VerificationReport,
     at: Instant,
+    /// Produced by `registered_hash` for the `current_hash` call that follows it in the same
+    /// decision (the router asks for both), so one decision sees one verification.
+    for_current: bool,
 }
 
 /// The router's [`WorkerHashes`] over verified packages.
@@ -108,6 +111,10 @@ impl AttestedWorkers {
     /// Verifies `species` now (cached per the recheck policy) and returns the report, or
     /// `None` for an unknown species.
     pub fn verify(&self, species: &str) -> Option<VerificationReport> {
+        self.verify_marked(species, false)
+    }
+
+    fn verify_marked(&self, species: &str, for_current: bool) -> Option<VerificationReport> {
         let pkg = self.packages.get(species)?;
         if let RecheckPolicy::Interval(max_age) = self.recheck
             && let Some(last) = self.last.lock().ok().and_then(|l| l.get(species).cloned())
@@ -132,6 +139,7 @@ impl AttestedWorkers {
                 Last {
                     report: report.clone(),
                     at: Instant::now(),
+                    for_current,
                 },
             );
         }
@@ -161,12 +169,11 @@ impl WorkerHashes for AttestedWorkers {
         if let Some(h) = &pkg.registered_hash {
             return Some(h.clone());
         }
-        // The digest the manifest signs counts only once its signatures verified (a report
-        // that got as far as hashing, i.e. ok or a hash mismatch).
-        let report = match self.last_report(species) {
-            Some(r) => r,
-            None => self.verify(species)?,
-        };
+        // Verify now (the following `current_hash` reuses this report). The manifest's digest
+        // is used when verification succeeded, or failed only because the package no longer
+        // matches it: then `current_hash` returns a different digest, so the decision is a
+        // denial either way — a digest from a manifest never makes a failed package pass.
+        let report = self.verify_marked(species, true)?;
         if report.ok || report.code == Some(AttestCode::HashMismatch) {
             report.manifest_package_hash
         } else {
@@ -175,13 +182,25 @@ impl WorkerHashes for AttestedWorkers {
     }
 
     fn current_hash(&self, species: &str) -> Option<String> {
-        let report = self.verify(species)?;
+        let reused = self.last.lock().ok().and_then(|mut l| {
+            l.get_mut(species).filter(|x| x.for_current).map(|x| {
+                x.for_current = false;
+                x.report.clone()
+            })
+        });
+        let report = match reused {
+            Some(r) => r,
+            None => self.verify(species)?,
+        };
         if report.ok {
             return report.package_hash;
         }
         if report.code == Some(AttestCode::HashMismatch) {
             let found = report.package_hash?;
-            let registered = self.registered_hash(species);
+            let registered = match &self.packages.get(species)?.registered_hash {
+                Some(h) => Some(h.clone()),
+                None => report.manifest_package_hash.clone(),
+            };
             if registered.as_deref() != Some(found.as_str()) {
                 return Some(found);
             }
