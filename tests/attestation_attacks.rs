@@ -419,6 +419,16 @@ fn size_and_count_bombs_hit_the_limits() {
         hash_tree(tmp.path(), &bytes),
         Err(TreeError::Limit { limit: 100, .. })
     ));
+    // A flood of excluded names is bounded too (listed names ≤ 2 × max_entries).
+    let flood = tmp.path().join("flood");
+    for i in 0..25 {
+        put(&flood, &format!("planted{i}.pyc"), b"");
+    }
+    assert!(matches!(
+        hash_tree(&flood, &small),
+        Err(TreeError::Limit { limit: 20, .. })
+    ));
+    std::fs::remove_dir_all(&flood).unwrap();
     put(tmp.path(), "a/b/c/d/e", b"");
     let shallow = TreeLimits {
         max_depth: 3,

@@ -175,6 +175,9 @@ impl Protection {
     }
 }
 
+/// How many excluded entries a report lists by name.
+pub const MAX_LISTED_EXCLUDED: usize = 64;
+
 /// The identity and digest of the trust policy used.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PolicyRef {
@@ -205,8 +208,10 @@ pub struct VerificationReport {
     pub package_hash: Option<String>,
     pub files: Option<u64>,
     pub bytes: Option<u64>,
-    /// Entries left out of the hash and never copied (PyHall's exclusions).
+    /// Entries left out of the hash and never copied (PyHall's exclusions); at most
+    /// [`MAX_LISTED_EXCLUDED`] are listed, `excluded_count` counts them all.
     pub excluded: Vec<String>,
+    pub excluded_count: usize,
     /// Keys whose valid signatures counted toward the threshold (awp.v2).
     pub signer_key_ids: Vec<KeyId>,
     pub threshold: Option<usize>,

@@ -131,7 +131,9 @@ impl TreeError {
 /// Bounds on what a package may contain (size and count bombs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TreeLimits {
-    /// Files plus directories (excluded entries not counted).
+    /// Files plus directories (excluded entries not counted; but no more than twice this many
+    /// names of any kind are listed, so a directory of a million planted `*.pyc` is refused
+    /// rather than sorted).
     pub max_entries: u64,
     /// Sum of the hashed files' sizes.
     pub max_total_bytes: u64,
@@ -324,6 +326,8 @@ struct Scan<'a> {
     fingerprint: Sha256,
     stable: bool,
     entries: u64,
+    /// Every name listed, excluded or not.
+    listed: u64,
     bytes: u64,
     dirs: Vec<String>,
     files: Vec<PlannedFile>,
@@ -369,6 +373,13 @@ impl Scan<'_> {
                 let entry = entry.map_err(io(shown))?;
                 let name = entry.file_name().to_bytes();
                 if name != b"." && name != b".." {
+                    self.listed += 1;
+                    if self.listed > self.limits.max_entries.saturating_mul(2) {
+                        return Err(TreeError::Limit {
+                            what: "names listed (excluded ones included) — twice the entry limit",
+                            limit: self.limits.max_entries.saturating_mul(2),
+                        });
+                    }
                     names.push(name.to_vec());
                 }
             }
@@ -533,6 +544,7 @@ pub(crate) fn plan_with(
         fingerprint: Sha256::new(),
         stable: true,
         entries: 0,
+        listed: 0,
         bytes: 0,
         dirs: Vec::new(),
         files: Vec::new(),

@@ -221,6 +221,7 @@ pub fn verify_package(req: &VerifyRequest<'_>) -> VerificationReport {
         files: None,
         bytes: None,
         excluded: Vec::new(),
+        excluded_count: 0,
         signer_key_ids: Vec::new(),
         threshold: None,
         trust_policy: req.trust.map(TrustPolicy::reference),
@@ -335,7 +336,14 @@ fn record_tree(report: &mut VerificationReport, hashed: &Hashed<'_>) {
     report.package_hash = Some(hashed.tree.digest.clone());
     report.files = Some(hashed.tree.files);
     report.bytes = Some(hashed.tree.bytes);
-    report.excluded = hashed.tree.excluded.clone();
+    report.excluded_count = hashed.tree.excluded.len();
+    report.excluded = hashed
+        .tree
+        .excluded
+        .iter()
+        .take(super::report::MAX_LISTED_EXCLUDED)
+        .cloned()
+        .collect();
     report.cached = hashed.cached;
 }
 

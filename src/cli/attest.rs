@@ -363,10 +363,16 @@ fn run_verify(args: VerifyArgs, out: &mut Out) -> Result<u8, CliError> {
         if let Some(p) = &report.store_path {
             out.line(format!("  run from: {}", p.display()))?;
         }
-        if !report.excluded.is_empty() {
+        if report.excluded_count > 0 {
+            let more = report.excluded_count - report.excluded.len();
             out.line(format!(
-                "  excluded (not hashed, not copied): {}",
-                report.excluded.join(", ")
+                "  excluded (not hashed, not copied): {}{}",
+                report.excluded.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
             ))?;
         }
         for p in &report.protections {
