@@ -19,6 +19,8 @@
 //!   every 10 s anyway.
 //! - *current_hash (interval)*: `AttestedWorkers::current_hash` with a recheck interval, i.e.
 //!   what a routing decision pays between re-verifications.
+//! - *calibration*: SHA-256 of 100 MiB already in memory on one core — the ceiling for a single
+//!   large file at that moment (other processes may share the cores).
 //! - *PyHall*: only the `canonical_package_hash` call inside Python (not interpreter start-up).
 //!
 //! Figures and their interpretation live in BENCHMARKS.md.
@@ -222,6 +224,25 @@ fn main() {
     };
 
     let mut rows: Vec<Row> = Vec::new();
+    // Calibration: one core's SHA-256 ceiling right now (the machine may be shared).
+    if wanted("calibration") {
+        let mut data = vec![0u8; TOTAL as usize];
+        XorShift(1).fill(&mut data);
+        let (med, min, n) = time_n(9, || {
+            let s = Instant::now();
+            black_box(<sha2::Sha256 as sha2::Digest>::digest(black_box(&data)));
+            s.elapsed()
+        });
+        rows.push(Row {
+            label: "calibration: SHA-256 of 100 MiB in memory, one core".into(),
+            median: med,
+            min,
+            samples: n,
+            throughput: gbps(TOTAL, med),
+            pyhall: "-".into(),
+            target: "-".into(),
+        });
+    }
     for t in &mut trees {
         let large = t.name.starts_with('1');
         // PyHall first (it also warms the page cache), checking it agrees on the digest.
