@@ -1171,3 +1171,44 @@ fn watched_sources_recheck_without_a_scan_and_every_change_is_seen() {
     assert!(back.ok, "{back:#?}");
     assert_eq!(back.package_hash.as_deref(), Some(digest.as_str()));
 }
+
+#[test]
+fn without_inotify_the_metadata_fingerprint_decides_and_restored_mtimes_do_not_fool_it() {
+    let mut fx = Fixture::new();
+    fx.store.set_watching(false);
+    assert!(!fx.store.watching());
+    let k = key(1);
+    let p = one_key_policy(&k);
+    fx.sign(WID, &[&k], None);
+    wait_past_racy_margin();
+    assert!(!fx.verify(&p).cached);
+    assert!(
+        fx.verify(&p).cached,
+        "unchanged metadata must hit the cache"
+    );
+    // Edit with the same size, then restore the old mtime: ctime still moves.
+    let file = fx.root.join("code/worker_logic.py");
+    let before = std::fs::metadata(&file).unwrap().modified().unwrap();
+    std::fs::write(&file, b"def run():\n    return 66\n").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(before)
+        .unwrap();
+    wait_past_racy_margin();
+    let edited = fx.verify(&p);
+    assert_denied(&edited, AttestCode::HashMismatch);
+    assert!(!edited.cached);
+    // A change within the racy margin is never vouched for by its fingerprint.
+    std::fs::write(&file, b"def run():\n    return 42\n").unwrap();
+    assert!(
+        !tree::plan(&fx.root, &TreeLimits::default()).unwrap().stable,
+        "a scan right after a change is racy: its fingerprint is never trusted"
+    );
+    let fresh = fx.verify(&p);
+    assert!(fresh.ok && !fresh.cached);
+    wait_past_racy_margin();
+    fx.verify(&p); // re-read once more if the previous scan was racy
+    assert!(fx.verify(&p).cached);
+}

@@ -552,6 +552,19 @@ impl PackageStore {
         }
     }
 
+    /// Turns inotify change detection off (sources on network file systems, whose remote
+    /// changes inotify does not see) or back on; without it, re-verification rescans metadata.
+    pub fn set_watching(&mut self, on: bool) {
+        self.watcher = Mutex::new(if on {
+            TreeWatcher::new()
+        } else {
+            TreeWatcher::disabled()
+        });
+        if let Ok(mut c) = self.cache.lock() {
+            c.clear();
+        }
+    }
+
     /// Whether inotify change detection is available to this store.
     pub fn watching(&self) -> bool {
         self.watcher.lock().map(|w| w.available()).unwrap_or(false)
