@@ -74,7 +74,7 @@ pub const EMPTY_DIGEST: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934c
 /// at most 10 ms; the margin is ten times that.
 pub const RACY_MARGIN: Duration = Duration::from_millis(100);
 
-/// Files at least this large are hashed and written by two threads (read+hash | write).
+/// Files at least this large go through the read | hash | write pipeline (three threads).
 const PIPELINE_THRESHOLD: u64 = 8 << 20;
 const BUF_SIZE: usize = 1 << 20;
 
