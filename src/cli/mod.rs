@@ -119,6 +119,10 @@ pub enum Command {
     /// Run language-neutral conformance vectors.
     #[command(subcommand)]
     Conformance(conformance::ConformanceCommand),
+    /// Generate an Ed25519 signing key (PATH, PATH.pub) and its trust-policy entry.
+    Keygen(attest::KeygenArgs),
+    /// Create PyHall's worker package layout (code/bootstrap.py, code/worker_logic.py, …).
+    Scaffold(attest::ScaffoldArgs),
     /// Package attestation: keys, scaffolds, package hashes, signing and verification.
     #[command(subcommand)]
     Attest(attest::AttestCommand),
@@ -255,6 +259,8 @@ pub fn run(cli: Cli) -> u8 {
         Command::Config(cmd) => status::run(cmd, &mut out),
         Command::Version => version(&mut out),
         Command::Conformance(cmd) => conformance::run(cmd, &mut out),
+        Command::Keygen(a) => attest::run_keygen(a, &mut out),
+        Command::Scaffold(a) => attest::run_scaffold(a, &mut out),
         Command::Attest(cmd) => attest::run(cmd, &mut out),
         Command::Receipts(cmd) => receipts::run(cmd, &mut out),
         Command::Policy(cmd) => policy::run(cmd, &mut out),

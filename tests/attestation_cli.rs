@@ -1,0 +1,296 @@
+//! The `wcp-hall attest` commands end to end: the real binary, real files, exit codes, stdout.
+
+mod attestation_support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use attestation_support::*;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wcp-hall");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("WCP_HALL_CONFIG")
+        .env("WCP_ATTEST_HMAC_KEY", "must-never-be-used")
+        .output()
+        .expect("spawn wcp-hall")
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().expect("exited normally")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn scaffold_then_hash_prints_pyhalls_digest_and_nothing_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = tmp.path().join("pkg");
+    let o = run(&["attest", "scaffold", p(&pkg)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("a6eeb3dd3aafc410838802130e3675527dcceadf6d2b1e817e2b97f62abf3bb6")
+    );
+    let o = run(&["attest", "hash", p(&pkg)]);
+    assert_eq!(code(&o), 0);
+    assert_eq!(
+        stdout(&o),
+        "a6eeb3dd3aafc410838802130e3675527dcceadf6d2b1e817e2b97f62abf3bb6\n"
+    );
+    assert_eq!(stderr(&o), "");
+    let o = run(&["--json", "attest", "hash", p(&pkg)]);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["files"], 4);
+    // Scaffolding again would replace the logic: refused.
+    let o = run(&["attest", "scaffold", p(&pkg)]);
+    assert_eq!(code(&o), 74);
+    assert!(stderr(&o).contains("--overwrite"));
+}
+
+#[test]
+fn hash_of_an_unsafe_tree_exits_2_with_a_clear_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    sample_package(tmp.path());
+    std::os::unix::fs::symlink("/etc/passwd", tmp.path().join("code/passwd")).unwrap();
+    let o = run(&["attest", "hash", p(tmp.path())]);
+    assert_eq!(code(&o), 2);
+    assert_eq!(stdout(&o), "");
+    let err = stderr(&o);
+    assert!(
+        err.contains("code/passwd") && err.contains("symbolic link"),
+        "{err}"
+    );
+    assert!(err.contains("hint:"), "{err}");
+    let o = run(&["attest", "hash", p(&tmp.path().join("missing"))]);
+    assert_eq!(code(&o), 66, "{}", stderr(&o));
+    let o = run(&["attest", "hash", "/etc/passwd"]);
+    assert_eq!(code(&o), 2);
+}
+
+#[test]
+fn keygen_sign_verify_awp_v2_with_a_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = tmp.path().join("pkg");
+    sample_package(&pkg);
+    let key = tmp.path().join("release.key");
+    let o = run(&["--json", "keygen-via-attest-placeholder"]);
+    assert_eq!(code(&o), 2, "unknown commands are usage errors");
+    let o = run(&["--json", "attest", "keygen", p(&key)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let kg: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // Never overwritten.
+    assert_eq!(code(&run(&["attest", "keygen", p(&key)])), 74);
+
+    let trust = tmp.path().join("trust.json");
+    std::fs::write(
+        &trust,
+        serde_json::json!({
+            "schema": "wcp-hall-trust/1", "version": 1,
+            "namespaces": {"org.example": {"threshold": 1, "keys": [kg["trust_policy_entry"]]}}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let o = run(&["attest", "check-trust", p(&trust)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("org.example: 1 of 1 key(s)"));
+
+    let o = run(&[
+        "attest",
+        "sign",
+        p(&pkg),
+        "--worker-id",
+        "org.example.sum.i-1",
+        "--species",
+        "wrk.doc.summarizer",
+        "--worker-version",
+        "1.2.0",
+        "--key",
+        p(&key),
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(pkg.join("manifest.sig").exists());
+    let digest = stdout(&run(&["attest", "hash", p(&pkg)])).trim().to_owned();
+    assert!(stdout(&o).contains(&digest));
+
+    let store = tmp.path().join("store");
+    let verify = |extra: &[&str]| {
+        let mut args = vec![
+            "attest",
+            "verify",
+            p(&pkg),
+            "--worker-id",
+            "org.example.sum.i-1",
+            "--species",
+            "wrk.doc.summarizer",
+            "--trust",
+            p(&trust),
+            "--store",
+            p(&store),
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let o = verify(&[]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains(&format!(
+        "run from: {}",
+        store.join(format!("sha256-{digest}")).display()
+    )));
+    let o = run(&[
+        "--json",
+        "attest",
+        "verify",
+        p(&pkg),
+        "--worker-id",
+        "org.example.sum.i-1",
+        "--species",
+        "wrk.doc.summarizer",
+        "--trust",
+        p(&trust),
+    ]);
+    let report: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["format"], "awp.v2");
+    assert_eq!(report["signer_key_ids"][0], kg["key_id"]);
+    assert!(
+        report["protections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == "verified_copy" && p["status"] == "not_applied")
+    );
+
+    // Another worker id, a changed file: denied with exit 1 and the code.
+    let o = run(&[
+        "attest",
+        "verify",
+        p(&pkg),
+        "--worker-id",
+        "org.example.other.i-1",
+        "--species",
+        "wrk.doc.summarizer",
+        "--trust",
+        p(&trust),
+    ]);
+    assert_eq!(code(&o), 1);
+    assert!(
+        stdout(&o).starts_with("denied: ATTEST_MANIFEST_ID_MISMATCH"),
+        "{}",
+        stdout(&o)
+    );
+    put(&pkg, "code/worker_logic.py", b"def run():\n    return 0\n");
+    let o = verify(&["--json"]);
+    assert_eq!(code(&o), 1);
+    let report: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(report["code"], "ATTEST_HASH_MISMATCH");
+    assert_eq!(report["meta"]["expected_hash"], digest.as_str());
+
+    // A broken trust policy is a configuration error.
+    std::fs::write(&trust, "{}").unwrap();
+    assert_eq!(code(&verify(&[])), 78);
+}
+
+#[test]
+fn sign_and_verify_awp_v1_with_a_key_file_never_the_environment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = tmp.path().join("pkg");
+    sample_package(&pkg);
+    let (key, _) = hmac_key_file(tmp.path(), "test-secret-key");
+    let o = run(&[
+        "attest",
+        "sign",
+        p(&pkg),
+        "--format",
+        "v1",
+        "--worker-id",
+        "org.example.my-worker.instance-1",
+        "--species",
+        "wrk.example.my-worker",
+        "--worker-version",
+        "1.0.0",
+        "--hmac-key-file",
+        p(&key),
+        "--built-at",
+        "2026-01-02T03:04:05Z",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(pkg.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["schema_version"], "awp.v1");
+    assert_eq!(manifest["built_at_utc"], "2026-01-02T03:04:05Z");
+    let verify = |extra: &[&str]| {
+        let mut args = vec![
+            "attest",
+            "verify",
+            p(&pkg),
+            "--worker-id",
+            "org.example.my-worker.instance-1",
+            "--species",
+            "wrk.example.my-worker",
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    assert_eq!(code(&verify(&["--hmac-key-file", p(&key)])), 0);
+    // WCP_ATTEST_HMAC_KEY is set in the environment of every run: it is never used.
+    let o = verify(&[]);
+    assert_eq!(code(&o), 1);
+    assert!(
+        stdout(&o).contains("ATTEST_SIGNATURE_MISSING"),
+        "{}",
+        stdout(&o)
+    );
+    // A key file others can read is refused.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = verify(&["--hmac-key-file", p(&key)]);
+    assert_eq!(code(&o), 65);
+    assert!(stderr(&o).contains("chmod 600"));
+}
+
+#[test]
+fn sign_refuses_bad_inputs_with_usage_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = tmp.path().join("pkg");
+    sample_package(&pkg);
+    let base = [
+        "attest",
+        "sign",
+        p(&pkg),
+        "--species",
+        "wrk.x.y",
+        "--worker-version",
+        "1",
+    ];
+    let with = |extra: &[&str]| {
+        let mut a = base.to_vec();
+        a.extend_from_slice(extra);
+        run(&a)
+    };
+    let o = with(&["--worker-id", "org.example.w.1"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("keygen"), "{}", stderr(&o));
+    let o = with(&["--worker-id", "wrk.example.w", "--key", "/nonexistent"]);
+    assert_eq!(code(&o), 66, "{}", stderr(&o));
+    let o = with(&["--worker-id", "org.example.w.1", "--built-at", "yesterday"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("YYYY-MM-DDTHH:MM:SSZ"));
+}
