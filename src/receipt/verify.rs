@@ -269,7 +269,7 @@ fn check_line(bytes: &[u8], signatures_from: u64) -> Checked {
     let line = match LogLine::parse(bytes) {
         Ok(l) => l,
         Err(e) => {
-            c.problems.push(format!("unreadable line: {e}"));
+            c.problems.push(e.to_string());
             return c;
         }
     };
@@ -323,9 +323,29 @@ fn check_line(bytes: &[u8], signatures_from: u64) -> Checked {
 /// Checks the envelope's signatures against the key the payload names (and, for a rotation,
 /// the new key too). Whether that key is *trusted* is decided later, from the key chain.
 fn signature_problem(envelope: &Envelope, payload: &ReceiptPayload) -> Option<String> {
-    let signer = match payload.signing_key() {
-        Ok(k) => k,
-        Err(e) => return Some(e.to_string()),
+    // Decompressing a key costs as much as a hash of the whole record: consecutive records
+    // share their signer, so each thread keeps the last one.
+    thread_local! {
+        static LAST_KEY: std::cell::RefCell<Option<(String, PublicKey)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let cached = LAST_KEY.with(|c| {
+        c.borrow()
+            .as_ref()
+            .filter(|(b64, _)| *b64 == payload.signing_public_key)
+            .map(|(_, k)| k.clone())
+    });
+    let signer = match cached {
+        Some(k) => k,
+        None => match payload.signing_key() {
+            Ok(k) => {
+                LAST_KEY.with(|c| {
+                    *c.borrow_mut() = Some((payload.signing_public_key.clone(), k.clone()))
+                });
+                k
+            }
+            Err(e) => return Some(e.to_string()),
+        },
     };
     let mut keys = vec![signer.clone()];
     if let Some((_, new)) = payload.rotation_keys() {
@@ -723,7 +743,9 @@ impl VerifyReport {
 }
 
 /// Checks a signed checkpoint against a scan: signature by the log key current at its size,
-/// origin, size within the log, root equal to the computed one. `Err` says what is wrong.
+/// origin, size within the log, root equal to the computed one. `Err` says what is wrong and,
+/// for a truncation, the first missing seq (`None` when the checkpoint itself is at fault or
+/// the disagreement cannot be pinned to one record).
 pub fn check_checkpoint_against(
     scan: &Scan,
     trusted: &[bool],
@@ -753,14 +775,14 @@ pub fn check_checkpoint_against(
     });
     let Some(key) = key else {
         return Err((
-            Some(size.min(scan.size)),
+            None,
             "no trusted log key to check the checkpoint's signature with".into(),
         ));
     };
     checkpoint::open_checkpoint(note, Some(&parsed.origin), std::slice::from_ref(key)).map_err(
         |e| {
             (
-                Some(size.min(scan.size)),
+                None,
                 format!(
                     "checkpoint signature: {e} (expected the log key {} current at seq {size}): \
                      forged or from another log",
@@ -783,24 +805,16 @@ pub fn check_checkpoint_against(
     }
     match scan.roots.get(&size) {
         Some(root) if *root == parsed.root => Ok(parsed),
-        Some(_) => {
-            // Narrow it down with the log's own checkpoints that still match.
-            let good = scan
-                .checkpoints
-                .iter()
-                .filter(|c| c.ok && c.seq <= size)
-                .map(|c| c.seq)
-                .max()
-                .unwrap_or(0);
-            Err((
-                Some(good),
-                format!(
-                    "the first {size} records do not hash to the checkpoint's root: a record in \
-                     seq {good}..{size} was changed, or the log was replaced (the log is \
-                     inconsistent with this checkpoint)"
-                ),
-            ))
-        }
+        Some(root) => Err((
+            None,
+            format!(
+                "the log is inconsistent with this checkpoint: its first {size} records hash to \
+                 {}, the checkpoint says {} (records before seq {size} were changed, or the log \
+                 was rolled back and rewritten, or forked)",
+                hex(root),
+                hex(&parsed.root)
+            ),
+        )),
         None => Err((Some(size), "no root computed for this size".into())),
     }
 }
