@@ -17,6 +17,12 @@
 //! unknown fields). Verification still works on the stored bytes only: the hash and the
 //! signature are computed over them, never over a re-serialisation.
 //!
+//! Encoding is fast because it is plain `serde_json` output: every struct here declares its
+//! fields in byte order of their names and the envelope report's objects are sorted when the
+//! payload is built, so the compact serialisation *is* the canonical one (a test pins it to
+//! [`crate::crypto::canonical`] for every type, and [`ReceiptPayload::encode`] falls back to the
+//! canonical encoder for a hand-built payload whose report is unsorted).
+//!
 //! Kinds of record (`kind`) and the sections each carries:
 //!
 //! | kind | sections | written |
@@ -85,9 +91,9 @@ impl Kind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Caller {
-    pub uid: u32,
     pub gid: u32,
     pub pid: u32,
+    pub uid: u32,
 }
 
 /// The worker package that ran: its digest, its manifest's digest and the keys that signed it.
@@ -104,10 +110,10 @@ pub struct PackageRef {
 #[serde(deny_unknown_fields)]
 pub struct DecisionSummary {
     pub decision_id: String,
-    pub matched_rule_id: String,
     pub denied: bool,
     /// The WCP deny code (`DENY_*`), when denied.
     pub deny_code: Option<String>,
+    pub matched_rule_id: String,
     pub policy_version: Option<String>,
 }
 
@@ -115,25 +121,25 @@ pub struct DecisionSummary {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Dispatch {
+    /// Lowercase hex SHA-256 of the request (the router's `artifact_hash`).
+    pub artifact_hash: Option<String>,
+    pub caller: Caller,
+    pub capability_id: String,
+    pub controls_verified: Vec<String>,
     pub correlation_id: String,
+    pub decision: DecisionSummary,
     /// When the Hall dispatched (or decided, for denials): RFC 3339, UTC.
     pub dispatched_at: String,
-    pub tenant_id: String,
     pub env: String,
-    pub capability_id: String,
+    /// The privilege envelope's requested-vs-effective report (canonical-profile JSON).
+    pub envelope: Option<Value>,
+    pub package: Option<PackageRef>,
+    /// `ALLOW`, `DENY` or `REQUIRE_HUMAN`.
+    pub policy_decision: String,
+    pub tenant_id: String,
     /// The enrolled worker id (`org.<ns>.*` / `x.<ns>.*`), when one was selected.
     pub worker_id: Option<String>,
     pub worker_species_id: Option<String>,
-    /// `ALLOW`, `DENY` or `REQUIRE_HUMAN`.
-    pub policy_decision: String,
-    pub controls_verified: Vec<String>,
-    /// Lowercase hex SHA-256 of the request (the router's `artifact_hash`).
-    pub artifact_hash: Option<String>,
-    pub decision: DecisionSummary,
-    pub caller: Caller,
-    pub package: Option<PackageRef>,
-    /// The privilege envelope's requested-vs-effective report (canonical-profile JSON).
-    pub envelope: Option<Value>,
 }
 
 impl Dispatch {
@@ -179,11 +185,11 @@ impl Dispatch {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Timings {
+    pub cpu_system_ms: Option<u64>,
+    pub cpu_user_ms: Option<u64>,
     /// When the worker process started: RFC 3339, UTC.
     pub started_at: String,
     pub wall_ms: u64,
-    pub cpu_user_ms: Option<u64>,
-    pub cpu_system_ms: Option<u64>,
 }
 
 /// How an execution ended.
@@ -194,23 +200,23 @@ pub struct Execution {
     pub exit_code: Option<i64>,
     /// Terminating signal, when it was killed.
     pub signal: Option<i64>,
-    pub timed_out: bool,
-    /// Output was cut at the envelope's limit.
-    pub truncated: bool,
-    /// Lowercase hex SHA-256 of the bytes captured.
-    pub stdout_sha256: String,
+    pub stderr_bytes: u64,
     pub stderr_sha256: String,
     pub stdout_bytes: u64,
-    pub stderr_bytes: u64,
+    /// Lowercase hex SHA-256 of the bytes captured.
+    pub stdout_sha256: String,
+    pub timed_out: bool,
     pub timings: Timings,
+    /// Output was cut at the envelope's limit.
+    pub truncated: bool,
 }
 
 /// A human approval that expired before anyone resolved it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Approval {
-    pub pending_approval_id: String,
     pub approval_expires_at: String,
+    pub pending_approval_id: String,
     pub supervisor_level: Option<String>,
 }
 
@@ -225,26 +231,26 @@ pub struct Abort {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recovery {
-    /// Segment file name.
-    pub segment: String,
-    /// Byte offset where the torn line began (the segment's new length).
-    pub offset: u64,
     pub discarded_bytes: u64,
     /// Lowercase hex SHA-256 of the discarded bytes.
     pub discarded_sha256: String,
+    /// Byte offset where the torn line began (the segment's new length).
+    pub offset: u64,
     /// Where the discarded bytes were saved (file name in the log's `broken/` directory).
     pub saved_as: String,
+    /// Segment file name.
+    pub segment: String,
 }
 
 /// A signing-key rotation; the record is signed by both keys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rotation {
+    pub new_key_id: String,
+    pub new_public_key: String,
     pub old_key_id: String,
     /// Standard base64 of the 32-byte Ed25519 key.
     pub old_public_key: String,
-    pub new_key_id: String,
-    pub new_public_key: String,
 }
 
 impl Rotation {
@@ -262,19 +268,19 @@ impl Rotation {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointRecord {
-    pub size: u64,
-    /// Lowercase hex Merkle root.
-    pub root: String,
     /// The C2SP signed note, exactly as saved.
     pub note: String,
+    /// Lowercase hex Merkle root.
+    pub root: String,
+    pub size: u64,
 }
 
 /// The Hall that wrote a record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HallInfo {
-    pub version: String,
     pub host_id: String,
+    pub version: String,
 }
 
 /// What a record says, by kind (the public, type-checked view of a payload).
@@ -347,27 +353,27 @@ pub struct Header {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiptPayload {
-    pub schema: String,
+    pub abort: Option<Abort>,
+    pub approval: Option<Approval>,
+    pub checkpoint: Option<CheckpointRecord>,
+    pub dispatch: Option<Dispatch>,
+    pub execution: Option<Execution>,
+    pub hall: HallInfo,
+    pub intent_seq: Option<u64>,
+    pub kind: Kind,
     pub log: String,
-    pub seq: u64,
-    pub receipt_id: String,
     /// `sha256:<hex>` of the previous record's payload bytes; `null` for seq 0.
     pub prev_receipt_hash: Option<String>,
+    pub receipt_id: String,
+    pub recovery: Option<Recovery>,
+    pub rotation: Option<Rotation>,
+    pub schema: String,
+    pub seq: u64,
     pub signing_key_id: String,
     /// Standard base64 of the signer's Ed25519 key (a hint: trust comes from the verifier's key
     /// history, and the id must match it).
     pub signing_public_key: String,
     pub time: String,
-    pub hall: HallInfo,
-    pub kind: Kind,
-    pub dispatch: Option<Dispatch>,
-    pub intent_seq: Option<u64>,
-    pub execution: Option<Execution>,
-    pub approval: Option<Approval>,
-    pub abort: Option<Abort>,
-    pub recovery: Option<Recovery>,
-    pub rotation: Option<Rotation>,
-    pub checkpoint: Option<CheckpointRecord>,
 }
 
 /// A payload or line that is not a valid receipt.
@@ -391,6 +397,20 @@ fn invalid(field: &str, problem: impl Into<String>) -> ModelError {
     ModelError::Invalid {
         field: field.to_owned(),
         problem: problem.into(),
+    }
+}
+
+/// Whether every object in `v` has its keys in byte order (so serde_json writes it canonically).
+fn keys_sorted(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => {
+            m.keys()
+                .zip(m.keys().skip(1))
+                .all(|(a, b)| a.as_bytes() < b.as_bytes())
+                && m.values().all(keys_sorted)
+        }
+        Value::Array(a) => a.iter().all(keys_sorted),
+        _ => true,
     }
 }
 
@@ -685,6 +705,9 @@ impl ReceiptPayload {
             Body::KeyRotation(r) => p.rotation = Some(r),
             Body::Checkpoint(c) => p.checkpoint = Some(c),
         }
+        if let Some(e) = p.dispatch.as_mut().and_then(|d| d.envelope.as_mut()) {
+            *e = canonical::parse_strict(&canonical::to_canonical(e)?)?;
+        }
         p.validate()?;
         Ok(p)
     }
@@ -692,7 +715,17 @@ impl ReceiptPayload {
     /// The canonical bytes (validated, size-checked).
     pub fn encode(&self) -> Result<Vec<u8>, ModelError> {
         self.validate()?;
-        let bytes = canonical::to_canonical_from(self)?;
+        let sorted = self
+            .dispatch
+            .as_ref()
+            .and_then(|d| d.envelope.as_ref())
+            .is_none_or(keys_sorted);
+        let bytes = if sorted {
+            serde_json::to_vec(self).map_err(|e| ModelError::Json(e.to_string()))?
+        } else {
+            canonical::to_canonical_from(self)?
+        };
+        debug_assert_eq!(bytes, canonical::to_canonical_from(self)?);
         if bytes.len() > MAX_PAYLOAD_BYTES {
             return Err(ModelError::TooLarge {
                 size: bytes.len(),
@@ -713,7 +746,10 @@ impl ReceiptPayload {
         let p: ReceiptPayload =
             serde_json::from_slice(bytes).map_err(|e| ModelError::Json(e.to_string()))?;
         p.validate()?;
-        if canonical::to_canonical_from(&p)? != bytes {
+        // Re-encoding what was parsed must give the same bytes: one encoding per receipt
+        // (this also refuses duplicate keys, escapes that are not minimal, whitespace and
+        // unsorted keys, including inside the envelope report).
+        if serde_json::to_vec(&p).map_err(|e| ModelError::Json(e.to_string()))? != bytes {
             return Err(ModelError::NotCanonical);
         }
         Ok(p)
@@ -987,9 +1023,11 @@ impl LogLine {
         serde_json::from_slice(bytes).map_err(|e| ModelError::Line(e.to_string()))
     }
 
-    /// The line's bytes, newline included.
+    /// The line's bytes, newline included (canonical JSON: the envelope's fields are declared
+    /// in byte order too).
     pub fn encode(&self) -> Result<Vec<u8>, ModelError> {
-        let mut out = canonical::to_canonical_from(self)?;
+        let mut out = serde_json::to_vec(self).map_err(|e| ModelError::Line(e.to_string()))?;
+        debug_assert_eq!(out, canonical::to_canonical_from(self)?);
         out.push(b'\n');
         Ok(out)
     }
@@ -1153,6 +1191,93 @@ pub(crate) mod tests {
         ));
         let float = text.replacen("\"wall_ms\":25", "\"wall_ms\":25.0", 1);
         assert!(ReceiptPayload::decode(float.as_bytes()).is_err());
+    }
+
+    /// The fast encoding (serde_json with fields declared in byte order) must be the canonical
+    /// one for every type: a field declared out of order would make valid receipts undecodable.
+    #[test]
+    fn serde_output_is_the_canonical_encoding_for_every_type() {
+        let key = KeyPair::from_seed(&[3; 32]);
+        let mut p = ReceiptPayload::new(
+            &header(5, Some([1; 32]), &key),
+            Body::Executed {
+                intent_seq: 4,
+                dispatch: dispatch("c-\"é\\"),
+                execution: execution(),
+            },
+        )
+        .unwrap();
+        // Escapes: a control character where validation would refuse it anyway.
+        p.hall.host_id = "h\u{1}\u{1f}\t\u{7f}".into();
+        // Every section populated at once (not a valid receipt; only the encoding matters).
+        p.approval = Some(Approval {
+            pending_approval_id: "a".into(),
+            approval_expires_at: "t".into(),
+            supervisor_level: Some("gatekeeper".into()),
+        });
+        p.abort = Some(Abort {
+            reason: "r\n".into(),
+        });
+        p.recovery = Some(Recovery {
+            segment: "s".into(),
+            offset: 1,
+            discarded_bytes: 2,
+            discarded_sha256: "h".into(),
+            saved_as: "x".into(),
+        });
+        p.rotation = Some(Rotation::new(
+            &key.public(),
+            &KeyPair::from_seed(&[4; 32]).public(),
+        ));
+        p.checkpoint = Some(CheckpointRecord {
+            size: 5,
+            root: "r".into(),
+            note: "n\n\n\u{2014} k x\n".into(),
+        });
+        p.execution.as_mut().unwrap().signal = Some(9);
+        p.dispatch
+            .as_mut()
+            .unwrap()
+            .package
+            .as_mut()
+            .unwrap()
+            .manifest_digest = Some("m".into());
+        assert_eq!(
+            serde_json::to_vec(&p).unwrap(),
+            canonical::to_canonical_from(&p).unwrap()
+        );
+        let sealed = seal(
+            ReceiptPayload::new(&header(0, None, &key), Body::Intent(dispatch("c"))).unwrap(),
+            &[&key],
+        )
+        .unwrap();
+        let line = LogLine::parse(&sealed.line[..sealed.line.len() - 1]).unwrap();
+        let mut want = canonical::to_canonical_from(&line).unwrap();
+        want.push(b'\n');
+        assert_eq!(sealed.line, want);
+    }
+
+    #[test]
+    fn an_unsorted_envelope_report_is_sorted_when_built() {
+        let key = KeyPair::from_seed(&[3; 32]);
+        let mut d = dispatch("c");
+        let mut m = serde_json::Map::new();
+        m.insert("z".into(), serde_json::json!(1));
+        m.insert("a".into(), serde_json::json!({"y": 1, "b": 2}));
+        d.envelope = Some(Value::Object(m));
+        let p = ReceiptPayload::new(&header(0, None, &key), Body::Intent(d.clone())).unwrap();
+        let bytes = p.encode().unwrap();
+        assert!(canonical::is_canonical(&bytes));
+        assert!(
+            String::from_utf8(bytes.clone())
+                .unwrap()
+                .contains(r#""envelope":{"a":{"b":2,"y":1},"z":1}"#)
+        );
+        assert_eq!(ReceiptPayload::decode(&bytes).unwrap(), p);
+        // A hand-built payload with an unsorted report still encodes canonically.
+        let mut hand = p.clone();
+        hand.dispatch = Some(d);
+        assert_eq!(hand.encode().unwrap(), bytes);
     }
 
     #[test]
