@@ -360,15 +360,15 @@ fn main() {
             "durable appends: N threads append `denied` receipts for {} s each; every call returns after fdatasync",
             APPEND_TIME.as_secs()
         );
+        let (p50, mean, p99) = raw_fdatasync_ms(base);
+        println!(
+            "raw write + fdatasync of one 2.6 KiB line on this disk (200 runs): median {p50:.2} ms, mean {mean:.2} ms, p99 {p99:.2} ms"
+        );
         println!(
             "| writers | receipts | durable receipts/s | call p50 | call mean | call p99 | records per fdatasync |"
         );
         println!(
-            "|--------:|---------:|-------------------:|---------:|---------:|----------------------:|"
-        );
-        let (p50, mean, p99) = raw_fdatasync_ms(base);
-        println!(
-            "raw write + fdatasync of one 2.6 KiB line on this disk (200 runs): median {p50:.2} ms, mean {mean:.2} ms, p99 {p99:.2} ms"
+            "|--------:|---------:|-------------------:|---------:|----------:|---------:|----------------------:|"
         );
         let mut rows = Vec::new();
         for &w in &WRITERS {

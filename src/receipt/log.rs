@@ -650,9 +650,9 @@ impl ReceiptLog {
                 None,
             )?;
         }
-        let cp = self.inner.checkpoint_now();
+        // The thread first, so the final checkpoint is this call's (and reported).
         self.stop_ticker();
-        cp
+        self.inner.checkpoint_now()
     }
 
     fn stop_ticker(&mut self) {
