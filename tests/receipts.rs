@@ -574,3 +574,44 @@ fn rotation_replaces_the_key_file_and_an_interrupted_one_is_finished() {
     assert!(r.ok(), "{:?}", r.failures);
     assert_eq!(r.keys.len(), 3);
 }
+
+#[test]
+fn one_garbled_line_does_not_derail_the_rest_of_the_scan() {
+    let dir = genuine();
+    let mut all = lines(dir.path());
+    // The line's own seq says 999999 and its payload is gone.
+    all[5] = br#"{"envelope":{"payload":"!!","payloadType":"x","signatures":[]},"receipt_hash":"sha256:00","seq":999999}"#.to_vec();
+    write_lines(dir.path(), &all);
+    let r = verify(dir.path(), &[key(1).public()], &[]);
+    assert_eq!(first_bad(&r), 5);
+    // Seq 5, and the checkpoints whose trees include it, fail; seq 6.. are still in order.
+    let bad: Vec<u64> = r.failures.iter().filter_map(|f| f.seq).collect();
+    assert_eq!(bad, [5, 7, 15, 23], "{:?}", r.failures);
+}
+
+#[test]
+fn the_hall_refuses_a_deleted_log_while_a_checkpoint_remains() {
+    let dir = genuine();
+    for seg in store::list_segments(dir.path()).unwrap() {
+        fs::remove_file(seg.path).unwrap();
+    }
+    match ReceiptLog::open(options(dir.path()), key(1)) {
+        Err(OpenError::Sev1 { reason }) => assert!(reason.contains("holds none"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        store::list_segments(dir.path()).unwrap().is_empty(),
+        "nothing was created"
+    );
+}
+
+#[test]
+fn a_missing_checkpoint_copy_directory_is_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(dir.path());
+    o.checkpoint_copy = Some(dir.path().join("no/such/dir/copy"));
+    assert!(matches!(
+        ReceiptLog::open(o, key(1)),
+        Err(OpenError::Options(m)) if m.contains("does not exist")
+    ));
+}

@@ -307,6 +307,15 @@ impl ReceiptLog {
                 "segment_max_bytes must be at least 4096".into(),
             ));
         }
+        if let Some(copy) = &opts.checkpoint_copy {
+            let parent = copy.parent().filter(|p| !p.as_os_str().is_empty());
+            if parent.is_some_and(|p| !p.is_dir()) {
+                return Err(OpenError::Options(format!(
+                    "checkpoint_copy {}: its directory does not exist",
+                    copy.display()
+                )));
+            }
+        }
         let dir = opts.dir.clone();
         if !dir.exists() {
             fs::DirBuilder::new()
@@ -412,7 +421,14 @@ impl ReceiptLog {
                 .mode(0o700)
                 .create(&broken)
                 .map_err(io_err(&broken))?;
-            let saved_as = format!("{}.{}.broken", t.segment.name, t.offset);
+            // A crash while writing the recovery receipt can tear the same offset again:
+            // never overwrite an earlier torn tail.
+            let mut saved_as = format!("{}.{}.broken", t.segment.name, t.offset);
+            let mut n = 1;
+            while broken.join(&saved_as).exists() {
+                saved_as = format!("{}.{}.{n}.broken", t.segment.name, t.offset);
+                n += 1;
+            }
             store::write_atomic(&broken.join(&saved_as), &t.bytes, 0o600)
                 .map_err(io_err(&broken))?;
             store::sync_dir(&dir).map_err(io_err(&dir))?;

@@ -246,7 +246,6 @@ pub fn short(id: &KeyId) -> String {
 
 /// The outcome of the per-line checks that need no context (run in parallel).
 struct Checked {
-    line_seq: Option<u64>,
     stored_hash: Option<Hash>,
     /// SHA-256 of the payload bytes, when they decode.
     hash: Option<Hash>,
@@ -258,7 +257,6 @@ struct Checked {
 
 fn check_line(bytes: &[u8], signatures_from: u64) -> Checked {
     let mut c = Checked {
-        line_seq: None,
         stored_hash: None,
         hash: None,
         leaf: merkle::leaf_hash(bytes),
@@ -273,7 +271,6 @@ fn check_line(bytes: &[u8], signatures_from: u64) -> Checked {
             return c;
         }
     };
-    c.line_seq = Some(line.seq);
     c.stored_hash = parse_hash_string(&line.receipt_hash);
     if c.stored_hash.is_none() {
         c.problems
@@ -493,12 +490,9 @@ fn sequential(
         reason,
     };
     let mut problems = c.problems;
-    let seq = c
-        .payload
-        .as_ref()
-        .map(|p| p.seq)
-        .or(c.line_seq)
-        .unwrap_or(st.expected);
+    // An unreadable record is reported at the seq expected here, never at a number read from
+    // its (possibly corrupted) line: one damaged line must not derail the rest of the scan.
+    let seq = c.payload.as_ref().map_or(st.expected, |p| p.seq);
     if c.signature_checked {
         scan.signatures_checked += 1;
     }
@@ -761,6 +755,16 @@ pub fn check_checkpoint_against(
         return Err((
             Some(size),
             format!("checkpoint is for log {:?}, not {origin:?}", parsed.origin),
+        ));
+    }
+    if scan.keys.is_empty() && size > 0 {
+        return Err((
+            Some(0),
+            format!(
+                "the checkpoint covers {size} records but the log holds none: seq 0..={} are \
+                 missing (the log was deleted, truncated or replaced)",
+                size - 1
+            ),
         ));
     }
     // The key that signed the checkpoint record at seq `size` (the last key if the log is
