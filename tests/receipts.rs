@@ -615,3 +615,85 @@ fn a_missing_checkpoint_copy_directory_is_a_configuration_error() {
         Err(OpenError::Options(m)) if m.contains("does not exist")
     ));
 }
+
+// ---- real routing decisions become valid receipts ----------------------------------------------
+
+#[test]
+fn real_route_decisions_become_receipts() {
+    use wcp_hall::clock::mint_context;
+    use wcp_hall::config::Config;
+    use wcp_hall::receipt::{Caller, Dispatch};
+    use wcp_hall::registry::RegistryDir;
+    use wcp_hall::router::{self, Router};
+    use wcp_hall::rules::RuleSet;
+    use wcp_hall::wcp::RouteInput;
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = Config::load(&root.join("policies/hall.toml")).unwrap();
+    let rules = RuleSet::from_json_str(&fs::read_to_string(&config.paths.rules).unwrap()).unwrap();
+    let registry = RegistryDir::open(&config.paths.registry_dir)
+        .unwrap()
+        .snapshot(config.routing.controls_scope);
+    let router_config = config.router_config();
+    let router = Router {
+        rules: &rules,
+        registry: &registry,
+        config: &router_config,
+        gate: None,
+        hashes: None,
+        privilege: Some(&registry),
+    };
+    let text = fs::read_to_string(root.join("policies/examples/summarize.json")).unwrap();
+    let allowed = router::route(
+        &router,
+        &RouteInput::from_json_str(&text).unwrap(),
+        &mint_context("t"),
+    );
+    let unknown = text.replace("cap.doc.summarize", "cap.doc.unknown");
+    let denied = router::route(
+        &router,
+        &RouteInput::from_json_str(&unknown).unwrap(),
+        &mint_context("t"),
+    );
+    assert!(!allowed.denied, "{:?}", allowed.deny_reason_if_denied);
+    assert!(denied.denied);
+
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = ReceiptLog::open(options(dir.path()), key(1)).unwrap();
+    let caller = Caller {
+        uid: 1000,
+        gid: 1000,
+        pid: std::process::id(),
+    };
+    let now = wcp_hall::receipt::model::rfc3339_millis(std::time::SystemTime::now());
+    let d = Dispatch::from_decision(
+        &allowed,
+        Some("org.example.summarizer".into()),
+        caller,
+        allowed.timestamp.clone(),
+    );
+    assert_eq!(d.policy_decision, "ALLOW");
+    assert_eq!(d.artifact_hash, allowed.artifact_hash);
+    let h = log.append_intent(d).unwrap();
+    let out = log
+        .append_outcome(h, wcp_hall::receipt::Outcome::Executed(execution(1)))
+        .unwrap();
+    let d = Dispatch::from_decision(&denied, None, caller, now);
+    assert_eq!(
+        d.decision.deny_code.as_deref(),
+        Some("DENY_NO_MATCHING_RULE")
+    );
+    let den = log.append_denied(d).unwrap();
+    log.shutdown().unwrap();
+    assert_eq!((out.seq, den.seq), (1, 2));
+    let r = verify(dir.path(), &[key(1).public()], &[]);
+    assert!(r.ok(), "{:?}", r.failures);
+    let found = verify::find_record(dir.path(), &Selector::Seq(1))
+        .unwrap()
+        .unwrap();
+    let p = found.payload.unwrap();
+    let d = p.dispatch.unwrap();
+    assert_eq!(d.correlation_id, "6f1c2a7e-3b1d-4c8e-9f2a-1d2e3f4a5b6c");
+    assert_eq!(d.capability_id, "cap.doc.summarize");
+    assert_eq!(d.controls_verified, allowed.required_controls_effective);
+}

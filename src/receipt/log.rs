@@ -1107,6 +1107,13 @@ mod tests {
     }
 
     #[test]
+    fn the_log_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<ReceiptLog>();
+        shareable::<std::sync::Arc<ReceiptLog>>();
+    }
+
+    #[test]
     fn a_second_writer_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (_log, _) = ReceiptLog::open(opts(dir.path()), key()).unwrap();
