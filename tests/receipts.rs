@@ -697,3 +697,61 @@ fn real_route_decisions_become_receipts() {
     assert_eq!(d.capability_id, "cap.doc.summarize");
     assert_eq!(d.controls_verified, allowed.required_controls_effective);
 }
+
+// ---- consistency between two checkpoints --------------------------------------------------------
+
+fn checkpoint_note_at(dir: &std::path::Path, seq: u64) -> String {
+    let found = verify::find_record(dir, &Selector::Seq(seq))
+        .unwrap()
+        .unwrap();
+    found.payload.unwrap().checkpoint.unwrap().note
+}
+
+#[test]
+fn consistency_proofs_show_an_old_checkpoint_is_a_prefix_of_the_new_one() {
+    let dir = genuine();
+    let anchors = [key(1).public()];
+    for old_seq in [7, 15, 23] {
+        let old = checkpoint_note_at(dir.path(), old_seq);
+        let proof = verify::prove_consistency(dir.path(), &old).unwrap();
+        assert_eq!(proof.old_size, old_seq);
+        // The text form (a C2SP tlog-witness body) round-trips.
+        let parsed = verify::ConsistencyProof::parse(&proof.to_text()).unwrap();
+        assert_eq!(parsed, proof);
+        let r = verify::verify_consistency_proof(&old, &parsed, &anchors).unwrap();
+        assert_eq!((r.old_size, r.new_size), (old_seq, 23));
+    }
+    let old = checkpoint_note_at(dir.path(), 7);
+    let proof = verify::prove_consistency(dir.path(), &old).unwrap();
+    // A changed hash, the wrong key, another log's old checkpoint: refused.
+    let mut bad = proof.clone();
+    bad.hashes[0][0] ^= 1;
+    assert!(verify::verify_consistency_proof(&old, &bad, &anchors).is_err());
+    assert!(verify::verify_consistency_proof(&old, &proof, &[key(2).public()]).is_err());
+    let fork = tempfile::tempdir().unwrap();
+    build_log(fork.path(), key(1), 12, 4);
+    let forked_old = checkpoint_note_at(fork.path(), 7);
+    let e = verify::verify_consistency_proof(&forked_old, &proof, &anchors).unwrap_err();
+    assert!(e.0.contains("does not extend"), "{e}");
+    // The prover refuses an old checkpoint the log does not contain.
+    assert!(matches!(
+        verify::prove_consistency(dir.path(), &forked_old),
+        Err(ProveError::Inconsistent { size: 7, .. })
+    ));
+}
+
+#[test]
+fn consistency_across_a_key_rotation_needs_both_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = ReceiptLog::open(options(dir.path()), key(1)).unwrap();
+    log.append_denied(denied("c-0")).unwrap();
+    let old = log.checkpoint_now().unwrap().unwrap().note;
+    log.rotate_key(key(2)).unwrap();
+    log.append_denied(denied("c-3")).unwrap();
+    log.shutdown().unwrap();
+    let proof = verify::prove_consistency(dir.path(), &old).unwrap();
+    assert!(
+        verify::verify_consistency_proof(&old, &proof, &[key(1).public(), key(2).public()]).is_ok()
+    );
+    assert!(verify::verify_consistency_proof(&old, &proof, &[key(2).public()]).is_err());
+}

@@ -363,3 +363,54 @@ fn keys_rotate_hands_over_to_a_new_key() {
         assert_eq!(code(&v), 0, "anchored at {anchor}");
     }
 }
+
+#[test]
+fn consistency_and_verify_consistency_round_trip() {
+    let (base, log, pubkey) = setup();
+    // Keep today's checkpoint, let the log grow, then prove the new one extends it.
+    let old = base.path().join("old.checkpoint");
+    fs::copy(log.join(store::CHECKPOINT_FILE), &old).unwrap();
+    let (l, _) = wcp_hall::receipt::ReceiptLog::open(options(&log), key(1)).unwrap();
+    l.append_denied(denied("later")).unwrap();
+    l.shutdown().unwrap();
+    let proof = base.path().join("consistency.txt");
+    let made = run(&[
+        "receipts",
+        "consistency",
+        s(&old),
+        "--log",
+        s(&log),
+        "-o",
+        s(&proof),
+    ]);
+    assert_eq!(code(&made), 0);
+    assert!(fs::read_to_string(&proof).unwrap().starts_with("old 23\n"));
+    let ok = run(&[
+        "receipts",
+        "verify-consistency",
+        s(&old),
+        s(&proof),
+        "--pubkey",
+        s(&pubkey),
+    ]);
+    assert_eq!(code(&ok), 0);
+    assert!(
+        stdout(&ok).contains("grew from 23 to 25 records"),
+        "{}",
+        stdout(&ok)
+    );
+    let text = fs::read_to_string(&proof)
+        .unwrap()
+        .replacen("old 23", "old 22", 1);
+    fs::write(&proof, text).unwrap();
+    let bad = run(&[
+        "receipts",
+        "verify-consistency",
+        s(&old),
+        s(&proof),
+        "--pubkey",
+        s(&pubkey),
+    ]);
+    assert_eq!(code(&bad), 1);
+    assert!(stdout(&bad).contains("consistency FAILED"));
+}

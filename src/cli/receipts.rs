@@ -42,6 +42,36 @@ pub enum ReceiptsCommand {
     Prove(ProveArgs),
     /// Verify a proof bundle written by `receipts prove`, offline, with a trusted public key.
     VerifyProof(VerifyProofArgs),
+    /// Prove that the log's newest checkpoint extends an older checkpoint you hold (C2SP
+    /// tlog-witness body: `old N`, the consistency proof, the new checkpoint).
+    Consistency(ConsistencyArgs),
+    /// Verify a consistency proof offline against the older checkpoint you hold.
+    VerifyConsistency(VerifyConsistencyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConsistencyArgs {
+    /// The older checkpoint (C2SP signed note) to prove consistency from.
+    pub old: PathBuf,
+    #[command(flatten)]
+    pub log: LogArg,
+    /// Write the proof here instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyConsistencyArgs {
+    /// The older checkpoint you hold.
+    pub old: PathBuf,
+    /// The proof written by `receipts consistency`, or `-` for stdin.
+    pub proof: PathBuf,
+    /// A trusted receipt public key; repeatable (give both keys across a rotation). Default:
+    /// the configured signing key's `.pub`.
+    #[arg(long = "pubkey", value_name = "FILE")]
+    pub pubkeys: Vec<PathBuf>,
+    #[command(flatten)]
+    pub config: ConfigArg,
 }
 
 #[derive(Debug, clap::Args)]
@@ -94,6 +124,8 @@ pub fn run(cmd: ReceiptsCommand, out: &mut Out) -> Result<u8, CliError> {
         ReceiptsCommand::Show(a) => run_show(a, out),
         ReceiptsCommand::Prove(a) => run_prove(a, out),
         ReceiptsCommand::VerifyProof(a) => run_verify_proof(a, out),
+        ReceiptsCommand::Consistency(a) => run_consistency(a, out),
+        ReceiptsCommand::VerifyConsistency(a) => run_verify_consistency(a, out),
     }
 }
 
@@ -347,19 +379,7 @@ fn run_show(args: ShowArgs, out: &mut Out) -> Result<u8, CliError> {
 
 fn run_prove(args: ProveArgs, out: &mut Out) -> Result<u8, CliError> {
     let (dir, _) = log_dir(&args.log)?;
-    let bundle = verify::prove(&dir, args.seq).map_err(|e| match e {
-        ProveError::Io(io) => CliError::new(
-            exit::NOINPUT,
-            "log_unreadable",
-            format!("cannot read the receipt log {}: {io}", dir.display()),
-        ),
-        ProveError::NotCovered { .. } => CliError::new(exit::DENIED, "not_covered", e.to_string())
-            .hint(
-                "prove it after the next checkpoint (or stop the Hall: it checkpoints at shutdown)",
-            ),
-        ProveError::NoSuchRecord { .. } => CliError::new(exit::DENIED, "not_found", e.to_string()),
-        ProveError::Damaged { .. } => CliError::new(exit::DENIED, "log_damaged", e.to_string()),
-    })?;
+    let bundle = verify::prove(&dir, args.seq).map_err(|e| prove_error(e, &dir))?;
     let text = serde_json::to_string_pretty(&bundle)
         .map_err(|e| CliError::new(exit::IOERR, "output_error", e.to_string()))?;
     match &args.output {
@@ -394,6 +414,89 @@ fn run_prove(args: ProveArgs, out: &mut Out) -> Result<u8, CliError> {
         None => out.line(text)?,
     }
     Ok(exit::OK)
+}
+
+fn prove_error(e: ProveError, dir: &std::path::Path) -> CliError {
+    match e {
+        ProveError::Io(io) => CliError::new(
+            exit::NOINPUT,
+            "log_unreadable",
+            format!("cannot read the receipt log {}: {io}", dir.display()),
+        ),
+        ProveError::NotCovered { .. } => CliError::new(exit::DENIED, "not_covered", e.to_string())
+            .hint(
+                "prove it after the next checkpoint (or stop the Hall: it checkpoints at shutdown)",
+            ),
+        ProveError::NoSuchRecord { .. } => CliError::new(exit::DENIED, "not_found", e.to_string()),
+        ProveError::Damaged { .. } => CliError::new(exit::DENIED, "log_damaged", e.to_string()),
+        ProveError::Inconsistent { .. } => {
+            CliError::new(exit::DENIED, "inconsistent", e.to_string())
+        }
+    }
+}
+
+fn run_consistency(args: ConsistencyArgs, out: &mut Out) -> Result<u8, CliError> {
+    let (dir, _) = log_dir(&args.log)?;
+    let old = read_input(&args.old)?;
+    let proof = verify::prove_consistency(&dir, &old).map_err(|e| prove_error(e, &dir))?;
+    let text = proof.to_text();
+    match &args.output {
+        Some(path) => {
+            std::fs::write(path, &text).map_err(|e| {
+                CliError::new(
+                    exit::IOERR,
+                    "output_error",
+                    format!("cannot write {}: {e}", path.display()),
+                )
+            })?;
+            if out.json {
+                out.json_line(&json!({"old_size": proof.old_size, "output": path}))?;
+            } else {
+                out.line(format!(
+                    "wrote the consistency proof from {} records ({} hashes) to {}",
+                    proof.old_size,
+                    proof.hashes.len(),
+                    path.display()
+                ))?;
+            }
+        }
+        None => out.line(text.trim_end())?,
+    }
+    Ok(exit::OK)
+}
+
+fn run_verify_consistency(args: VerifyConsistencyArgs, out: &mut Out) -> Result<u8, CliError> {
+    let old = read_input(&args.old)?;
+    let text = read_input(&args.proof)?;
+    let proof = verify::ConsistencyProof::parse(&text).map_err(|e| {
+        CliError::new(
+            exit::DATAERR,
+            "proof_malformed",
+            format!("{}: not a consistency proof: {e}", args.proof.display()),
+        )
+    })?;
+    let anchors = anchors(&args.pubkeys, &args.config)?;
+    match verify::verify_consistency_proof(&old, &proof, &anchors) {
+        Ok(r) => {
+            if out.json {
+                out.json_line(&json!({"ok": true, "consistency": r}))?;
+            } else {
+                out.line(format!(
+                    "consistency OK: log {} grew from {} to {} records without rewriting history",
+                    r.log, r.old_size, r.new_size
+                ))?;
+            }
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            if out.json {
+                out.json_line(&json!({"ok": false, "problem": e.0}))?;
+            } else {
+                out.line(format!("consistency FAILED: {e}"))?;
+            }
+            Ok(exit::DENIED)
+        }
+    }
 }
 
 fn run_verify_proof(args: VerifyProofArgs, out: &mut Out) -> Result<u8, CliError> {

@@ -1,4 +1,5 @@
-//! Offline verification: the log scan shared with recovery, `receipts verify`, proof bundles.
+//! Offline verification: the log scan shared with recovery, `receipts verify`, inclusion proof
+//! bundles for one receipt, consistency proofs between two checkpoints.
 //!
 //! Threat model: the verifier trusts nothing in the log directory. It holds one or more
 //! *anchor* public keys obtained out of band (`--pubkey`) and optionally checkpoints saved
@@ -1061,21 +1062,37 @@ pub enum ProveError {
     NotCovered { seq: u64, covered: u64 },
     #[error("the log is damaged at seq {seq}: {reason}; run `wcp-hall receipts verify`")]
     Damaged { seq: u64, reason: String },
+    #[error(
+        "the log ({held} records) is inconsistent with the checkpoint of {size} records: it was \
+         truncated, rewritten or forked; run `wcp-hall receipts verify --checkpoint`"
+    )]
+    Inconsistent { size: u64, held: u64 },
 }
 
-/// Builds the proof bundle for `seq` against the latest checkpoint in the log that covers it.
-pub fn prove(dir: &Path, seq: u64) -> Result<ProofBundle, ProveError> {
-    let segments = store::list_segments(dir)?;
-    let mut leaves: Vec<Hash> = Vec::new();
-    let mut target: Option<LogLine> = None;
-    let mut rotations: Vec<LogLine> = Vec::new();
-    let mut latest: Option<(u64, String)> = None;
-    let mut origin = String::new();
-    for seg in &segments {
+/// A log read for building proofs: leaf hashes, and the records proofs need. Hashes, seq and
+/// payloads are checked; signatures are not (the verifier of the proof checks them).
+struct TreeRead {
+    leaves: Vec<Hash>,
+    origin: String,
+    rotations: Vec<LogLine>,
+    /// (tree size, signed note) of every checkpoint record, in order.
+    checkpoints: Vec<(u64, String)>,
+    target: Option<LogLine>,
+}
+
+fn read_tree(dir: &Path, target: Option<u64>) -> Result<TreeRead, ProveError> {
+    let mut t = TreeRead {
+        leaves: Vec::new(),
+        origin: String::new(),
+        rotations: Vec::new(),
+        checkpoints: Vec::new(),
+        target: None,
+    };
+    for seg in &store::list_segments(dir)? {
         let data = store::read_segment(&seg.path)?;
         let (lines, _) = store::split_lines(&data);
         for l in lines {
-            let position = leaves.len() as u64;
+            let position = t.leaves.len() as u64;
             let damaged = |reason: String| ProveError::Damaged {
                 seq: position,
                 reason,
@@ -1092,50 +1109,69 @@ pub fn prove(dir: &Path, seq: u64) -> Result<ProofBundle, ProveError> {
                     payload.seq
                 )));
             }
-            origin.clone_from(&payload.log);
-            match payload.kind {
-                Kind::KeyRotation => rotations.push(line.clone()),
-                Kind::Checkpoint if position > seq => {
-                    if let Some(cp) = &payload.checkpoint {
-                        latest = Some((cp.size, cp.note.clone()));
-                    }
-                }
+            t.origin.clone_from(&payload.log);
+            match (&payload.kind, &payload.checkpoint) {
+                (Kind::KeyRotation, _) => t.rotations.push(line.clone()),
+                (Kind::Checkpoint, Some(cp)) => t.checkpoints.push((cp.size, cp.note.clone())),
                 _ => {}
             }
-            if position == seq {
-                target = Some(line);
+            if target == Some(position) {
+                t.target = Some(line);
             }
-            leaves.push(merkle::leaf_hash(&bytes));
+            t.leaves.push(merkle::leaf_hash(&bytes));
         }
     }
+    Ok(t)
+}
+
+/// The checkpoint a note holds, and a check that `leaves` (the log) has its root.
+fn checked_checkpoint(leaves: &[Hash], note: &str) -> Result<Checkpoint, ProveError> {
+    let cp = SignedNote::parse(note)
+        .and_then(|n| Checkpoint::parse_text(&n.text))
+        .map_err(|e| ProveError::Damaged {
+            seq: 0,
+            reason: e.to_string(),
+        })?;
+    if cp.size > leaves.len() as u64 || merkle::root(&leaves[..cp.size as usize]) != cp.root {
+        return Err(ProveError::Inconsistent {
+            size: cp.size,
+            held: leaves.len() as u64,
+        });
+    }
+    Ok(cp)
+}
+
+fn saved_size(dir: &Path) -> Result<u64, ProveError> {
+    Ok(store::read_small(
+        &dir.join(store::CHECKPOINT_FILE),
+        checkpoint::MAX_NOTE_BYTES as u64,
+    )?
+    .and_then(|n| SignedNote::parse(&n).ok())
+    .and_then(|n| Checkpoint::parse_text(&n.text).ok())
+    .map_or(0, |c| c.size))
+}
+
+/// Builds the proof bundle for `seq` against the latest checkpoint in the log that covers it.
+pub fn prove(dir: &Path, seq: u64) -> Result<ProofBundle, ProveError> {
+    let TreeRead {
+        leaves,
+        origin,
+        mut rotations,
+        checkpoints,
+        target,
+    } = read_tree(dir, Some(seq))?;
     let size = leaves.len() as u64;
     let Some(line) = target else {
         return Err(ProveError::NoSuchRecord { seq, size });
     };
-    let Some((cp_size, note)) = latest else {
-        let covered = store::read_small(
-            &dir.join(store::CHECKPOINT_FILE),
-            checkpoint::MAX_NOTE_BYTES as u64,
-        )?
-        .and_then(|n| SignedNote::parse(&n).ok())
-        .and_then(|n| Checkpoint::parse_text(&n.text).ok())
-        .map_or(0, |c| c.size);
-        return Err(ProveError::NotCovered { seq, covered });
-    };
-    let tree = &leaves[..cp_size as usize];
-    let root = merkle::root(tree);
-    let claimed = SignedNote::parse(&note)
-        .and_then(|n| Checkpoint::parse_text(&n.text))
-        .map_err(|e| ProveError::Damaged {
-            seq: cp_size,
-            reason: e.to_string(),
-        })?;
-    if claimed.root != root {
-        return Err(ProveError::Damaged {
-            seq: cp_size,
-            reason: "the checkpoint's root is not the root of the records before it".into(),
+    let Some((cp_size, note)) = checkpoints.into_iter().rev().find(|(s, _)| *s > seq) else {
+        return Err(ProveError::NotCovered {
+            seq,
+            covered: saved_size(dir)?,
         });
-    }
+    };
+    checked_checkpoint(&leaves, &note)?;
+    let tree = &leaves[..cp_size as usize];
     let path = merkle::inclusion_proof(tree, seq).map_err(|e| ProveError::Damaged {
         seq,
         reason: e.to_string(),
@@ -1367,5 +1403,144 @@ pub fn verify_proof(
         signing_key_id: payload.signing_key_id.clone(),
         checkpoint_size: cp.size,
         checkpoint_root: hex(&cp.root),
+    })
+}
+
+// ---- consistency between two checkpoints ------------------------------------------------------
+
+/// A proof that the tree of an older checkpoint is a prefix of a newer one, in the body format
+/// of a C2SP tlog-witness `add-checkpoint` request: `old <size>`, one base64 hash per line, a
+/// blank line, the newer signed checkpoint. Anyone holding the old checkpoint can check it
+/// without the log (a witness, an auditor, the second checkpoint location).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsistencyProof {
+    pub old_size: u64,
+    pub hashes: Vec<Hash>,
+    pub checkpoint_note: String,
+}
+
+impl ConsistencyProof {
+    pub fn to_text(&self) -> String {
+        let mut out = format!("old {}\n", self.old_size);
+        for h in &self.hashes {
+            out.push_str(&STANDARD.encode(h));
+            out.push('\n');
+        }
+        out.push('\n');
+        out.push_str(&self.checkpoint_note);
+        out
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (head, note) = text
+            .split_once("\n\n")
+            .ok_or("no blank line between the proof and the checkpoint")?;
+        let mut lines = head.split('\n');
+        let old = lines
+            .next()
+            .and_then(|l| l.strip_prefix("old "))
+            .ok_or("does not start with \"old <size>\"")?;
+        if old.is_empty()
+            || (old.len() > 1 && old.starts_with('0'))
+            || !old.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err("old size is not a decimal number without leading zeros".into());
+        }
+        let old_size = old.parse().map_err(|_| "old size out of range")?;
+        let mut hashes = Vec::new();
+        for l in lines {
+            if hashes.len() == merkle::MAX_PROOF_HASHES {
+                return Err("too many proof hashes".into());
+            }
+            hashes.push(
+                STANDARD
+                    .decode(l)
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or("a proof line is not base64 of 32 bytes")?,
+            );
+        }
+        Ok(ConsistencyProof {
+            old_size,
+            hashes,
+            checkpoint_note: note.to_owned(),
+        })
+    }
+}
+
+/// Proves that the log's newest checkpoint extends `old_note` (which must match the log).
+pub fn prove_consistency(dir: &Path, old_note: &str) -> Result<ConsistencyProof, ProveError> {
+    let t = read_tree(dir, None)?;
+    let old = checked_checkpoint(&t.leaves, old_note)?;
+    let Some((new_size, note)) = t.checkpoints.last().cloned() else {
+        return Err(ProveError::NotCovered {
+            seq: old.size,
+            covered: 0,
+        });
+    };
+    if new_size < old.size {
+        return Err(ProveError::NotCovered {
+            seq: old.size,
+            covered: new_size,
+        });
+    }
+    checked_checkpoint(&t.leaves, &note)?;
+    let hashes =
+        merkle::consistency_proof(&t.leaves[..new_size as usize], old.size).map_err(|e| {
+            ProveError::Damaged {
+                seq: old.size,
+                reason: e.to_string(),
+            }
+        })?;
+    Ok(ConsistencyProof {
+        old_size: old.size,
+        hashes,
+        checkpoint_note: note,
+    })
+}
+
+/// What a verified consistency proof shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConsistencyReport {
+    pub log: String,
+    pub old_size: u64,
+    pub new_size: u64,
+    pub new_root: String,
+}
+
+/// Checks offline that the checkpoint in `proof` extends `old_note`: both signed by a trusted
+/// key (`anchors`: the log's keys, e.g. before and after a rotation), same origin, and the
+/// RFC 6962 consistency proof between their roots.
+pub fn verify_consistency_proof(
+    old_note: &str,
+    proof: &ConsistencyProof,
+    anchors: &[PublicKey],
+) -> Result<ConsistencyReport, ProofFailure> {
+    let old = checkpoint::open_checkpoint(old_note, None, anchors)
+        .map_err(|e| ProofFailure(format!("old checkpoint: {e}")))?
+        .checkpoint;
+    let new = checkpoint::open_checkpoint(&proof.checkpoint_note, Some(&old.origin), anchors)
+        .map_err(|e| ProofFailure(format!("new checkpoint: {e}")))?
+        .checkpoint;
+    if proof.old_size != old.size {
+        return Err(ProofFailure(format!(
+            "the proof starts at size {}, the old checkpoint has {}",
+            proof.old_size, old.size
+        )));
+    }
+    merkle::verify_consistency(old.size, new.size, &old.root, &new.root, &proof.hashes).map_err(
+        |e| {
+            ProofFailure(format!(
+                "the checkpoint of {} records does not extend the one of {} records: {e} \
+                 (the log was rewritten, rolled back or forked)",
+                new.size, old.size
+            ))
+        },
+    )?;
+    Ok(ConsistencyReport {
+        log: old.origin,
+        old_size: old.size,
+        new_size: new.size,
+        new_root: hex(&new.root),
     })
 }
