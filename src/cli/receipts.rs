@@ -358,7 +358,7 @@ fn run_show(args: ShowArgs, out: &mut Out) -> Result<u8, CliError> {
             "signed by key id(s) {} (signatures not checked here: run `wcp-hall receipts verify`)",
             keyids
                 .iter()
-                .map(|k| &k[..16.min(k.len())])
+                .map(|k| k.chars().take(16).collect::<String>())
                 .collect::<Vec<_>>()
                 .join(", ")
         ))?;
