@@ -414,3 +414,22 @@ fn consistency_and_verify_consistency_round_trip() {
     assert_eq!(code(&bad), 1);
     assert!(stdout(&bad).contains("consistency FAILED"));
 }
+
+#[test]
+fn keys_generate_writes_a_private_key_and_its_public_key() {
+    if !keys_wired() {
+        return;
+    }
+    let base = tempfile::tempdir().unwrap();
+    let path = base.path().join("receipts.key");
+    let out = run(&["keys", "generate", s(&path), "--origin", "hall.test/receipts"]);
+    assert_eq!(code(&out), 0);
+    assert!(stdout(&out).contains("hall.test/receipts+"));
+    let key = KeyPair::read(&path).unwrap();
+    let public = PublicKey::read(&base.path().join("receipts.key.pub")).unwrap();
+    assert_eq!(public.id(), key.id());
+    // Never overwritten.
+    let again = run(&["keys", "generate", s(&path)]);
+    assert_ne!(code(&again), 0);
+    assert_eq!(KeyPair::read(&path).unwrap().id(), key.id());
+}

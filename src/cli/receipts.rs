@@ -546,10 +546,22 @@ fn run_verify_proof(args: VerifyProofArgs, out: &mut Out) -> Result<u8, CliError
 #[derive(Debug, clap::Subcommand)]
 #[allow(dead_code)] // constructed by clap once `Keys` is wired into `Command` (see docs/receipts.md)
 pub enum KeysCommand {
+    /// Generate a receipt signing key: FILE (mode 0600, never overwritten) and FILE.pub.
+    Generate(GenerateArgs),
     /// Rotate the receipt signing key: a `key_rotation` receipt signed by the old and the new
     /// key, a checkpoint signed by the new key, then the new key replaces the old key file
     /// (the old private key is destroyed unless --keep-old). Stop the Hall first.
     Rotate(RotateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    /// The private key file to create (its public key goes to FILE.pub).
+    pub file: PathBuf,
+    /// The log origin, to print the C2SP verifier key for witnesses (default
+    /// `hall.<host id>/receipts`).
+    #[arg(long)]
+    pub origin: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -568,8 +580,40 @@ pub struct RotateArgs {
 #[allow(dead_code)] // called once `Keys` is wired into `Command` (see docs/receipts.md)
 pub fn run_keys(cmd: KeysCommand, out: &mut Out) -> Result<u8, CliError> {
     match cmd {
+        KeysCommand::Generate(a) => run_generate(a, out),
         KeysCommand::Rotate(a) => run_rotate(a, out),
     }
+}
+
+fn run_generate(args: GenerateArgs, out: &mut Out) -> Result<u8, CliError> {
+    let key = crate::crypto::KeyPair::generate().map_err(key_error)?;
+    let public = key.write(&args.file).map_err(|e| {
+        key_error(e).hint("the file must not exist yet (keys are never overwritten)")
+    })?;
+    let origin = args
+        .origin
+        .unwrap_or_else(|| crate::receipt::log::default_origin(&host_id()));
+    let vkey = checkpoint::verifier_key(&origin, &key.public());
+    if out.json {
+        out.json_line(&json!({
+            "key": args.file,
+            "public_key": public,
+            "key_id": key.id(),
+            "verifier_key": vkey,
+        }))?;
+    } else {
+        out.line(format!(
+            "receipt signing key {} written to {} (mode 0600)",
+            short(key.id()),
+            args.file.display()
+        ))?;
+        out.line(format!(
+            "  public key: {} (give it to auditors for `receipts verify --pubkey`)",
+            public.display()
+        ))?;
+        out.line(format!("  checkpoint verifier key: {vkey}"))?;
+    }
+    Ok(exit::OK)
 }
 
 fn rotate_error(e: RotateError) -> CliError {
