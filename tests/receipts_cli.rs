@@ -422,7 +422,13 @@ fn keys_generate_writes_a_private_key_and_its_public_key() {
     }
     let base = tempfile::tempdir().unwrap();
     let path = base.path().join("receipts.key");
-    let out = run(&["keys", "generate", s(&path), "--origin", "hall.test/receipts"]);
+    let out = run(&[
+        "keys",
+        "generate",
+        s(&path),
+        "--origin",
+        "hall.test/receipts",
+    ]);
     assert_eq!(code(&out), 0);
     assert!(stdout(&out).contains("hall.test/receipts+"));
     let key = KeyPair::read(&path).unwrap();
