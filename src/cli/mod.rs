@@ -126,9 +126,12 @@ pub enum Command {
     /// Package attestation: keys, scaffolds, package hashes, signing and verification.
     #[command(subcommand)]
     Attest(attest::AttestCommand),
-    /// Evidence receipts: verify the log, show, prove and check inclusion; rotate keys.
+    /// Evidence receipts: verify the log, show, prove and check inclusion and consistency.
     #[command(subcommand)]
     Receipts(receipts::ReceiptsCommand),
+    /// Receipt signing keys: generate one, or rotate it (a rotation receipt signed by both keys).
+    #[command(subcommand)]
+    Keys(receipts::KeysCommand),
     /// The policy gate: check policies against the schema and run golden decisions.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -263,6 +266,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Scaffold(a) => attest::run_scaffold(a, &mut out),
         Command::Attest(cmd) => attest::run(cmd, &mut out),
         Command::Receipts(cmd) => receipts::run(cmd, &mut out),
+        Command::Keys(cmd) => receipts::run_keys(cmd, &mut out),
         Command::Policy(cmd) => policy::run(cmd, &mut out),
         Command::Envelope(cmd) => envelope::run(cmd, &mut out),
     };

@@ -1,0 +1,421 @@
+//! `wcp-hall receipts …` and `wcp-hall keys rotate` as a user runs them: real binary, real
+//! files, exit codes and output.
+
+mod receipts_common;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use receipts_common::*;
+use serde_json::Value;
+use wcp_hall::crypto::{KeyPair, PublicKey};
+use wcp_hall::receipt::store;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wcp-hall");
+
+fn run(args: &[&str]) -> Output {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("WCP_HALL_CONFIG")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run wcp-hall");
+    eprintln!(
+        "$ wcp-hall {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().expect("exited normally")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A log signed by key 1, and its public key file.
+fn setup() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let base = tempfile::tempdir().unwrap();
+    let log = base.path().join("receipts");
+    build_log(&log, key(1), 12, 4);
+    let pubkey = base.path().join("receipts.key.pub");
+    key(1).public().write(&pubkey).unwrap();
+    (base, log, pubkey)
+}
+
+#[test]
+fn verify_reports_passes_and_failures_with_the_first_bad_seq() {
+    let (_base, log, pubkey) = setup();
+    let ok = run(&[
+        "receipts",
+        "verify",
+        "--log",
+        s(&log),
+        "--pubkey",
+        s(&pubkey),
+    ]);
+    assert_eq!(code(&ok), 0);
+    assert!(
+        stdout(&ok).contains("24 passed, 0 failed"),
+        "{}",
+        stdout(&ok)
+    );
+    assert!(stdout(&ok).contains("checkpoints: 4 verified, 0 failed"));
+
+    let json = run(&[
+        "--json",
+        "receipts",
+        "verify",
+        "--log",
+        s(&log),
+        "--pubkey",
+        s(&pubkey),
+    ]);
+    let v: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["passed"], 24);
+    assert_eq!(v["keys"][0]["trusted"], true);
+
+    // Tamper: flip a byte of seq 5's payload.
+    let mut all = lines(&log);
+    let at = all[5].len() / 3;
+    all[5][at] ^= 0x01;
+    write_lines(&log, &all);
+    let bad = run(&[
+        "receipts",
+        "verify",
+        "--log",
+        s(&log),
+        "--pubkey",
+        s(&pubkey),
+    ]);
+    assert_eq!(code(&bad), 1);
+    let text = stdout(&bad);
+    assert!(
+        text.contains("FAIL seq 5 (receipts-00000000000000000000.jsonl line 6"),
+        "{text}"
+    );
+    assert!(text.contains("first bad: seq 5"), "{text}");
+    assert!(text.contains(" failed"), "{text}");
+    let json = run(&[
+        "--json",
+        "receipts",
+        "verify",
+        "--log",
+        s(&log),
+        "--pubkey",
+        s(&pubkey),
+    ]);
+    assert_eq!(code(&json), 1);
+    let v: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["first_failure"]["seq"], 5);
+}
+
+#[test]
+fn verify_with_a_key_that_is_not_the_logs_passes_nothing() {
+    let (base, log, _) = setup();
+    let other = base.path().join("other.pub");
+    key(2).public().write(&other).unwrap();
+    let wrong = run(&[
+        "receipts",
+        "verify",
+        "--log",
+        s(&log),
+        "--pubkey",
+        s(&other),
+    ]);
+    assert_eq!(code(&wrong), 1);
+    let text = stdout(&wrong);
+    assert!(text.contains("NOT trusted"), "{text}");
+    assert!(text.contains("0 passed, 24 failed"), "{text}");
+    assert!(text.contains("first bad: seq 0"), "{text}");
+}
+
+#[test]
+fn verify_checks_external_checkpoints_and_the_configured_copy() {
+    let (base, log, pubkey) = setup();
+    let saved = base.path().join("kept.checkpoint");
+    fs::copy(log.join(store::CHECKPOINT_FILE), &saved).unwrap();
+    // Roll back: truncate and remove the log's own checkpoint.
+    let all = lines(&log);
+    write_lines(&log, &all[..10]);
+    fs::remove_file(log.join(store::CHECKPOINT_FILE)).unwrap();
+    let quiet = run(&[
+        "receipts",
+        "verify",
+        "--log",
+        s(&log),
+        "--pubkey",
+        s(&pubkey),
+    ]);
+    assert_eq!(code(&quiet), 0, "a prefix alone looks valid");
+    let caught = run(&[
+        "receipts",
+        "verify",
+        "--log",
+        s(&log),
+        "--pubkey",
+        s(&pubkey),
+        "--checkpoint",
+        s(&saved),
+    ]);
+    assert_eq!(code(&caught), 1);
+    assert!(
+        stdout(&caught).contains("first bad: seq 10"),
+        "{}",
+        stdout(&caught)
+    );
+    assert!(stdout(&caught).contains("truncated or rolled back"));
+
+    // From hall.toml: log_dir, signing_key's .pub as the anchor, checkpoint_copy checked.
+    let key_path = base.path().join("receipts.key");
+    let cfg = base.path().join("hall.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "[receipts]\nlog_dir = \"receipts\"\nsigning_key = \"{}\"\ncheckpoint_copy = \"kept.checkpoint\"\n",
+            key_path.display()
+        ),
+    )
+    .unwrap();
+    let from_cfg = run(&["receipts", "verify", "--config", s(&cfg)]);
+    assert_eq!(code(&from_cfg), 1);
+    assert!(stdout(&from_cfg).contains("first bad: seq 10"));
+}
+
+#[test]
+fn usage_errors_have_their_exit_codes() {
+    let (base, log, pubkey) = setup();
+    let missing = run(&[
+        "receipts",
+        "verify",
+        "--log",
+        "/nonexistent/receipts",
+        "--pubkey",
+        s(&pubkey),
+    ]);
+    assert_eq!(code(&missing), 66);
+    assert!(stderr(&missing).contains("hint:"));
+    let no_key = run(&["receipts", "verify", "--log", s(&log)]);
+    assert_eq!(code(&no_key), 2);
+    assert!(stderr(&no_key).contains("--pubkey"), "{}", stderr(&no_key));
+    let bad_key = base.path().join("bad.pub");
+    fs::write(&bad_key, "not a key\n").unwrap();
+    let bad = run(&[
+        "receipts",
+        "verify",
+        "--log",
+        s(&log),
+        "--pubkey",
+        s(&bad_key),
+    ]);
+    assert_eq!(code(&bad), 65);
+    let json = run(&["--json", "receipts", "verify", "--log", s(&log)]);
+    let err: Value = serde_json::from_slice(&json.stderr).unwrap();
+    assert_eq!(err["error"]["code"], "no_trusted_key");
+}
+
+#[test]
+fn show_finds_records_by_seq_and_by_receipt_id() {
+    let (_base, log, _) = setup();
+    let by_seq = run(&["--json", "receipts", "show", "5", "--log", s(&log)]);
+    assert_eq!(code(&by_seq), 0);
+    let v: Value = serde_json::from_slice(&by_seq.stdout).unwrap();
+    assert_eq!(v["seq"], 5);
+    assert_eq!(v["hash_ok"], true);
+    assert_eq!(v["payload"]["kind"], "executed");
+    assert_eq!(v["payload"]["dispatch"]["correlation_id"], "c-2");
+    let id = v["payload"]["receipt_id"].as_str().unwrap().to_owned();
+    let by_id = run(&["receipts", "show", &id, "--log", s(&log)]);
+    assert_eq!(code(&by_id), 0);
+    let text = stdout(&by_id);
+    assert!(text.starts_with("seq 5 ("), "{text}");
+    assert!(text.contains("matches the payload bytes"));
+    assert!(text.contains("\"correlation_id\": \"c-2\""));
+    let none = run(&["receipts", "show", "999", "--log", s(&log)]);
+    assert_eq!(code(&none), 1);
+}
+
+#[test]
+fn prove_and_verify_proof_round_trip_offline() {
+    let (base, log, pubkey) = setup();
+    let proof = base.path().join("proof.json");
+    let made = run(&["receipts", "prove", "5", "--log", s(&log), "-o", s(&proof)]);
+    assert_eq!(code(&made), 0);
+    assert!(stdout(&made).contains("checkpoint of 23 records"));
+    // The log is not needed any more.
+    fs::remove_dir_all(&log).unwrap();
+    let ok = run(&[
+        "receipts",
+        "verify-proof",
+        s(&proof),
+        "--pubkey",
+        s(&pubkey),
+    ]);
+    assert_eq!(code(&ok), 0);
+    assert!(stdout(&ok).contains("proof OK: seq 5 (executed, correlation_id c-2)"));
+    let other = base.path().join("other.pub");
+    key(2).public().write(&other).unwrap();
+    let wrong = run(&["receipts", "verify-proof", s(&proof), "--pubkey", s(&other)]);
+    assert_eq!(code(&wrong), 1);
+    assert!(stdout(&wrong).contains("proof FAILED"));
+    // A tampered bundle.
+    let mut v: Value = serde_json::from_str(&fs::read_to_string(&proof).unwrap()).unwrap();
+    v["seq"] = Value::from(6);
+    fs::write(&proof, v.to_string()).unwrap();
+    let bad = run(&[
+        "--json",
+        "receipts",
+        "verify-proof",
+        s(&proof),
+        "--pubkey",
+        s(&pubkey),
+    ]);
+    assert_eq!(code(&bad), 1);
+    let out: Value = serde_json::from_slice(&bad.stdout).unwrap();
+    assert_eq!(out["ok"], false);
+    fs::write(&proof, "{\"format\": 1}").unwrap();
+    let malformed = run(&[
+        "receipts",
+        "verify-proof",
+        s(&proof),
+        "--pubkey",
+        s(&pubkey),
+    ]);
+    assert_eq!(code(&malformed), 65);
+}
+
+#[test]
+fn prove_refuses_a_receipt_no_checkpoint_covers() {
+    let base = tempfile::tempdir().unwrap();
+    let log = base.path().join("receipts");
+    let (l, _) = wcp_hall::receipt::ReceiptLog::open(options(&log), key(1)).unwrap();
+    l.append_denied(denied("c")).unwrap();
+    drop(l);
+    let out = run(&["receipts", "prove", "0", "--log", s(&log)]);
+    assert_eq!(code(&out), 1);
+    assert!(stderr(&out).contains("not covered by a checkpoint"));
+}
+
+#[test]
+fn keys_rotate_hands_over_to_a_new_key() {
+    let (base, log, _) = setup();
+    let key_path = base.path().join("receipts.key");
+    // setup() wrote only the public key; the private key goes beside it.
+    fs::remove_file(base.path().join("receipts.key.pub")).unwrap();
+    key(1).write(&key_path).unwrap();
+    let kept = base.path().join("old.key");
+    let out = run(&[
+        "keys",
+        "rotate",
+        "--log",
+        s(&log),
+        "--key",
+        s(&key_path),
+        "--keep-old",
+        s(&kept),
+    ]);
+    assert_eq!(code(&out), 0);
+    assert!(stdout(&out).contains("receipt signing key rotated"));
+    let new = KeyPair::read(&key_path).unwrap();
+    assert_ne!(new.id(), key(1).id());
+    assert_eq!(KeyPair::read(&kept).unwrap().id(), key(1).id());
+    let new_pub = PublicKey::read(&base.path().join("receipts.key.pub")).unwrap();
+    assert_eq!(new_pub.id(), new.id());
+    for anchor in ["receipts.key.pub", "old.pub"] {
+        let p = base.path().join(anchor);
+        if anchor == "old.pub" {
+            key(1).public().write(&p).unwrap();
+        }
+        let v = run(&["receipts", "verify", "--log", s(&log), "--pubkey", s(&p)]);
+        assert_eq!(code(&v), 0, "anchored at {anchor}");
+    }
+}
+
+#[test]
+fn consistency_and_verify_consistency_round_trip() {
+    let (base, log, pubkey) = setup();
+    // Keep today's checkpoint, let the log grow, then prove the new one extends it.
+    let old = base.path().join("old.checkpoint");
+    fs::copy(log.join(store::CHECKPOINT_FILE), &old).unwrap();
+    let (l, _) = wcp_hall::receipt::ReceiptLog::open(options(&log), key(1)).unwrap();
+    l.append_denied(denied("later")).unwrap();
+    l.shutdown().unwrap();
+    let proof = base.path().join("consistency.txt");
+    let made = run(&[
+        "receipts",
+        "consistency",
+        s(&old),
+        "--log",
+        s(&log),
+        "-o",
+        s(&proof),
+    ]);
+    assert_eq!(code(&made), 0);
+    assert!(fs::read_to_string(&proof).unwrap().starts_with("old 23\n"));
+    let ok = run(&[
+        "receipts",
+        "verify-consistency",
+        s(&old),
+        s(&proof),
+        "--pubkey",
+        s(&pubkey),
+    ]);
+    assert_eq!(code(&ok), 0);
+    assert!(
+        stdout(&ok).contains("grew from 23 to 25 records"),
+        "{}",
+        stdout(&ok)
+    );
+    let text = fs::read_to_string(&proof)
+        .unwrap()
+        .replacen("old 23", "old 22", 1);
+    fs::write(&proof, text).unwrap();
+    let bad = run(&[
+        "receipts",
+        "verify-consistency",
+        s(&old),
+        s(&proof),
+        "--pubkey",
+        s(&pubkey),
+    ]);
+    assert_eq!(code(&bad), 1);
+    assert!(stdout(&bad).contains("consistency FAILED"));
+}
+
+#[test]
+fn keys_generate_writes_a_private_key_and_its_public_key() {
+    let base = tempfile::tempdir().unwrap();
+    let path = base.path().join("receipts.key");
+    let out = run(&[
+        "keys",
+        "generate",
+        s(&path),
+        "--origin",
+        "hall.test/receipts",
+    ]);
+    assert_eq!(code(&out), 0);
+    assert!(stdout(&out).contains("hall.test/receipts+"));
+    let key = KeyPair::read(&path).unwrap();
+    let public = PublicKey::read(&base.path().join("receipts.key.pub")).unwrap();
+    assert_eq!(public.id(), key.id());
+    // Never overwritten.
+    let again = run(&["keys", "generate", s(&path)]);
+    assert_ne!(code(&again), 0);
+    assert_eq!(KeyPair::read(&path).unwrap().id(), key.id());
+}
