@@ -50,6 +50,72 @@ pub struct Config {
     pub approvals: ApprovalsSection,
     #[serde(default)]
     pub profiles: ProfilesSection,
+    #[serde(default)]
+    pub attestation: AttestationSection,
+    #[serde(default)]
+    pub receipts: crate::receipt::ReceiptsSection,
+    #[serde(default)]
+    pub envelope: EnvelopeSection,
+}
+
+/// `[attestation]`: where verified package copies live and who is trusted to sign packages.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttestationSection {
+    /// The verified, read-only, content-addressed package store (default: `<state_dir>/store`;
+    /// tmpfs such as `/run/wcp-hall/store` is fastest).
+    pub store_dir: Option<PathBuf>,
+    /// The namespace trust policy (`wcp-hall-trust/1`): which keys may sign packages for which
+    /// `org.<ns>` / `x.<ns>`. Required when `[hall] require_worker_attestation = true`.
+    pub trust_policy: Option<PathBuf>,
+    /// Legacy awp.v1 (PyHall HMAC) manifests only: the shared key file (mode 0600).
+    pub hmac_key_file: Option<PathBuf>,
+    /// Re-verify a cached package at most every N seconds (0: on every dispatch).
+    pub recheck_seconds: u64,
+}
+
+/// `[envelope]`: how the Hall runs workers.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnvelopeSection {
+    /// Read-only runtime paths every worker may read (interpreter, libraries, certificates).
+    pub runtime_paths: Vec<PathBuf>,
+    /// The interpreter that runs `code/bootstrap.py`.
+    pub python: PathBuf,
+    /// The unprivileged user workers run as when the Hall is root (name or uid).
+    pub worker_user: String,
+    /// Where per-dispatch work directories are created (default: `<state_dir>/work`).
+    pub work_dir: Option<PathBuf>,
+    /// Where workers' persistent writable directories live (default: `<state_dir>/data`);
+    /// a worker's declared `filesystem_writes` entry `knowledge/` becomes
+    /// `<data_dir>/<worker_id>/knowledge`.
+    pub data_dir: Option<PathBuf>,
+    /// Hall-owned directory of secret files a worker may be given (`secrets_access`).
+    pub secrets_dir: Option<PathBuf>,
+}
+
+impl Default for EnvelopeSection {
+    fn default() -> Self {
+        EnvelopeSection {
+            runtime_paths: [
+                "/usr/bin",
+                "/usr/lib",
+                "/usr/lib64",
+                "/lib",
+                "/lib64",
+                "/etc/ssl",
+                "/etc/localtime",
+            ]
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
+            python: PathBuf::from("/usr/bin/python3"),
+            worker_user: "nobody".into(),
+            work_dir: None,
+            data_dir: None,
+            secrets_dir: None,
+        }
+    }
 }
 
 /// `[profiles]`: the WCP profile (`prof.*`) each environment runs under. A profile sets the
@@ -307,6 +373,20 @@ impl Config {
         config.paths.registry_dir = base.join(&config.paths.registry_dir);
         config.paths.state_dir = config.paths.state_dir.map(|p| base.join(p));
         config.paths.profiles_dir = config.paths.profiles_dir.map(|p| base.join(p));
+        let a = &mut config.attestation;
+        for p in [&mut a.store_dir, &mut a.trust_policy, &mut a.hmac_key_file] {
+            *p = p.take().map(|p| base.join(p));
+        }
+        let e = &mut config.envelope;
+        for p in [&mut e.work_dir, &mut e.data_dir, &mut e.secrets_dir] {
+            *p = p.take().map(|p| base.join(p));
+        }
+        let default_log = crate::receipt::ReceiptsSection::default().log_dir;
+        config.receipts.resolve_paths(base);
+        if config.receipts.log_dir == default_log {
+            // Unset: the receipt log lives in the state directory.
+            config.receipts.log_dir = config.state_dir().join("receipts");
+        }
         config.server.socket = config.server.socket.map(|p| base.join(p));
         Ok(config)
     }

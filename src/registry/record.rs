@@ -89,6 +89,8 @@ pub const ATTESTATION_FIELDS: &[&str] = &[
     "source_file",
     "attested_at",
     "attested_by",
+    "package_root",
+    "manifest_path",
 ];
 
 /// The longest value echoed back in an error message, in characters.
@@ -212,6 +214,13 @@ pub struct Attestation {
     pub attested_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attested_by: Option<String>,
+    /// The worker package's source directory (absolute). The Hall verifies it against its signed
+    /// manifest while copying it into the verified store, and runs only that copy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub package_root: Option<String>,
+    /// The signed manifest (default: `<package_root>/manifest.sig`, else `manifest.json`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest_path: Option<String>,
 }
 
 /// One worker's registry record (WCP §6). Build it with [`RegistryRecord::from_json_str`] or
@@ -321,6 +330,8 @@ pub enum RecordError {
         "{field} contains a control character (U+{codepoint:04X}); registry strings must be printable"
     )]
     ControlCharacter { field: String, codepoint: u32 },
+    #[error("{field}: {value:?} is not an absolute path")]
+    RelativePath { field: String, value: String },
 }
 
 impl RecordError {
@@ -344,7 +355,8 @@ impl RecordError {
             | RecordError::ControlId { field, .. }
             | RecordError::BlastDimension { field, .. }
             | RecordError::NetworkEgress { field, .. }
-            | RecordError::ControlCharacter { field, .. } => field,
+            | RecordError::ControlCharacter { field, .. }
+            | RecordError::RelativePath { field, .. } => field,
         }
     }
 }
@@ -560,6 +572,20 @@ impl RegistryRecord {
                 "attestation.attested_by",
                 a.attested_by.as_deref(),
             );
+            for (field, value) in [
+                ("attestation.package_root", &a.package_root),
+                ("attestation.manifest_path", &a.manifest_path),
+            ] {
+                free_text(&mut out, field, value.as_deref());
+                if let Some(v) = value
+                    && !v.starts_with('/')
+                {
+                    out.push(RecordError::RelativePath {
+                        field: field.to_owned(),
+                        value: shown(v),
+                    });
+                }
+            }
         }
         free_text(&mut out, "notes", self.notes.as_deref());
         out
@@ -964,6 +990,8 @@ impl ShapeParser {
             source_file: self.opt_str(inner, "source_file", P),
             attested_at: self.opt_str(inner, "attested_at", P),
             attested_by: self.opt_str(inner, "attested_by", P),
+            package_root: self.opt_str(inner, "package_root", P),
+            manifest_path: self.opt_str(inner, "manifest_path", P),
         })
     }
 }
