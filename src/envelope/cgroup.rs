@@ -93,7 +93,12 @@ pub fn read_list(dir: &Path, file: &str) -> Vec<String> {
 pub fn default_parent() -> Option<PathBuf> {
     let mount = v2_mount()?;
     let own = own_v2_path()?;
-    Some(mount.join(own.trim_start_matches('/')))
+    let own = own.trim_matches('/');
+    Some(if own.is_empty() {
+        mount
+    } else {
+        mount.join(own)
+    })
 }
 
 /// What a leaf could apply.

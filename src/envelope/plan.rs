@@ -1216,3 +1216,7 @@ pub fn plan(
     };
     Ok((plan, report))
 }
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

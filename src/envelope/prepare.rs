@@ -383,7 +383,32 @@ pub(crate) fn prepare(
     if let Some(cg) = &plan.cgroup {
         match cgroup::Leaf::create(&cg.parent, &cg.leaf_name, cg.memory_max, cg.pids_max) {
             Ok((l, limits)) => {
+                let planned = (report.cgroup.memory_max, report.cgroup.pids_max);
                 apply_leaf_limits(report, &limits);
+                let lost: Vec<String> = [
+                    (
+                        planned.0.is_some() && limits.memory_max.is_none(),
+                        &limits.memory_reason,
+                    ),
+                    (
+                        planned.1.is_some() && limits.pids_max.is_none(),
+                        &limits.pids_reason,
+                    ),
+                ]
+                .into_iter()
+                .filter(|(lost, _)| *lost)
+                .map(|(_, why)| why.clone().unwrap_or_default())
+                .collect();
+                if !lost.is_empty() {
+                    let why = lost.join("; ");
+                    if cg.required {
+                        let _ = l.remove();
+                        return Err(stage_failed(report, "cgroup", why, 0));
+                    }
+                    report.cgroup.effective = Effective::Partial;
+                    report.cgroup.reason = Some(why.clone());
+                    report.degrade(format!("cgroup: {why}"));
+                }
                 hall_stage(report, "cgroup", "ok", Some(l.path.display().to_string()));
                 leaf = Some(l);
             }
