@@ -289,9 +289,7 @@ fn envelope_error(e: EnvelopeError, out: &mut Out) -> Result<u8, CliError> {
         EnvelopeError::Secret { .. } => (exit::CONFIG, "secret_unavailable"),
         EnvelopeError::RequirementUnmet { .. } => (exit::DENIED, "requirement_unmet"),
         EnvelopeError::StageFailed { .. } => (exit::DENIED, "stage_failed"),
-        EnvelopeError::Io { .. } | EnvelopeError::SpawnerGone => {
-            (exit::DENIED, "envelope_internal")
-        }
+        EnvelopeError::Io { .. } => (exit::DENIED, "envelope_internal"),
     };
     if let Some(report) = e.report() {
         // A stage failure still has a report: print it (stdout), the error goes to stderr.

@@ -257,6 +257,8 @@ pub(crate) struct ChildSpec {
     pub _strings: Vec<CString>,
     /// Owns the BPF instructions the `seccomp` programs point into.
     pub _bpf: Vec<Vec<libc::sock_filter>>,
+    /// The worker's stack until it execs (it shares init's address space until then).
+    pub worker_stack: Vec<u8>,
 }
 
 // SAFETY: the raw pointers point into data owned by the same struct, which is only read.
@@ -267,43 +269,76 @@ fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
-fn record(stage: Stage, outcome: Outcome, err: i32) -> bool {
-    let rec = Record {
-        magic: RECORD_MAGIC,
-        stage: stage as u8,
-        outcome: outcome as u8,
-        _pad: 0,
-        errno: err,
-        value: 0,
-    };
-    // SAFETY: writing a plain 16-byte struct from the stack.
-    let n = unsafe {
-        libc::write(
-            FD_STATUS,
-            &rec as *const Record as *const libc::c_void,
-            RECORD_LEN,
-        )
-    };
-    n == RECORD_LEN as isize
+/// Stage records are batched on the stack and written in a few `write`s (before the parent-
+/// death check, before the fork, before the exec, or at a failure): every write wakes the
+/// Hall's supervisor, and on a loaded host each wake-up is a trip through the scheduler.
+struct Log {
+    buf: [Record; 24],
+    n: usize,
 }
 
-/// Reports a fatal stage failure and exits.
-fn fail(stage: Stage, err: i32) -> ! {
-    record(stage, Outcome::Failed, err);
-    // SAFETY: _exit is async-signal-safe.
-    unsafe { libc::_exit(EXIT_STAGE_FAILED) }
-}
-
-/// Records a stage's result: ok, degraded (best effort) or fatal.
-fn stage(stage: Stage, ok: bool, required: bool) {
-    if ok {
-        record(stage, Outcome::Ok, 0);
-    } else {
-        let e = errno();
-        if required {
-            fail(stage, e);
+impl Log {
+    fn new() -> Log {
+        Log {
+            buf: [Record {
+                magic: RECORD_MAGIC,
+                stage: 0,
+                outcome: 0,
+                _pad: 0,
+                errno: 0,
+                value: 0,
+            }; 24],
+            n: 0,
         }
-        record(stage, Outcome::Degraded, e);
+    }
+
+    fn push(&mut self, stage: Stage, outcome: Outcome, err: i32) {
+        if self.n == self.buf.len() {
+            self.flush();
+        }
+        self.buf[self.n] = Record {
+            magic: RECORD_MAGIC,
+            stage: stage as u8,
+            outcome: outcome as u8,
+            _pad: 0,
+            errno: err,
+            value: 0,
+        };
+        self.n += 1;
+    }
+
+    /// Writes the batch (one atomic write: at most 384 bytes < PIPE_BUF). False when the Hall's
+    /// end of the pipe is gone (EPIPE: SIGPIPE is ignored in the Hall and so here).
+    fn flush(&mut self) -> bool {
+        if self.n == 0 {
+            return true;
+        }
+        let len = self.n * RECORD_LEN;
+        self.n = 0;
+        // SAFETY: writing plain structs from our own buffer.
+        let w = unsafe { libc::write(FD_STATUS, self.buf.as_ptr() as *const libc::c_void, len) };
+        w == len as isize
+    }
+
+    /// Reports a fatal stage failure and exits.
+    fn fail(&mut self, stage: Stage, err: i32) -> ! {
+        self.push(stage, Outcome::Failed, err);
+        self.flush();
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(EXIT_STAGE_FAILED) }
+    }
+
+    /// Records a stage's result: ok, degraded (best effort) or fatal.
+    fn stage(&mut self, stage: Stage, ok: bool, required: bool) {
+        if ok {
+            self.push(stage, Outcome::Ok, 0);
+        } else {
+            let e = errno();
+            if required {
+                self.fail(stage, e);
+            }
+            self.push(stage, Outcome::Degraded, e);
+        }
     }
 }
 
@@ -393,10 +428,11 @@ pub(crate) unsafe fn init_main(spec: &ChildSpec) -> ! {
                 libc::close(fd);
             }
         }
-        record(Stage::Fds, Outcome::Ok, 0);
+        let mut log = Log::new();
+        log.push(Stage::Fds, Outcome::Ok, 0);
 
         // ---- session ------------------------------------------------------------------
-        stage(Stage::Session, libc::setsid() >= 0, true);
+        log.stage(Stage::Session, libc::setsid() >= 0, true);
 
         // ---- parent death: SIGKILL when the spawner thread dies; then prove the Hall is
         // still there (a write to the status pipe fails with EPIPE once its reader is gone).
@@ -408,9 +444,10 @@ pub(crate) unsafe fn init_main(spec: &ChildSpec) -> ! {
             0,
         ) < 0
         {
-            fail(Stage::ParentDeath, errno());
+            log.fail(Stage::ParentDeath, errno());
         }
-        if !record(Stage::ParentDeath, Outcome::Ok, 0) {
+        log.push(Stage::ParentDeath, Outcome::Ok, 0);
+        if !log.flush() {
             libc::_exit(EXIT_STAGE_FAILED);
         }
 
@@ -419,7 +456,7 @@ pub(crate) unsafe fn init_main(spec: &ChildSpec) -> ! {
             let ok = write_file(c"/proc/self/setgroups", c"deny")
                 && write_file(c"/proc/self/uid_map", uid_map)
                 && write_file(c"/proc/self/gid_map", gid_map);
-            stage(Stage::UserNamespace, ok, true);
+            log.stage(Stage::UserNamespace, ok, true);
         }
 
         // ---- signals: default dispositions (ignored ones survive exec), init's set blocked
@@ -436,16 +473,16 @@ pub(crate) unsafe fn init_main(spec: &ChildSpec) -> ! {
         }
         let set = init_sigset();
         ok &= libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) == 0;
-        stage(Stage::Signals, ok, true);
+        log.stage(Stage::Signals, ok, true);
 
         // ---- loopback and hostname in the new namespaces ----------------------------------
         if spec.loopback {
-            stage(Stage::Loopback, loopback_up(), false);
+            log.stage(Stage::Loopback, loopback_up(), false);
         }
         if let Some(name) = &spec.hostname {
             let b = name.to_bytes();
             let r = libc::syscall(libc::SYS_sethostname, b.as_ptr(), b.len());
-            stage(Stage::Hostname, r == 0, false);
+            log.stage(Stage::Hostname, r == 0, false);
         }
 
         // ---- rlimits (inherited by the whole tree) -----------------------------------------
@@ -460,23 +497,31 @@ pub(crate) unsafe fn init_main(spec: &ChildSpec) -> ! {
                 break;
             }
         }
-        stage(Stage::Rlimits, ok, true);
+        log.stage(Stage::Rlimits, ok, true);
 
         if !spec.pid_ns {
             let r = libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
-            stage(Stage::Subreaper, r == 0, true);
+            log.stage(Stage::Subreaper, r == 0, true);
         }
 
         // ---- fork the worker ------------------------------------------------------------------
         let init_pid = libc::getpid();
-        let w = libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0, 0, 0, 0);
+        // Flush first so the worker starts with an empty batch of its own.
+        log.flush();
+        // vfork semantics (as posix_spawn): the worker borrows init's address space on its own
+        // stack until it execs or exits, and init waits meanwhile. This saves copying the
+        // page tables of the Hall a second time.
+        let arg = WorkerArg { spec, init_pid };
+        let stack_top = spec.worker_stack.as_ptr().add(spec.worker_stack.len()) as usize & !15usize;
+        let w = libc::clone(
+            worker_entry,
+            stack_top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            &arg as *const WorkerArg as *mut libc::c_void,
+        );
         if w < 0 {
-            fail(Stage::Fork, errno());
+            log.fail(Stage::Fork, errno());
         }
-        if w == 0 {
-            worker_main(spec, init_pid);
-        }
-        let w = w as libc::pid_t;
 
         // init keeps only the result pipe.
         for fd in [0, 1, 2, FD_STATUS, FD_LANDLOCK] {
@@ -577,6 +622,17 @@ fn init_loop(spec: &ChildSpec, worker: libc::pid_t) -> ! {
     }
 }
 
+struct WorkerArg<'a> {
+    spec: &'a ChildSpec,
+    init_pid: libc::pid_t,
+}
+
+extern "C" fn worker_entry(arg: *mut libc::c_void) -> c_int {
+    // SAFETY: init passes a WorkerArg that outlives the vfork-style child (init is suspended).
+    let arg = unsafe { &*(arg as *const WorkerArg) };
+    worker_main(arg.spec, arg.init_pid)
+}
+
 /// The worker process: final stages, then exec. Never returns.
 fn worker_main(spec: &ChildSpec, init_pid: libc::pid_t) -> ! {
     // SAFETY (whole function): only system calls on prepared data; see the module docs.
@@ -586,17 +642,18 @@ fn worker_main(spec: &ChildSpec, init_pid: libc::pid_t) -> ! {
         let ok = libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) == 0;
         libc::close(FD_RESULT);
         let ok = ok && libc::fcntl(FD_STATUS, libc::F_SETFD, libc::FD_CLOEXEC) == 0;
-        stage(Stage::WorkerSignals, ok, true);
+        let mut log = Log::new();
+        log.stage(Stage::WorkerSignals, ok, true);
 
         if !spec.pid_ns {
-            stage(Stage::WorkerProcessGroup, libc::setpgid(0, 0) == 0, true);
+            log.stage(Stage::WorkerProcessGroup, libc::setpgid(0, 0) == 0, true);
         }
 
         if let Some((uid, gid)) = spec.identity {
             let ok = libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) == 0
                 && libc::syscall(libc::SYS_setresgid, gid, gid, gid) == 0
                 && libc::syscall(libc::SYS_setresuid, uid, uid, uid) == 0;
-            stage(Stage::Identity, ok, true);
+            log.stage(Stage::Identity, ok, true);
         }
 
         // A credential change clears the parent-death signal: set it after the switch, then
@@ -609,18 +666,18 @@ fn worker_main(spec: &ChildSpec, init_pid: libc::pid_t) -> ! {
             0,
         ) < 0
         {
-            fail(Stage::WorkerParentDeath, errno());
+            log.fail(Stage::WorkerParentDeath, errno());
         }
         let expected = if spec.pid_ns { 1 } else { init_pid };
         if libc::getppid() != expected {
-            fail(Stage::WorkerParentDeath, libc::ESRCH);
+            log.fail(Stage::WorkerParentDeath, libc::ESRCH);
         }
-        record(Stage::WorkerParentDeath, Outcome::Ok, 0);
+        log.push(Stage::WorkerParentDeath, Outcome::Ok, 0);
 
-        stage(Stage::Cwd, libc::chdir(spec.cwd.as_ptr()) == 0, true);
+        log.stage(Stage::Cwd, libc::chdir(spec.cwd.as_ptr()) == 0, true);
 
         let r = libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-        stage(Stage::NoNewPrivs, r == 0, true);
+        log.stage(Stage::NoNewPrivs, r == 0, true);
 
         if spec.src_landlock >= 0 {
             let r = libc::syscall(libc::SYS_landlock_restrict_self, FD_LANDLOCK, 0u32);
@@ -628,11 +685,11 @@ fn worker_main(spec: &ChildSpec, init_pid: libc::pid_t) -> ! {
             let e = errno();
             libc::close(FD_LANDLOCK);
             if ok {
-                record(Stage::Landlock, Outcome::Ok, 0);
+                log.push(Stage::Landlock, Outcome::Ok, 0);
             } else if spec.landlock_required {
-                fail(Stage::Landlock, e);
+                log.fail(Stage::Landlock, e);
             } else {
-                record(Stage::Landlock, Outcome::Degraded, e);
+                log.push(Stage::Landlock, Outcome::Degraded, e);
             }
         }
 
@@ -650,16 +707,17 @@ fn worker_main(spec: &ChildSpec, init_pid: libc::pid_t) -> ! {
                     break;
                 }
             }
-            stage(Stage::Seccomp, ok, spec.seccomp_required);
+            log.stage(Stage::Seccomp, ok, spec.seccomp_required);
         }
 
-        record(Stage::Exec, Outcome::Ok, 0);
+        log.push(Stage::Exec, Outcome::Ok, 0);
+        log.flush();
         libc::execve(
             spec.program.as_ptr(),
             spec.argv_ptrs.as_ptr(),
             spec.envp_ptrs.as_ptr(),
         );
-        fail(Stage::Exec, errno())
+        log.fail(Stage::Exec, errno())
     }
 }
 

@@ -68,9 +68,6 @@ pub enum EnvelopeError {
         #[source]
         source: std::io::Error,
     },
-    /// The dedicated spawner thread is gone (it only stops when the process exits).
-    #[error("the envelope spawner thread is not running")]
-    SpawnerGone,
 }
 
 impl EnvelopeError {
@@ -81,7 +78,7 @@ impl EnvelopeError {
             EnvelopeError::InvalidRequest { .. } => "DENY_ENVELOPE_INVALID_REQUEST",
             EnvelopeError::Secret { .. } => "DENY_ENVELOPE_SECRET_UNAVAILABLE",
             EnvelopeError::StageFailed { .. } => "DENY_ENVELOPE_STAGE_FAILED",
-            EnvelopeError::Io { .. } | EnvelopeError::SpawnerGone => "DENY_ENVELOPE_INTERNAL",
+            EnvelopeError::Io { .. } => "DENY_ENVELOPE_INTERNAL",
         }
     }
 

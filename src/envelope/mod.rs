@@ -265,11 +265,7 @@ impl Envelope {
         let spawned = spawner::spawn(&spec, clone_flags, cgroup_fd);
         drop(child_fds);
         let spawned = match spawned {
-            Err(()) => {
-                cleanup_leaf(leaf);
-                return Err(EnvelopeError::SpawnerGone);
-            }
-            Ok(Err(e)) => {
+            Err(e) => {
                 cleanup_leaf(leaf);
                 let errno = e.raw_os_error().unwrap_or(0);
                 let message = format!(
@@ -285,14 +281,19 @@ impl Envelope {
                     report: Box::new(report),
                 });
             }
-            Ok(Ok(s)) => s,
+            Ok(s) => s,
         };
         hall_stage(report, "clone", "ok", None);
         drop(spec);
 
+        let mut guard = spawner::KillOnDrop {
+            pidfd: spawned.raw_pidfd(),
+            leaf: leaf.as_ref(),
+            armed: true,
+        };
         let sup = supervise::Supervision {
             pid: spawned.pid,
-            pidfd: spawned.pidfd,
+            pidfd: &spawned.pidfd,
             status_r,
             stdout_r,
             stderr_r,
@@ -305,6 +306,8 @@ impl Envelope {
             started,
         };
         let c = sup.run();
+        guard.armed = false;
+        drop(guard);
         let stats = leaf.as_ref().map(|l| l.stats());
         cleanup_leaf(leaf);
 

@@ -24,6 +24,9 @@ use super::report::{Effective, EnvelopeReport, StageReport};
 use super::sys;
 use super::types::{HostConfig, SecretValues};
 
+/// The worker's pre-exec stack (it runs a handful of system calls before exec).
+const WORKER_STACK_BYTES: usize = 64 << 10;
+
 /// The largest secret file accepted.
 pub const MAX_SECRET_BYTES: u64 = 64 << 10;
 
@@ -81,8 +84,9 @@ fn chown(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     std::os::unix::fs::chown(path, Some(uid), Some(gid))
 }
 
-/// Creates the run directory tree. Everything is owned by the Hall except the private tmp and
-/// the declared write directories, which belong to the worker uid (mode 0700).
+/// Creates the run directory tree: `<run>/work` (the worker's cwd, not writable itself),
+/// `<run>/tmp` and the declared write directories, the last two owned by the worker uid with
+/// mode 0700. Everything else is owned by the Hall.
 fn make_run_dir(plan: &Plan, host: &HostConfig) -> Result<(), EnvelopeError> {
     let ctx = |what: &str, p: &Path| format!("creating {what} {}", p.display());
     if !host.runs_dir.exists() {
@@ -96,8 +100,9 @@ fn make_run_dir(plan: &Plan, host: &HostConfig) -> Result<(), EnvelopeError> {
         .map_err(|e| EnvelopeError::io(ctx("the run directory", &plan.run_dir), e))?;
     mkdir(&plan.work_dir, 0o711)
         .map_err(|e| EnvelopeError::io(ctx("the work directory", &plan.work_dir), e))?;
-    mkdir(&plan.pycache_dir, 0o555)
-        .map_err(|e| EnvelopeError::io(ctx("the pycache prefix", &plan.pycache_dir), e))?;
+    // The pycache prefix is deliberately never created: Python finds no pyc there, compiles
+    // the attested source, and (with -B, and no write grant on the run directory) never
+    // writes one, so neither a planted `__pycache__` nor a planted prefix can be used.
     mkdir(&plan.tmp_dir, 0o700)
         .map_err(|e| EnvelopeError::io(ctx("the private tmp", &plan.tmp_dir), e))?;
     let owner = plan.identity.map(|i| (i.uid, i.gid));
@@ -561,6 +566,7 @@ pub(crate) fn prepare(
         envp_ptrs,
         _strings: strings,
         _bpf: bpf,
+        worker_stack: vec![0u8; WORKER_STACK_BYTES],
     };
     let mut child_fds = vec![stdin, stdout_w, stderr_w, status_w, result_w];
     if let Some(fd) = landlock_fd {

@@ -1,65 +1,33 @@
-//! The dedicated spawner thread.
+//! Starting init: one `clone3` with the planned namespaces, born in the cgroup leaf, with a
+//! pidfd for race-free signalling.
 //!
-//! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, not the process: a
-//! worker forked from a short-lived blocking-pool thread would be killed when that thread idles
-//! out. So every `clone3` happens on one long-lived thread, started on first use and kept for
-//! the life of the process; callers (any thread, e.g. the daemon's blocking pool) hand it a
-//! prepared [`ChildSpec`] and wait for the pid and pidfd. Forks are therefore serialised, which
-//! also means no other run's pipe ends can be half-set-up in the Hall while one is cloned.
+//! Which thread forks matters: `PR_SET_PDEATHSIG` fires when the *thread* that created the
+//! child exits, not the process, and a worker forked from a tokio blocking-pool thread has been
+//! killed when that thread idled out (the pitfall in sandbox-anchors §3). The envelope avoids it
+//! by construction rather than with a dedicated spawner thread: [`super::Envelope::run`] clones
+//! on the calling thread and *supervises on that same thread until init has been reaped*, so
+//! the forking thread cannot exit while init lives (a pool thread is busy for the whole run).
+//! If the Hall dies, every thread dies and the parent-death signal fires, as intended; if the
+//! supervising code unwinds, a guard kills the tree, so no run outlives its supervisor. This
+//! also saves a thread hand-off per run (two wake-ups, measurable on a loaded 2-core host).
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::{Mutex, OnceLock};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::libc;
 
 use super::child::{ChildSpec, init_main};
 use super::sys::{self, CloneArgs};
 
-/// A child started by the spawner.
+/// A started init.
 #[derive(Debug)]
 pub(crate) struct Spawned {
     pub pid: libc::pid_t,
     pub pidfd: OwnedFd,
 }
 
-struct Job {
-    spec: *const ChildSpec,
-    flags: u64,
-    cgroup_fd: Option<RawFd>,
-    reply: SyncSender<io::Result<Spawned>>,
-}
-
-// SAFETY: the spec pointer stays valid until the reply is received (the caller blocks on it).
-unsafe impl Send for Job {}
-
-fn sender() -> &'static Mutex<mpsc::Sender<Job>> {
-    static SENDER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
-    SENDER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("wcp-envelope-spawner".into())
-            .spawn(move || spawner_loop(rx))
-            .map(|_| ())
-            .unwrap_or_else(|e| {
-                // Without a thread the receiver is dropped and every spawn reports SpawnerGone.
-                eprintln!("wcp-hall: cannot start the envelope spawner thread: {e}");
-            });
-        Mutex::new(tx)
-    })
-}
-
-fn spawner_loop(rx: Receiver<Job>) {
-    while let Ok(job) = rx.recv() {
-        // SAFETY: the caller keeps the spec alive until it has our reply.
-        let spec = unsafe { &*job.spec };
-        let result = clone_init(spec, job.flags, job.cgroup_fd);
-        let _ = job.reply.send(result);
-    }
-}
-
-fn clone_init(spec: &ChildSpec, flags: u64, cgroup_fd: Option<RawFd>) -> io::Result<Spawned> {
+/// Clones init with `flags` (namespaces) on the calling thread, inside `cgroup_fd`'s leaf.
+pub(crate) fn spawn(spec: &ChildSpec, flags: u64, cgroup_fd: Option<RawFd>) -> io::Result<Spawned> {
     let mut pidfd: libc::c_int = -1;
     let mut args = CloneArgs {
         flags: flags | libc::CLONE_PIDFD as u64,
@@ -82,22 +50,27 @@ fn clone_init(spec: &ChildSpec, flags: u64, cgroup_fd: Option<RawFd>) -> io::Res
     }
 }
 
-/// Clones init with `flags` (namespaces) on the spawner thread; blocks until it is started.
-pub(crate) fn spawn(
-    spec: &ChildSpec,
-    flags: u64,
-    cgroup_fd: Option<RawFd>,
-) -> Result<io::Result<Spawned>, ()> {
-    let (reply, answer) = mpsc::sync_channel(1);
-    let job = Job {
-        spec: spec as *const ChildSpec,
-        flags,
-        cgroup_fd,
-        reply,
-    };
-    {
-        let tx = sender().lock().map_err(|_| ())?;
-        tx.send(job).map_err(|_| ())?;
+/// Kills init (and with it the PID namespace) and the cgroup leaf if supervision is abandoned
+/// before init was reaped (a panic while supervising).
+pub(crate) struct KillOnDrop<'a> {
+    pub pidfd: RawFd,
+    pub leaf: Option<&'a super::cgroup::Leaf>,
+    pub armed: bool,
+}
+
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = sys::pidfd_send_signal(self.pidfd, libc::SIGKILL);
+            if let Some(leaf) = self.leaf {
+                let _ = leaf.kill();
+            }
+        }
     }
-    answer.recv().map_err(|_| ())
+}
+
+impl Spawned {
+    pub(crate) fn raw_pidfd(&self) -> RawFd {
+        self.pidfd.as_raw_fd()
+    }
 }

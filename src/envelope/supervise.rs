@@ -46,7 +46,7 @@ pub(crate) struct Collected {
 
 pub(crate) struct Supervision<'a> {
     pub pid: libc::pid_t,
-    pub pidfd: OwnedFd,
+    pub pidfd: &'a OwnedFd,
     pub status_r: OwnedFd,
     pub stdout_r: OwnedFd,
     pub stderr_r: OwnedFd,
@@ -150,10 +150,8 @@ impl Supervision<'_> {
                 fds.push(PollFd::new(self.stderr_r.as_fd(), flags));
                 which.push(2);
             }
-            if result_open {
-                fds.push(PollFd::new(self.result_r.as_fd(), flags));
-                which.push(3);
-            }
+            // The result pipe is read once init has exited (its write end is then closed):
+            // polling it would only add a wake-up per run.
             if exited_at.is_none() {
                 fds.push(PollFd::new(self.pidfd.as_fd(), flags));
                 which.push(4);
@@ -200,19 +198,11 @@ impl Supervision<'_> {
                             }
                         }
                     }
-                    3 => match read_some(&self.result_r, &mut buf) {
-                        Ok(0) | Err(_) => {
-                            result_open = false;
-                            c.result = ResultRecord::parse(&result_bytes);
-                        }
-                        Ok(n) => {
-                            if result_bytes.len() < RESULT_LEN * 2 {
-                                result_bytes.extend_from_slice(&buf[..n]);
-                            }
-                        }
-                    },
                     _ => {
                         exited_at = Some(Instant::now());
+                        drain_result(&self.result_r, &mut buf, &mut result_bytes);
+                        result_open = false;
+                        c.result = ResultRecord::parse(&result_bytes);
                         // Anything that escaped the namespace but not the leaf goes now.
                         if let Some(leaf) = self.leaf {
                             let _ = leaf.kill();
@@ -249,6 +239,24 @@ impl Supervision<'_> {
             c.rusage_max_rss_kib = Some(ru.ru_maxrss.max(0) as u64);
         }
         c
+    }
+}
+
+/// Reads whatever init wrote to the result pipe. Init is gone; non-blocking anyway, in case
+/// anything else still held the write end.
+fn drain_result(fd: &OwnedFd, buf: &mut [u8], out: &mut Vec<u8>) {
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+    while let Ok(n) = read_some(fd, buf) {
+        if n == 0 {
+            break;
+        }
+        if out.len() < RESULT_LEN * 2 {
+            out.extend_from_slice(&buf[..n]);
+        }
     }
 }
 
