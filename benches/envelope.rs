@@ -18,8 +18,8 @@ use wcp_hall::envelope::{
 };
 use wcp_hall::registry::{NetworkEgress, PrivilegeEnvelope};
 
-const WARMUP: usize = 50;
-const RUNS: usize = 600;
+const WARMUP: usize = 30;
+const RUNS: usize = 400;
 const TARGET_MS: f64 = 1.5;
 
 fn stats(mut v: Vec<Duration>) -> (f64, f64, f64) {
@@ -139,42 +139,61 @@ fn main() {
             Some((req(full), e)),
         ));
     }
+    let configs: Vec<_> = configs
+        .into_iter()
+        .filter(|(label, _)| filter.as_ref().is_none_or(|f| label.contains(f.as_str())))
+        .collect();
     println!(
-        "envelope bench: kernel {}, Landlock ABI {}, cgroup leaf {}, {} runs each after {} warm-up",
+        "envelope bench: kernel {}, Landlock ABI {}, cgroup leaf {}; {} rounds after {} warm-up, \
+         configurations interleaved round-robin so load changes hit them all alike",
         probe.kernel_release,
         probe.landlock.kernel_abi,
         if probe.cgroup.leaf_ok { "yes" } else { "no" },
         RUNS,
         WARMUP
     );
+    // Check once that each really works before timing it.
+    for (_, r) in &configs {
+        if let Some((r, env)) = r {
+            let out = env.run(r).expect("envelope run");
+            assert!(out.success(), "{:?}", out.exit);
+        }
+    }
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(RUNS); configs.len()];
+    let mut pooled = 0usize;
+    let mut full_runs = 0usize;
+    for round in 0..WARMUP + RUNS {
+        for (i, (label, r)) in configs.iter().enumerate() {
+            let t = Instant::now();
+            match r {
+                None => {
+                    let s = Command::new("/bin/true").status().expect("spawn");
+                    assert!(s.success());
+                }
+                Some((r, env)) => {
+                    let out = env.run(r).expect("envelope run");
+                    assert!(out.success());
+                    if round >= WARMUP && label.contains("full") {
+                        full_runs += 1;
+                        if out.report.namespaces.net_source.as_deref() == Some("pooled") {
+                            pooled += 1;
+                        }
+                    }
+                }
+            }
+            if round >= WARMUP {
+                samples[i].push(t.elapsed());
+            }
+        }
+    }
     println!();
     println!("| configuration | median ms | p90 ms | p99 ms |");
     println!("|---|---|---|---|");
     let mut plain_median = None;
     let mut full_median = None;
     let mut tmpfs_median = None;
-    for (label, r) in &configs {
-        if let Some(f) = &filter
-            && !label.contains(f.as_str())
-        {
-            continue;
-        }
-        let samples = match r {
-            None => time(|| {
-                let s = Command::new("/bin/true").status().expect("spawn");
-                assert!(s.success());
-            }),
-            Some((r, env)) => {
-                // Check once that it really works before timing it.
-                let out = env.run(r).expect("envelope run");
-                assert!(out.success(), "{:?}", out.exit);
-                time(|| {
-                    let out = env.run(r).expect("envelope run");
-                    assert!(out.success());
-                })
-            }
-        };
-        let (med, p90, p99) = stats(samples);
+    for ((label, r), s) in configs.iter().zip(samples) {
+        let (med, p90, p99) = stats(s);
         if r.is_none() {
             plain_median = Some(med);
         }
@@ -193,6 +212,11 @@ fn main() {
     let (pm, _, _) = stats(plan_samples);
     println!("| (planning alone, full) | {pm:.3} | | |");
     println!();
+    if full_runs > 0 {
+        println!(
+            "network namespaces joined from the pool: {pooled} of {full_runs} full runs (the rest created by clone3)"
+        );
+    }
     for (what, m) in [
         ("runs dir on disk", full_median),
         ("runs dir on tmpfs", tmpfs_median),

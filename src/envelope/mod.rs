@@ -30,9 +30,11 @@
 pub mod cgroup;
 mod child;
 pub mod error;
+mod netns;
 pub mod plan;
 mod prepare;
 pub mod probe;
+mod rawsys;
 pub mod report;
 pub mod seccomp;
 mod spawner;
@@ -40,7 +42,6 @@ mod supervise;
 mod sys;
 pub mod types;
 
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use nix::libc;
@@ -205,6 +206,9 @@ impl Envelope {
                 "must not be uid 0 or gid 0",
             ));
         }
+        if probe.hall_uid == 0 && probe.namespaces.net {
+            netns::start();
+        }
         Ok(Envelope { host, probe })
     }
 
@@ -252,6 +256,7 @@ impl Envelope {
         )?;
         let prepare::Prepared {
             spec,
+            stacks,
             clone_flags,
             leaf,
             stdout_r,
@@ -261,10 +266,9 @@ impl Envelope {
             child_fds,
         } = prepared;
 
-        let cgroup_fd = leaf.as_ref().map(|l| l.dir_fd.as_raw_fd());
-        let spawned = spawner::spawn(&spec, clone_flags, cgroup_fd);
+        let running = spawner::spawn(spec, stacks, clone_flags, leaf.as_ref());
         drop(child_fds);
-        let spawned = match spawned {
+        let running = match running {
             Err(e) => {
                 cleanup_leaf(leaf);
                 let errno = e.raw_os_error().unwrap_or(0);
@@ -281,19 +285,13 @@ impl Envelope {
                     report: Box::new(report),
                 });
             }
-            Ok(s) => s,
+            Ok(r) => r,
         };
         hall_stage(report, "clone", "ok", None);
-        drop(spec);
 
-        let mut guard = spawner::KillOnDrop {
-            pidfd: spawned.raw_pidfd(),
-            leaf: leaf.as_ref(),
-            armed: true,
-        };
         let sup = supervise::Supervision {
-            pid: spawned.pid,
-            pidfd: &spawned.pidfd,
+            pid: running.pid,
+            pidfd: &running.pidfd,
             status_r,
             stdout_r,
             stderr_r,
@@ -306,8 +304,13 @@ impl Envelope {
             started,
         };
         let c = sup.run();
-        guard.armed = false;
-        drop(guard);
+        if c.status_eof && c.init_status.is_some() {
+            running.settle();
+        } else {
+            // A pre-exec process might still be using the shared memory: leak it (see
+            // spawner::Running). Only reachable if the drain deadline passed before exec.
+            drop(running);
+        }
         let stats = leaf.as_ref().map(|l| l.stats());
         cleanup_leaf(leaf);
 
@@ -435,6 +438,13 @@ fn degrade_stage(report: &mut EnvelopeReport, stage: Stage, errno: i32) {
             report.landlock.ruleset = "not_enforced".into();
             report.landlock.reason = Some(why.clone());
             report.degrade(format!("landlock: {why}"));
+        }
+        Stage::NetNamespace => {
+            report.network.effective = Effective::NotEnforced;
+            report.network.namespace = false;
+            report.namespaces.net = false;
+            report.network.reason = Some(why.clone());
+            report.degrade(format!("network_isolation: {why}"));
         }
         Stage::Seccomp => {
             report.seccomp.effective = Effective::NotEnforced;

@@ -1135,6 +1135,7 @@ pub fn plan(
             net: namespaces.net,
             ipc: namespaces.ipc,
             uts: namespaces.uts,
+            net_source: None,
             mount: false,
             mount_reason: "not needed: the filesystem view is confined by Landlock (/proc and /sys are not granted)".into(),
         },

@@ -17,22 +17,20 @@ use landlock::{
 use nix::libc;
 
 use super::cgroup::{self, LeafLimits};
-use super::child::{ChildSpec, RawRlimit};
+use super::child::{ChildSpec, RawRlimit, Stacks};
 use super::error::EnvelopeError;
 use super::plan::{FsAccess, LandlockPlan, Plan};
 use super::report::{Effective, EnvelopeReport, StageReport};
 use super::sys;
 use super::types::{HostConfig, SecretValues};
 
-/// The worker's pre-exec stack (it runs a handful of system calls before exec).
-const WORKER_STACK_BYTES: usize = 64 << 10;
-
 /// The largest secret file accepted.
 pub const MAX_SECRET_BYTES: u64 = 64 << 10;
 
 /// A prepared run: the spec for the children plus the Hall's ends of everything.
 pub(crate) struct Prepared {
-    pub spec: ChildSpec,
+    pub spec: Box<ChildSpec>,
+    pub stacks: Stacks,
     pub clone_flags: u64,
     pub leaf: Option<cgroup::Leaf>,
     pub stdout_r: OwnedFd,
@@ -514,8 +512,21 @@ pub(crate) fn prepare(
     if ns.pid {
         clone_flags |= libc::CLONE_NEWPID as u64;
     }
-    if ns.net {
+    // A fresh namespace from the pool when one is ready (root Hall), else created by clone3.
+    let pooled_netns = if ns.net && !ns.user {
+        super::netns::take()
+    } else {
+        None
+    };
+    if ns.net && pooled_netns.is_none() {
         clone_flags |= libc::CLONE_NEWNET as u64;
+    }
+    if ns.net {
+        report.namespaces.net_source = Some(if pooled_netns.is_some() {
+            "pooled".into()
+        } else {
+            "created".into()
+        });
     }
     if ns.ipc {
         clone_flags |= libc::CLONE_NEWIPC as u64;
@@ -532,15 +543,18 @@ pub(crate) fn prepare(
         None
     };
 
-    let spec = ChildSpec {
+    let stacks = Stacks::new().map_err(|e| io("mapping the pre-exec stacks", e))?;
+    let spec = Box::new(ChildSpec {
         src_stdin: stdin.as_raw_fd(),
         src_stdout: stdout_w.as_raw_fd(),
         src_stderr: stderr_w.as_raw_fd(),
         src_status: status_w.as_raw_fd(),
         src_result: result_w.as_raw_fd(),
         src_landlock: landlock_fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1),
+        src_netns: pooled_netns.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1),
+        netns_required: report.network.requested == super::types::Minimum::Required,
         pid_ns: ns.pid,
-        loopback: ns.net,
+        loopback: ns.net && pooled_netns.is_none(),
         hostname: if ns.uts {
             Some(cstring("hostname", "wcp-worker")?)
         } else {
@@ -566,14 +580,18 @@ pub(crate) fn prepare(
         envp_ptrs,
         _strings: strings,
         _bpf: bpf,
-        worker_stack: vec![0u8; WORKER_STACK_BYTES],
-    };
+        worker_stack_top: stacks.worker_top(),
+    });
     let mut child_fds = vec![stdin, stdout_w, stderr_w, status_w, result_w];
     if let Some(fd) = landlock_fd {
         child_fds.push(fd);
     }
+    if let Some(fd) = pooled_netns {
+        child_fds.push(fd);
+    }
     Ok(Prepared {
         spec,
+        stacks,
         clone_flags,
         leaf,
         stdout_r,

@@ -126,6 +126,8 @@ pub struct NamespacesReport {
     pub net: bool,
     pub ipc: bool,
     pub uts: bool,
+    /// `created` (by clone3) or `pooled` (fresh, pre-created, loopback already up).
+    pub net_source: Option<String>,
     pub mount: bool,
     pub mount_reason: String,
 }

@@ -40,6 +40,8 @@ pub(crate) struct Collected {
     pub term_sent: bool,
     pub kill_sent: bool,
     pub drain_timed_out: bool,
+    /// The status pipe reached end-of-file: every pre-exec process has exec'd or exited.
+    pub status_eof: bool,
     pub observed: ObservedReport,
     pub duration: Duration,
 }
@@ -171,7 +173,12 @@ impl Supervision<'_> {
             for w in ready {
                 match w {
                     0 => match read_some(&self.status_r, &mut buf) {
-                        Ok(0) | Err(_) => {
+                        Ok(0) => {
+                            status_open = false;
+                            c.status_eof = true;
+                            c.records = Record::parse_all(&status_bytes);
+                        }
+                        Err(_) => {
                             status_open = false;
                             c.records = Record::parse_all(&status_bytes);
                         }
