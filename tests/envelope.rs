@@ -413,3 +413,27 @@ fn best_effort_off_features_are_reported_off() {
     );
     assert!(!out.report.stages.iter().any(|s| s.stage == "seccomp"));
 }
+
+#[test]
+fn a_runs_directory_someone_else_controls_is_refused() {
+    let fx = fixture();
+    let pkg = fx.package("hello", HELLO);
+    // Group- and world-writable, as if pre-created in a shared directory.
+    fs::create_dir(&fx.runs).unwrap();
+    fs::set_permissions(&fx.runs, fs::Permissions::from_mode(0o777)).unwrap();
+    let req = request(
+        &pkg,
+        declared(&[], NetworkEgress::None, &[]),
+        r#"{"name":"x"}"#,
+        UID_BASE,
+    );
+    let e = fx.envelope().run(&req).unwrap_err();
+    assert_eq!(e.code(), "DENY_ENVELOPE_INTERNAL");
+    assert!(e.to_string().contains("writable by no one else"), "{e}");
+    // Owned by another uid.
+    fs::set_permissions(&fx.runs, fs::Permissions::from_mode(0o711)).unwrap();
+    std::os::unix::fs::chown(&fx.runs, Some(65534), None).unwrap();
+    assert!(fx.envelope().run(&req).is_err());
+    std::os::unix::fs::chown(&fx.runs, Some(0), None).unwrap();
+    assert!(fx.envelope().run(&req).unwrap().success());
+}

@@ -28,7 +28,8 @@ pub enum EnvelopeCommand {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct HostArgs {
-    /// Hall-owned directory for per-run directories [default: <tmp>/wcp-hall-runs-<uid>].
+    /// Hall-owned directory for per-run directories (prefer tmpfs) [default:
+    /// $XDG_RUNTIME_DIR/wcp-hall/runs, /run/wcp-hall/runs as root, else <tmp>/wcp-hall-runs-<uid>].
     #[arg(long)]
     pub runs_dir: Option<PathBuf>,
     /// Delegated cgroup v2 directory for per-run leaves [default: the Hall's own cgroup].

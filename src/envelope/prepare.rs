@@ -94,6 +94,28 @@ fn make_run_dir(plan: &Plan, host: &HostConfig) -> Result<(), EnvelopeError> {
             .create(&host.runs_dir)
             .map_err(|e| EnvelopeError::io(ctx("the runs directory", &host.runs_dir), e))?;
     }
+    // The runs directory must be the Hall's own: a directory someone else owns or can write
+    // to (e.g. pre-created in /tmp by another user) could redirect every run's files.
+    let meta = fs::symlink_metadata(&host.runs_dir)
+        .map_err(|e| EnvelopeError::io(ctx("the runs directory", &host.runs_dir), e))?;
+    let euid = nix::unistd::geteuid().as_raw();
+    if !meta.is_dir() || meta.uid() != euid || meta.mode() & 0o022 != 0 {
+        return Err(EnvelopeError::io(
+            format!(
+                "the runs directory {} must be a directory owned by uid {euid} and writable by \
+                 no one else (found uid {}, mode {:o}{})",
+                host.runs_dir.display(),
+                meta.uid(),
+                meta.mode() & 0o7777,
+                if meta.file_type().is_symlink() {
+                    ", a symlink"
+                } else {
+                    ""
+                }
+            ),
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        ));
+    }
     mkdir(&plan.run_dir, 0o711)
         .map_err(|e| EnvelopeError::io(ctx("the run directory", &plan.run_dir), e))?;
     mkdir(&plan.work_dir, 0o711)
