@@ -118,27 +118,32 @@ fn main() {
     let mut full = with_ns;
     full.network_isolation = Minimum::Required;
     full.cgroup = Minimum::BestEffort;
+    // The levels run with per-run directories on tmpfs (where a deployment puts them, e.g.
+    // /run/wcp-hall); the last row repeats the full envelope with them on the disk.
+    let lvl = env_tmpfs.as_ref().unwrap_or(&env);
+    let mut off_no_cg = off();
+    off_no_cg.cgroup = Minimum::Off;
+    let mut full_no_cg = full;
+    full_no_cg.cgroup = Minimum::Off;
     let configs: Vec<(&str, Option<(RunRequest, &Envelope)>)> = vec![
         ("plain std::process::Command", None),
         (
             "envelope: structure only (all minimums off)",
-            Some((req(off()), &env)),
+            Some((req(off_no_cg), lvl)),
         ),
-        ("  + uid drop (nobody)", Some((req(hygiene), &env))),
-        ("  + Landlock + seccomp", Some((req(confined), &env))),
-        ("  + PID/IPC/UTS namespaces", Some((req(with_ns), &env))),
+        ("  + uid drop (nobody)", Some((req(hygiene), lvl))),
+        ("  + Landlock + seccomp", Some((req(confined), lvl))),
+        ("  + PID/IPC/UTS namespaces", Some((req(with_ns), lvl))),
+        ("  + network namespace", Some((req(full_no_cg), lvl))),
         (
-            "  + network namespace + cgroup leaf (full)",
+            "  + cgroup v2 leaf = full envelope (full/tmpfs)",
+            Some((req(full), lvl)),
+        ),
+        (
+            "full envelope, per-run dirs on the disk (full/disk)",
             Some((req(full), &env)),
         ),
     ];
-    let mut configs = configs;
-    if let Some(e) = &env_tmpfs {
-        configs.push((
-            "full, per-run dirs on tmpfs (full/tmpfs)",
-            Some((req(full), e)),
-        ));
-    }
     let configs: Vec<_> = configs
         .into_iter()
         .filter(|(label, _)| filter.as_ref().is_none_or(|f| label.contains(f.as_str())))
@@ -173,7 +178,7 @@ fn main() {
                 Some((r, env)) => {
                     let out = env.run(r).expect("envelope run");
                     assert!(out.success());
-                    if round >= WARMUP && label.contains("full") {
+                    if round >= WARMUP && label.contains("(full/") {
                         full_runs += 1;
                         if out.report.namespaces.net_source.as_deref() == Some("pooled") {
                             pooled += 1;
@@ -197,7 +202,7 @@ fn main() {
         if r.is_none() {
             plain_median = Some(med);
         }
-        if label.contains("(full)") {
+        if label.contains("(full/disk)") {
             full_median = Some(med);
         }
         if label.contains("(full/tmpfs)") {
@@ -218,8 +223,8 @@ fn main() {
         );
     }
     for (what, m) in [
-        ("runs dir on disk", full_median),
         ("runs dir on tmpfs", tmpfs_median),
+        ("runs dir on disk", full_median),
     ] {
         let Some(full) = m else { continue };
         println!(

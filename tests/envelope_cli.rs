@@ -264,3 +264,62 @@ fn an_unprivileged_hall_confines_workers_in_a_user_namespace() {
         "run dir removed"
     );
 }
+
+#[test]
+fn the_tree_dies_with_the_hall() {
+    // A Hall (the CLI) running a worker that would sleep for an hour is SIGKILLed: the
+    // parent-death signal takes init down, and with it the worker's PID namespace.
+    let fx = fixture();
+    let pkg = fx.hostile("sleeper");
+    let req = request_file(&fx, r#"{"ignore_sigterm": true}"#);
+    let uid = next_identity(63000).uid;
+    let mut args = vec![
+        "envelope".to_owned(),
+        "run".into(),
+        pkg.display().to_string(),
+        "--request".into(),
+        req,
+        "--timeout-ms".into(),
+        "3600000".into(),
+        "--uid".into(),
+        uid.to_string(),
+        "--gid".into(),
+        uid.to_string(),
+    ];
+    args.extend(host_args(&fx));
+    let mut hall_proc = hall(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) for the worker to be running Python under its uid.
+    let running_python = || {
+        processes_of(uid).iter().any(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "python3.11")
+        })
+    };
+    let mut started = false;
+    for _ in 0..500 {
+        if running_python() {
+            started = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(started, "the worker never started");
+    hall_proc.kill().unwrap();
+    hall_proc.wait().unwrap();
+    let mut gone = false;
+    for _ in 0..500 {
+        if processes_of(uid).is_empty() {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        gone,
+        "survivors after the Hall died: {:?}",
+        processes_of(uid)
+    );
+}
