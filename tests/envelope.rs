@@ -437,3 +437,16 @@ fn a_runs_directory_someone_else_controls_is_refused() {
     std::os::unix::fs::chown(&fx.runs, Some(0), None).unwrap();
     assert!(fx.envelope().run(&req).unwrap().success());
 }
+
+#[test]
+fn the_hall_ends_up_non_dumpable_after_a_uid_switch() {
+    // The worker switches uid while it still shares the Hall's address space (vfork-style), and
+    // the kernel marks that address space non-dumpable (as hardened daemons do on purpose):
+    // non-root processes can then never ptrace or read the Hall's memory.
+    let fx = fixture();
+    let pkg = fx.package("hello", HELLO);
+    let req = request(&pkg, declared(&[], NetworkEgress::None, &[]), r#"{"name":"x"}"#, UID_BASE);
+    assert!(fx.envelope().run(&req).unwrap().success());
+    let dumpable = unsafe { nix::libc::prctl(nix::libc::PR_GET_DUMPABLE) };
+    assert_eq!(dumpable, 0);
+}
