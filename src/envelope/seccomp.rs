@@ -52,9 +52,9 @@ pub enum SeccompMode {
 /// A compiled filter pair and what it contains.
 #[derive(Debug)]
 pub struct CompiledSeccomp {
-    /// Installed in order: the `EPERM` deny-list, then the `ENOSYS` list.
+    /// The program(s) to install, in order (one: see [`insert_prelude`]).
     pub programs: Vec<BpfProgram>,
-    /// `sha256:` over both programs' instructions (length-prefixed, little-endian).
+    /// `sha256:` over the programs' instructions (length-prefixed, little-endian).
     pub digest: String,
     /// System calls denied with `EPERM` regardless of arguments.
     pub denied: Vec<&'static str>,
@@ -224,22 +224,11 @@ fn compile(mode: SeccompMode) -> Result<CompiledSeccomp, String> {
     let mut deny: BpfProgram = deny
         .try_into()
         .map_err(|e: seccompiler::BackendError| e.to_string())?;
-    insert_x32_guard(&mut deny);
+    insert_prelude(&mut deny);
 
-    let enosys_rules: BTreeMap<i64, Vec<SeccompRule>> =
-        ENOSYS.iter().map(|(_, nr)| (*nr, Vec::new())).collect();
-    let enosys = SeccompFilter::new(
-        enosys_rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-        arch,
-    )
-    .map_err(|e| e.to_string())?;
-    let enosys: BpfProgram = enosys
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| e.to_string())?;
-
-    let programs = vec![deny, enosys];
+    // One program, not two: every installed filter is JIT-compiled per run, and that
+    // compilation (not the filtering) is most of seccomp's cost on the spawn path.
+    let programs = vec![deny];
     Ok(CompiledSeccomp {
         digest: digest(&programs),
         programs,
@@ -249,14 +238,16 @@ fn compile(mode: SeccompMode) -> Result<CompiledSeccomp, String> {
     })
 }
 
-/// After seccompiler's architecture check (3 instructions), deny every x32 system call
-/// (`nr >= 0x40000000`) with EPERM.
-fn insert_x32_guard(program: &mut BpfProgram) {
+/// After seccompiler's architecture check (3 instructions): deny every x32 system call
+/// (`nr >= 0x40000000`) with EPERM, then answer the [`ENOSYS`] calls (seccompiler has one
+/// match action per filter, and a second filter would cost a second JIT compilation).
+fn insert_prelude(program: &mut BpfProgram) {
     // BPF_LD | BPF_W | BPF_ABS = 0x00 | 0x00 | 0x20.
     const BPF_LD_W_ABS: u16 = 0x20;
     const BPF_JMP_JGE_K: u16 = 0x05 | 0x30;
+    const BPF_JMP_JEQ_K: u16 = 0x05 | 0x10;
     const BPF_RET_K: u16 = 0x06;
-    let guard = [
+    let mut guard = vec![
         sock_filter {
             code: BPF_LD_W_ABS,
             jt: 0,
@@ -276,6 +267,21 @@ fn insert_x32_guard(program: &mut BpfProgram) {
             k: libc::SECCOMP_RET_ERRNO | (libc::EPERM as u32),
         },
     ];
+    // The accumulator still holds the system call number.
+    for (_, nr) in ENOSYS {
+        guard.push(sock_filter {
+            code: BPF_JMP_JEQ_K,
+            jt: 0,
+            jf: 1,
+            k: *nr as u32,
+        });
+        guard.push(sock_filter {
+            code: BPF_RET_K,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ERRNO | (libc::ENOSYS as u32),
+        });
+    }
     let at = 3.min(program.len());
     program.splice(at..at, guard);
 }
@@ -326,11 +332,15 @@ mod tests {
     }
 
     #[test]
-    fn x32_guard_follows_the_arch_check() {
-        let p = &compiled(SeccompMode::Base).unwrap().programs[0];
-        // arch load, arch jump, kill, then our guard.
+    fn the_prelude_follows_the_arch_check() {
+        let c = compiled(SeccompMode::Base).unwrap();
+        assert_eq!(c.programs.len(), 1);
+        let p = &c.programs[0];
+        // arch load, arch jump, kill, then the x32 guard and clone3 → ENOSYS.
         assert_eq!(p[3].k, 0);
         assert_eq!(p[4].k, 0x4000_0000);
         assert_eq!(p[5].k, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32);
+        assert_eq!(p[6].k, libc::SYS_clone3 as u32);
+        assert_eq!(p[7].k, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
     }
 }
