@@ -1,5 +1,8 @@
-//! The seccomp deny-list installed last before exec, compiled once per mode by seccompiler
-//! (Firecracker's pure-Rust BPF compiler) and identified in the report by a SHA-256 digest.
+//! The seccomp deny-list installed last before exec: one classic-BPF program per network mode,
+//! built once (the argument rules by seccompiler, Firecracker's pure-Rust BPF compiler; the
+//! architecture check, the x32 guard, `clone3 → ENOSYS` and a binary search over the
+//! unconditional deny-list by hand, see `insert_prelude`) and identified in the report by a
+//! SHA-256 digest.
 //!
 //! Default allow, `EPERM` on match: a worker is an ordinary interpreter that needs most of the
 //! system-call table, and an allow-list would break with every Python or glibc update. What is
