@@ -1,0 +1,276 @@
+//! The envelope report: per feature, what the profile requested and what the kernel actually
+//! enforced, plus the stages applied between fork and exec and what `/proc/<pid>/status` showed
+//! for the running worker. It goes into the evidence receipt, so it stays inside the canonical
+//! JSON profile (`crate::crypto::canonical`): strings, booleans, null, integers below 2^53,
+//! arrays and objects with ASCII keys. No floats anywhere (times are integer milliseconds,
+//! sizes integer bytes; "unlimited" is `null`).
+
+use serde::Serialize;
+
+use crate::registry::NetworkEgress;
+
+use super::seccomp::SeccompMode;
+use super::types::{Minimum, Minimums};
+
+/// The report's schema identifier.
+pub const REPORT_SCHEMA: &str = "wcp-hall.envelope-report/1";
+
+/// What the kernel enforced for one feature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effective {
+    /// Fully enforced as requested.
+    Enforced,
+    /// Some of it; `reason` says what is missing.
+    Partial,
+    /// Requested (best effort) but not enforced on this host; `reason` says why.
+    NotEnforced,
+    /// The profile turned it off.
+    Off,
+}
+
+impl Effective {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effective::Enforced => "enforced",
+            Effective::Partial => "partial",
+            Effective::NotEnforced => "not_enforced",
+            Effective::Off => "off",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PackageReport {
+    pub dir: String,
+    pub digest: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BootstrapReport {
+    pub program: String,
+    pub argv: Vec<String>,
+    pub cwd: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FsRuleReport {
+    pub path: String,
+    /// `read`, `read_execute`, `read_write`, `device_read_write`, `device_read`.
+    pub access: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LandlockReport {
+    pub requested: Minimum,
+    pub effective: Effective,
+    pub reason: Option<String>,
+    pub abi_requested: u32,
+    pub abi_kernel: u32,
+    pub abi_effective: u32,
+    /// `fully_enforced`, `partially_enforced` or `not_enforced` (rust-landlock's words).
+    pub ruleset: String,
+    pub fs_rules: Vec<FsRuleReport>,
+    /// TCP ports `connect` may reach; `null` when Landlock does not handle TCP here.
+    pub tcp_connect_ports: Option<Vec<u16>>,
+    /// `denied` (handled, no rule) or `not_handled`.
+    pub tcp_bind: String,
+    /// Scopes (ABI 6): `abstract_unix_socket`, `signal`.
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetworkReport {
+    pub requested: Minimum,
+    pub effective: Effective,
+    pub reason: Option<String>,
+    pub egress: NetworkEgress,
+    /// `namespace`, `landlock_tcp_ports`, `seccomp_no_inet`, `landlock_tcp_deny` or `host`.
+    pub mode: String,
+    /// A private network namespace was created (only loopback inside).
+    pub namespace: bool,
+    /// What happens to TCP, in words.
+    pub tcp: String,
+    /// What happens to UDP, in words.
+    pub udp: String,
+    /// Whether allowlisted *hosts* are enforced (they are not: only ports are).
+    pub hosts_enforced: bool,
+    pub dns: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SeccompReport {
+    pub requested: Minimum,
+    pub effective: Effective,
+    pub reason: Option<String>,
+    pub mode: Option<SeccompMode>,
+    pub digest: Option<String>,
+    pub default_action: String,
+    pub denied_with: String,
+    pub denied: Vec<String>,
+    pub conditional: Vec<String>,
+    pub enosys: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FeatureReport {
+    pub requested: Minimum,
+    pub effective: Effective,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NamespacesReport {
+    pub user: bool,
+    pub pid: bool,
+    pub net: bool,
+    pub ipc: bool,
+    pub uts: bool,
+    /// `created` (by clone3) or `pooled` (fresh, pre-created, loopback already up).
+    pub net_source: Option<String>,
+    pub mount: bool,
+    pub mount_reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CgroupReport {
+    pub requested: Minimum,
+    pub effective: Effective,
+    pub reason: Option<String>,
+    pub path: Option<String>,
+    /// The tree was created inside the leaf (`clone3(CLONE_INTO_CGROUP)`).
+    pub born_in_leaf: bool,
+    /// `cgroup.kill` available for the tree kill.
+    pub kill: bool,
+    pub memory_max: Option<u64>,
+    pub pids_max: Option<u64>,
+    pub memory_reason: Option<String>,
+    pub pids_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IdentityReport {
+    pub requested: Minimum,
+    pub effective: Effective,
+    pub reason: Option<String>,
+    pub hall_uid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub supplementary_groups: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RlimitReport {
+    pub resource: String,
+    /// `null` = unlimited.
+    pub soft: Option<u64>,
+    pub hard: Option<u64>,
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WriteReport {
+    pub declared: String,
+    pub granted: String,
+    /// The declared absolute path was mapped under the per-run work directory.
+    pub mapped: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FilesystemReport {
+    pub package: String,
+    pub work_dir: String,
+    pub tmp_dir: String,
+    pub pycache_prefix: String,
+    pub writes: Vec<WriteReport>,
+    pub tools: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EnvironmentReport {
+    /// Variable names only (never values).
+    pub keys: Vec<String>,
+    /// Declared secrets given to the worker (names only).
+    pub secrets: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProcessReport {
+    pub new_session: bool,
+    pub parent_death_signal: String,
+    /// Every inherited descriptor above 2 is closed before exec.
+    pub inherited_fds_closed: bool,
+    pub stdin: String,
+    pub no_new_privs: bool,
+    /// The init process that reaps the tree and forwards SIGTERM.
+    pub init: String,
+}
+
+/// One stage applied between fork and exec (or by the Hall just before).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StageReport {
+    pub stage: String,
+    /// `hall`, `init` or `worker`.
+    pub process: String,
+    /// `ok`, `degraded` (best effort, continued) or `failed` (the run stopped here).
+    pub outcome: String,
+    pub errno: Option<i32>,
+    pub detail: Option<String>,
+}
+
+/// The envelope as the kernel shows it for the running worker (`/proc/<pid>/status`, read by
+/// the Hall after exec). `null` fields were not observable (e.g. the worker already exited).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ObservedReport {
+    pub source: Option<String>,
+    pub no_new_privs: Option<u32>,
+    /// 0 none, 1 strict, 2 filter.
+    pub seccomp: Option<u32>,
+    pub seccomp_filters: Option<u32>,
+    /// Real, effective, saved, filesystem.
+    pub uid: Option<Vec<u32>>,
+    pub gid: Option<Vec<u32>>,
+    pub cap_eff: Option<String>,
+    /// The pid in each namespace, outermost first (two entries: a PID namespace).
+    pub ns_pid: Option<Vec<u32>>,
+    pub reason: Option<String>,
+}
+
+/// Requested versus effective, per feature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EnvelopeReport {
+    pub schema: String,
+    pub run_id: String,
+    pub package: PackageReport,
+    pub bootstrap: BootstrapReport,
+    pub minimums: Minimums,
+    pub landlock: LandlockReport,
+    pub network: NetworkReport,
+    pub seccomp: SeccompReport,
+    pub pid_namespace: FeatureReport,
+    pub namespaces: NamespacesReport,
+    pub cgroup: CgroupReport,
+    pub identity: IdentityReport,
+    pub rlimits: Vec<RlimitReport>,
+    pub filesystem: FilesystemReport,
+    pub environment: EnvironmentReport,
+    pub process: ProcessReport,
+    pub stages: Vec<StageReport>,
+    pub observed: ObservedReport,
+    /// One line per best-effort shortfall (empty when everything requested was enforced).
+    pub degraded: Vec<String>,
+}
+
+impl EnvelopeReport {
+    /// The report in canonical JSON bytes (what a receipt embeds).
+    pub fn to_canonical(&self) -> Result<Vec<u8>, crate::crypto::canonical::CanonicalError> {
+        crate::crypto::canonical::to_canonical_from(self)
+    }
+
+    /// Marks a feature as degraded at run time (a best-effort stage failed in the child).
+    pub(crate) fn degrade(&mut self, line: String) {
+        if !self.degraded.contains(&line) {
+            self.degraded.push(line);
+        }
+    }
+}

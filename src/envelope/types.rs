@@ -1,0 +1,369 @@
+//! The envelope's inputs: what the dispatch layer hands over for one run, and the Hall-wide
+//! settings that do not change between runs.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::canonical::MAX_SAFE_INTEGER;
+use crate::registry::PrivilegeEnvelope;
+
+use super::error::EnvelopeError;
+
+/// How strongly a profile insists on one protection.
+///
+/// `Required`: the run is refused (a typed [`EnvelopeError::RequirementUnmet`]) when the kernel
+/// or host cannot give it. `BestEffort`: applied when possible; a shortfall is recorded in the
+/// report (`effective` and `reason`) and in [`super::EnvelopeReport::degraded`]. `Off`: not
+/// applied, and the report says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Minimum {
+    Required,
+    BestEffort,
+    Off,
+}
+
+impl Minimum {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Minimum::Required => "required",
+            Minimum::BestEffort => "best_effort",
+            Minimum::Off => "off",
+        }
+    }
+
+    /// Parses the serde spelling (`required`, `best_effort`, `off`).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "required" => Some(Minimum::Required),
+            "best_effort" => Some(Minimum::BestEffort),
+            "off" => Some(Minimum::Off),
+            _ => None,
+        }
+    }
+}
+
+/// The minimum a profile requires of each protection (the names are shared with the profile
+/// module; serde spells them `required` / `best_effort` / `off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Minimums {
+    /// Landlock filesystem (and TCP, and scope) confinement, fully enforced at the pinned ABI.
+    pub landlock: Minimum,
+    /// `network_egress: "none"` → a private network namespace; an allowlist → Landlock TCP ports
+    /// plus a seccomp UDP/raw-socket ban.
+    pub network_isolation: Minimum,
+    /// The seccomp deny-list filter.
+    pub seccomp: Minimum,
+    /// A PID namespace whose init is the Hall's own reaper: the whole tree dies with it.
+    pub pid_namespace: Minimum,
+    /// A per-run cgroup v2 leaf with `cgroup.kill`, `memory.max` and `pids.max`.
+    pub cgroup: Minimum,
+    /// The worker runs under a uid/gid without privileges (never as root).
+    pub unprivileged_user: Minimum,
+}
+
+impl Minimums {
+    /// What a production profile asks for: everything required except the cgroup, which needs a
+    /// delegated cgroup v2 subtree that many hosts (including hybrid v1/v2 ones) cannot offer.
+    pub fn production() -> Self {
+        Minimums {
+            landlock: Minimum::Required,
+            network_isolation: Minimum::Required,
+            seccomp: Minimum::Required,
+            pid_namespace: Minimum::Required,
+            cgroup: Minimum::BestEffort,
+            unprivileged_user: Minimum::Required,
+        }
+    }
+
+    /// Everything best effort: apply what the host can, report the rest.
+    pub fn best_effort() -> Self {
+        Minimums {
+            landlock: Minimum::BestEffort,
+            network_isolation: Minimum::BestEffort,
+            seccomp: Minimum::BestEffort,
+            pid_namespace: Minimum::BestEffort,
+            cgroup: Minimum::BestEffort,
+            unprivileged_user: Minimum::BestEffort,
+        }
+    }
+}
+
+impl Default for Minimums {
+    fn default() -> Self {
+        Minimums::production()
+    }
+}
+
+/// Resource limits from the profile. Every limit is mandatory (there is no "unlimited"): a
+/// worker without a bound is a worker that can take the host down. All values are integers so
+/// they embed in the canonical receipt profile unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Wall-clock budget; then SIGTERM, a grace period, and a kill of the whole tree.
+    pub wall_timeout_ms: u64,
+    /// `RLIMIT_CPU` per process (soft; the hard limit is one second more): SIGXCPU then SIGKILL.
+    pub cpu_seconds: u64,
+    /// `RLIMIT_AS` per process and, when the cgroup memory controller is delegated, `memory.max`
+    /// for the whole tree.
+    pub memory_bytes: u64,
+    /// `RLIMIT_NPROC` (counted per uid: give concurrent workers distinct uids) and `pids.max`.
+    pub max_processes: u64,
+    /// `RLIMIT_NOFILE`.
+    pub max_open_files: u64,
+    /// `RLIMIT_FSIZE`: the largest file the worker may write.
+    pub max_file_size_bytes: u64,
+    /// Bytes of stdout and, separately, of stderr kept; the rest is drained and counted.
+    pub max_output_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            wall_timeout_ms: 30_000,
+            cpu_seconds: 30,
+            memory_bytes: 1 << 30,
+            max_processes: 64,
+            max_open_files: 256,
+            max_file_size_bytes: 64 << 20,
+            max_output_bytes: 1 << 20,
+        }
+    }
+}
+
+/// The largest wall-clock budget accepted (one day).
+pub const MAX_WALL_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
+/// The largest output cap accepted per stream: output is held in the Hall's memory.
+pub const MAX_OUTPUT_CAP: u64 = 256 << 20;
+
+impl Limits {
+    /// Checks every limit is positive, within the canonical integer range and sane.
+    pub fn validate(&self) -> Result<(), EnvelopeError> {
+        let fields: [(&str, u64); 7] = [
+            ("wall_timeout_ms", self.wall_timeout_ms),
+            ("cpu_seconds", self.cpu_seconds),
+            ("memory_bytes", self.memory_bytes),
+            ("max_processes", self.max_processes),
+            ("max_open_files", self.max_open_files),
+            ("max_file_size_bytes", self.max_file_size_bytes),
+            ("max_output_bytes", self.max_output_bytes),
+        ];
+        for (name, value) in fields {
+            if value == 0 {
+                return Err(EnvelopeError::invalid(
+                    format!("limits.{name}"),
+                    "must be at least 1 (there is no \"unlimited\")",
+                ));
+            }
+            if value > MAX_SAFE_INTEGER {
+                return Err(EnvelopeError::invalid(
+                    format!("limits.{name}"),
+                    format!("{value} is above 2^53-1, which signed receipts cannot carry"),
+                ));
+            }
+        }
+        if self.wall_timeout_ms > MAX_WALL_TIMEOUT_MS {
+            return Err(EnvelopeError::invalid(
+                "limits.wall_timeout_ms",
+                format!("{} ms is more than one day", self.wall_timeout_ms),
+            ));
+        }
+        if self.max_output_bytes > MAX_OUTPUT_CAP {
+            return Err(EnvelopeError::invalid(
+                "limits.max_output_bytes",
+                format!(
+                    "{} is above {MAX_OUTPUT_CAP} (output is held in the Hall's memory)",
+                    self.max_output_bytes
+                ),
+            ));
+        }
+        if self.max_open_files < 8 {
+            return Err(EnvelopeError::invalid(
+                "limits.max_open_files",
+                "must be at least 8 (stdio, the interpreter and its libraries need a few)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What is executed inside the envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// A PyHall package: `INTERPRETER -E -s -B -X pycache_prefix=<empty dir> <pkg>/code/bootstrap.py`.
+    ///
+    /// Why not `-I`: `-I` implies `-P`, which keeps `code/` off `sys.path`, so PyHall's own
+    /// bootstrap (`from worker_logic import run`) fails with ModuleNotFoundError (measured on
+    /// Python 3.11). `-E -s` keep the other two halves of `-I` (no `PYTHON*` variables, no user
+    /// site). `-E` also makes Python ignore `PYTHONPYCACHEPREFIX`, so the pycache prefix is set
+    /// with `-X`: a planted `__pycache__/*.pyc` next to the attested source is then never read.
+    Python {
+        /// The interpreter, e.g. Debian's `/usr/bin/python3.11` (readable by any uid; a pyenv
+        /// build under `/root` is not).
+        interpreter: PathBuf,
+    },
+    /// A native program and its arguments (tools, benchmarks). The program gets read+execute.
+    Native { program: PathBuf, args: Vec<String> },
+}
+
+impl Bootstrap {
+    /// Debian's Python 3.11.
+    pub fn python3() -> Self {
+        Bootstrap::Python {
+            interpreter: PathBuf::from("/usr/bin/python3.11"),
+        }
+    }
+}
+
+/// Read-only runtime paths the profile names (interpreter libraries, certificates, locale):
+/// `read` gets read access, `execute` additionally execute (the interpreter, the dynamic loader).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RuntimePaths {
+    pub read: Vec<PathBuf>,
+    pub execute: Vec<PathBuf>,
+}
+
+impl RuntimePaths {
+    /// What Debian 12's Python 3.11 opens at start-up, plus certificates and time zones (from an
+    /// strace of `python3.11 -E -s -B` with `LANG=C.UTF-8`). Host site-packages are deliberately
+    /// absent: a worker brings its dependencies in its package, and `site` skips unreadable
+    /// directories silently.
+    pub fn debian_python3() -> Self {
+        let p = |s: &str| PathBuf::from(s);
+        RuntimePaths {
+            execute: vec![p("/usr/bin/python3.11"), p("/lib64/ld-linux-x86-64.so.2")],
+            read: vec![
+                p("/usr/lib/python3.11"),
+                p("/etc/python3.11"),
+                p("/usr/lib/x86_64-linux-gnu"),
+                p("/etc/ld.so.cache"),
+                p("/usr/lib/locale"),
+                p("/usr/share/zoneinfo"),
+                p("/etc/localtime"),
+                p("/etc/ssl"),
+                p("/usr/share/ca-certificates"),
+            ],
+        }
+    }
+
+    /// What a dynamically linked native program needs: the loader and the libraries.
+    pub fn native() -> Self {
+        let p = |s: &str| PathBuf::from(s);
+        RuntimePaths {
+            execute: vec![p("/lib64/ld-linux-x86-64.so.2")],
+            read: vec![p("/usr/lib/x86_64-linux-gnu"), p("/etc/ld.so.cache")],
+        }
+    }
+}
+
+/// A uid/gid pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Identity {
+    /// Debian's `nobody:nogroup`.
+    pub const NOBODY: Identity = Identity {
+        uid: 65534,
+        gid: 65534,
+    };
+}
+
+/// One run: everything the dispatch layer knows about the worker and this request.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// The package directory (the attested store copy). Must be absolute and readable by the
+    /// worker uid (world-readable files, world-searchable directories).
+    pub package_dir: PathBuf,
+    /// The digest of what is executed (e.g. `sha256:…` of the package), copied into the report.
+    pub package_digest: Option<String>,
+    /// The registry record's declared privilege envelope.
+    pub privilege_envelope: PrivilegeEnvelope,
+    pub limits: Limits,
+    pub minimums: Minimums,
+    pub bootstrap: Bootstrap,
+    pub runtime: RuntimePaths,
+    /// The request JSON, given to the worker on stdin.
+    pub payload: Vec<u8>,
+    /// Becomes `WCP_CORRELATION_ID`; printable ASCII, at most 128 characters.
+    pub correlation_id: String,
+    /// An incoming W3C `traceparent` to hand on; when absent one is derived from the
+    /// correlation id (a UUID's 32 hex digits, otherwise a SHA-256 prefix) with a fresh span id.
+    pub traceparent: Option<String>,
+    /// Overrides [`HostConfig::worker_identity`] for this run (e.g. one uid per concurrent run
+    /// from a pool, so `RLIMIT_NPROC` is per run).
+    pub identity: Option<Identity>,
+    /// Policy lets absolute `filesystem_writes` be granted in place; otherwise they are mapped
+    /// under the per-run work directory (and the report says where).
+    pub allow_absolute_writes: bool,
+}
+
+impl RunRequest {
+    /// A request with the production minimums, default limits and Debian's Python runtime.
+    pub fn python(
+        package_dir: impl Into<PathBuf>,
+        privilege_envelope: PrivilegeEnvelope,
+        payload: Vec<u8>,
+        correlation_id: impl Into<String>,
+    ) -> Self {
+        RunRequest {
+            package_dir: package_dir.into(),
+            package_digest: None,
+            privilege_envelope,
+            limits: Limits::default(),
+            minimums: Minimums::default(),
+            bootstrap: Bootstrap::python3(),
+            runtime: RuntimePaths::debian_python3(),
+            payload,
+            correlation_id: correlation_id.into(),
+            traceparent: None,
+            identity: None,
+            allow_absolute_writes: false,
+        }
+    }
+}
+
+/// Hall-wide envelope settings (from `hall.toml`; they do not change per run).
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Hall-owned directory holding one private directory per run (`<runs_dir>/<run id>/`, with
+    /// `work/` for declared writes, `tmp/` and an empty pycache prefix). Created if missing.
+    pub runs_dir: PathBuf,
+    /// Hall-owned directory of secret files (`<secrets_dir>/<name>`, owned by the Hall's uid,
+    /// mode 0600 or stricter). `None`: a worker declaring `secrets_access` is refused.
+    pub secrets_dir: Option<PathBuf>,
+    /// The uid/gid workers run as when the Hall runs as root. Never root.
+    pub worker_identity: Identity,
+    /// A delegated cgroup v2 directory under which per-run leaves are created. `None`: the
+    /// Hall's own cgroup v2 directory (found in `/proc/self/cgroup`), if writable.
+    pub cgroup_parent: Option<PathBuf>,
+    /// Time between SIGTERM and the kill of the whole tree.
+    pub kill_grace_ms: u64,
+    /// How long to keep reading stdout/stderr after the worker's tree is gone.
+    pub drain_timeout_ms: u64,
+    /// Keep per-run directories after the run (debugging, tests).
+    pub keep_run_dirs: bool,
+}
+
+impl HostConfig {
+    pub fn new(runs_dir: impl Into<PathBuf>) -> Self {
+        HostConfig {
+            runs_dir: runs_dir.into(),
+            secrets_dir: None,
+            worker_identity: Identity::NOBODY,
+            cgroup_parent: None,
+            kill_grace_ms: 500,
+            drain_timeout_ms: 2_000,
+            keep_run_dirs: false,
+        }
+    }
+}
+
+/// Secret values read for one run, keyed by the declared name (never logged or reported).
+pub(crate) type SecretValues = BTreeMap<String, zeroize::Zeroizing<String>>;

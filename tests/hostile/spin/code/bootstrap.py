@@ -1,0 +1,3 @@
+# Hostile: burns CPU forever.
+while True:
+    pass
