@@ -19,7 +19,7 @@
 //! system calls that remain allowed, and side channels.
 //!
 //! Trust boundary: everything in this module runs in the Hall or in the two pre-exec processes
-//! forked from it ([`child`]); the worker's code only ever runs after its exec, fully confined.
+//! forked from it (`child.rs`); the worker's code only ever runs after its exec, fully confined.
 //! Requirements are never silently weakened: a `Required` minimum the host cannot meet refuses
 //! the run ([`EnvelopeError::RequirementUnmet`]), a `BestEffort` shortfall is in the report.
 //!
