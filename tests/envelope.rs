@@ -518,7 +518,7 @@ fn stale_run_directories_and_empty_leaves_are_swept_at_start_up() {
     if let Some(l) = &leaf {
         assert!(!l.exists());
     }
-    assert!(removed >= 1 + usize::from(leaf.is_some()));
+    assert_eq!(removed, 1 + usize::from(leaf.is_some()));
     if let Some(p) = own_parent {
         let _ = fs::remove_dir(p);
     }
