@@ -335,7 +335,7 @@ fn secrets_must_be_hall_owned_private_files() {
 }
 
 #[test]
-fn concurrent_runs_share_one_spawner_and_stay_apart() {
+fn concurrent_runs_from_several_threads_stay_apart() {
     let fx = fixture();
     let pkg = fx.package("hello", HELLO);
     let env = fx.envelope();
