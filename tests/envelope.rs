@@ -335,7 +335,7 @@ fn secrets_must_be_hall_owned_private_files() {
 }
 
 #[test]
-fn concurrent_runs_share_one_spawner_and_stay_apart() {
+fn concurrent_runs_from_several_threads_stay_apart() {
     let fx = fixture();
     let pkg = fx.package("hello", HELLO);
     let env = fx.envelope();
@@ -484,4 +484,42 @@ print(json.dumps({'clone3': [r, err], 'thread': out}))\n",
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
     assert_eq!(v["clone3"], serde_json::json!([-1, nix::libc::ENOSYS]));
     assert_eq!(v["thread"], serde_json::json!(["thread ran"]));
+}
+
+#[test]
+fn stale_run_directories_and_empty_leaves_are_swept_at_start_up() {
+    let fx = fixture();
+    // Its own cgroup parent: sweeping the shared test parent could remove another test's leaf
+    // in the instant between its creation and the clone into it.
+    let mut host = fx.host();
+    host.cgroup_parent = cgroup_parent().map(|p| {
+        let own = p.join(format!("sweep-{}", std::process::id()));
+        fs::create_dir_all(&own).unwrap();
+        own
+    });
+    let own_parent = host.cgroup_parent.clone();
+    let env = wcp_hall::envelope::Envelope::new(host).unwrap();
+    // What a Hall that died mid-run leaves: a run directory with a worker's file in it, and an
+    // empty cgroup leaf.
+    let stale = fx.runs.join("01900000-0000-7000-8000-000000000000");
+    fs::create_dir_all(stale.join("work/out")).unwrap();
+    fs::write(stale.join("work/out/partial.txt"), "x").unwrap();
+    let leaf = env
+        .probe()
+        .cgroup
+        .parent
+        .as_ref()
+        .map(|p| std::path::Path::new(p).join("wcp-stale-test-leaf"));
+    if let Some(l) = &leaf {
+        fs::create_dir(l).unwrap();
+    }
+    let removed = env.sweep_stale();
+    assert!(!stale.exists());
+    if let Some(l) = &leaf {
+        assert!(!l.exists());
+    }
+    assert_eq!(removed, 1 + usize::from(leaf.is_some()));
+    if let Some(p) = own_parent {
+        let _ = fs::remove_dir(p);
+    }
 }

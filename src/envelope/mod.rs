@@ -19,7 +19,7 @@
 //! system calls that remain allowed, and side channels.
 //!
 //! Trust boundary: everything in this module runs in the Hall or in the two pre-exec processes
-//! forked from it ([`child`]); the worker's code only ever runs after its exec, fully confined.
+//! forked from it (`child.rs`); the worker's code only ever runs after its exec, fully confined.
 //! Requirements are never silently weakened: a `Required` minimum the host cannot meet refuses
 //! the run ([`EnvelopeError::RequirementUnmet`]), a `BestEffort` shortfall is in the report.
 //!
@@ -214,6 +214,39 @@ impl Envelope {
 
     pub fn probe(&self) -> &Probe {
         &self.probe
+    }
+
+    /// Removes what a previous Hall process left behind when it died mid-run: every entry of
+    /// the runs directory, and the empty `wcp-*` leaves under the cgroup parent (a populated
+    /// leaf is never removed; `rmdir` refuses it). Its workers died with it (parent-death
+    /// signal); their directories did not. Call once at start-up, before the first run: it
+    /// would also remove the directories of runs in flight. Returns how many entries went.
+    pub fn sweep_stale(&self) -> usize {
+        let mut removed = 0;
+        if let Ok(entries) = std::fs::read_dir(&self.host.runs_dir) {
+            for e in entries.flatten() {
+                let path = e.path();
+                let gone = match e.file_type() {
+                    Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path).is_ok(),
+                    Ok(_) => std::fs::remove_file(&path).is_ok(),
+                    Err(_) => false,
+                };
+                removed += usize::from(gone);
+            }
+        }
+        if let Some(parent) = &self.probe.cgroup.parent
+            && let Ok(entries) = std::fs::read_dir(parent)
+        {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let is_leaf = name.to_string_lossy().starts_with("wcp-")
+                    && e.file_type().is_ok_and(|t| t.is_dir());
+                if is_leaf && std::fs::remove_dir(e.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
     }
 
     pub fn host(&self) -> &HostConfig {

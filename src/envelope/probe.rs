@@ -217,7 +217,10 @@ fn probe_cgroup(host: &HostConfig) -> CgroupProbe {
         ));
         return probe;
     }
-    let name = format!("wcp-probe-{}", std::process::id());
+    // Unique per probe: several envelopes in one process may probe at once.
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("wcp-probe-{}-{n}", std::process::id());
     match cgroup::Leaf::create(&parent, &name, 1 << 30, 64) {
         Err(e) => {
             probe.reason = Some(format!(
