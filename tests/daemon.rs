@@ -60,6 +60,11 @@ impl TestHall {
                 std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
             }
         }
+        std::fs::create_dir(dir.path().join("keys")).unwrap();
+        wcp_hall::crypto::KeyPair::generate()
+            .unwrap()
+            .write(&dir.path().join("keys/receipts.key"))
+            .unwrap();
         let config = format!(
             r#"[hall]
 require_signatory = true
@@ -70,6 +75,9 @@ rules = "rules.json"
 registry_dir = "registry"
 state_dir = "state"
 profiles_dir = "profiles"
+
+[receipts]
+signing_key = "keys/receipts.key"
 
 [identity]
 operator_uids = [0]
@@ -829,4 +837,154 @@ fn the_cedar_gate_decides_with_reasons_and_its_level_reaches_the_approval() {
     );
     let (_, polled) = hall.call(Method::GET, &format!("/wcp/approvals/{id}"), None);
     assert_eq!(polled["response"]["status"], "dry_run", "{polled}");
+}
+
+/// A signed copy of the bundled hello worker, enrolled with its package, and a trust policy.
+fn signed_hello(dir: &Path) -> (PathBuf, String) {
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name();
+            if name == "__pycache__" {
+                continue;
+            }
+            if e.file_type().unwrap().is_dir() {
+                copy_dir(&e.path(), &to.join(&name));
+            } else {
+                std::fs::copy(e.path(), to.join(&name)).unwrap();
+            }
+        }
+    }
+    let pkg = dir.join("packages/hello");
+    copy_dir(&repo("workers/hello"), &pkg);
+    let key = dir.join("keys/package.key");
+    let o = Command::new(BIN).arg("keygen").arg(&key).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let public = std::fs::read_to_string(key.with_extension("key.pub")).unwrap();
+    let public = public.split_whitespace().nth(1).unwrap().to_owned();
+    let trust = json!({"schema": "wcp-hall-trust/1", "version": 1,
+        "namespaces": {"org.wcp-hall": {"threshold": 1, "keys": [{"public_key": public}]}}});
+    std::fs::write(dir.join("trust.json"), trust.to_string()).unwrap();
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(pkg.join("record.json")).unwrap()).unwrap();
+    let worker_id = record["worker_id"].as_str().unwrap().to_owned();
+    let o = Command::new(BIN)
+        .args([
+            "attest",
+            "sign",
+            "--worker-id",
+            &worker_id,
+            "--species",
+            "wrk.hello.greeter",
+            "--worker-version",
+            "1.0.0",
+            "--key",
+        ])
+        .arg(&key)
+        .arg(&pkg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut enrolled = record.clone();
+    enrolled["attestation"] = json!({"package_root": pkg.display().to_string()});
+    let reg = dir.join("registry");
+    for e in std::fs::read_dir(&reg).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    std::fs::write(reg.join(format!("{worker_id}.json")), enrolled.to_string()).unwrap();
+    (pkg, worker_id)
+}
+
+#[test]
+fn an_attested_worker_runs_in_the_envelope_and_every_step_is_receipted() {
+    // Start once to create the directory layout, then enroll a signed package and restart.
+    let mut hall = TestHall::start("");
+    hall.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(hall.wait_exit(Duration::from_secs(20)), 0);
+    let (pkg, worker_id) = signed_hello(hall.dir.path());
+    let text = std::fs::read_to_string(hall.config_path()).unwrap();
+    let text = text.replace(
+        "require_signatory = true",
+        "require_signatory = true\nrequire_worker_attestation = true",
+    );
+    std::fs::write(
+        hall.config_path(),
+        format!("{text}\n[attestation]\ntrust_policy = \"trust.json\"\n"),
+    )
+    .unwrap();
+    hall.spawn();
+
+    let (s, out) = hall.call(
+        Method::POST,
+        "/wcp/dispatch",
+        Some(&input("cap.hello.greet", "acme-corp")),
+    );
+    assert_eq!(s, 200, "{out}; {}", hall.log());
+    assert_eq!(out["status"], "completed", "{out}");
+    assert!(
+        out["result"]["greeting"].as_str().unwrap().contains("Ada"),
+        "{out}"
+    );
+    assert_eq!(out["decision"]["worker_attestation_checked"], true);
+    assert_eq!(out["execution"]["worker_id"], worker_id.as_str());
+    let report = &out["execution"]["summary"]["envelope"];
+    assert!(report.is_object(), "the envelope report comes back: {out}");
+    assert!(
+        out["execution"]["package"]["store_path"]
+            .as_str()
+            .unwrap()
+            .contains("/store/")
+    );
+    let run_seq = out["execution"]["receipt"]["seq"].as_u64().unwrap();
+
+    // A denial is receipted too.
+    let (_, denied) = hall.call(
+        Method::POST,
+        "/wcp/dispatch",
+        Some(&input("cap.unknown.thing", "acme-corp")),
+    );
+    assert_eq!(denied["status"], "denied");
+    assert!(denied["execution"]["receipt"]["seq"].as_u64().unwrap() > run_seq);
+
+    // Editing the enrolled source after signing: refused, nothing runs.
+    let logic = pkg.join("code/worker_logic.py");
+    let mut text = std::fs::read_to_string(&logic).unwrap();
+    text.push_str("\n# tampered\n");
+    std::fs::write(&logic, text).unwrap();
+    let (_, tampered) = hall.call(
+        Method::POST,
+        "/wcp/dispatch",
+        Some(&input("cap.hello.greet", "acme-corp")),
+    );
+    assert_eq!(tampered["status"], "denied", "{tampered}");
+    let code = deny_code(&tampered);
+    assert!(
+        code == "DENY_WORKER_TAMPERED" || code == "DENY_WORKER_HASH_UNAVAILABLE",
+        "{tampered}"
+    );
+
+    // Stop, then verify the whole log offline with the public key.
+    hall.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(hall.wait_exit(Duration::from_secs(20)), 0);
+    let o = Command::new(BIN)
+        .args(["--json", "receipts", "verify", "--log"])
+        .arg(hall.dir.path().join("state/receipts"))
+        .arg("--pubkey")
+        .arg(hall.dir.path().join("keys/receipts.key.pub"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["failed"], 0, "{v}");
+    assert!(
+        v["passed"].as_u64().unwrap() >= 4,
+        "intent, outcome and two denials: {v}"
+    );
 }
