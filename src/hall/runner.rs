@@ -184,10 +184,10 @@ impl Runner for HallRunner {
             .cloned();
         let (limits, minimums) = match &profile {
             Some(p) => (
-                serde_json::to_value(&p.limits)
+                serde_json::to_value(p.limits)
                     .and_then(serde_json::from_value)
                     .unwrap_or_default(),
-                serde_json::to_value(&p.envelope)
+                serde_json::to_value(p.envelope)
                     .and_then(serde_json::from_value)
                     .unwrap_or_default(),
             ),
@@ -224,7 +224,10 @@ impl Runner for HallRunner {
                 allow_absolute_writes: true,
             };
             self.envelope.run(&req).map_err(|e| {
-                let report = e.report().and_then(|r| serde_json::to_value(r).ok());
+                let report = e
+                    .report()
+                    .and_then(|r| serde_json::to_value(r).ok())
+                    .map(Box::new);
                 (failure(e.code(), e.to_string()), report)
             })
         });
@@ -234,7 +237,7 @@ impl Runner for HallRunner {
             Ok(outcome) => outcome,
             Err((e, envelope_report)) => {
                 if let Some(r) = &envelope_report {
-                    intent.dispatch_mut().envelope = Some(r.clone());
+                    intent.dispatch_mut().envelope = Some(Value::clone(r));
                 }
                 let appended = self
                     .receipts
