@@ -50,10 +50,11 @@ fn setup() -> (tempfile::TempDir, PathBuf) {
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap();
     let d = dir.path();
-    let runs = Path::new("/dev/shm")
-        .is_dir()
-        .then(|| format!("/dev/shm/wcp-bench-runs-{}", std::process::id()))
-        .unwrap_or_else(|| d.join("runs").display().to_string());
+    let runs = if Path::new("/dev/shm").is_dir() {
+        format!("/dev/shm/wcp-bench-runs-{}", std::process::id())
+    } else {
+        d.join("runs").display().to_string()
+    };
     std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     std::fs::create_dir_all(d.join("keys")).unwrap();
     std::fs::create_dir_all(d.join("registry")).unwrap();
