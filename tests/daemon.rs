@@ -988,3 +988,164 @@ fn an_attested_worker_runs_in_the_envelope_and_every_step_is_receipted() {
         "intent, outcome and two denials: {v}"
     );
 }
+
+#[test]
+fn kill_9_mid_stream_loses_no_acknowledged_receipt() {
+    let mut hall = TestHall::start("");
+    // Clients stream denied dispatches (each answer names its durable receipt's seq).
+    let socket = hall.socket.clone();
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let (socket, acked, stop) = (socket.clone(), acked.clone(), stop.clone());
+        clients.push(std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let body = input(&format!("cap.crash.c{c}"), "acme-corp");
+                match rt.block_on(client::call(
+                    &socket,
+                    Method::POST,
+                    "/wcp/dispatch",
+                    Some(&body),
+                    Duration::from_secs(5),
+                )) {
+                    Ok(a) if a.status.as_u16() == 200 => {
+                        if let Some(seq) = a.body["execution"]["receipt"]["seq"].as_u64() {
+                            acked.lock().unwrap().push(seq);
+                        }
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(5)),
+                }
+                if i > 100_000 {
+                    break;
+                }
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked.lock().unwrap().len() < 50 {
+        assert!(
+            Instant::now() < deadline,
+            "the stream did not start: {}",
+            hall.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    hall.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = hall.wait_exit(Duration::from_secs(10));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    // Restart: the log is recovered (a torn tail cut and recorded) and everything verifies.
+    hall.spawn();
+    hall.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(hall.wait_exit(Duration::from_secs(20)), 0);
+    let log = hall.dir.path().join("state/receipts");
+    let o = Command::new(BIN)
+        .args(["--json", "receipts", "verify", "--log"])
+        .arg(&log)
+        .arg("--pubkey")
+        .arg(hall.dir.path().join("keys/receipts.key.pub"))
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{v} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(v["failed"], 0, "{v}");
+    // Every receipt a client was told about is in the log, as the denial it acknowledged.
+    for seq in &acked {
+        let o = Command::new(BIN)
+            .args(["--json", "receipts", "show", &seq.to_string(), "--log"])
+            .arg(&log)
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "acknowledged receipt {seq} is missing: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let shown = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            shown.contains("DENY_NO_MATCHING_RULE"),
+            "receipt {seq}: {shown}"
+        );
+    }
+    assert!(acked.len() >= 50);
+}
+
+#[test]
+fn overload_answers_429_with_retry_after_and_health_stays_responsive() {
+    // One execution slot, no queue: while a worker runs, the next dispatch is refused at once.
+    let mut hall = TestHall::start(
+        "[server]\nmax_concurrent = 1\nmax_concurrent_per_tenant = 1\nmax_queue = 0\n",
+    );
+    hall.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(hall.wait_exit(Duration::from_secs(20)), 0);
+    let _ = signed_hello(hall.dir.path());
+    let text = std::fs::read_to_string(hall.config_path()).unwrap();
+    std::fs::write(
+        hall.config_path(),
+        format!("{text}\n[attestation]\ntrust_policy = \"trust.json\"\n"),
+    )
+    .unwrap();
+    hall.spawn();
+    let socket = hall.socket.clone();
+    let busy = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        (0..8)
+            .map(|_| {
+                rt.block_on(client::call(
+                    &socket,
+                    Method::POST,
+                    "/wcp/dispatch",
+                    Some(&input("cap.hello.greet", "acme-corp")),
+                    Duration::from_secs(60),
+                ))
+                .map(|a| a.status.as_u16())
+                .unwrap_or(0)
+            })
+            .collect::<Vec<_>>()
+    });
+    // Meanwhile: concurrent dispatches hit the limit, and health answers quickly.
+    let mut saw_429 = false;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !saw_429 && Instant::now() < deadline {
+        let (s, body) = hall.call(
+            Method::POST,
+            "/wcp/dispatch",
+            Some(&input("cap.hello.greet", "acme-corp")),
+        );
+        if s == 429 {
+            assert_eq!(body["code"], "overloaded");
+            saw_429 = true;
+        }
+        let t = Instant::now();
+        assert_eq!(hall.call(Method::GET, "/wcp/health", None).0, 200);
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "health must not queue behind work"
+        );
+    }
+    assert!(saw_429, "a full Hall answers 429");
+    let statuses = busy.join().unwrap();
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+}
