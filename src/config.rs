@@ -74,46 +74,36 @@ pub struct AttestationSection {
     pub recheck_seconds: u64,
 }
 
-/// `[envelope]`: how the Hall runs workers.
+/// `[envelope]`: how the Hall runs workers (see the privilege envelope in README.md).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct EnvelopeSection {
-    /// Read-only runtime paths every worker may read (interpreter, libraries, certificates).
-    pub runtime_paths: Vec<PathBuf>,
-    /// The interpreter that runs `code/bootstrap.py`.
-    pub python: PathBuf,
-    /// The unprivileged user workers run as when the Hall is root (name or uid).
-    pub worker_user: String,
-    /// Where per-dispatch work directories are created (default: `<state_dir>/work`).
-    pub work_dir: Option<PathBuf>,
-    /// Where workers' persistent writable directories live (default: `<state_dir>/data`);
-    /// a worker's declared `filesystem_writes` entry `knowledge/` becomes
-    /// `<data_dir>/<worker_id>/knowledge`.
+    /// Hall-owned directory with one private directory per run (tmpfs is fastest; default:
+    /// `$RUNTIME_DIRECTORY/runs`, else `<state_dir>/runs`).
+    pub runs_dir: Option<PathBuf>,
+    /// Where workers' persistent writable directories live (default: `<state_dir>/data`): a
+    /// worker's relative `filesystem_writes` entry `knowledge/` becomes
+    /// `<data_dir>/<worker_id>/knowledge`, kept across dispatches.
     pub data_dir: Option<PathBuf>,
     /// Hall-owned directory of secret files a worker may be given (`secrets_access`).
     pub secrets_dir: Option<PathBuf>,
+    /// The unprivileged user workers run as when the Hall runs as root (name or numeric uid).
+    pub worker_user: String,
+    /// Time between SIGTERM and killing the worker's whole tree.
+    pub kill_grace_ms: u64,
+    /// How long output is still read after the worker's tree is gone.
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for EnvelopeSection {
     fn default() -> Self {
         EnvelopeSection {
-            runtime_paths: [
-                "/usr/bin",
-                "/usr/lib",
-                "/usr/lib64",
-                "/lib",
-                "/lib64",
-                "/etc/ssl",
-                "/etc/localtime",
-            ]
-            .into_iter()
-            .map(PathBuf::from)
-            .collect(),
-            python: PathBuf::from("/usr/bin/python3"),
-            worker_user: "nobody".into(),
-            work_dir: None,
+            runs_dir: None,
             data_dir: None,
             secrets_dir: None,
+            worker_user: "nobody".into(),
+            kill_grace_ms: 500,
+            drain_timeout_ms: 2_000,
         }
     }
 }
@@ -378,7 +368,7 @@ impl Config {
             *p = p.take().map(|p| base.join(p));
         }
         let e = &mut config.envelope;
-        for p in [&mut e.work_dir, &mut e.data_dir, &mut e.secrets_dir] {
+        for p in [&mut e.runs_dir, &mut e.data_dir, &mut e.secrets_dir] {
             *p = p.take().map(|p| base.join(p));
         }
         let default_log = crate::receipt::ReceiptsSection::default().log_dir;

@@ -60,6 +60,11 @@ impl TestHall {
                 std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
             }
         }
+        std::fs::create_dir(dir.path().join("keys")).unwrap();
+        wcp_hall::crypto::KeyPair::generate()
+            .unwrap()
+            .write(&dir.path().join("keys/receipts.key"))
+            .unwrap();
         let config = format!(
             r#"[hall]
 require_signatory = true
@@ -70,6 +75,9 @@ rules = "rules.json"
 registry_dir = "registry"
 state_dir = "state"
 profiles_dir = "profiles"
+
+[receipts]
+signing_key = "keys/receipts.key"
 
 [identity]
 operator_uids = [0]
@@ -829,4 +837,324 @@ fn the_cedar_gate_decides_with_reasons_and_its_level_reaches_the_approval() {
     );
     let (_, polled) = hall.call(Method::GET, &format!("/wcp/approvals/{id}"), None);
     assert_eq!(polled["response"]["status"], "dry_run", "{polled}");
+}
+
+/// A signed copy of the bundled hello worker, enrolled with its package, and a trust policy.
+fn signed_hello(dir: &Path) -> (PathBuf, String) {
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name();
+            if name == "__pycache__" {
+                continue;
+            }
+            if e.file_type().unwrap().is_dir() {
+                copy_dir(&e.path(), &to.join(&name));
+            } else {
+                std::fs::copy(e.path(), to.join(&name)).unwrap();
+            }
+        }
+    }
+    let pkg = dir.join("packages/hello");
+    copy_dir(&repo("workers/hello"), &pkg);
+    let key = dir.join("keys/package.key");
+    let o = Command::new(BIN).arg("keygen").arg(&key).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let public = std::fs::read_to_string(key.with_extension("key.pub")).unwrap();
+    let public = public.split_whitespace().nth(1).unwrap().to_owned();
+    let trust = json!({"schema": "wcp-hall-trust/1", "version": 1,
+        "namespaces": {"org.wcp-hall": {"threshold": 1, "keys": [{"public_key": public}]}}});
+    std::fs::write(dir.join("trust.json"), trust.to_string()).unwrap();
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(pkg.join("record.json")).unwrap()).unwrap();
+    let worker_id = record["worker_id"].as_str().unwrap().to_owned();
+    let o = Command::new(BIN)
+        .args([
+            "attest",
+            "sign",
+            "--worker-id",
+            &worker_id,
+            "--species",
+            "wrk.hello.greeter",
+            "--worker-version",
+            "1.0.0",
+            "--key",
+        ])
+        .arg(&key)
+        .arg(&pkg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut enrolled = record.clone();
+    enrolled["attestation"] = json!({"package_root": pkg.display().to_string()});
+    let reg = dir.join("registry");
+    for e in std::fs::read_dir(&reg).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    std::fs::write(reg.join(format!("{worker_id}.json")), enrolled.to_string()).unwrap();
+    (pkg, worker_id)
+}
+
+#[test]
+fn an_attested_worker_runs_in_the_envelope_and_every_step_is_receipted() {
+    // Start once to create the directory layout, then enroll a signed package and restart.
+    let mut hall = TestHall::start("");
+    hall.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(hall.wait_exit(Duration::from_secs(20)), 0);
+    let (pkg, worker_id) = signed_hello(hall.dir.path());
+    let text = std::fs::read_to_string(hall.config_path()).unwrap();
+    let text = text.replace(
+        "require_signatory = true",
+        "require_signatory = true\nrequire_worker_attestation = true",
+    );
+    std::fs::write(
+        hall.config_path(),
+        format!("{text}\n[attestation]\ntrust_policy = \"trust.json\"\n"),
+    )
+    .unwrap();
+    hall.spawn();
+
+    let (s, out) = hall.call(
+        Method::POST,
+        "/wcp/dispatch",
+        Some(&input("cap.hello.greet", "acme-corp")),
+    );
+    assert_eq!(s, 200, "{out}; {}", hall.log());
+    assert_eq!(out["status"], "completed", "{out}");
+    assert!(
+        out["result"]["greeting"].as_str().unwrap().contains("Ada"),
+        "{out}"
+    );
+    assert_eq!(out["decision"]["worker_attestation_checked"], true);
+    assert_eq!(out["execution"]["worker_id"], worker_id.as_str());
+    let report = &out["execution"]["summary"]["envelope"];
+    assert!(report.is_object(), "the envelope report comes back: {out}");
+    assert!(
+        out["execution"]["package"]["store_path"]
+            .as_str()
+            .unwrap()
+            .contains("/store/")
+    );
+    let run_seq = out["execution"]["receipt"]["seq"].as_u64().unwrap();
+
+    // A denial is receipted too.
+    let (_, denied) = hall.call(
+        Method::POST,
+        "/wcp/dispatch",
+        Some(&input("cap.unknown.thing", "acme-corp")),
+    );
+    assert_eq!(denied["status"], "denied");
+    assert!(denied["execution"]["receipt"]["seq"].as_u64().unwrap() > run_seq);
+
+    // Editing the enrolled source after signing: refused, nothing runs.
+    let logic = pkg.join("code/worker_logic.py");
+    let mut text = std::fs::read_to_string(&logic).unwrap();
+    text.push_str("\n# tampered\n");
+    std::fs::write(&logic, text).unwrap();
+    let (_, tampered) = hall.call(
+        Method::POST,
+        "/wcp/dispatch",
+        Some(&input("cap.hello.greet", "acme-corp")),
+    );
+    assert_eq!(tampered["status"], "denied", "{tampered}");
+    let code = deny_code(&tampered);
+    assert!(
+        code == "DENY_WORKER_TAMPERED" || code == "DENY_WORKER_HASH_UNAVAILABLE",
+        "{tampered}"
+    );
+
+    // Stop, then verify the whole log offline with the public key.
+    hall.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(hall.wait_exit(Duration::from_secs(20)), 0);
+    let o = Command::new(BIN)
+        .args(["--json", "receipts", "verify", "--log"])
+        .arg(hall.dir.path().join("state/receipts"))
+        .arg("--pubkey")
+        .arg(hall.dir.path().join("keys/receipts.key.pub"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["failed"], 0, "{v}");
+    assert!(
+        v["passed"].as_u64().unwrap() >= 4,
+        "intent, outcome and two denials: {v}"
+    );
+}
+
+#[test]
+fn kill_9_mid_stream_loses_no_acknowledged_receipt() {
+    let mut hall = TestHall::start("");
+    // Clients stream denied dispatches (each answer names its durable receipt's seq).
+    let socket = hall.socket.clone();
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let (socket, acked, stop) = (socket.clone(), acked.clone(), stop.clone());
+        clients.push(std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let body = input(&format!("cap.crash.c{c}"), "acme-corp");
+                match rt.block_on(client::call(
+                    &socket,
+                    Method::POST,
+                    "/wcp/dispatch",
+                    Some(&body),
+                    Duration::from_secs(5),
+                )) {
+                    Ok(a) if a.status.as_u16() == 200 => {
+                        if let Some(seq) = a.body["execution"]["receipt"]["seq"].as_u64() {
+                            acked.lock().unwrap().push(seq);
+                        }
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(5)),
+                }
+                if i > 100_000 {
+                    break;
+                }
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked.lock().unwrap().len() < 50 {
+        assert!(
+            Instant::now() < deadline,
+            "the stream did not start: {}",
+            hall.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    hall.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = hall.wait_exit(Duration::from_secs(10));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    // Restart: the log is recovered (a torn tail cut and recorded) and everything verifies.
+    hall.spawn();
+    hall.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(hall.wait_exit(Duration::from_secs(20)), 0);
+    let log = hall.dir.path().join("state/receipts");
+    let o = Command::new(BIN)
+        .args(["--json", "receipts", "verify", "--log"])
+        .arg(&log)
+        .arg("--pubkey")
+        .arg(hall.dir.path().join("keys/receipts.key.pub"))
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{v} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(v["failed"], 0, "{v}");
+    // Every receipt a client was told about is in the log, as the denial it acknowledged.
+    for seq in &acked {
+        let o = Command::new(BIN)
+            .args(["--json", "receipts", "show", &seq.to_string(), "--log"])
+            .arg(&log)
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "acknowledged receipt {seq} is missing: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let shown = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            shown.contains("DENY_NO_MATCHING_RULE"),
+            "receipt {seq}: {shown}"
+        );
+    }
+    assert!(acked.len() >= 50);
+}
+
+#[test]
+fn overload_answers_429_with_retry_after_and_health_stays_responsive() {
+    // One execution slot, no queue: while a worker runs, the next dispatch is refused at once.
+    let mut hall = TestHall::start(
+        "[server]\nmax_concurrent = 1\nmax_concurrent_per_tenant = 1\nmax_queue = 0\n",
+    );
+    hall.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(hall.wait_exit(Duration::from_secs(20)), 0);
+    let _ = signed_hello(hall.dir.path());
+    let text = std::fs::read_to_string(hall.config_path()).unwrap();
+    std::fs::write(
+        hall.config_path(),
+        format!("{text}\n[attestation]\ntrust_policy = \"trust.json\"\n"),
+    )
+    .unwrap();
+    hall.spawn();
+    // Two clients dispatch concurrently for a while; with one slot and no queue, some requests
+    // must be refused at once with 429 while the other one's worker runs.
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let socket = hall.socket.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let until = Instant::now() + Duration::from_secs(3);
+                let mut statuses = Vec::new();
+                while Instant::now() < until {
+                    let a = rt.block_on(client::call(
+                        &socket,
+                        Method::POST,
+                        "/wcp/dispatch",
+                        Some(&input("cap.hello.greet", "acme-corp")),
+                        Duration::from_secs(60),
+                    ));
+                    statuses.push(
+                        a.map(|a| (a.status.as_u16(), a.body["code"].clone()))
+                            .unwrap_or((0, Value::Null)),
+                    );
+                }
+                statuses
+            })
+        })
+        .collect();
+    // Meanwhile health answers promptly: it never queues behind work.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let t = Instant::now();
+        assert_eq!(hall.call(Method::GET, "/wcp/health", None).0, 200);
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "health must not queue behind work"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let statuses: Vec<(u16, Value)> = busy.into_iter().flat_map(|b| b.join().unwrap()).collect();
+    assert!(
+        statuses.iter().all(|(s, _)| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().any(|(s, _)| *s == 200),
+        "work was done: {statuses:?}"
+    );
+    assert!(
+        statuses
+            .iter()
+            .any(|(s, code)| *s == 429 && code == "overloaded"),
+        "a full Hall answers 429 overloaded: {statuses:?}"
+    );
 }

@@ -84,7 +84,18 @@ fn copy_dir(from: &Path, to: &Path) {
 /// A copy of the bundled policies/ (config, rules, registry, profiles, Cedar policies).
 fn test_config(dir: &Path) -> PathBuf {
     copy_dir(&repo("policies"), dir);
-    dir.join("hall.toml")
+    wcp_hall::crypto::KeyPair::generate()
+        .unwrap()
+        .write(&dir.join("receipts.key"))
+        .unwrap();
+    let config = dir.join("hall.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}\n[receipts]\nsigning_key = \"receipts.key\"\n"),
+    )
+    .unwrap();
+    config
 }
 
 fn health(socket: &Path) -> Option<serde_json::Value> {

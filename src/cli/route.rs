@@ -116,7 +116,10 @@ fn route_offline(hall: &Loaded, input: &RouteInput, task_id: &str) -> RouteDecis
         registry: &hall.registry,
         config: &config,
         gate: gate.as_ref().map(|g| g as &dyn PolicyGate),
-        hashes: Some(&hall.registry),
+        hashes: match &hall.attested {
+            Some(a) => Some(a as &dyn crate::router::WorkerHashes),
+            None => Some(&hall.registry),
+        },
         privilege: Some(&hall.registry),
         human_approval: None,
     };

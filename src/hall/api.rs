@@ -65,3 +65,25 @@ impl IntoResponse for ApiError {
 
 /// The API version string served by the version probe and the `Api-Version` header.
 pub const API_VERSION: &str = "wcp-hall/1";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overload_and_unavailable_answers_carry_retry_after_and_a_json_body() {
+        let resp = ApiError::overloaded("full").into_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            resp.headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
+        let resp = ApiError::unavailable("shutting_down", "bye").into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(resp.headers().contains_key(header::RETRY_AFTER));
+        let resp = ApiError::forbidden("no").into_response();
+        assert!(!resp.headers().contains_key(header::RETRY_AFTER));
+    }
+}

@@ -11,11 +11,14 @@ use serde_json::{Value, json};
 use super::api::ApiError;
 use super::approvals::{Approval, ApprovalStatus, now_ms, rfc3339_ms};
 use super::identity::Peer;
+use super::runner;
 use super::state::Loaded;
 use super::{Hall, RunRequest};
 use crate::clock::{DEFAULT_TASK_ID, mint_context};
 use crate::policy::gate::{GateDecision, RequestGate};
 use crate::policy::request::CallerIdentity;
+use crate::receipt::Dispatch;
+use crate::receipt::model::{Approval as ReceiptApproval, DecisionSummary};
 use crate::router::{self, PolicyGate, Router};
 use crate::wcp::{DenyCode, RouteDecision, RouteInput};
 
@@ -107,7 +110,10 @@ pub fn route(
         registry: &loaded.registry,
         config: &config,
         gate: request_gate.as_ref().map(|g| g as &dyn PolicyGate),
-        hashes: Some(&loaded.registry),
+        hashes: match &loaded.attested {
+            Some(a) => Some(a as &dyn crate::router::WorkerHashes),
+            None => Some(&loaded.registry),
+        },
         privilege: Some(&loaded.registry),
         human_approval: approval,
     };
@@ -169,7 +175,10 @@ pub async fn dispatch(
         drop(permit);
         request_approval(&hall, &loaded, peer, input, raw, routed).await?
     } else if routed.decision.denied {
-        response("denied", routed)
+        let receipt = receipt_denial(&hall, &peer, &routed, None).await?;
+        let mut r = response("denied", routed);
+        r.execution = Some(json!({"receipt": receipt}));
+        r
     } else if input.dry_run {
         response("dry_run", routed)
     } else {
@@ -201,11 +210,29 @@ async fn run(
         policy: routed.policy.clone(),
         loaded: loaded.clone(),
     };
+    let species = routed.decision.selected_worker_species_id.clone();
+    let correlation_id = routed.decision.correlation_id.clone();
     let outcome = tokio::task::spawn_blocking(move || runner.run(request))
         .await
         .map_err(|e| ApiError::internal(format!("worker runner panicked: {e}")))?;
     match outcome {
         Ok(done) => {
+            // WCP §7: the chain's blast grows by each worker that actually ran.
+            let blast = species
+                .as_deref()
+                .and_then(|s| loaded.registry.records_of(s).next())
+                .and_then(|r| r.blast_radius.as_ref())
+                .map_or(0, |b| {
+                    crate::policy::blast::WcpBlast::from_radius(b).total()
+                });
+            if let Err(e) = hall
+                .chains
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(&correlation_id, blast, now_ms())
+            {
+                tracing::warn!(error = %e, "chain blast not recorded");
+            }
             let mut r = response(
                 if done.succeeded {
                     "completed"
@@ -386,7 +413,9 @@ pub async fn complete_approval(hall: Arc<Hall>, approval: Approval) -> Result<Va
             }
         }
         ApprovalStatus::Denied | ApprovalStatus::Expired => {
-            // The decision that asked for a human stands, whatever the rules say now.
+            // The decision that asked for a human stands, whatever the rules say now; its
+            // denial (or expiry) is receipted like any other.
+            let receipt = receipt_closed_approval(&hall, &approval).await?;
             DispatchResponse {
                 status: "denied",
                 denied: true,
@@ -400,7 +429,7 @@ pub async fn complete_approval(hall: Arc<Hall>, approval: Approval) -> Result<Va
                 decision: approval.decision.clone(),
                 policy: approval.policy.clone(),
                 result: None,
-                execution: None,
+                execution: Some(json!({"receipt": receipt})),
             }
         }
         ApprovalStatus::Pending => return Err(ApiError::internal("approval is still pending")),
@@ -411,4 +440,84 @@ pub async fn complete_approval(hall: Arc<Hall>, approval: Approval) -> Result<Va
         .set_outcome(&approval.id, outcome.clone())
         .map_err(|e| ApiError::unavailable("approvals_unavailable", e.to_string()))?;
     Ok(serde_json::to_value(&response).unwrap_or(outcome))
+}
+
+/// Receipts a denial (durable before the caller is answered); the answer carries its reference.
+async fn receipt_denial(
+    hall: &Arc<Hall>,
+    peer: &Peer,
+    routed: &Routed,
+    approval: Option<&Approval>,
+) -> Result<Value, ApiError> {
+    let mut d = Dispatch::from_decision(
+        &routed.decision,
+        None,
+        runner::caller(peer),
+        rfc3339_ms(now_ms()),
+    );
+    d.decision.policy_version = routed.policy.as_ref().map(|p| p.policy_version.clone());
+    append(hall, d, approval).await
+}
+
+/// Receipts an approval a human denied or nobody resolved in time, from its stored decision.
+async fn receipt_closed_approval(hall: &Arc<Hall>, approval: &Approval) -> Result<Value, ApiError> {
+    let v = &approval.decision;
+    let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    let d = Dispatch {
+        artifact_hash: None,
+        caller: runner::caller(&approval.peer),
+        capability_id: s("capability_id"),
+        controls_verified: Vec::new(),
+        correlation_id: s("correlation_id"),
+        decision: DecisionSummary {
+            decision_id: s("decision_id"),
+            denied: true,
+            deny_code: v["deny_reason_if_denied"]["code"]
+                .as_str()
+                .map(str::to_owned),
+            matched_rule_id: s("matched_rule_id"),
+            policy_version: approval
+                .policy
+                .as_ref()
+                .and_then(|p| p["policy_version"].as_str())
+                .map(str::to_owned),
+        },
+        dispatched_at: rfc3339_ms(now_ms()),
+        env: s("env"),
+        envelope: None,
+        package: None,
+        policy_decision: "REQUIRE_HUMAN".into(),
+        tenant_id: s("tenant_id"),
+        worker_id: None,
+        worker_species_id: None,
+    };
+    append(hall, d, Some(approval)).await
+}
+
+async fn append(
+    hall: &Arc<Hall>,
+    d: Dispatch,
+    approval: Option<&Approval>,
+) -> Result<Value, ApiError> {
+    let receipts = hall.receipts.clone();
+    let expired = approval
+        .filter(|a| a.status == ApprovalStatus::Expired)
+        .map(|a| ReceiptApproval {
+            approval_expires_at: a.expires_at.clone(),
+            pending_approval_id: a.id.clone(),
+            supervisor_level: Some(a.supervisor_level.clone()),
+        });
+    let appended = tokio::task::spawn_blocking(move || match expired {
+        Some(a) => receipts.append_expired_approval(d, a),
+        None => receipts.append_denied(d),
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("receipt writer panicked: {e}")))?
+    .map_err(|e| {
+        ApiError::unavailable(
+            "receipt_log_unavailable",
+            format!("the denial could not be recorded: {e}"),
+        )
+    })?;
+    Ok(json!({"seq": appended.seq, "receipt_hash": appended.receipt_hash_string()}))
 }

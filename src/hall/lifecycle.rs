@@ -160,9 +160,11 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
     let cgroup = super::cgroup::prepare_at_startup();
     let loaded = Loaded::load(&options.config, 1).map_err(|e| fail(exit::CONFIG, e.to_string()))?;
     let state_dir = loaded.config.state_dir();
+    // 0711: workers (another uid) must traverse it to reach their run directory and the
+    // read-only package store inside; nobody else can list it.
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o750)
+        .mode(0o711)
         .create(&state_dir)
         .map_err(|e| {
             fail(
@@ -191,9 +193,28 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
     listener
         .set_nonblocking(true)
         .map_err(|e| fail(exit::IOERR, format!("cannot configure the socket: {e}")))?;
-    let mut hall = Hall::new(Current::new(options.config.clone(), loaded), approvals);
+    // The receipt log: opened (and recovered) before anything can run; a sev1 finding stops the
+    // Hall here with exit 78 so systemd does not restart it in a loop.
+    let key = loaded.config.receipts.load_key().map_err(|e| {
+        fail(
+            exit::CONFIG,
+            format!("{e}; create the receipt signing key with `wcp-hall keys generate` (see [receipts] signing_key)"),
+        )
+    })?;
+    let (receipts, opened) =
+        crate::receipt::ReceiptLog::open(loaded.config.receipts.log_options(), key)
+            .map_err(|e| fail(exit::CONFIG, e.to_string()))?;
+    tracing::info!(report = ?opened, "receipt log open");
+    let receipts = Arc::new(receipts);
+    let runner = build_runner(&loaded.config, &cgroup, receipts.clone())?;
+    let mut hall = Hall::new(
+        Current::new(options.config.clone(), loaded),
+        approvals,
+        receipts.clone(),
+    );
     tracing::info!(cgroup = %cgroup.note, "cgroup");
     hall.cgroup = cgroup;
+    hall.runner = Some(runner);
     let hall = Arc::new(hall);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -218,11 +239,82 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
         notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
         super::server::serve(hall.clone(), listener, shutdown, grace).await;
         notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+        // A final checkpoint, so the log's last state is signed and saved.
+        if let Err(e) = hall.receipts.checkpoint_now() {
+            tracing::error!(error = %e, "final receipt checkpoint failed");
+        }
         tracing::info!("wcp-hall stopped");
         Ok::<(), StartError>(())
     });
     runtime.shutdown_timeout(grace);
     result
+}
+
+/// The worker's uid/gid from `[envelope] worker_user` (a name or a numeric uid).
+fn worker_identity(user: &str) -> Result<crate::envelope::Identity, StartError> {
+    let found = match user.parse::<u32>() {
+        Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten(),
+        Err(_) => nix::unistd::User::from_name(user).ok().flatten(),
+    };
+    let u = found.ok_or_else(|| {
+        fail(
+            exit::CONFIG,
+            format!("[envelope] worker_user {user:?} does not exist"),
+        )
+    })?;
+    if u.uid.is_root() {
+        return Err(fail(
+            exit::CONFIG,
+            "[envelope] worker_user must not be root",
+        ));
+    }
+    Ok(crate::envelope::Identity {
+        uid: u.uid.as_raw(),
+        gid: u.gid.as_raw(),
+    })
+}
+
+/// The envelope and the runner around it.
+fn build_runner(
+    config: &crate::config::Config,
+    cgroup: &super::cgroup::Delegation,
+    receipts: Arc<crate::receipt::ReceiptLog>,
+) -> Result<Arc<super::runner::HallRunner>, StartError> {
+    let e = &config.envelope;
+    let runs_dir = e.runs_dir.clone().unwrap_or_else(|| {
+        std::env::var_os("RUNTIME_DIRECTORY")
+            .and_then(|v| {
+                v.to_str()
+                    .and_then(|s| s.split(':').next())
+                    .map(std::path::PathBuf::from)
+            })
+            .map(|d| d.join("runs"))
+            .unwrap_or_else(|| config.state_dir().join("runs"))
+    });
+    let worker = worker_identity(&e.worker_user)?;
+    let mut host = crate::envelope::HostConfig::new(runs_dir);
+    host.secrets_dir = e.secrets_dir.clone();
+    host.worker_identity = worker;
+    host.cgroup_parent = cgroup.subtree.clone();
+    host.kill_grace_ms = e.kill_grace_ms;
+    host.drain_timeout_ms = e.drain_timeout_ms;
+    let envelope = crate::envelope::Envelope::new(host)
+        .map_err(|err| fail(exit::CONFIG, format!("privilege envelope: {err}")))?;
+    let swept = envelope.sweep_stale();
+    if swept > 0 {
+        tracing::warn!(swept, "cleared runs a previous Hall left behind");
+    }
+    Ok(Arc::new(super::runner::HallRunner {
+        envelope,
+        receipts,
+        data_dir: e
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| config.state_dir().join("data")),
+        worker,
+    }))
 }
 
 /// Resolves on SIGTERM or SIGINT; handles SIGHUP reloads meanwhile.

@@ -19,6 +19,7 @@ pub mod identity;
 pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
+pub mod runner;
 pub mod server;
 pub mod state;
 
@@ -65,6 +66,9 @@ pub trait Runner: Send + Sync {
 /// The daemon's shared state.
 pub struct Hall {
     pub current: Current,
+    /// The evidence receipt log: every run's intent and outcome and every denial, durable before
+    /// the caller hears of it.
+    pub receipts: Arc<crate::receipt::ReceiptLog>,
     pub limits: Limits,
     pub approvals: ApprovalStore,
     pub metrics: Metrics,
@@ -79,7 +83,11 @@ pub struct Hall {
 
 impl Hall {
     /// Builds the shared state from a loaded snapshot.
-    pub fn new(current: Current, approvals: ApprovalStore) -> Self {
+    pub fn new(
+        current: Current,
+        approvals: ApprovalStore,
+        receipts: Arc<crate::receipt::ReceiptLog>,
+    ) -> Self {
         let server = current.get().config.server.clone();
         Hall {
             limits: Limits::new(
@@ -89,6 +97,7 @@ impl Hall {
                 Duration::from_millis(server.queue_timeout_ms),
             ),
             current,
+            receipts,
             approvals,
             metrics: Metrics::default(),
             started: Instant::now(),

@@ -8,6 +8,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use crate::attest::manifest_v1::HmacKey;
+use crate::attest::store::PackageStore;
+use crate::attest::trust::TrustPolicy;
+use crate::attest::workers::{AttestedWorkers, RecheckPolicy, SpeciesPackage};
 use crate::config::Config;
 use crate::hall::identity::IdentityMap;
 use crate::policy::gate::HallGate;
@@ -32,6 +36,8 @@ pub enum LoadError {
     Registry(#[from] RegistryDirError),
     #[error("policy gate: {0}")]
     Policy(String),
+    #[error("attestation: {0}")]
+    Attestation(String),
 }
 
 /// One immutable, complete view of what the Hall routes with.
@@ -44,6 +50,9 @@ pub struct Loaded {
     pub router_config: RouterConfig,
     /// The policy gate (Cedar under the profiles `[profiles]` selects), when any is selected.
     pub gate: Option<HallGate>,
+    /// Verified packages of the enrolled workers (`[attestation] trust_policy` set). Workers only
+    /// ever run from this store's read-only copies.
+    pub attested: Option<AttestedWorkers>,
     /// Monotonic generation number, bumped on every successful reload.
     pub generation: u64,
 }
@@ -67,8 +76,10 @@ impl Loaded {
         let registry =
             RegistryDir::open(&config.paths.registry_dir)?.snapshot(config.routing.controls_scope);
         let gate = load_gate(&config)?;
+        let attested = load_attested(&config, &registry)?;
         Ok(Loaded {
             gate,
+            attested,
             identity: IdentityMap::from_config(&config.identity),
             router_config: config.router_config(),
             config,
@@ -96,6 +107,65 @@ pub fn load_gate(config: &Config) -> Result<Option<HallGate>, LoadError> {
     HallGate::load(&selected)
         .map(Some)
         .map_err(|e| LoadError::Policy(e.to_string()))
+}
+
+/// Opens the package store and trust policy `[attestation]` names, and registers the package of
+/// every enrolled record that names one (`attestation.package_root`).
+pub fn load_attested(
+    config: &Config,
+    registry: &Registry,
+) -> Result<Option<AttestedWorkers>, LoadError> {
+    let a = &config.attestation;
+    let Some(trust_path) = &a.trust_policy else {
+        return Ok(None);
+    };
+    let err = |e: String| LoadError::Attestation(e);
+    let trust = TrustPolicy::load(trust_path).map_err(|e| err(e.to_string()))?;
+    let store_dir = a
+        .store_dir
+        .clone()
+        .unwrap_or_else(|| config.state_dir().join("store"));
+    let store = PackageStore::open(&store_dir).map_err(|e| err(e.to_string()))?;
+    let hmac = match &a.hmac_key_file {
+        Some(p) => Some(Arc::new(HmacKey::read(p).map_err(|e| err(e.to_string()))?)),
+        None => None,
+    };
+    let recheck = if a.recheck_seconds == 0 {
+        RecheckPolicy::EveryCall
+    } else {
+        RecheckPolicy::Interval(std::time::Duration::from_secs(a.recheck_seconds))
+    };
+    let mut workers =
+        AttestedWorkers::new(Arc::new(store), Arc::new(trust), hmac).with_recheck(recheck);
+    for record in registry.records() {
+        let Some(att) = &record.attestation else {
+            continue;
+        };
+        let Some(root) = &att.package_root else {
+            continue;
+        };
+        let root = PathBuf::from(root);
+        let manifest = att
+            .manifest_path
+            .as_ref()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let sig = root.join("manifest.sig");
+                if sig.exists() {
+                    sig
+                } else {
+                    root.join("manifest.json")
+                }
+            });
+        workers.add(SpeciesPackage {
+            worker_species_id: record.worker_species_id.clone(),
+            worker_id: record.worker_id.clone(),
+            package_root: root,
+            manifest_path: manifest,
+            registered_hash: att.code_hash.clone(),
+        });
+    }
+    Ok(Some(workers))
 }
 
 /// The current snapshot, swappable.

@@ -1,0 +1,271 @@
+//! End-to-end dispatch through a real `wcp-hall serve` on a Unix socket: latency p50/p99 and
+//! throughput at 1, 8 and 32 concurrent clients, each answer carrying a durable receipt.
+//!
+//! Two workloads: `denied` (routing, the policy floor, a durable denial receipt: the Hall's own
+//! overhead per governed request) and `hello` (a signed Python worker verified from the store
+//! and run inside the full privilege envelope, with durable intent and outcome receipts).
+//! `cargo bench --bench daemon [-- FILTER]`. Figures go to BENCHMARKS.md; nothing is asserted.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::Method;
+use serde_json::{Value, json};
+use wcp_hall::client;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wcp-hall");
+
+fn repo(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() == "__pycache__" {
+            continue;
+        }
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+fn run(cmd: &mut Command) {
+    let o = cmd.output().expect("run wcp-hall");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A Hall directory with a signed, enrolled hello worker; returns (dir, config path).
+fn setup() -> (tempfile::TempDir, PathBuf) {
+    // State and the receipt log on disk (so fdatasync is real); run directories on tmpfs when
+    // there is one, as the envelope recommends.
+    let dir = tempfile::Builder::new()
+        .prefix("wcp-bench-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let d = dir.path();
+    let runs = if Path::new("/dev/shm").is_dir() {
+        format!("/dev/shm/wcp-bench-runs-{}", std::process::id())
+    } else {
+        d.join("runs").display().to_string()
+    };
+    std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(d.join("keys")).unwrap();
+    std::fs::create_dir_all(d.join("registry")).unwrap();
+    wcp_hall::crypto::KeyPair::generate()
+        .unwrap()
+        .write(&d.join("keys/receipts.key"))
+        .unwrap();
+    run(Command::new(BIN)
+        .arg("keygen")
+        .arg(d.join("keys/package.key")));
+    let public = std::fs::read_to_string(d.join("keys/package.key.pub")).unwrap();
+    let public = public.split_whitespace().nth(1).unwrap().to_owned();
+    std::fs::write(
+        d.join("trust.json"),
+        json!({"schema": "wcp-hall-trust/1", "version": 1,
+               "namespaces": {"org.wcp-hall": {"threshold": 1, "keys": [{"public_key": public}]}}})
+        .to_string(),
+    )
+    .unwrap();
+    let pkg = d.join("packages/hello");
+    copy_dir(&repo("workers/hello"), &pkg);
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(pkg.join("record.json")).unwrap()).unwrap();
+    let worker_id = record["worker_id"].as_str().unwrap().to_owned();
+    run(Command::new(BIN)
+        .args([
+            "attest",
+            "sign",
+            "--worker-id",
+            &worker_id,
+            "--species",
+            "wrk.hello.greeter",
+            "--worker-version",
+            "1.0.0",
+            "--key",
+        ])
+        .arg(d.join("keys/package.key"))
+        .arg(&pkg));
+    let mut enrolled = record;
+    enrolled["attestation"] = json!({"package_root": pkg.display().to_string()});
+    std::fs::write(
+        d.join(format!("registry/{worker_id}.json")),
+        enrolled.to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("rules.json"),
+        json!({"rules": [{"rule_id": "rr_hello", "match": {"capability_id": "cap.hello.greet", "env": "dev"},
+                          "decision": {"candidate_workers_ranked": [{"worker_species_id": "wrk.hello.greeter"}]}}]})
+        .to_string(),
+    )
+    .unwrap();
+    let config = d.join("hall.toml");
+    std::fs::write(
+        &config,
+        r#"[hall]
+require_signatory = true
+allowed_tenants = ["bench"]
+require_worker_attestation = true
+[paths]
+rules = "rules.json"
+registry_dir = "registry"
+state_dir = "state"
+[server]
+max_concurrent = 64
+max_concurrent_per_tenant = 64
+max_queue = 1024
+queue_timeout_ms = 60000
+[identity]
+[[identity.peers]]
+uid = 0
+tenants = ["bench"]
+[attestation]
+trust_policy = "trust.json"
+recheck_seconds = 5
+[receipts]
+signing_key = "keys/receipts.key"
+[envelope]
+runs_dir = "RUNS"
+"#
+        .replace("RUNS", &runs),
+    )
+    .unwrap();
+    (dir, config)
+}
+
+struct Hall(Child);
+impl Drop for Hall {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn input(cap: &str, i: usize) -> Value {
+    json!({"capability_id": cap, "env": "dev", "data_label": "PUBLIC", "tenant_risk": "low",
+           "qos_class": "P2", "tenant_id": "bench", "correlation_id": format!("bench-{i}"),
+           "request": {"name": "Ada"}})
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    if std::env::var_os("WCP_BENCH_SKIP").is_some() {
+        return;
+    }
+    let (dir, config) = setup();
+    let socket = dir.path().join("hall.sock");
+    let log = std::fs::File::create(dir.path().join("hall.log")).unwrap();
+    let _hall = Hall(
+        Command::new(BIN)
+            .args(["serve", "-c"])
+            .arg(&config)
+            .arg("-s")
+            .arg(&socket)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let socket = Arc::new(socket);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rt
+        .block_on(client::call(
+            &socket,
+            Method::GET,
+            "/wcp/health",
+            None,
+            Duration::from_secs(5),
+        ))
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the Hall did not start: {}",
+            std::fs::read_to_string(dir.path().join("hall.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "\n{:>8} {:>8} {:>10} {:>10} {:>12} {:>8}",
+        "workload", "clients", "p50 ms", "p99 ms", "per second", "n"
+    );
+    for (workload, cap, expect, total) in [
+        ("denied", "cap.unknown.thing", "denied", 600usize),
+        ("hello", "cap.hello.greet", "completed", 96usize),
+    ] {
+        for clients in [1usize, 8, 32] {
+            let label = format!("{workload}/{clients}");
+            if filter.as_ref().is_some_and(|f| !label.contains(f.as_str())) {
+                continue;
+            }
+            let per_client = (total / clients).max(2);
+            let started = Instant::now();
+            let mut lat: Vec<f64> = rt.block_on(async {
+                let mut tasks = Vec::new();
+                for c in 0..clients {
+                    let socket = socket.clone();
+                    tasks.push(tokio::spawn(async move {
+                        let mut v = Vec::new();
+                        for i in 0..per_client {
+                            let body = input(cap, c * 100_000 + i);
+                            let t = Instant::now();
+                            let a = client::call(
+                                &socket,
+                                Method::POST,
+                                "/wcp/dispatch",
+                                Some(&body),
+                                Duration::from_secs(120),
+                            )
+                            .await
+                            .expect("answer");
+                            assert_eq!(a.body["status"], expect, "{}", a.body);
+                            assert!(
+                                a.body["execution"]["receipt"]["seq"].is_u64(),
+                                "durable receipt: {}",
+                                a.body
+                            );
+                            v.push(t.elapsed().as_secs_f64() * 1000.0);
+                        }
+                        v
+                    }));
+                }
+                let mut all = Vec::new();
+                for t in tasks {
+                    all.extend(t.await.unwrap());
+                }
+                all
+            });
+            let wall = started.elapsed().as_secs_f64();
+            lat.sort_by(|a, b| a.total_cmp(b));
+            println!(
+                "{:>8} {:>8} {:>10.2} {:>10.2} {:>12.0} {:>8}",
+                workload,
+                clients,
+                pct(&lat, 0.5),
+                pct(&lat, 0.99),
+                lat.len() as f64 / wall,
+                lat.len()
+            );
+        }
+    }
+    println!(
+        "\ntargets (issue): p50 <= 4 ms, >= 800 dispatches/s at 32 clients (trivial worker, durable receipt)"
+    );
+}

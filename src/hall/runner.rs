@@ -1,0 +1,336 @@
+//! The Hall's runner: what happens to an allowed, non-dry-run decision.
+//!
+//! verify the package → intent receipt (durable) → run the store copy under the privilege
+//! envelope → outcome receipt (durable) → answer. Threat model: nothing runs that was not
+//! verified against its signed manifest immediately before the run, and it runs from the
+//! read-only store copy, never the enrolled source; nothing runs unless its intent is durable in
+//! the receipt log (the Hall fails closed when the log cannot be written); an envelope the
+//! profile requires but the kernel cannot give refuses the run; every run, successful or not,
+//! ends with an outcome receipt (or, after a crash, the log's recovery writes `aborted`).
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::api::ApiError;
+use super::approvals::{now_ms, rfc3339_ms};
+use super::{RunOutcome, RunRequest, Runner};
+use crate::envelope::{self, Envelope, Identity};
+use crate::receipt::model::{Caller, Execution, PackageRef, Timings};
+use crate::receipt::{Dispatch, Outcome, ReceiptLog};
+use crate::registry::{PrivilegeEnvelope, RegistryRecord};
+
+/// Runs workers for the daemon.
+pub struct HallRunner {
+    pub envelope: Envelope,
+    pub receipts: Arc<ReceiptLog>,
+    /// `<data_dir>/<worker_id>/<dir>` holds workers' persistent writable directories.
+    pub data_dir: PathBuf,
+    /// The uid/gid workers run as (when the Hall is root).
+    pub worker: Identity,
+}
+
+/// The receipt's caller from the kernel-verified peer.
+pub fn caller(peer: &super::identity::Peer) -> Caller {
+    Caller {
+        uid: peer.uid,
+        gid: peer.gid,
+        pid: peer.pid.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+    }
+}
+
+fn failure(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, code, message)
+}
+
+impl HallRunner {
+    /// Maps each relative `filesystem_writes` entry to a persistent, Hall-owned directory for
+    /// this worker (`<data_dir>/<worker_id>/<entry>`), created for the worker's uid; absolute
+    /// entries are left to the envelope (which maps them under the run directory).
+    fn persistent_writes(
+        &self,
+        record: &RegistryRecord,
+        declared: &PrivilegeEnvelope,
+    ) -> Result<PrivilegeEnvelope, ApiError> {
+        let mut out = declared.clone();
+        for entry in &mut out.filesystem_writes {
+            if Path::new(entry.as_str()).is_absolute() {
+                continue;
+            }
+            let clean = entry.trim_end_matches('/');
+            if clean.is_empty()
+                || clean
+                    .split('/')
+                    .any(|c| c.is_empty() || c == "." || c == "..")
+            {
+                return Err(failure(
+                    "envelope_invalid_request",
+                    format!(
+                        "filesystem_writes entry {entry:?} of {} is not a plain relative path",
+                        record.worker_id
+                    ),
+                ));
+            }
+            let dir = self.data_dir.join(&record.worker_id).join(clean);
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", dir.display())))?;
+            if nix::unistd::geteuid().is_root() {
+                nix::unistd::chown(
+                    &dir,
+                    Some(nix::unistd::Uid::from_raw(self.worker.uid)),
+                    Some(nix::unistd::Gid::from_raw(self.worker.gid)),
+                )
+                .map_err(|e| {
+                    ApiError::internal(format!("cannot hand {} to the worker: {e}", dir.display()))
+                })?;
+            }
+            *entry = dir.display().to_string();
+        }
+        Ok(out)
+    }
+}
+
+impl Runner for HallRunner {
+    fn run(&self, request: RunRequest) -> Result<RunOutcome, ApiError> {
+        let RunRequest {
+            peer,
+            input,
+            decision,
+            policy,
+            loaded,
+        } = request;
+        let species = decision
+            .selected_worker_species_id
+            .clone()
+            .ok_or_else(|| ApiError::internal("an allowed decision without a selected worker"))?;
+        let record = loaded
+            .registry
+            .records_of(&species)
+            .next()
+            .cloned()
+            .ok_or_else(|| ApiError::internal(format!("no enrolled record for {species}")))?;
+
+        // 1. Verify the package now, and run only its read-only store copy.
+        let attested = loaded.attested.as_ref().ok_or_else(|| {
+            failure(
+                "attestation_unconfigured",
+                "workers run only from verified packages: set [attestation] trust_policy in hall.toml",
+            )
+        })?;
+        let report = attested.verify(&species).ok_or_else(|| {
+            failure(
+                "package_unknown",
+                format!(
+                    "{} has no package to run: enroll its record with attestation.package_root",
+                    record.worker_id
+                ),
+            )
+        })?;
+        let store_path = match (&report.store_path, report.ok) {
+            (Some(p), true) => p.clone(),
+            _ => {
+                return Err(failure(
+                    "attestation_failed",
+                    format!(
+                        "{}: {}",
+                        report
+                            .code
+                            .map(|c| c.as_str().to_owned())
+                            .unwrap_or_default(),
+                        report.message
+                    ),
+                ));
+            }
+        };
+        let package = PackageRef {
+            digest: report
+                .package_hash
+                .clone()
+                .map(|h| format!("sha256:{h}"))
+                .unwrap_or_default(),
+            manifest_digest: report
+                .manifest_sha256
+                .clone()
+                .map(|h| format!("sha256:{h}")),
+            signer_key_ids: report.signer_key_ids.iter().map(|k| k.0.clone()).collect(),
+        };
+
+        // 2. The intent, durable before anything starts.
+        let mut dispatch = Dispatch::from_decision(
+            &decision,
+            Some(record.worker_id.clone()),
+            caller(&peer),
+            rfc3339_ms(now_ms()),
+        );
+        dispatch.package = Some(package.clone());
+        dispatch.decision.policy_version = policy.as_ref().map(|p| p.policy_version.clone());
+        let mut intent = self.receipts.append_intent(dispatch).map_err(|e| {
+            ApiError::unavailable(
+                "receipt_log_unavailable",
+                format!("the receipt log cannot record the intent, so nothing ran: {e}"),
+            )
+        })?;
+
+        // 3. Run under the envelope the profile asks for.
+        let profile = loaded
+            .gate
+            .as_ref()
+            .and_then(|g| g.profile(input.env))
+            .cloned();
+        let (limits, minimums) = match &profile {
+            Some(p) => (
+                serde_json::to_value(p.limits)
+                    .and_then(serde_json::from_value)
+                    .unwrap_or_default(),
+                serde_json::to_value(p.envelope)
+                    .and_then(serde_json::from_value)
+                    .unwrap_or_default(),
+            ),
+            None => (envelope::Limits::default(), envelope::Minimums::default()),
+        };
+        // No declared envelope: the narrowest one (no egress, no writes, no secrets, no tools).
+        let declared = record
+            .privilege_envelope
+            .clone()
+            .unwrap_or(PrivilegeEnvelope {
+                secrets_access: Vec::new(),
+                network_egress: crate::registry::NetworkEgress::None,
+                filesystem_writes: Vec::new(),
+                tools: Vec::new(),
+            });
+        let writes = self
+            .persistent_writes(&record, &declared)
+            .map_err(|e| (e, None));
+        let run = writes.and_then(|privilege_envelope| {
+            let payload = serde_json::to_vec(&input.request)
+                .map_err(|e| (ApiError::internal(e.to_string()), None))?;
+            let req = envelope::RunRequest {
+                package_dir: store_path.clone(),
+                package_digest: Some(package.digest.clone()),
+                privilege_envelope,
+                limits,
+                minimums,
+                bootstrap: envelope::Bootstrap::python3(),
+                runtime: envelope::RuntimePaths::debian_python3(),
+                payload,
+                correlation_id: input.correlation_id.clone(),
+                traceparent: None,
+                identity: None,
+                allow_absolute_writes: true,
+            };
+            self.envelope.run(&req).map_err(|e| {
+                let report = e
+                    .report()
+                    .and_then(|r| serde_json::to_value(r).ok())
+                    .map(Box::new);
+                (failure(e.code(), e.to_string()), report)
+            })
+        });
+
+        // 4. The outcome, durable before the answer.
+        let outcome = match run {
+            Ok(outcome) => outcome,
+            Err((e, envelope_report)) => {
+                if let Some(r) = &envelope_report {
+                    intent.dispatch_mut().envelope = Some(Value::clone(r));
+                }
+                let appended = self
+                    .receipts
+                    .append_outcome(
+                        intent,
+                        Outcome::Aborted {
+                            reason: bounded(&format!("{}: {}", e.code, e.message), 1000),
+                        },
+                    )
+                    .map_err(|le| {
+                        ApiError::unavailable("receipt_log_unavailable", le.to_string())
+                    })?;
+                return Ok(RunOutcome {
+                    succeeded: false,
+                    result: None,
+                    execution: json!({
+                        "error": {"code": e.code, "message": e.message},
+                        "envelope": envelope_report,
+                        "receipt": {"seq": appended.seq, "receipt_hash": appended.receipt_hash_string()},
+                        "package": package_json(&package, &report.store_path),
+                    }),
+                });
+            }
+        };
+        let summary = outcome.summary();
+        let envelope_report = serde_json::to_value(&outcome.report).unwrap_or(Value::Null);
+        intent.dispatch_mut().envelope = Some(envelope_report.clone());
+        let exit_code = outcome.exit.code.map(i64::from);
+        let signal = outcome.exit.signal.map(i64::from);
+        let execution = Execution {
+            exit_code,
+            signal,
+            stderr_bytes: outcome.stderr_bytes,
+            stderr_sha256: bare_hex(&summary.stderr_sha256),
+            stdout_bytes: outcome.stdout_bytes,
+            stdout_sha256: bare_hex(&summary.stdout_sha256),
+            timed_out: outcome.timed_out,
+            timings: Timings {
+                cpu_system_ms: None,
+                cpu_user_ms: outcome.cpu_time_ms,
+                started_at: rfc3339_ms(now_ms().saturating_sub(outcome.duration_ms)),
+                wall_ms: outcome.duration_ms,
+            },
+            truncated: outcome.stdout_truncated || outcome.stderr_truncated,
+        };
+        let appended = self
+            .receipts
+            .append_outcome(intent, Outcome::Executed(execution))
+            .map_err(|e| {
+                ApiError::unavailable(
+                    "receipt_log_unavailable",
+                    format!("the outcome could not be recorded: {e}"),
+                )
+            })?;
+        let result = outcome.result_json().ok();
+        let succeeded = exit_code == Some(0) && result.is_some() && !outcome.timed_out;
+        Ok(RunOutcome {
+            succeeded,
+            result,
+            execution: json!({
+                "worker_id": record.worker_id,
+                "summary": summary,
+                "receipt": {"seq": appended.seq, "receipt_hash": appended.receipt_hash_string()},
+                "package": package_json(&package, &report.store_path),
+                "attestation": {"code": report.code.map(|c| c.as_str()), "cached": report.cached, "protections": report.protections},
+                "stderr_tail": String::from_utf8_lossy(&outcome.stderr[outcome.stderr.len().saturating_sub(2048)..]),
+            }),
+        })
+    }
+}
+
+fn package_json(package: &PackageRef, store_path: &Option<PathBuf>) -> Value {
+    json!({
+        "digest": package.digest,
+        "manifest_digest": package.manifest_digest,
+        "signer_key_ids": package.signer_key_ids,
+        "store_path": store_path,
+    })
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn bounded(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// `sha256:<hex>` → `<hex>` (the receipt schema stores bare lowercase hex).
+fn bare_hex(s: &str) -> String {
+    s.strip_prefix("sha256:").unwrap_or(s).to_owned()
+}
