@@ -627,6 +627,19 @@ impl Dispatched {
     }
 }
 
+/// The ids of the Cedar policies that determined a gate answer.
+fn policy_ids(body: &Value) -> Vec<String> {
+    body["policy"]["reasons"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|r| r["source"] == "policy")
+                .filter_map(|r| r["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn route_input(cap: &str, label: &str, cid: &str, request: Value) -> Value {
     json!({
         "capability_id": cap,
@@ -687,49 +700,51 @@ fn find_report(v: &Value) -> Option<&Value> {
     }
 }
 
-/// What the envelope enforced, in one line, and the same as JSON.
-fn envelope_summary(r: &Value) -> (String, Value) {
+/// What the envelope enforced, in one line, and the same as JSON. Write paths under `base`
+/// are shown relative to it.
+fn envelope_summary(r: &Value, base: &Path) -> (String, Value) {
     let eff = |v: &Value| v["effective"].as_str().unwrap_or("unknown").to_owned();
-    let landlock = format!(
-        "landlock ABI {} {}",
-        r["landlock"]["abi_effective"],
-        eff(&r["landlock"])
-    );
     let net = &r["network"];
     let network = match net["mode"].as_str() {
-        Some("namespace") => format!("no network (private netns, {})", eff(net)),
+        Some("namespace") => "private netns, no egress".to_owned(),
         Some("landlock_tcp_ports") => {
             let ports: Vec<String> = r["landlock"]["tcp_connect_ports"]
                 .as_array()
                 .map(|a| a.iter().map(|p| p.to_string()).collect())
                 .unwrap_or_default();
-            format!(
-                "tcp connect to port {} only ({})",
-                ports.join(","),
-                eff(net)
-            )
+            format!("tcp connect to port {} only", ports.join(","))
         }
-        Some(m) => format!("network {m} ({})", eff(net)),
-        None => format!("network {}", eff(net)),
+        Some(m) => m.to_owned(),
+        None => "?".to_owned(),
     };
     let writes: Vec<String> = r["filesystem"]["writes"]
         .as_array()
         .map(|a| {
             a.iter()
-                .filter_map(|w| w["declared"].as_str().map(str::to_owned))
+                .filter_map(|w| w["granted"].as_str().or(w["declared"].as_str()))
+                .map(|w| {
+                    Path::new(w)
+                        .strip_prefix(base)
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|_| w.to_owned())
+                })
                 .collect()
         })
         .unwrap_or_default();
     let mut parts = vec![
-        landlock,
-        network,
+        format!(
+            "landlock {} (ABI {})",
+            eff(&r["landlock"]),
+            r["landlock"]["abi_effective"]
+        ),
+        format!("network {} ({network})", eff(net)),
         format!("seccomp {}", eff(&r["seccomp"])),
         format!("pid ns {}", eff(&r["pid_namespace"])),
         format!("cgroup {}", eff(&r["cgroup"])),
         format!("uid {}", r["identity"]["uid"]),
     ];
     if !writes.is_empty() {
-        parts.push(format!("writes {}", writes.join(",")));
+        parts.push(format!("writes only {}", writes.join(", ")));
     }
     let degraded: Vec<Value> = r["degraded"].as_array().cloned().unwrap_or_default();
     let data = json!({
@@ -825,6 +840,8 @@ struct Enrolled {
     species: String,
     source: PathBuf,
     blast: u32,
+    /// Declares relative `filesystem_writes` (persistent directories under `state/data`).
+    writes: bool,
 }
 
 /// Everything the demo owns; dropping it stops the children and removes the directory.
@@ -908,70 +925,64 @@ fn locate_sources(args: &DemoArgs) -> Result<(PathBuf, PathBuf), CliError> {
     Ok((workers, policies))
 }
 
-/// The Python interpreter the workers need, and its version.
-fn find_python() -> Step<(PathBuf, String)> {
-    let mut candidates = vec![PathBuf::from("/usr/bin/python3")];
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|d| d.join("python3")));
+/// The Python runtime the Hall runs workers with (its interpreter and the read-only paths the
+/// envelope grants), checked before anything starts: a missing path would refuse every run.
+fn preflight_python() -> Step<(PathBuf, String)> {
+    let crate::envelope::Bootstrap::Python { interpreter } = crate::envelope::Bootstrap::python3()
+    else {
+        return Err(failed(
+            "preflight",
+            "the Hall's bootstrap is not a Python interpreter",
+        ));
+    };
+    let runtime = crate::envelope::RuntimePaths::debian_python3();
+    let missing: Vec<String> = runtime
+        .execute
+        .iter()
+        .chain(&runtime.read)
+        .filter(|p| !p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    if !missing.is_empty() {
+        return Err(failed(
+            "preflight",
+            format!(
+                "the Hall runs Python workers with {} and grants them Debian 12's Python 3.11 runtime paths; missing here: {}",
+                interpreter.display(),
+                missing.join(", ")
+            ),
+        )
+        .hint("install Python 3.11 (Debian 12 / Ubuntu: apt-get install python3.11)"));
     }
-    for c in candidates {
-        if !c.is_file() {
-            continue;
-        }
-        let out = Command::new(&c)
-            .args([
-                "-I",
-                "-c",
-                "import sys; print('%d.%d.%d' % sys.version_info[:3])",
-            ])
-            .env_clear()
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .output();
-        if let Ok(o) = out
-            && o.status.success()
-        {
-            let canonical = std::fs::canonicalize(&c).unwrap_or(c);
-            return Ok((
-                canonical,
-                String::from_utf8_lossy(&o.stdout).trim().to_owned(),
-            ));
-        }
+    let out = Command::new(&interpreter)
+        .args([
+            "-I",
+            "-c",
+            "import sys; print('%d.%d.%d' % sys.version_info[:3])",
+        ])
+        .env_clear()
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| {
+            failed(
+                "preflight",
+                format!("cannot run {}: {e}", interpreter.display()),
+            )
+        })?;
+    if !out.status.success() {
+        return Err(failed(
+            "preflight",
+            format!("{} does not run ({})", interpreter.display(), out.status),
+        ));
     }
-    Err(failed(
-        "preflight",
-        "no working python3 found (/usr/bin/python3 or on PATH): the bundled workers are Python 3.11 standard-library packages",
-    )
-    .hint("install Python 3.11 or later (Debian/Ubuntu: apt-get install python3)"))
+    Ok((
+        interpreter,
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+    ))
 }
 
-fn hall_toml(uid: u32, python: &Path) -> String {
-    let runtime_extra = python
-        .parent()
-        .filter(|d| !d.starts_with("/usr/bin") && !d.starts_with("/usr/lib"))
-        .map(|d| {
-            let lib = d.parent().map(|p| p.join("lib"));
-            let mut v = vec![format!("{:?}", d.display().to_string())];
-            if let Some(l) = lib {
-                v.push(format!("{:?}", l.display().to_string()));
-            }
-            v
-        })
-        .unwrap_or_default();
-    let mut runtime: Vec<String> = [
-        "/usr/bin",
-        "/usr/lib",
-        "/usr/lib64",
-        "/lib",
-        "/lib64",
-        "/etc/ssl",
-        "/etc/localtime",
-    ]
-    .iter()
-    .filter(|p| Path::new(p).exists())
-    .map(|p| format!("{p:?}"))
-    .collect();
-    runtime.extend(runtime_extra);
+fn hall_toml(uid: u32) -> String {
     format!(
         r#"# Written by `wcp-hall demo`: a complete Hall in one directory. Relative paths are relative
 # to this file.
@@ -979,8 +990,8 @@ fn hall_toml(uid: u32, python: &Path) -> String {
 [hall]
 require_signatory = true
 allowed_tenants = ["{TENANT}"]
-# Every worker package is verified against its awp.v2 signature and the trust policy, on
-# every dispatch, and runs from the verified read-only copy in the store.
+# Every worker package is verified against its awp.v2 signature and the trust policy on every
+# dispatch, and runs from the verified read-only copy in the store.
 require_worker_attestation = true
 enforce_correlation_id = true
 enforce_required_controls = true
@@ -1025,13 +1036,9 @@ checkpoint_every = 1000
 checkpoint_interval_secs = 0
 
 [envelope]
-python = {python:?}
-runtime_paths = [{runtime}]
-work_dir = "state/work"
+runs_dir = "state/runs"
 data_dir = "state/data"
-"#,
-        python = python.display().to_string(),
-        runtime = runtime.join(", "),
+"#
     )
 }
 
@@ -1042,7 +1049,7 @@ fn run_steps(args: &DemoArgs, session: &mut Option<Session>, pr: &mut Printer<'_
         locate_sources(args).map_err(|e| failed("preflight", e.message))?;
     let exe = std::env::current_exe()
         .map_err(|e| failed("preflight", format!("cannot find this executable: {e}")))?;
-    let (python, py_version) = find_python()?;
+    let (python, py_version) = preflight_python()?;
     pr.text("wcp-hall demo: the WCP research pipeline, governed end to end")?;
 
     // The directory.
@@ -1269,7 +1276,26 @@ fn run_steps(args: &DemoArgs, session: &mut Option<Session>, pr: &mut Printer<'_
             species,
             source,
             blast,
+            writes: parsed
+                .privilege_envelope
+                .as_ref()
+                .is_some_and(|p| p.filesystem_writes.iter().any(|w| !w.starts_with('/'))),
         });
+    }
+
+    // The state directory, laid out so the unprivileged worker uid can reach what the runner
+    // hands it: `state/data/<worker_id>/<dir>` for a worker's persistent writable directories
+    // (the runner creates and chowns the leaf; every directory above it must be traversable).
+    let mut traversable = vec![dir.join("state"), dir.join("state/data")];
+    for e in &enrolled {
+        if e.writes {
+            traversable.push(dir.join("state/data").join(&e.worker_id));
+        }
+    }
+    for d in &traversable {
+        std::fs::create_dir_all(d)
+            .and_then(|()| std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711)))
+            .map_err(|e| failed("config", format!("cannot create {}: {e}", d.display())))?;
     }
 
     // Rules, policies, hall.toml; checked as the Hall will load them.
@@ -1284,7 +1310,7 @@ fn run_steps(args: &DemoArgs, session: &mut Option<Session>, pr: &mut Printer<'_
         .map_err(|e| failed("config", format!("copying policies/{sub}: {e}")))?;
     }
     let config_path = dir.join("hall.toml");
-    std::fs::write(&config_path, hall_toml(uid, &python))
+    std::fs::write(&config_path, hall_toml(uid))
         .map_err(|e| failed("config", format!("{}: {e}", config_path.display())))?;
     let loaded = crate::hall::state::Loaded::load(&config_path, 1)
         .map_err(|e| failed("config", e.to_string()))?;
@@ -1384,7 +1410,7 @@ fn run_steps(args: &DemoArgs, session: &mut Option<Session>, pr: &mut Printer<'_
                 format!("{cap}: the Hall's answer carries no envelope report, so the demo cannot show what was enforced"),
             )
         })?;
-        let (env_line, env_json) = envelope_summary(report);
+        let (env_line, env_json) = envelope_summary(report, &dir);
         let worker =
             by_package(package).ok_or_else(|| failed("pipeline", "worker not enrolled"))?;
         chain += worker.blast;
@@ -1392,10 +1418,11 @@ fn run_steps(args: &DemoArgs, session: &mut Option<Session>, pr: &mut Printer<'_
             0 => {
                 let served = s.server.as_ref().map_or(0, FixtureServer::hits);
                 format!(
-                    "fetched {} bytes ({}), sha256 {}; the demo's server saw {served} request(s)",
+                    "fetched {} bytes ({}), sha256 {}; the demo's server saw {served} request{}",
                     result["bytes"],
                     result["content_type"].as_str().unwrap_or("?"),
-                    short(result["sha256"].as_str().unwrap_or(""))
+                    short(result["sha256"].as_str().unwrap_or("")),
+                    if served == 1 { "" } else { "s" }
                 )
             }
             1 => format!(
@@ -1422,7 +1449,7 @@ fn run_steps(args: &DemoArgs, session: &mut Option<Session>, pr: &mut Printer<'_
                 )
             }
             _ => format!(
-                "{} {} in {} ({} record(s) in the store)",
+                "{} {} in {} (documents in the store: {})",
                 result["record_id"].as_str().unwrap_or("?"),
                 if result["created"] == true {
                     "registered"
@@ -1433,24 +1460,43 @@ fn run_steps(args: &DemoArgs, session: &mut Option<Session>, pr: &mut Printer<'_
                 result["records_total"]
             ),
         };
+        // The Hall's own blast accounting when the gate spoke (WCP §7: the chain adds up).
+        let gate_blast = &d.body["policy"]["blast"];
+        let blast = gate_blast["worker"]
+            .as_u64()
+            .unwrap_or(u64::from(worker.blast));
+        let chain_total = gate_blast["total"].as_u64().unwrap_or(u64::from(chain));
+        let policies = policy_ids(&d.body);
+        let worker_ms = d.body["execution"]["summary"]["duration_ms"].as_u64();
         let mut human = format!(
-            "  [{}/5] {cap:<22} → {:<23} allowed ({}), blast {} (chain {chain}), {} ms\n        envelope: {env_line}\n        {what}",
+            "  [{}/5] {cap} → {} ({})\n        decision  allowed: rule {}{}; blast {blast} (chain {chain_total})\n        envelope  {env_line}",
             i + 1,
             worker.species,
+            worker.worker_id,
             d.rule(),
-            worker.blast,
-            ms(d.elapsed),
+            if policies.is_empty() {
+                String::new()
+            } else {
+                format!(", policy {}", policies.join(", "))
+            },
         );
         if let Some(deg) = env_json["degraded"].as_array().filter(|a| !a.is_empty()) {
             for line in deg {
                 human.push_str(&format!(
-                    "\n        not enforced here: {}",
+                    "\n        not enforced on this host: {}",
                     line.as_str().unwrap_or("?")
                 ));
             }
         }
+        human.push_str(&format!(
+            "\n        result    {what}\n        took      {} ms",
+            ms(d.elapsed)
+        ));
+        if let Some(w) = worker_ms {
+            human.push_str(&format!(" (worker {w} ms)"));
+        }
         if let Some(r) = d.body["execution"].get("receipt") {
-            human.push_str(&format!("\n        receipt: seq {}", r["seq"]));
+            human.push_str(&format!(", receipt seq {}", r["seq"]));
         }
         pr.step(
             "pipeline",
@@ -1458,9 +1504,10 @@ fn run_steps(args: &DemoArgs, session: &mut Option<Session>, pr: &mut Printer<'_
             json!({
                 "index": i + 1, "capability_id": cap, "worker_id": worker.worker_id,
                 "worker_species_id": worker.species, "status": d.status(), "decision": "allowed",
-                "matched_rule_id": d.rule(), "blast": worker.blast, "chain_blast": chain,
+                "matched_rule_id": d.rule(), "policies": policies, "blast": blast,
+                "chain_blast": chain_total, "chain_blast_expected": chain,
                 "correlation_id": result["correlation_id"], "envelope": env_json,
-                "duration_ms": ms(d.elapsed), "summary": what,
+                "duration_ms": ms(d.elapsed), "worker_duration_ms": worker_ms, "summary": what,
                 "receipt": d.body["execution"].get("receipt"),
             }),
         )?;
@@ -1579,15 +1626,7 @@ fn run_steps(args: &DemoArgs, session: &mut Option<Session>, pr: &mut Printer<'_
         .as_str()
         .unwrap_or("?")
         .to_owned();
-    let policies: Vec<String> = d.body["policy"]["reasons"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|r| r["source"] == "policy")
-                .filter_map(|r| r["id"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
+    let policies = policy_ids(&d.body);
     pr.step(
         "require_human",
         &format!(
