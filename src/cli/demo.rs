@@ -811,8 +811,38 @@ fn not_completed(step: &'static str, d: &Dispatched) -> Failed {
                     exec_err["message"].as_str().unwrap_or("")
                 )
             } else {
-                format!("the run failed: {}", d.body["execution"])
+                let exit = &d.body["execution"]["summary"]["exit"];
+                let last = d.body["execution"]["stderr_tail"]
+                    .as_str()
+                    .and_then(|t| t.lines().rev().find(|l| !l.trim().is_empty()))
+                    .unwrap_or("")
+                    .to_owned();
+                format!(
+                    "the worker ended ({} {}) without a result; its last log line: {last}",
+                    exit["kind"].as_str().unwrap_or("?"),
+                    exit["code"]
+                )
             };
+            let code = exec_err["code"].as_str().unwrap_or("");
+            if code.starts_with("DENY_ENVELOPE") {
+                let stage = find_report(&d.body).and_then(|r| {
+                    r["stages"]
+                        .as_array()?
+                        .iter()
+                        .find(|s| s["outcome"] == "failed")
+                        .map(|s| {
+                            format!(
+                                "stage {} failed: {}",
+                                s["stage"].as_str().unwrap_or("?"),
+                                s["detail"].as_str().unwrap_or("")
+                            )
+                        })
+                });
+                return failed(step, why).hint(format!(
+                    "the privilege envelope cannot run workers on this host{}; `wcp-hall envelope probe` shows what this kernel can enforce",
+                    stage.map(|s| format!(" ({s})")).unwrap_or_default()
+                ));
+            }
             let f = failed(step, why);
             match find_report(&d.body) {
                 Some(r) if r["degraded"].as_array().is_some_and(|a| !a.is_empty()) => {
@@ -1043,10 +1073,14 @@ data_dir = "state/data"
 }
 
 /// Runs every step; `session` is filled in as things start so the caller can clean up.
-fn run_steps(args: &DemoArgs, session: &mut Option<Session>, pr: &mut Printer<'_>) -> Step<()> {
+fn run_steps(
+    args: &DemoArgs,
+    workers_dir: &Path,
+    policies_dir: &Path,
+    session: &mut Option<Session>,
+    pr: &mut Printer<'_>,
+) -> Step<()> {
     let started = Instant::now();
-    let (workers_dir, policies_dir) =
-        locate_sources(args).map_err(|e| failed("preflight", e.message))?;
     let exe = std::env::current_exe()
         .map_err(|e| failed("preflight", format!("cannot find this executable: {e}")))?;
     let (python, py_version) = preflight_python()?;
@@ -1888,10 +1922,11 @@ fn receipt_kinds(dir: &Path) -> std::io::Result<Vec<(String, Kind)>> {
 
 /// `wcp-hall demo`.
 pub fn run(args: DemoArgs, out: &mut Out) -> Result<u8, CliError> {
+    let (workers_dir, policies_dir) = locate_sources(&args)?;
     let mut session: Option<Session> = None;
     let json = out.json;
     let mut pr = Printer { out };
-    let outcome = run_steps(&args, &mut session, &mut pr);
+    let outcome = run_steps(&args, &workers_dir, &policies_dir, &mut session, &mut pr);
     let dir = session.as_ref().map(|s| s.dir.clone());
     let removed = match session.as_mut() {
         Some(s) => s.close(),
@@ -2083,15 +2118,15 @@ mod tests {
             "pid_namespace": {"effective": "enforced"},
             "cgroup": {"effective": "off"},
             "identity": {"effective": "enforced", "uid": 65534},
-            "filesystem": {"writes": [{"declared": "knowledge/"}]},
+            "filesystem": {"writes": [{"declared": "knowledge/", "granted": "/w/state/data/x/knowledge"}]},
             "degraded": [],
         });
         let wrapped = json!({"execution": {"summary": {"envelope": r}}});
         let found = find_report(&wrapped).expect("found anywhere in the answer");
-        let (line, data) = envelope_summary(found);
+        let (line, data) = envelope_summary(found, Path::new("/w"));
         assert_eq!(
             line,
-            "landlock ABI 6 enforced · tcp connect to port 18080 only (enforced) · seccomp enforced · pid ns enforced · cgroup off · uid 65534 · writes knowledge/"
+            "landlock enforced (ABI 6) · network enforced (tcp connect to port 18080 only) · seccomp enforced · pid ns enforced · cgroup off · uid 65534 · writes only state/data/x/knowledge"
         );
         assert_eq!(data["uid"], 65534);
         assert!(find_report(&json!({"execution": {}})).is_none());

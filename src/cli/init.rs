@@ -432,7 +432,7 @@ pub fn run(args: InitArgs, out: &mut Out) -> Result<u8, CliError> {
     }
     ensure_dir(&mut report, &dir, 0o711, "the state directory")?;
     let keys = dir.join("keys");
-    ensure_dir(&mut report, &keys, 0o700, "keys")?;
+    ensure_dir(&mut report, &keys, 0o700, "private keys (0700)")?;
     let signing = ensure_key(
         &mut report,
         &keys.join("signing.key"),
@@ -480,19 +480,29 @@ pub fn run(args: InitArgs, out: &mut Out) -> Result<u8, CliError> {
         )));
     }
 
-    ensure_dir(&mut report, &dir.join("registry"), 0o755, "registry")?;
+    ensure_dir(
+        &mut report,
+        &dir.join("registry"),
+        0o755,
+        "enrolled registry records",
+    )?;
     ensure_dir(
         &mut report,
         &dir.join("store"),
         0o755,
         "verified package store",
     )?;
-    ensure_dir(&mut report, &dir.join("receipts"), 0o700, "receipt log")?;
+    ensure_dir(
+        &mut report,
+        &dir.join("receipts"),
+        0o700,
+        "evidence receipt log (0700)",
+    )?;
     ensure_copy(
         &mut report,
         &policies.join("profiles"),
         &dir.join("profiles"),
-        "profiles",
+        "WCP profiles (dev, prod, edge)",
     )?;
     ensure_copy(
         &mut report,
@@ -550,7 +560,20 @@ pub fn run(args: InitArgs, out: &mut Out) -> Result<u8, CliError> {
         }))?;
         return Ok(exit::OK);
     }
-    out.line(format!("wcp-hall init: {}", dir.display()))?;
+    let dir_action = report
+        .items
+        .iter()
+        .find(|i| i.path == dir)
+        .map_or(Action::Kept, |i| i.action);
+    out.line(format!(
+        "wcp-hall init: {} ({})",
+        dir.display(),
+        if dir_action == Action::Created {
+            "created"
+        } else {
+            "exists"
+        }
+    ))?;
     for i in &report.items {
         if i.path == dir {
             continue;
@@ -559,7 +582,11 @@ pub fn run(args: InitArgs, out: &mut Out) -> Result<u8, CliError> {
             Action::Created => "created",
             Action::Kept => "kept   ",
         };
-        out.line(format!("  {verb}  {:<22} {}", report.rel(&i.path), i.what))?;
+        let mut name = report.rel(&i.path);
+        if i.path.is_dir() {
+            name.push('/');
+        }
+        out.line(format!("  {verb}  {name:<20} {}", i.what))?;
     }
     if created.is_empty() {
         out.line("nothing new: everything was already in place (keys are never overwritten)")?;
