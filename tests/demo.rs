@@ -265,6 +265,55 @@ fn demo_keep_keeps_a_directory_whose_receipt_log_verifies_again() {
     remove(&dir);
 }
 
+/// Whether every ancestor of `p` lets others through (an ordinary user must reach the binary
+/// and the bundled workers).
+fn world_traversable(p: &Path) -> bool {
+    p.ancestors().skip(1).all(|a| {
+        a.as_os_str().is_empty()
+            || std::fs::metadata(a).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
+    })
+}
+
+#[test]
+fn demo_runs_as_an_ordinary_user() {
+    let _serial = DEMO.lock().unwrap_or_else(|p| p.into_inner());
+    let setpriv = Path::new("/usr/bin/setpriv");
+    if !nix::unistd::geteuid().is_root()
+        || !setpriv.exists()
+        || !world_traversable(Path::new(BIN))
+        || !world_traversable(&repo("workers/hello/record.json"))
+    {
+        // Already an ordinary user (the other tests are this test), or no way to become one.
+        eprintln!(
+            "SKIPPED: needs root, setpriv and a world-readable checkout to drop to uid 65534"
+        );
+        return;
+    }
+    let o = Command::new(setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(BIN)
+        .args(["--json", "demo"])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", "/tmp")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", text(&o.stderr));
+    let (_, by) = steps(&o);
+    let dir = PathBuf::from(one(&by, "workspace")["dir"].as_str().unwrap());
+    // The Hall ran as the ordinary user, and so did its workers (in a user namespace).
+    assert_eq!(one(&by, "kernel")["probe"]["hall_uid"], 65534);
+    for p in &by["pipeline"] {
+        assert_eq!(p["status"], "completed");
+        assert_eq!(p["envelope"]["uid"], 65534, "{p}");
+    }
+    assert_eq!(one(&by, "approved")["greeting"], "Hello, Ada!");
+    // Its read-only store copies were removed by their owner, who is not root.
+    assert_eq!(one(&by, "cleanup")["removed"], true);
+    assert!(!dir.exists());
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
