@@ -1815,7 +1815,7 @@ fn run_steps(
     pr.step(
         "receipts_verified",
         &format!(
-            "  {} receipts verified (Ed25519 signatures, hash chain, Merkle tree, {checkpoints_ok} signed checkpoint(s)) in {} ms\n                      pipeline: 5 executed under {cid}; tampered dispatch: denied, nothing executed",
+            "  {} receipts verified (Ed25519 signatures, hash chain, Merkle tree, {checkpoints_ok} signed checkpoints) in {} ms\n                      pipeline: 5 executed under {cid}; tampered dispatch: denied, nothing executed",
             report.records,
             ms(verify_time)
         ),
@@ -1832,60 +1832,53 @@ fn run_steps(
     let knowledge = find_file(&dir.join("state"), "research.sqlite3", 6);
     pr.text("")?;
     pr.text(&format!(
-        "Where everything is{}:",
+        "Where everything is, in {}{}:",
+        dir.display(),
         if args.keep {
             ""
         } else {
             " (removed on exit; --keep keeps it)"
         }
     ))?;
-    let rows: Vec<(&str, String)> = vec![
-        ("directory", dir.display().to_string()),
-        ("config", config_path.display().to_string()),
-        ("rules", dir.join("rules.json").display().to_string()),
-        ("registry", registry.display().to_string()),
-        ("trust policy", trust_path.display().to_string()),
-        (
-            "keys",
-            format!(
-                "{} and {} (+ .pub)",
-                keys.join("packages.key").display(),
-                keys.join("receipts.key").display()
-            ),
-        ),
-        ("packages", dir.join("packages").display().to_string()),
-        (
-            "package store",
-            dir.join("state/store").display().to_string(),
-        ),
-        ("receipt log", log_dir.display().to_string()),
-        (
-            "knowledge store",
-            knowledge
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "(not found)".into()),
-        ),
-        ("hall log", dir.join("hall.log").display().to_string()),
+    let rows: Vec<(&str, PathBuf, &str)> = vec![
+        ("config", config_path.clone(), ""),
+        ("rules", dir.join("rules.json"), ""),
+        ("registry", registry.clone(), ""),
+        ("trust policy", trust_path.clone(), ""),
+        ("package key", keys.join("packages.key"), " (+ .pub)"),
+        ("receipt key", keys.join("receipts.key"), " (+ .pub)"),
+        ("signed packages", dir.join("packages"), ""),
+        ("package store", dir.join("state/store"), ""),
+        ("receipt log", log_dir.clone(), ""),
+        ("knowledge store", knowledge.clone().unwrap_or_default(), ""),
+        ("hall log", dir.join("hall.log"), ""),
     ];
     let mut human = String::new();
-    for (i, (k, v)) in rows.iter().enumerate() {
+    for (i, (k, v, note)) in rows.iter().enumerate() {
         if i > 0 {
             human.push('\n');
         }
-        human.push_str(&format!("  {k:<18}{v}"));
+        let shown = if v.as_os_str().is_empty() {
+            "(not found)".to_owned()
+        } else {
+            v.strip_prefix(&dir)
+                .map(|r| r.display().to_string())
+                .unwrap_or_else(|_| v.display().to_string())
+        };
+        human.push_str(&format!("  {k:<18}{shown}{note}"));
     }
     if args.keep {
         human.push_str(&format!(
-            "\n  verify again:     wcp-hall receipts verify --log {} --pubkey {}",
+            "\n  verify again      wcp-hall receipts verify --log {} --pubkey {}",
             log_dir.display(),
             keys.join("receipts.key.pub").display()
         ));
     }
-    let locations: serde_json::Map<String, Value> = rows
+    let mut locations: serde_json::Map<String, Value> = rows
         .iter()
-        .map(|(k, v)| (k.replace(' ', "_"), json!(v)))
+        .map(|(k, v, _)| (k.replace(' ', "_"), json!(v)))
         .collect();
+    locations.insert("directory".into(), json!(dir));
     pr.step("locations", &human, json!({"locations": locations}))?;
     pr.text("")?;
     pr.text(&format!(
