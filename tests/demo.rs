@@ -364,6 +364,48 @@ fn demo_stops_at_a_failing_step_with_the_reason_and_cleans_up() {
 }
 
 #[test]
+fn an_interrupted_demo_stops_its_hall_and_removes_its_directory() {
+    use std::io::BufRead;
+    let _serial = DEMO.lock().unwrap_or_else(|p| p.into_inner());
+    let mut child = Command::new(BIN)
+        .args(["--json", "demo"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut dir = None;
+    let mut hall_pid = None;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        match v["step"].as_str() {
+            Some("workspace") => dir = v["dir"].as_str().map(PathBuf::from),
+            Some("hall_started") => {
+                hall_pid = v["pid"].as_i64();
+                break;
+            }
+            _ => {}
+        }
+    }
+    let (dir, hall_pid) = (dir.unwrap(), hall_pid.unwrap());
+    assert!(dir.exists());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "stderr: {}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("interrupted by SIGINT"), "{}", text(&o.stderr));
+    assert!(!dir.exists(), "{} is still there", dir.display());
+    assert!(
+        !Path::new(&format!("/proc/{hall_pid}")).exists(),
+        "the Hall (pid {hall_pid}) outlived the demo"
+    );
+}
+
+#[test]
 fn demo_without_its_workers_says_where_to_point_it() {
     let o = wcp(&["demo", "--workers", "/nonexistent/workers"]);
     assert_eq!(o.status.code(), Some(66));

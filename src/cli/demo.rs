@@ -432,6 +432,26 @@ fn serve_one(mut stream: TcpStream, body: &[u8], hits: &AtomicU64) {
     let _ = stream.flush();
 }
 
+/// Children start with an empty signal mask (the demo blocks SIGINT/SIGTERM/SIGHUP in all its
+/// threads for its own cleanup, and the mask is inherited across exec) and, for the Hall, with
+/// a parent-death signal so it stops if the demo dies without cleaning up.
+fn child_defaults(cmd: &mut Command, parent_death: bool) {
+    // SAFETY: the closure runs in the forked child before exec and makes only
+    // async-signal-safe system calls (sigprocmask, prctl), touching no memory of the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::signal::SigSet::empty()
+                .thread_set_mask()
+                .map_err(std::io::Error::from)?;
+            if parent_death {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                    .map_err(std::io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
+}
+
 // ---- the Hall process -----------------------------------------------------------------------
 
 /// The Hall child and a client for its socket.
@@ -475,15 +495,7 @@ impl HallProcess {
         ] {
             cmd.env_remove(var);
         }
-        // SAFETY: the closure runs in the forked child before exec and makes one
-        // async-signal-safe system call (prctl), touching no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                // If the demo dies without cleaning up, its Hall stops too.
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
-                    .map_err(std::io::Error::from)
-            });
-        }
+        child_defaults(&mut cmd, true);
         let child = cmd
             .spawn()
             .map_err(|e| failed("hall", format!("cannot start {} serve: {e}", exe.display())))?;
@@ -861,6 +873,68 @@ fn not_completed(step: &'static str, d: &Dispatched) -> Failed {
     }
 }
 
+// ---- interruption ---------------------------------------------------------------------------
+
+/// What an interrupted demo must clean up: its directory (unless kept) and its Hall.
+struct Interruptible {
+    dir: Option<PathBuf>,
+    keep: bool,
+    hall_pid: Option<u32>,
+}
+
+/// Set by the signal thread before it cleans up and exits 130.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+static INTERRUPT: std::sync::Mutex<Interruptible> = std::sync::Mutex::new(Interruptible {
+    dir: None,
+    keep: false,
+    hall_pid: None,
+});
+
+fn interruptible(update: impl FnOnce(&mut Interruptible)) {
+    let mut g = INTERRUPT.lock().unwrap_or_else(|p| p.into_inner());
+    update(&mut g);
+}
+
+/// Ctrl-C (SIGINT), SIGTERM and SIGHUP must not leave a Hall running or a directory on tmpfs:
+/// they are blocked in every thread of the demo and taken by one thread with `sigwait`, which
+/// kills the Hall, removes the directory (unless `--keep`) and exits 130. Children start with
+/// an empty signal mask (std resets it), so the Hall still stops on its own signals.
+fn guard_interrupts() {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(sig);
+    }
+    if set.thread_block().is_err() {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("demo-signals".into())
+        .spawn(move || {
+            let Ok(sig) = set.wait() else { return };
+            INTERRUPTED.store(true, Ordering::Release);
+            // Held until the process exits: the main thread waits on it (see `run`).
+            let g = INTERRUPT.lock().unwrap_or_else(|p| p.into_inner());
+            let (dir, keep, pid) = (g.dir.clone(), g.keep, g.hall_pid);
+            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                let pid = nix::unistd::Pid::from_raw(pid);
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(pid, None);
+            }
+            let what = match (&dir, keep) {
+                (Some(d), false) => match remove_tree(d) {
+                    Ok(()) => format!("removed {}", d.display()),
+                    Err(e) => format!("could not remove {}: {e}", d.display()),
+                },
+                (Some(d), true) => format!("kept {}", d.display()),
+                (None, _) => "nothing to clean up".to_owned(),
+            };
+            eprintln!("wcp-hall demo: interrupted by {sig}; the Hall was stopped; {what}");
+            std::process::exit(130);
+        });
+}
+
 // ---- the demo itself ------------------------------------------------------------------------
 
 /// One enrolled worker.
@@ -1088,6 +1162,10 @@ fn run_steps(
 
     // The directory.
     let (dir, on_tmpfs) = create_workspace()?;
+    interruptible(|g| {
+        g.dir = Some(dir.clone());
+        g.keep = args.keep;
+    });
     let s = session.insert(Session {
         dir: dir.clone(),
         keep: args.keep,
@@ -1375,6 +1453,8 @@ fn run_steps(
     // The Hall.
     let t = Instant::now();
     let mut hall = HallProcess::start(&exe, &config_path, &socket, &dir.join("hall.log"))?;
+    let pid = hall.pid();
+    interruptible(|g| g.hall_pid = Some(pid));
     let health = hall.wait_healthy(Duration::from_secs(20))?;
     let startup = t.elapsed();
     pr.step(
@@ -1674,7 +1754,9 @@ fn run_steps(
         }),
     )?;
     let t = Instant::now();
-    let approve = Command::new(&exe)
+    let mut approve = Command::new(&exe);
+    child_defaults(&mut approve, false);
+    let approve = approve
         .args(["--json", "approvals", "approve"])
         .arg(&approval_id)
         .arg("--socket")
@@ -1744,6 +1826,7 @@ fn run_steps(
         .transpose()?
         .ok_or_else(|| failed("hall_stopped", "the Hall is not running"))?;
     s.hall = None;
+    interruptible(|g| g.hall_pid = None);
     if !status.success() {
         return Err(failed(
             "hall_stopped",
@@ -1916,10 +1999,19 @@ fn receipt_kinds(dir: &Path) -> std::io::Result<Vec<(String, Kind)>> {
 /// `wcp-hall demo`.
 pub fn run(args: DemoArgs, out: &mut Out) -> Result<u8, CliError> {
     let (workers_dir, policies_dir) = locate_sources(&args)?;
+    guard_interrupts();
     let mut session: Option<Session> = None;
     let json = out.json;
     let mut pr = Printer { out };
     let outcome = run_steps(&args, &workers_dir, &policies_dir, &mut session, &mut pr);
+    if INTERRUPTED.load(Ordering::Acquire) {
+        // The signal thread is cleaning up and will exit 130; a step failing because its Hall
+        // was killed is not the story to tell.
+        let _wait = INTERRUPT.lock();
+        loop {
+            std::thread::park();
+        }
+    }
     let dir = session.as_ref().map(|s| s.dir.clone());
     let removed = match session.as_mut() {
         Some(s) => s.close(),
