@@ -13,7 +13,8 @@
 //!
 //! Nothing is simulated: if the Hall refuses or a worker fails, the demo stops at that step
 //! with the Hall's own code and message and exits 1. Every child is killed and the directory
-//! removed on the way out, unless `--keep`.
+//! removed on the way out, unless `--keep` — also when the demo is interrupted (Ctrl-C,
+//! SIGTERM, SIGHUP: exit 130).
 //!
 //! Threat model: none beyond the Hall's own. The demo's directory is created fresh (0711 so an
 //! unprivileged worker uid can reach the store copies; nothing in it is listable by others, the
