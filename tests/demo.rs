@@ -397,7 +397,11 @@ fn an_interrupted_demo_stops_its_hall_and_removes_its_directory() {
     .unwrap();
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(130), "stderr: {}", text(&o.stderr));
-    assert!(text(&o.stderr).contains("interrupted by SIGINT"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("interrupted by SIGINT"),
+        "{}",
+        text(&o.stderr)
+    );
     assert!(!dir.exists(), "{} is still there", dir.display());
     assert!(
         !Path::new(&format!("/proc/{hall_pid}")).exists(),
