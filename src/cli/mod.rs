@@ -20,8 +20,10 @@
 mod attest;
 mod conformance;
 mod daemon;
+mod demo;
 mod enroll;
 mod envelope;
+mod init;
 mod policy;
 mod receipts;
 mod route;
@@ -138,6 +140,13 @@ pub enum Command {
     /// The privilege envelope: probe what this kernel can enforce; run a package under it.
     #[command(subcommand)]
     Envelope(envelope::EnvelopeCommand),
+    /// The whole mission in seconds: sign and enroll the bundled workers, start a Hall on a
+    /// temporary socket, run the five-worker pipeline, show refusals and a human approval,
+    /// verify the receipt log; then clean up (or --keep).
+    Demo(demo::DemoArgs),
+    /// Create a persistent state directory for real use: keys (0600), trust policy, hall.toml,
+    /// registry, store and receipts directories. Idempotent; never overwrites a key.
+    Init(init::InitArgs),
 }
 
 /// A failure, with the exit code it maps to and an optional hint on how to fix it.
@@ -269,6 +278,8 @@ pub fn run(cli: Cli) -> u8 {
         Command::Keys(cmd) => receipts::run_keys(cmd, &mut out),
         Command::Policy(cmd) => policy::run(cmd, &mut out),
         Command::Envelope(cmd) => envelope::run(cmd, &mut out),
+        Command::Demo(args) => demo::run(args, &mut out),
+        Command::Init(args) => init::run(args, &mut out),
     };
     match result {
         Ok(code) => code,
