@@ -73,7 +73,19 @@ impl HallRunner {
                     ),
                 ));
             }
-            let dir = self.data_dir.join(&record.worker_id).join(clean);
+            // <data_dir> and <data_dir>/<worker_id> are 0711 (the worker uid must traverse them,
+            // nobody may list them); the writable leaf is 0700 and handed to the worker uid.
+            let worker_dir = self.data_dir.join(&record.worker_id);
+            for d in [&self.data_dir, &worker_dir] {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o711)
+                    .create(d)
+                    .map_err(|e| {
+                        ApiError::internal(format!("cannot create {}: {e}", d.display()))
+                    })?;
+            }
+            let dir = worker_dir.join(clean);
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
