@@ -22,6 +22,7 @@ mod conformance;
 mod daemon;
 mod enroll;
 mod envelope;
+mod mcp;
 mod policy;
 mod receipts;
 mod route;
@@ -138,6 +139,8 @@ pub enum Command {
     /// The privilege envelope: probe what this kernel can enforce; run a package under it.
     #[command(subcommand)]
     Envelope(envelope::EnvelopeCommand),
+    /// Serve a running Hall's capabilities as MCP tools over stdio (for agent hosts).
+    Mcp(mcp::McpArgs),
 }
 
 /// A failure, with the exit code it maps to and an optional hint on how to fix it.
@@ -269,6 +272,11 @@ pub fn run(cli: Cli) -> u8 {
         Command::Keys(cmd) => receipts::run_keys(cmd, &mut out),
         Command::Policy(cmd) => policy::run(cmd, &mut out),
         Command::Envelope(cmd) => envelope::run(cmd, &mut out),
+        Command::Mcp(args) => {
+            // stdout belongs to the MCP protocol: release the CLI's lock on it.
+            drop(out);
+            mcp::run(args)
+        }
     };
     match result {
         Ok(code) => code,
