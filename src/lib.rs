@@ -15,6 +15,7 @@ pub mod conformance;
 pub mod crypto;
 pub mod envelope;
 pub mod hall;
+pub mod mcp;
 pub mod policy;
 pub mod pyjson;
 pub mod receipt;

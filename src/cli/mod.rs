@@ -24,6 +24,7 @@ mod demo;
 mod enroll;
 mod envelope;
 mod init;
+mod mcp;
 mod policy;
 mod receipts;
 mod route;
@@ -147,6 +148,8 @@ pub enum Command {
     /// Create a persistent state directory for real use: keys (0600), trust policy, hall.toml,
     /// registry, store and receipts directories. Idempotent; never overwrites a key.
     Init(init::InitArgs),
+    /// Serve a running Hall's capabilities as MCP tools over stdio (for agent hosts).
+    Mcp(mcp::McpArgs),
 }
 
 /// A failure, with the exit code it maps to and an optional hint on how to fix it.
@@ -280,6 +283,11 @@ pub fn run(cli: Cli) -> u8 {
         Command::Envelope(cmd) => envelope::run(cmd, &mut out),
         Command::Demo(args) => demo::run(args, &mut out),
         Command::Init(args) => init::run(args, &mut out),
+        Command::Mcp(args) => {
+            // stdout belongs to the MCP protocol: release the CLI's lock on it.
+            drop(out);
+            mcp::run(args)
+        }
     };
     match result {
         Ok(code) => code,

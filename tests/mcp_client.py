@@ -1,0 +1,94 @@
+"""Drives `wcp-hall mcp` with the official MCP Python SDK (the `mcp` package) and prints one
+JSON object describing what happened; tests/mcp.rs asserts on it.
+
+usage: mcp_client.py WCP_HALL_BIN SOCKET TENANT
+"""
+
+import asyncio
+import json
+import sys
+
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+
+
+def get(obj, snake, camel):
+    """SDK 1.x spells fields in camelCase, 2.x in snake_case."""
+    return getattr(obj, snake) if hasattr(obj, snake) else getattr(obj, camel)
+
+
+def content_text(result):
+    return [c.text for c in result.content if getattr(c, "type", None) == "text"]
+
+
+def summary(result):
+    return {
+        "is_error": bool(get(result, "is_error", "isError")),
+        "text": content_text(result),
+        "structured": get(result, "structured_content", "structuredContent"),
+    }
+
+
+async def session(params, body):
+    async with stdio_client(params) as (read, write):
+        async with ClientSession(read, write) as s:
+            return await body(s)
+
+
+async def main():
+    binary, socket, tenant = sys.argv[1:4]
+    out = {}
+
+    def server(sock):
+        return StdioServerParameters(
+            command=binary,
+            args=["mcp", "--socket", sock, "--tenant-id", tenant, "--timeout", "60"],
+            env={"RUST_LOG": "info", "PATH": "/usr/bin:/bin"},
+        )
+
+    async def governed(s):
+        init = await s.initialize()
+        out["server_name"] = get(init, "server_info", "serverInfo").name
+        out["protocol_version"] = get(init, "protocol_version", "protocolVersion")
+        out["has_tools_capability"] = init.capabilities.tools is not None
+        tools = await s.list_tools()
+        out["tools"] = {
+            t.name: {"title": t.title, "description": t.description, "inputSchema": get(t, "input_schema", "inputSchema")}
+            for t in tools.tools
+        }
+        out["hello"] = summary(await s.call_tool("cap_hello_greet", {"name": "Ada"}))
+        out["hello_meta"] = summary(
+            await s.call_tool("cap_hello_greet", {"name": "Grace"}, meta={"correlation_id": "mcp-test-corr-1"})
+        )
+        text = "First paragraph. It has two sentences.\n\nSecond paragraph here."
+        out["chunk"] = summary(await s.call_tool("cap_doc_chunk", {"text": text, "max_chars": 50}))
+        out["denied"] = summary(await s.call_tool("cap_research_register", {}))
+        out["invalid_request"] = summary(await s.call_tool("cap_hello_greet", {"nom": "Ada"}))
+        out["approvals"] = summary(await s.call_tool("wcp_approvals_list", {}))
+        out["resolve_missing"] = summary(
+            await s.call_tool("wcp_approval_resolve", {"id": "no-such-approval", "action": "approve"})
+        )
+        try:
+            await s.call_tool("cap_does_not_exist", {})
+            out["unknown_tool"] = "no error"
+        except Exception as e:  # an MCP error, the session stays usable
+            out["unknown_tool"] = "error: " + str(e)
+        out["ping_after"] = (await s.send_ping()) is not None
+
+    await session(server(socket), governed)
+
+    async def hall_down(s):
+        await s.initialize()
+        try:
+            await s.list_tools()
+            out["down_list"] = "no error"
+        except Exception as e:
+            out["down_list"] = "error: " + str(e)
+        out["down_call"] = summary(await s.call_tool("wcp_approvals_list", {}))
+        out["down_ping"] = (await s.send_ping()) is not None
+
+    await session(server(socket + ".absent"), hall_down)
+    print(json.dumps(out))
+
+
+asyncio.run(main())
