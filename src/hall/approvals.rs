@@ -113,13 +113,11 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// RFC 3339 UTC with milliseconds and `Z`.
+/// RFC 3339 UTC with milliseconds and `Z` (the receipts' format).
 pub fn rfc3339_ms(ms: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    let iso = crate::clock::python_isoformat(t);
-    // python_isoformat gives `...SS[.ffffff]+00:00`; normalise to `...SS.mmmZ`.
-    let base = &iso[..19];
-    format!("{base}.{:03}Z", ms % 1000)
+    crate::receipt::model::rfc3339_millis(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+    )
 }
 
 impl ApprovalStore {
