@@ -410,6 +410,11 @@ impl Config {
                 )));
             }
         }
+        if self.hall.require_worker_attestation && self.attestation.trust_policy.is_none() {
+            return Err(invalid(
+                "[hall] require_worker_attestation = true needs [attestation] trust_policy: without it no package can be verified and every dispatch would be denied DENY_WORKER_HASH_UNAVAILABLE".into(),
+            ));
+        }
         if !self.profiles.selection().is_empty() && self.paths.profiles_dir.is_none() {
             return Err(invalid(
                 "[profiles] selects profiles but [paths] profiles_dir is not set; point it at the directory of prof.*.toml files".into(),
@@ -529,6 +534,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("operator_uid"), "{err}");
+    }
+
+    #[test]
+    fn required_attestation_needs_a_trust_policy() {
+        let err = parse("[hall]\nrequire_worker_attestation = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[attestation] trust_policy"), "{err}");
+        assert!(parse("[hall]\nrequire_worker_attestation = true\n[attestation]\ntrust_policy = \"trust.json\"\n").is_ok());
     }
 
     #[test]

@@ -27,9 +27,11 @@
 //!
 //! # Attestation and privileges
 //! [`Registry`] reports the registered code hash of a species from its record's
-//! `attestation.code_hash` but cannot yet compute a *current* hash (package hashing arrives with
-//! the attestation work), so with `require_worker_attestation` every dispatch is denied with
-//! `DENY_WORKER_HASH_UNAVAILABLE`: fail closed. Its privilege check is small but real (see
+//! `attestation.code_hash` but has no *current* hash of its own (alone it denies with
+//! `DENY_WORKER_HASH_UNAVAILABLE`, fail closed). With `[attestation]` configured, which
+//! `require_worker_attestation` demands, the daemon and `route` use
+//! [`crate::attest::workers::AttestedWorkers`] instead: it verifies the package each record names
+//! in `attestation.package_root`. Its privilege check is small but real (see
 //! [`Registry`]'s [`PrivilegeCheck`](crate::router::PrivilegeCheck) impl), unlike PyHall's stub.
 
 pub mod record;
