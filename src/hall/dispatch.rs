@@ -175,7 +175,7 @@ pub async fn dispatch(
         drop(permit);
         request_approval(&hall, &loaded, peer, input, raw, routed).await?
     } else if routed.decision.denied {
-        let receipt = receipt_denial(&hall, &peer, &routed, None).await?;
+        let receipt = receipt_denial(&hall, &peer, &routed).await?;
         let mut r = response("denied", routed);
         r.execution = Some(json!({"receipt": receipt}));
         r
@@ -443,12 +443,7 @@ pub async fn complete_approval(hall: Arc<Hall>, approval: Approval) -> Result<Va
 }
 
 /// Receipts a denial (durable before the caller is answered); the answer carries its reference.
-async fn receipt_denial(
-    hall: &Arc<Hall>,
-    peer: &Peer,
-    routed: &Routed,
-    approval: Option<&Approval>,
-) -> Result<Value, ApiError> {
+async fn receipt_denial(hall: &Arc<Hall>, peer: &Peer, routed: &Routed) -> Result<Value, ApiError> {
     let mut d = Dispatch::from_decision(
         &routed.decision,
         None,
@@ -456,7 +451,7 @@ async fn receipt_denial(
         rfc3339_ms(now_ms()),
     );
     d.decision.policy_version = routed.policy.as_ref().map(|p| p.policy_version.clone());
-    append(hall, d, approval).await
+    append(hall, d, None).await
 }
 
 /// Receipts an approval a human denied or nobody resolved in time, from its stored decision.

@@ -122,8 +122,16 @@ impl Hall {
 
     /// Reloads configuration, rules and registry; keeps the old snapshot on error.
     pub fn reload(&self) -> Result<u64, String> {
+        let before = self.current.get().config.server.clone();
         match self.current.reload() {
             Ok(loaded) => {
+                // The socket and the admission limits are set up once at start; say so rather
+                // than pretend a changed [server] section took effect.
+                if loaded.config.server != before {
+                    tracing::warn!(
+                        "[server] changed: socket and concurrency limits apply after a restart"
+                    );
+                }
                 self.metrics
                     .inc("wcp_hall_reloads_total", &[("result", "ok")]);
                 tracing::info!(generation = loaded.generation, "configuration reloaded");
