@@ -287,13 +287,28 @@ fn observe(init_pid: libc::pid_t) -> ObservedReport {
         };
     };
     let source = format!("/proc/{pid}/status");
-    let Ok(text) = fs::read_to_string(&source) else {
-        return ObservedReport {
-            reason: Some("the worker had already exited when the Hall looked".into()),
-            ..ObservedReport::default()
+    // The status pipe reports "exec" when execve closes it, which the kernel does a moment
+    // before it commits the new credentials (a capability set still full inside a user
+    // namespace). Read again briefly until the exec's credentials are visible, so the report
+    // shows what the worker runs with, not the instant before; a worker that really keeps
+    // capabilities is reported as it is after the short wait.
+    let mut last = None;
+    for _ in 0..25 {
+        let Ok(text) = fs::read_to_string(&source) else {
+            break;
         };
-    };
-    parse_status(&text, source)
+        let observed = parse_status(&text, source.clone());
+        let settled = observed.cap_eff.as_deref() == Some("0000000000000000");
+        last = Some(observed);
+        if settled {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    last.unwrap_or_else(|| ObservedReport {
+        reason: Some("the worker had already exited when the Hall looked".into()),
+        ..ObservedReport::default()
+    })
 }
 
 pub(crate) fn parse_status(text: &str, source: String) -> ObservedReport {
