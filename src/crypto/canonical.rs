@@ -63,7 +63,8 @@ fn write(out: &mut Vec<u8>, value: &Value, path: &mut String) -> Result<(), Cano
                     out.push(b',');
                 }
                 let len = path.len();
-                path.push_str(&format!("[{i}]"));
+                // Infallible: writing into a String.
+                let _ = fmt::Write::write_fmt(path, format_args!("[{i}]"));
                 write(out, item, path)?;
                 path.truncate(len);
             }
@@ -97,7 +98,8 @@ fn write(out: &mut Vec<u8>, value: &Value, path: &mut String) -> Result<(), Cano
     Ok(())
 }
 
-fn write_number(out: &mut Vec<u8>, n: &Number, path: &str) -> Result<(), CanonicalError> {
+/// An integer within ±(2^53−1), else the error at `path`.
+fn check_number(n: &Number, path: &str) -> Result<(), CanonicalError> {
     let range = || CanonicalError::IntegerRange {
         path: path.to_owned(),
         value: n.to_string(),
@@ -106,17 +108,22 @@ fn write_number(out: &mut Vec<u8>, n: &Number, path: &str) -> Result<(), Canonic
         if i.unsigned_abs() > MAX_SAFE_INTEGER {
             return Err(range());
         }
-        out.extend_from_slice(i.to_string().as_bytes());
     } else if let Some(u) = n.as_u64() {
         if u > MAX_SAFE_INTEGER {
             return Err(range());
         }
-        out.extend_from_slice(u.to_string().as_bytes());
     } else {
         return Err(CanonicalError::Float {
             path: path.to_owned(),
         });
     }
+    Ok(())
+}
+
+fn write_number(out: &mut Vec<u8>, n: &Number, path: &str) -> Result<(), CanonicalError> {
+    check_number(n, path)?;
+    // An integer in range: serde_json writes it as its decimal digits.
+    out.extend_from_slice(n.to_string().as_bytes());
     Ok(())
 }
 
@@ -141,6 +148,55 @@ fn write_string(out: &mut Vec<u8>, s: &str) {
         }
     }
     out.push(b'"');
+}
+
+/// Checks that `value` is inside the profile (what [`to_canonical`] would accept) without
+/// encoding it: no output buffer, and the error's path is built only when there is an error.
+pub fn check(value: &Value) -> Result<(), CanonicalError> {
+    check_rel(value).map_err(|e| e.prefixed("$"))
+}
+
+/// Checks `value` ([`check`]) and sorts every object's keys in place, so that
+/// `serde_json::to_vec` of it (insertion order, with this crate's `preserve_order`) is exactly
+/// its canonical encoding — without encoding and re-parsing it.
+pub fn canonicalize(value: &mut Value) -> Result<(), CanonicalError> {
+    check(value)?;
+    // `String`'s order is its bytes' order, the canonical key order.
+    value.sort_all_objects();
+    Ok(())
+}
+
+fn check_rel(value: &Value) -> Result<(), CanonicalError> {
+    match value {
+        Value::Null | Value::Bool(_) | Value::String(_) => Ok(()),
+        Value::Number(n) => check_number(n, ""),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, item)| check_rel(item).map_err(|e| e.prefixed(&format!("[{i}]")))),
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            if !k.is_ascii() {
+                return Err(CanonicalError::NonAsciiKey {
+                    path: String::new(),
+                    key: k.clone(),
+                });
+            }
+            check_rel(v).map_err(|e| e.prefixed(&format!(".{k}")))
+        }),
+    }
+}
+
+impl CanonicalError {
+    /// The same error with `prefix` put in front of its path.
+    fn prefixed(mut self, prefix: &str) -> Self {
+        match &mut self {
+            CanonicalError::Float { path }
+            | CanonicalError::IntegerRange { path, .. }
+            | CanonicalError::NonAsciiKey { path, .. } => path.insert_str(0, prefix),
+            CanonicalError::Parse(_) => {}
+        }
+        self
+    }
 }
 
 /// Parses JSON strictly: duplicate object keys are an error.
@@ -223,6 +279,29 @@ impl<'de> Visitor<'de> for StrictVisitor {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn check_and_canonicalize_agree_with_to_canonical() {
+        use serde_json::json;
+        let mut v = json!({"b": [1, {"z": null, "a": "x\n"}], "a": true, "c": {"k": -5}});
+        check(&v).unwrap();
+        canonicalize(&mut v).unwrap();
+        assert_eq!(serde_json::to_vec(&v).unwrap(), to_canonical(&v).unwrap());
+        assert_eq!(
+            String::from_utf8(serde_json::to_vec(&v).unwrap()).unwrap(),
+            r#"{"a":true,"b":[1,{"a":"x\n","z":null}],"c":{"k":-5}}"#
+        );
+        // The same errors, with the same paths, as the encoder.
+        for bad in [
+            json!({"a": [0, {"f": 1.5}]}),
+            json!({"a": {"n": 9007199254740992u64}}),
+            json!([{"é": 1}]),
+        ] {
+            let expected = to_canonical(&bad).unwrap_err();
+            assert_eq!(check(&bad).unwrap_err(), expected);
+            assert_eq!(canonicalize(&mut bad.clone()).unwrap_err(), expected);
+        }
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -599,7 +599,7 @@ impl Dispatch {
             }
         }
         if let Some(e) = &self.envelope {
-            canonical::to_canonical(e).map_err(|e| invalid("dispatch.envelope", e.to_string()))?;
+            canonical::check(e).map_err(|e| invalid("dispatch.envelope", e.to_string()))?;
         }
         Ok(())
     }
@@ -693,7 +693,7 @@ impl ReceiptPayload {
             Body::Checkpoint(c) => p.checkpoint = Some(c),
         }
         if let Some(e) = p.dispatch.as_mut().and_then(|d| d.envelope.as_mut()) {
-            *e = canonical::parse_strict(&canonical::to_canonical(e)?)?;
+            canonical::canonicalize(e)?;
         }
         p.validate()?;
         Ok(p)
