@@ -1,9 +1,11 @@
 //! End-to-end dispatch through a real `wcp-hall serve` on a Unix socket: latency p50/p99 and
 //! throughput at 1, 8 and 32 concurrent clients, each answer carrying a durable receipt.
 //!
-//! Two workloads: `denied` (routing, the policy floor, a durable denial receipt: the Hall's own
-//! overhead per governed request) and `hello` (a signed Python worker verified from the store
-//! and run inside the full privilege envelope, with durable intent and outcome receipts).
+//! Three workloads: `denied` (routing, the policy floor, a durable denial receipt: the Hall's own
+//! overhead per governed request); `native` (the trivial worker of the target: the
+//! signed native hello package, verified from the store and run inside the full privilege
+//! envelope, with durable intent and outcome receipts); `hello` (the same for the Python hello
+//! worker, whose cost is CPython's start-up).
 //! `cargo bench --bench daemon [-- FILTER]`. Figures go to BENCHMARKS.md; nothing is asserted.
 
 use std::path::{Path, PathBuf};
@@ -41,7 +43,33 @@ fn run(cmd: &mut Command) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
-/// A Hall directory with a signed, enrolled hello worker; returns (dir, config path).
+/// Signs the package at `pkg` with `<d>/keys/package.key` and enrolls its record template.
+fn enroll(d: &Path, pkg: &Path, record: &Path) {
+    let mut record: Value =
+        serde_json::from_str(&std::fs::read_to_string(record).unwrap()).unwrap();
+    let worker_id = record["worker_id"].as_str().unwrap().to_owned();
+    let species = record["worker_species_id"].as_str().unwrap().to_owned();
+    run(Command::new(BIN)
+        .args([
+            "attest",
+            "sign",
+            "--worker-id",
+            &worker_id,
+            "--species",
+            &species,
+        ])
+        .args(["--worker-version", "1.0.0", "--key"])
+        .arg(d.join("keys/package.key"))
+        .arg(pkg));
+    record["attestation"] = json!({"package_root": pkg.display().to_string()});
+    std::fs::write(
+        d.join(format!("registry/{worker_id}.json")),
+        record.to_string(),
+    )
+    .unwrap();
+}
+
+/// A Hall directory with the signed, enrolled hello workers; returns (dir, config path).
 fn setup() -> (tempfile::TempDir, PathBuf) {
     // State and the receipt log on disk (so fdatasync is real); run directories on tmpfs when
     // there is one, as the envelope recommends.
@@ -74,36 +102,33 @@ fn setup() -> (tempfile::TempDir, PathBuf) {
         .to_string(),
     )
     .unwrap();
-    let pkg = d.join("packages/hello");
-    copy_dir(&repo("workers/hello"), &pkg);
-    let record: Value =
-        serde_json::from_str(&std::fs::read_to_string(pkg.join("record.json")).unwrap()).unwrap();
-    let worker_id = record["worker_id"].as_str().unwrap().to_owned();
-    run(Command::new(BIN)
-        .args([
-            "attest",
-            "sign",
-            "--worker-id",
-            &worker_id,
-            "--species",
-            "wrk.hello.greeter",
-            "--worker-version",
-            "1.0.0",
-            "--key",
-        ])
-        .arg(d.join("keys/package.key"))
-        .arg(&pkg));
-    let mut enrolled = record;
-    enrolled["attestation"] = json!({"package_root": pkg.display().to_string()});
-    std::fs::write(
-        d.join(format!("registry/{worker_id}.json")),
-        enrolled.to_string(),
+    // The Python hello worker, and the same worker compiled (a native package: the
+    // `wcp-hello-native` binary as code/bootstrap).
+    let hello = d.join("packages/hello");
+    copy_dir(&repo("workers/hello"), &hello);
+    enroll(d, &hello, &repo("workers/hello/record.json"));
+    let native = d.join("packages/hello-native");
+    std::fs::create_dir_all(native.join("code")).unwrap();
+    std::fs::copy(
+        env!("CARGO_BIN_EXE_wcp-hello-native"),
+        native.join("code/bootstrap"),
     )
     .unwrap();
+    std::fs::copy(
+        repo("workers/hello_native/config.schema.json"),
+        native.join("config.schema.json"),
+    )
+    .unwrap();
+    enroll(d, &native, &repo("workers/hello_native/record.json"));
+    // dev routes to the Python worker, stage to the native one.
+    let rule = |id: &str, env: &str, species: &str| {
+        json!({"rule_id": id, "match": {"capability_id": "cap.hello.greet", "env": env},
+               "decision": {"candidate_workers_ranked": [{"worker_species_id": species}]}})
+    };
     std::fs::write(
         d.join("rules.json"),
-        json!({"rules": [{"rule_id": "rr_hello", "match": {"capability_id": "cap.hello.greet", "env": "dev"},
-                          "decision": {"candidate_workers_ranked": [{"worker_species_id": "wrk.hello.greeter"}]}}]})
+        json!({"rules": [rule("rr_hello", "dev", "wrk.hello.greeter"),
+                         rule("rr_hello_native", "stage", "wrk.hello.native")]})
         .to_string(),
     )
     .unwrap();
@@ -149,10 +174,30 @@ impl Drop for Hall {
     }
 }
 
-fn input(cap: &str, i: usize) -> Value {
-    json!({"capability_id": cap, "env": "dev", "data_label": "PUBLIC", "tenant_risk": "low",
+fn input(cap: &str, env: &str, i: usize) -> Value {
+    json!({"capability_id": cap, "env": env, "data_label": "PUBLIC", "tenant_risk": "low",
            "qos_class": "P2", "tenant_id": "bench", "correlation_id": format!("bench-{i}"),
            "request": {"name": "Ada"}})
+}
+
+/// "verify 0.05 · intent_receipt 0.31 · …": the median of each phase the runner reports (ms).
+fn phase_medians(answers: &[(f64, Value)]) -> String {
+    let Some(first) = answers.iter().find_map(|(_, p)| p.as_object()) else {
+        return String::new();
+    };
+    first
+        .keys()
+        .map(|phase| {
+            let mut v: Vec<f64> = answers
+                .iter()
+                .filter_map(|(_, p)| p[phase.as_str()].as_f64())
+                .map(|us| us / 1000.0)
+                .collect();
+            v.sort_by(|a, b| a.total_cmp(b));
+            format!("{phase} {:.2}", pct(&v, 0.5))
+        })
+        .collect::<Vec<_>>()
+        .join(" · ")
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -203,28 +248,34 @@ fn main() {
         std::thread::sleep(Duration::from_millis(50));
     }
     println!(
-        "\n{:>8} {:>8} {:>10} {:>10} {:>12} {:>8}",
+        "\n{:>8} {:>8} {:>10} {:>10} {:>12} {:>8}   Hall phases, median ms",
         "workload", "clients", "p50 ms", "p99 ms", "per second", "n"
     );
-    for (workload, cap, expect, total) in [
-        ("denied", "cap.unknown.thing", "denied", 600usize),
-        ("hello", "cap.hello.greet", "completed", 96usize),
+    for (workload, cap, env, expect, total) in [
+        ("denied", "cap.unknown.thing", "dev", "denied", 600usize),
+        ("native", "cap.hello.greet", "stage", "completed", 1200usize),
+        ("hello", "cap.hello.greet", "dev", "completed", 96usize),
     ] {
         for clients in [1usize, 8, 32] {
             let label = format!("{workload}/{clients}");
             if filter.as_ref().is_some_and(|f| !label.contains(f.as_str())) {
                 continue;
             }
-            let per_client = (total / clients).max(2);
+            // WCP_BENCH_SCALE=N runs N times as many dispatches (for profiling a steady state).
+            let scale: usize = std::env::var("WCP_BENCH_SCALE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1);
+            let per_client = (total * scale / clients).max(2);
             let started = Instant::now();
-            let mut lat: Vec<f64> = rt.block_on(async {
+            let answers: Vec<(f64, Value)> = rt.block_on(async {
                 let mut tasks = Vec::new();
                 for c in 0..clients {
                     let socket = socket.clone();
                     tasks.push(tokio::spawn(async move {
                         let mut v = Vec::new();
                         for i in 0..per_client {
-                            let body = input(cap, c * 100_000 + i);
+                            let body = input(cap, env, c * 100_000 + i);
                             let t = Instant::now();
                             let a = client::call(
                                 &socket,
@@ -241,7 +292,18 @@ fn main() {
                                 "durable receipt: {}",
                                 a.body
                             );
-                            v.push(t.elapsed().as_secs_f64() * 1000.0);
+                            let phases = a.body["execution"]["hall_phases_us"].clone();
+                            if i == 0
+                                && c == 0
+                                && let Some(path) = std::env::var_os("WCP_BENCH_DUMP")
+                            {
+                                // One full answer per workload, for looking into (not a figure).
+                                let _ = std::fs::write(
+                                    Path::new(&path).join(format!("{workload}-{clients}.json")),
+                                    format!("{:#}", a.body),
+                                );
+                            }
+                            v.push((t.elapsed().as_secs_f64() * 1000.0, phases));
                         }
                         v
                     }));
@@ -253,15 +315,17 @@ fn main() {
                 all
             });
             let wall = started.elapsed().as_secs_f64();
+            let mut lat: Vec<f64> = answers.iter().map(|(ms, _)| *ms).collect();
             lat.sort_by(|a, b| a.total_cmp(b));
             println!(
-                "{:>8} {:>8} {:>10.2} {:>10.2} {:>12.0} {:>8}",
+                "{:>8} {:>8} {:>10.2} {:>10.2} {:>12.0} {:>8}   {}",
                 workload,
                 clients,
                 pct(&lat, 0.5),
                 pct(&lat, 0.99),
                 lat.len() as f64 / wall,
-                lat.len()
+                lat.len(),
+                phase_medians(&answers)
             );
         }
     }

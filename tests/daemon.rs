@@ -840,52 +840,59 @@ fn the_cedar_gate_decides_with_reasons_and_its_level_reaches_the_approval() {
 }
 
 /// A signed copy of the bundled hello worker, enrolled with its package, and a trust policy.
-fn signed_hello(dir: &Path) -> (PathBuf, String) {
-    fn copy_dir(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for e in std::fs::read_dir(from).unwrap() {
-            let e = e.unwrap();
-            let name = e.file_name();
-            if name == "__pycache__" {
-                continue;
-            }
-            if e.file_type().unwrap().is_dir() {
-                copy_dir(&e.path(), &to.join(&name));
-            } else {
-                std::fs::copy(e.path(), to.join(&name)).unwrap();
-            }
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name();
+        if name == "__pycache__" {
+            continue;
+        }
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(&name));
+        } else {
+            std::fs::copy(e.path(), to.join(&name)).unwrap();
         }
     }
-    let pkg = dir.join("packages/hello");
-    copy_dir(&repo("workers/hello"), &pkg);
+}
+
+/// Signs the package at `pkg` with `<dir>/keys/package.key` (created, and trusted for the
+/// `org.wcp-hall` namespace in `<dir>/trust.json`, on first use).
+fn sign_package(dir: &Path, pkg: &Path, worker_id: &str, species: &str) {
     let key = dir.join("keys/package.key");
-    let o = Command::new(BIN).arg("keygen").arg(&key).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let public = std::fs::read_to_string(key.with_extension("key.pub")).unwrap();
-    let public = public.split_whitespace().nth(1).unwrap().to_owned();
-    let trust = json!({"schema": "wcp-hall-trust/1", "version": 1,
-        "namespaces": {"org.wcp-hall": {"threshold": 1, "keys": [{"public_key": public}]}}});
-    std::fs::write(dir.join("trust.json"), trust.to_string()).unwrap();
-    let record: Value =
-        serde_json::from_str(&std::fs::read_to_string(pkg.join("record.json")).unwrap()).unwrap();
-    let worker_id = record["worker_id"].as_str().unwrap().to_owned();
+    if !key.exists() {
+        let o = Command::new(BIN).arg("keygen").arg(&key).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let public = std::fs::read_to_string(key.with_extension("key.pub")).unwrap();
+        let public = public.split_whitespace().nth(1).unwrap().to_owned();
+        let trust = json!({"schema": "wcp-hall-trust/1", "version": 1,
+            "namespaces": {"org.wcp-hall": {"threshold": 1, "keys": [{"public_key": public}]}}});
+        std::fs::write(dir.join("trust.json"), trust.to_string()).unwrap();
+    }
     let o = Command::new(BIN)
         .args([
             "attest",
             "sign",
             "--worker-id",
-            &worker_id,
+            worker_id,
             "--species",
-            "wrk.hello.greeter",
+            species,
             "--worker-version",
             "1.0.0",
             "--key",
         ])
         .arg(&key)
-        .arg(&pkg)
+        .arg(pkg)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Signs `pkg` and makes `record` (with `attestation.package_root`) the only enrolled record.
+fn sign_and_enroll(dir: &Path, pkg: &Path, record: &Value) -> String {
+    let worker_id = record["worker_id"].as_str().unwrap().to_owned();
+    let species = record["worker_species_id"].as_str().unwrap();
+    sign_package(dir, pkg, &worker_id, species);
     let mut enrolled = record.clone();
     enrolled["attestation"] = json!({"package_root": pkg.display().to_string()});
     let reg = dir.join("registry");
@@ -893,16 +900,24 @@ fn signed_hello(dir: &Path) -> (PathBuf, String) {
         std::fs::remove_file(e.unwrap().path()).unwrap();
     }
     std::fs::write(reg.join(format!("{worker_id}.json")), enrolled.to_string()).unwrap();
+    worker_id
+}
+
+fn signed_hello(dir: &Path) -> (PathBuf, String) {
+    let pkg = dir.join("packages/hello");
+    copy_dir(&repo("workers/hello"), &pkg);
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(pkg.join("record.json")).unwrap()).unwrap();
+    let worker_id = sign_and_enroll(dir, &pkg, &record);
     (pkg, worker_id)
 }
 
-#[test]
-fn an_attested_worker_runs_in_the_envelope_and_every_step_is_receipted() {
-    // Start once to create the directory layout, then enroll a signed package and restart.
-    let mut hall = TestHall::start("");
+/// Stops `hall`, lets `enroll` change its directory, turns attestation on (re-verifying on every
+/// dispatch) and starts it again.
+fn restart_attested(hall: &mut TestHall, enroll: impl FnOnce(&Path)) {
     hall.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(hall.wait_exit(Duration::from_secs(20)), 0);
-    let (pkg, worker_id) = signed_hello(hall.dir.path());
+    enroll(hall.dir.path());
     let text = std::fs::read_to_string(hall.config_path()).unwrap();
     let text = text.replace(
         "require_signatory = true",
@@ -910,10 +925,19 @@ fn an_attested_worker_runs_in_the_envelope_and_every_step_is_receipted() {
     );
     std::fs::write(
         hall.config_path(),
-        format!("{text}\n[attestation]\ntrust_policy = \"trust.json\"\n"),
+        format!("{text}\n[attestation]\ntrust_policy = \"trust.json\"\nrecheck_seconds = 0\n"),
     )
     .unwrap();
     hall.spawn();
+}
+
+#[test]
+fn an_attested_worker_runs_in_the_envelope_and_every_step_is_receipted() {
+    // Start once to create the directory layout, then enroll a signed package and restart.
+    let mut hall = TestHall::start("");
+    let mut enrolled = None;
+    restart_attested(&mut hall, |dir| enrolled = Some(signed_hello(dir)));
+    let (pkg, worker_id) = enrolled.unwrap();
 
     let (s, out) = hall.call(
         Method::POST,
@@ -986,6 +1010,140 @@ fn an_attested_worker_runs_in_the_envelope_and_every_step_is_receipted() {
     assert!(
         v["passed"].as_u64().unwrap() >= 4,
         "intent, outcome and two denials: {v}"
+    );
+}
+
+/// A native package: the `wcp-hello-native` binary as `code/bootstrap`, with hello's schema.
+fn native_package(dir: &Path) -> (PathBuf, Value) {
+    let pkg = dir.join("packages/hello-native");
+    std::fs::create_dir_all(pkg.join("code")).unwrap();
+    std::fs::copy(
+        env!("CARGO_BIN_EXE_wcp-hello-native"),
+        pkg.join("code/bootstrap"),
+    )
+    .unwrap();
+    std::fs::copy(
+        repo("workers/hello_native/config.schema.json"),
+        pkg.join("config.schema.json"),
+    )
+    .unwrap();
+    let record: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo("workers/hello_native/record.json")).unwrap(),
+    )
+    .unwrap();
+    (pkg, record)
+}
+
+#[test]
+fn a_native_worker_runs_from_its_store_copy_and_odd_entrypoints_are_refused() {
+    let mut hall = TestHall::start("");
+    let native_rules = json!({"rules": [
+        {"rule_id": "rr_hello_native", "match": {"capability_id": "cap.hello.greet", "env": "dev"},
+         "decision": {"candidate_workers_ranked": [{"worker_species_id": "wrk.hello.native"}],
+                      "required_controls_suggested": ["ctrl.obs.audit-log-append-only"]}}]});
+    let mut enrolled = None;
+    restart_attested(&mut hall, |dir| {
+        std::fs::write(dir.join("rules.json"), native_rules.to_string()).unwrap();
+        let (pkg, record) = native_package(dir);
+        let worker_id = sign_and_enroll(dir, &pkg, &record);
+        enrolled = Some((pkg, worker_id));
+    });
+    let (pkg, worker_id) = enrolled.unwrap();
+    let dir = hall.dir.path().to_owned();
+
+    let body = input("cap.hello.greet", "acme-corp");
+    let (s, out) = hall.call(Method::POST, "/wcp/dispatch", Some(&body));
+    assert_eq!(s, 200, "{out}; {}", hall.log());
+    assert_eq!(out["status"], "completed", "{out}");
+    assert_eq!(out["result"]["greeting"], "Hello, Ada!", "{out}");
+    assert_eq!(out["result"]["correlation_id"], body["correlation_id"]);
+    assert_eq!(out["execution"]["worker_id"], worker_id.as_str());
+    // It ran the store copy, in which only the entrypoint is executable.
+    let store = PathBuf::from(out["execution"]["package"]["store_path"].as_str().unwrap());
+    assert!(store.starts_with(dir.join("state")), "{}", store.display());
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&store.join("code/bootstrap")), 0o555);
+    assert_eq!(mode(&store.join("config.schema.json")), 0o444);
+    let envelope = &out["execution"]["summary"]["envelope"];
+    assert_eq!(
+        envelope["bootstrap"]["program"],
+        store.join("code/bootstrap").display().to_string(),
+        "{envelope}"
+    );
+    assert_eq!(out["execution"]["summary"]["exit"]["code"], 0, "{out}");
+
+    // A bad request is the worker's own refusal (exit 2), not the Hall's.
+    let mut bad = input("cap.hello.greet", "acme-corp");
+    bad["request"] = json!({"name": "Ada", "extra": 1});
+    let (_, out) = hall.call(Method::POST, "/wcp/dispatch", Some(&bad));
+    assert_eq!(out["status"], "failed", "{out}");
+    assert_eq!(out["result"]["error"]["code"], "invalid_request", "{out}");
+
+    // Attack: a signed package with both entrypoints. Which one runs would be a guess: refused
+    // before anything starts, and the intent ends `aborted` in the receipt log.
+    std::fs::copy(
+        repo("workers/hello/code/bootstrap.py"),
+        pkg.join("code/bootstrap.py"),
+    )
+    .unwrap();
+    sign_package(&dir, &pkg, &worker_id, "wrk.hello.native");
+    let (_, out) = hall.call(Method::POST, "/wcp/dispatch", Some(&body));
+    assert_eq!(out["status"], "failed", "{out}");
+    assert_eq!(
+        out["execution"]["error"]["code"], "package_ambiguous",
+        "{out}"
+    );
+    assert!(out["execution"]["receipt"]["seq"].is_u64(), "{out}");
+
+    // Attack: a signed `#!` script as the native entrypoint (it would start an interpreter the
+    // envelope never granted): refused.
+    std::fs::remove_file(pkg.join("code/bootstrap.py")).unwrap();
+    std::fs::remove_file(pkg.join("code/bootstrap")).unwrap();
+    std::fs::write(pkg.join("code/bootstrap"), "#!/bin/sh\necho '{}'\n").unwrap();
+    std::fs::set_permissions(
+        pkg.join("code/bootstrap"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    sign_package(&dir, &pkg, &worker_id, "wrk.hello.native");
+    let (_, out) = hall.call(Method::POST, "/wcp/dispatch", Some(&body));
+    assert_eq!(out["status"], "failed", "{out}");
+    assert_eq!(
+        out["execution"]["error"]["code"], "package_not_elf",
+        "{out}"
+    );
+
+    // Attack: the binary changed after signing: the attestation refuses it, nothing runs.
+    std::fs::remove_file(pkg.join("code/bootstrap")).unwrap();
+    let mut binary = std::fs::read(env!("CARGO_BIN_EXE_wcp-hello-native")).unwrap();
+    std::fs::write(pkg.join("code/bootstrap"), &binary).unwrap();
+    sign_package(&dir, &pkg, &worker_id, "wrk.hello.native");
+    let (_, out) = hall.call(Method::POST, "/wcp/dispatch", Some(&body));
+    assert_eq!(
+        out["status"], "completed",
+        "re-signed original binary runs again: {out}"
+    );
+    binary.extend_from_slice(b"\0tampered");
+    std::fs::write(pkg.join("code/bootstrap"), &binary).unwrap();
+    let (_, out) = hall.call(Method::POST, "/wcp/dispatch", Some(&body));
+    assert_eq!(out["status"], "denied", "{out}");
+    assert_eq!(deny_code(&out), "DENY_WORKER_TAMPERED", "{out}");
+
+    // Every step is in the log, and it verifies.
+    hall.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(hall.wait_exit(Duration::from_secs(20)), 0);
+    let o = Command::new(BIN)
+        .args(["--json", "receipts", "verify", "--log"])
+        .arg(dir.join("state/receipts"))
+        .arg("--pubkey")
+        .arg(dir.join("keys/receipts.key.pub"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
     );
 }
 
@@ -1092,16 +1250,9 @@ fn overload_answers_429_with_retry_after_and_health_stays_responsive() {
     let mut hall = TestHall::start(
         "[server]\nmax_concurrent = 1\nmax_concurrent_per_tenant = 1\nmax_queue = 0\n",
     );
-    hall.signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(hall.wait_exit(Duration::from_secs(20)), 0);
-    let _ = signed_hello(hall.dir.path());
-    let text = std::fs::read_to_string(hall.config_path()).unwrap();
-    std::fs::write(
-        hall.config_path(),
-        format!("{text}\n[attestation]\ntrust_policy = \"trust.json\"\n"),
-    )
-    .unwrap();
-    hall.spawn();
+    restart_attested(&mut hall, |dir| {
+        signed_hello(dir);
+    });
     // Two clients dispatch concurrently for a while; with one slot and no queue, some requests
     // must be refused at once with 429 while the other one's worker runs.
     let busy: Vec<_> = (0..2)

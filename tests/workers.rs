@@ -1067,3 +1067,77 @@ fn sample_document_is_a_few_paragraphs_of_utf8() {
     assert!((3..=10).contains(&paragraphs), "{paragraphs} paragraphs");
     assert!(text.len() < 8 * 1024, "keep the sample short");
 }
+
+/// The native hello worker (workers/hello_native) speaks the same protocol as the Python
+/// bootstrap: result or error object on stdout with the correlation id, exit 0/2.
+#[test]
+fn the_native_hello_worker_speaks_the_worker_protocol() {
+    let run = |stdin: &[u8], cid: Option<&str>| -> (i32, Value, String) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wcp-hello-native"));
+        cmd.env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(cid) = cid {
+            cmd.env("WCP_CORRELATION_ID", cid);
+        }
+        let mut child = cmd.spawn().expect("spawn wcp-hello-native");
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(stdout.ends_with('\n'), "one JSON line: {stdout:?}");
+        (
+            out.status.code().unwrap_or(-1),
+            serde_json::from_str(&stdout).expect("stdout is one JSON object"),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (code, out, log) = run(br#"{"name": "  Ada   Lovelace "}"#, Some("cid-1"));
+    assert_eq!(code, 0, "{out} {log}");
+    assert_eq!(
+        out,
+        json!({"greeting": "Hello, Ada Lovelace!", "correlation_id": "cid-1"})
+    );
+    let record: Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert_eq!(record["worker"], "wrk.hello.native");
+    assert_eq!(record["correlation_id"], "cid-1");
+    assert!(record["ts"].as_str().unwrap().ends_with('Z'), "{record}");
+
+    for (stdin, code) in [
+        (&br#"{"name": "Ada", "extra": 1}"#[..], "invalid_request"),
+        (br#"{"name": "Ada", "name": "Bob"}"#, "invalid_request"),
+        (br#"{"name": "   "}"#, "invalid_request"),
+        (br#"{"name": "A\u0007"}"#, "invalid_request"),
+        (br#"{"name": 5}"#, "invalid_request"),
+        (br#"[1]"#, "invalid_request"),
+        (br#"{"name": "#, "invalid_json"),
+        (b"", "invalid_json"),
+        (b"\xff", "invalid_json"),
+    ] {
+        let (exit, out, _) = run(stdin, Some("cid-2"));
+        assert_eq!(exit, 2, "{}: {out}", String::from_utf8_lossy(stdin));
+        assert_eq!(
+            out["error"]["code"],
+            code,
+            "{}: {out}",
+            String::from_utf8_lossy(stdin)
+        );
+        assert_eq!(out["correlation_id"], "cid-2");
+    }
+    let long = format!(r#"{{"name": "{}"}}"#, "x".repeat(101));
+    assert_eq!(
+        run(long.as_bytes(), Some("c")).1["error"]["code"],
+        "invalid_request"
+    );
+    let (exit, out, _) = run(br#"{"name": "Ada"}"#, None);
+    assert_eq!(
+        (exit, &out["error"]["code"]),
+        (2, &json!("missing_correlation_id"))
+    );
+    assert_eq!(out["correlation_id"], Value::Null);
+    let (exit, out, _) = run(br#"{"name": "Ada"}"#, Some("has space"));
+    assert_eq!(
+        (exit, &out["error"]["code"]),
+        (2, &json!("invalid_correlation_id"))
+    );
+}

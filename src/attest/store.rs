@@ -10,8 +10,10 @@
 //!   source does meanwhile. Excluded entries are never copied, so a planted pyc cannot run.
 //! - **Content-addressed and read-only.** A staging directory becomes `sha256-<digest>` by one
 //!   atomic `renameat2(RENAME_NOREPLACE)` only after every check passed; files are 0444 and
-//!   directories 0555. A failed verification removes its staging directory (and stale ones from
-//!   a crash are removed when the store opens), so there is never a partial entry.
+//!   directories 0555, except a native worker's entrypoint `code/bootstrap` (0555: the only
+//!   file of a package that can be executed; `tree::copy_mode`). A failed verification removes
+//!   its staging directory (and stale ones from a crash are removed when the store opens), so
+//!   there is never a partial entry.
 //! - **Crash and offline tampering.** Copies are not fsynced (that would cost seconds per
 //!   package on this disk); instead each entry has a seal recording the boot it was verified
 //!   in. An entry sealed in another boot is re-hashed before use and removed if it no longer

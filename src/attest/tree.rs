@@ -573,18 +573,36 @@ struct FileResult {
     changed: bool,
 }
 
+/// The one path in a package the store copy makes executable: a native worker's entrypoint
+/// (`code/bootstrap`, an ELF executable; see `hall::runner`). Every other file of a store copy is
+/// 0444, so nothing else a package carries can be `execve`d, even by a worker that finds it.
+pub const NATIVE_BOOTSTRAP: &str = "code/bootstrap";
+
+/// A PyHall package's entrypoint, run by the interpreter (never executed directly).
+pub const PYTHON_BOOTSTRAP: &str = "code/bootstrap.py";
+
+/// The mode a store copy of `rel` is created with: 0555 for [`NATIVE_BOOTSTRAP`], else 0444.
+pub fn copy_mode(rel: &str) -> u32 {
+    if rel == NATIVE_BOOTSTRAP {
+        0o555
+    } else {
+        0o444
+    }
+}
+
 /// Where the verified copy goes: a fresh directory the caller owns (no links inside).
 pub(crate) struct CopyTarget<'a> {
     pub dir: BorrowedFd<'a>,
 }
 
 fn create_copy(target: &CopyTarget<'_>, rel: &str) -> Result<File, TreeError> {
-    // Created read-only (0444) in one step: the creating open still gets a writable fd.
+    // Created read-only (0444, or 0555 for the native entrypoint) in one step: the creating
+    // open still gets a writable fd.
     let how = OpenHow::new()
         .flags(
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
         )
-        .mode(Mode::from_bits_truncate(0o444))
+        .mode(Mode::from_bits_truncate(copy_mode(rel)))
         .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
     openat2(target.dir, rel, how)
         .map(File::from)

@@ -1,7 +1,8 @@
 //! The Hall's runner: what happens to an allowed, non-dry-run decision.
 //!
-//! verify the package → intent receipt (durable) → run the store copy under the privilege
-//! envelope → outcome receipt (durable) → answer. Threat model: nothing runs that was not
+//! verify the package → intent receipt (durable) → pick the bootstrap from the package's layout
+//! (Python or native, [`package_bootstrap`]) → run the store copy under the privilege envelope →
+//! outcome receipt (durable) → answer. Threat model: nothing runs that was not
 //! verified against its signed manifest immediately before the run, and it runs from the
 //! read-only store copy, never the enrolled source; nothing runs unless its intent is durable in
 //! the receipt log (the Hall fails closed when the log cannot be written); an envelope the
@@ -127,6 +128,8 @@ impl Runner for HallRunner {
             .cloned()
             .ok_or_else(|| ApiError::internal(format!("no enrolled record for {species}")))?;
 
+        // Where the Hall's time goes, per phase (µs), returned with the execution.
+        let mut phases = Phases::start();
         // 1. Verify the package now, and run only its read-only store copy.
         let attested = loaded.attested.as_ref().ok_or_else(|| {
             failure(
@@ -172,6 +175,7 @@ impl Runner for HallRunner {
             signer_key_ids: report.signer_key_ids.iter().map(|k| k.0.clone()).collect(),
         };
 
+        phases.mark("verify");
         // 2. The intent, durable before anything starts.
         let mut dispatch = Dispatch::from_decision(
             &decision,
@@ -188,6 +192,7 @@ impl Runner for HallRunner {
             )
         })?;
 
+        phases.mark("intent_receipt");
         // 3. Run under the envelope the profile asks for.
         let profile = loaded
             .gate
@@ -219,6 +224,7 @@ impl Runner for HallRunner {
             .persistent_writes(&record, &declared)
             .map_err(|e| (e, None));
         let run = writes.and_then(|privilege_envelope| {
+            let (bootstrap, runtime) = package_bootstrap(&store_path).map_err(|e| (e, None))?;
             let payload = serde_json::to_vec(&input.request)
                 .map_err(|e| (ApiError::internal(e.to_string()), None))?;
             let req = envelope::RunRequest {
@@ -227,8 +233,8 @@ impl Runner for HallRunner {
                 privilege_envelope,
                 limits,
                 minimums,
-                bootstrap: envelope::Bootstrap::python3(),
-                runtime: envelope::RuntimePaths::debian_python3(),
+                bootstrap,
+                runtime,
                 payload,
                 correlation_id: input.correlation_id.clone(),
                 traceparent: None,
@@ -244,6 +250,7 @@ impl Runner for HallRunner {
             })
         });
 
+        phases.mark("run");
         // 4. The outcome, durable before the answer.
         let outcome = match run {
             Ok(outcome) => outcome,
@@ -275,8 +282,10 @@ impl Runner for HallRunner {
             }
         };
         let summary = outcome.summary();
-        let envelope_report = serde_json::to_value(&outcome.report).unwrap_or(Value::Null);
-        intent.dispatch_mut().envelope = Some(envelope_report.clone());
+        // Serialised once: the answer's summary carries the envelope report, and the receipt a
+        // copy of that same value.
+        let summary_json = serde_json::to_value(&summary).unwrap_or(Value::Null);
+        intent.dispatch_mut().envelope = Some(summary_json["envelope"].clone());
         let exit_code = outcome.exit.code.map(i64::from);
         let signal = outcome.exit.signal.map(i64::from);
         let execution = Execution {
@@ -311,13 +320,134 @@ impl Runner for HallRunner {
             result,
             execution: json!({
                 "worker_id": record.worker_id,
-                "summary": summary,
+                "summary": summary_json,
                 "receipt": {"seq": appended.seq, "receipt_hash": appended.receipt_hash_string()},
                 "package": package_json(&package, &report.store_path),
                 "attestation": {"code": report.code.map(|c| c.as_str()), "cached": report.cached, "protections": report.protections},
                 "stderr_tail": String::from_utf8_lossy(&outcome.stderr[outcome.stderr.len().saturating_sub(2048)..]),
+                "hall_phases_us": phases.finish("outcome_receipt"),
             }),
         })
+    }
+}
+
+/// How a verified package runs, read from its read-only store copy.
+///
+/// A PyHall package has `code/bootstrap.py` and runs under the Python interpreter. A native
+/// package has `code/bootstrap` instead: an ELF executable, the only file the store copy makes
+/// executable (`attest::tree::copy_mode`), run directly with the dynamic loader and the system
+/// libraries readable.
+///
+/// Threat model: the layout is part of the signed tree, so the signer decides how a package
+/// runs, and a worker never runs anything the envelope was not told about. Refused, before the
+/// worker starts (the intent receipt then ends `aborted` with the reason): a package with both
+/// entrypoints (which one runs would be a guess), with neither, a native entrypoint that is not
+/// an ELF file (a `#!` script would start an interpreter the envelope never granted), and a
+/// store copy whose entrypoint is not executable (an entry made before native packages
+/// existed: remove it from the store and the next dispatch re-verifies it).
+pub fn package_bootstrap(
+    package: &Path,
+) -> Result<(envelope::Bootstrap, envelope::RuntimePaths), ApiError> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+
+    let python = package.join(crate::attest::tree::PYTHON_BOOTSTRAP);
+    let native = package.join(crate::attest::tree::NATIVE_BOOTSTRAP);
+    let exists = |p: &Path| std::fs::symlink_metadata(p).ok();
+    match (exists(&python), exists(&native)) {
+        (Some(_), Some(_)) => Err(failure(
+            "package_ambiguous",
+            format!(
+                "{} has both code/bootstrap.py (a Python package) and code/bootstrap (a native \
+                 package); remove one and sign the package again",
+                package.display()
+            ),
+        )),
+        (None, None) => Err(failure(
+            "package_no_bootstrap",
+            format!(
+                "{} has no entrypoint: a Python package needs code/bootstrap.py, a native one \
+                 code/bootstrap (an ELF executable)",
+                package.display()
+            ),
+        )),
+        (Some(_), None) => Ok((
+            envelope::Bootstrap::python3(),
+            envelope::RuntimePaths::debian_python3(),
+        )),
+        (None, Some(meta)) => {
+            if !meta.is_file() {
+                return Err(failure(
+                    "package_not_elf",
+                    format!("{} is not a regular file", native.display()),
+                ));
+            }
+            let mut magic = [0u8; 4];
+            std::fs::File::open(&native)
+                .and_then(|mut f| f.read_exact(&mut magic))
+                .map_err(|e| {
+                    failure(
+                        "package_not_elf",
+                        format!("cannot read {}: {e}", native.display()),
+                    )
+                })?;
+            if magic != *b"\x7fELF" {
+                return Err(failure(
+                    "package_not_elf",
+                    format!(
+                        "{} is not an ELF executable; native packages carry a compiled program \
+                         (scripts belong in a Python package's code/bootstrap.py)",
+                        native.display()
+                    ),
+                ));
+            }
+            if meta.permissions().mode() & 0o111 != 0o111 {
+                return Err(failure(
+                    "package_not_executable",
+                    format!(
+                        "{} is not executable (mode {:04o}): the store entry predates native \
+                         packages; remove {} and dispatch again to re-verify it",
+                        native.display(),
+                        meta.permissions().mode() & 0o7777,
+                        package.display()
+                    ),
+                ));
+            }
+            Ok((
+                envelope::Bootstrap::Native {
+                    program: native,
+                    args: Vec::new(),
+                },
+                envelope::RuntimePaths::native(),
+            ))
+        }
+    }
+}
+
+/// Wall-clock time per phase of a run, for the answer (operators see where time went).
+struct Phases {
+    last: std::time::Instant,
+    done: serde_json::Map<String, Value>,
+}
+
+impl Phases {
+    fn start() -> Self {
+        Phases {
+            last: std::time::Instant::now(),
+            done: serde_json::Map::new(),
+        }
+    }
+
+    fn mark(&mut self, phase: &str) {
+        let now = std::time::Instant::now();
+        let us = u64::try_from(now.duration_since(self.last).as_micros()).unwrap_or(u64::MAX);
+        self.done.insert(phase.to_owned(), json!(us));
+        self.last = now;
+    }
+
+    fn finish(mut self, phase: &str) -> Value {
+        self.mark(phase);
+        Value::Object(self.done)
     }
 }
 
@@ -345,4 +475,78 @@ fn bounded(s: &str, max: usize) -> String {
 /// `sha256:<hex>` → `<hex>` (the receipt schema stores bare lowercase hex).
 fn bare_hex(s: &str) -> String {
     s.strip_prefix("sha256:").unwrap_or(s).to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::package_bootstrap;
+    use crate::envelope::Bootstrap;
+
+    fn package(files: &[(&str, &[u8], u32)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("code")).unwrap();
+        for (name, bytes, mode) in files {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).unwrap();
+        }
+        dir
+    }
+
+    fn code(files: &[(&str, &[u8], u32)]) -> &'static str {
+        let dir = package(files);
+        package_bootstrap(dir.path()).expect_err("refused").code
+    }
+
+    const ELF: &[u8] = b"\x7fELF\x02\x01\x01\0rest";
+
+    #[test]
+    fn the_layout_decides_how_a_package_runs() {
+        let py = package(&[("code/bootstrap.py", b"print()", 0o444)]);
+        let (b, _) = package_bootstrap(py.path()).unwrap();
+        assert!(matches!(b, Bootstrap::Python { .. }));
+
+        let native = package(&[("code/bootstrap", ELF, 0o555)]);
+        let (b, runtime) = package_bootstrap(native.path()).unwrap();
+        assert_eq!(
+            b,
+            Bootstrap::Native {
+                program: native.path().join("code/bootstrap"),
+                args: vec![]
+            }
+        );
+        assert_eq!(runtime, crate::envelope::RuntimePaths::native());
+    }
+
+    #[test]
+    fn odd_entrypoints_are_refused_with_their_own_codes() {
+        assert_eq!(
+            code(&[
+                ("code/bootstrap", ELF, 0o555),
+                ("code/bootstrap.py", b"", 0o444)
+            ]),
+            "package_ambiguous"
+        );
+        assert_eq!(code(&[]), "package_no_bootstrap");
+        assert_eq!(
+            code(&[("code/bootstrap", b"#!/bin/sh\necho {}\n", 0o555)]),
+            "package_not_elf"
+        );
+        assert_eq!(
+            code(&[("code/bootstrap", b"\x7fE", 0o555)]),
+            "package_not_elf"
+        );
+        assert_eq!(
+            code(&[("code/bootstrap", ELF, 0o444)]),
+            "package_not_executable"
+        );
+        let dir = package(&[]);
+        std::fs::create_dir(dir.path().join("code/bootstrap")).unwrap();
+        assert_eq!(
+            package_bootstrap(dir.path()).err().unwrap().code,
+            "package_not_elf"
+        );
+    }
 }
