@@ -1,4 +1,4 @@
-//! The MCP bridge: `wcp-hall mcp` offers every capability a running Hall routes as an MCP tool.
+//! The MCP bridge: `wcp-hall mcp` offers what a tenant may route on a Hall as MCP tools.
 //!
 //! Agent hosts (Claude Desktop, Claude Code, Codex, …) launch MCP servers as child processes and
 //! talk JSON-RPC 2.0 over their stdin/stdout. This bridge is such a server, built on rmcp (the
@@ -6,15 +6,18 @@
 //! to the Hall's Unix socket, and the Hall identifies the caller by `SO_PEERCRED`, which is this
 //! process's uid/gid, inherited from the host that launched it.
 //!
-//! - `tools/list`: one tool per capability of `GET /wcp/capabilities`. Its input schema is the
-//!   worker package's `config.schema.json` (found through [`SchemaIndex`], because the Hall does
-//!   not serve schemas yet); a capability without one gets the permissive `{"type": "object"}`.
-//!   When the peer is an operator (probed, see [`HallBridge::probe_operator`]) the WCP §5.8
-//!   approval tools are listed too.
+//! - `tools/list`: one tool per capability the Hall says this peer may route as the configured
+//!   tenant in the configured context (`POST /wcp/capabilities/routable`, see
+//!   `crate::hall::catalog`), with the input schema the Hall read from the worker package it would
+//!   run. Capabilities that need a human approval first are listed and say so. When the peer is an
+//!   operator (probed, see [`HallBridge::probe_operator`]) the WCP §5.8 approval tools are listed
+//!   too.
 //! - `tools/call`: the arguments are the RouteInput's `request`; the route context (tenant, env,
 //!   data label, tenant risk, QoS class) comes from the command line; the correlation id is fresh
 //!   (UUIDv4) unless the call's `_meta` carries one (see [`correlation_from_meta`]).
 //!   [`outcome_to_result`] turns the Hall's answer into the tool result.
+//! - Requests are worked on concurrently (bounded), answered by one writer, and cancellable
+//!   (see [`serve`]).
 //!
 //! Threat model. The MCP host is the principal: it is trusted exactly as far as the Hall trusts
 //! its uid, and the bridge cannot widen that (the tenant it claims is checked by the Hall against
@@ -25,7 +28,7 @@
 //! MCP errors, never a crash). stdout carries only protocol messages; logs go to stderr.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,13 +53,6 @@ pub const DEFAULT_MAX_RESULT_BYTES: usize = 1024 * 1024;
 /// Why the bridge could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
-    #[error("cannot read the schema directory {}: {source}", .dir.display())]
-    SchemaDir {
-        dir: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{}: {message}", .path.display())]
-    SchemaFile { path: PathBuf, message: String },
     #[error("MCP transport error: {0}")]
     Transport(String),
     #[error("cannot start the async runtime: {0}")]
@@ -80,8 +76,6 @@ pub struct BridgeConfig {
     /// The running Hall's socket.
     pub socket: PathBuf,
     pub defaults: RouteDefaults,
-    /// Input schemas per capability.
-    pub schemas: SchemaIndex,
     /// Per-request timeout for calls to the Hall (a dispatch may wait for a worker).
     pub timeout: Duration,
     /// Worker results larger than this (as JSON text) are replaced by a notice.
@@ -89,88 +83,6 @@ pub struct BridgeConfig {
     /// Keep dotted names (`cap.hello.greet`, `wcp.approvals.list`) instead of portable ones
     /// (`cap_hello_greet`). MCP allows dots; several model APIs do not.
     pub dotted_names: bool,
-}
-
-/// Capability id → the input schema of the worker package that serves it.
-///
-/// Built from a directory of worker packages (`<dir>/*/record.json` names the capabilities,
-/// `<dir>/*/config.schema.json` is the schema), such as the bundled `workers/`.
-#[derive(Debug, Clone, Default)]
-pub struct SchemaIndex {
-    schemas: BTreeMap<String, JsonObject>,
-}
-
-impl SchemaIndex {
-    /// Reads every package directory under `dir`. Directories without a `record.json` are
-    /// skipped; a malformed `record.json` or `config.schema.json` is an error naming the file.
-    pub fn load(dir: &Path) -> Result<Self, BridgeError> {
-        let entries = std::fs::read_dir(dir).map_err(|source| BridgeError::SchemaDir {
-            dir: dir.to_owned(),
-            source,
-        })?;
-        let mut paths: Vec<PathBuf> = entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.join("record.json").is_file())
-            .collect();
-        paths.sort();
-        let mut schemas = BTreeMap::new();
-        for pkg in paths {
-            let record = read_json_object(&pkg.join("record.json"))?;
-            let schema_path = pkg.join("config.schema.json");
-            if !schema_path.is_file() {
-                continue;
-            }
-            let schema = read_json_object(&schema_path)?;
-            let caps = record
-                .get("capabilities")
-                .and_then(Value::as_array)
-                .ok_or_else(|| BridgeError::SchemaFile {
-                    path: pkg.join("record.json"),
-                    message: "has no \"capabilities\" list".into(),
-                })?;
-            for cap in caps.iter().filter_map(Value::as_str) {
-                schemas.insert(cap.to_owned(), schema.clone());
-            }
-        }
-        Ok(SchemaIndex { schemas })
-    }
-
-    /// The schema for `capability_id`, or the permissive `{"type": "object"}`.
-    pub fn get(&self, capability_id: &str) -> JsonObject {
-        self.schemas.get(capability_id).cloned().unwrap_or_else(|| {
-            let mut m = JsonObject::new();
-            m.insert("type".into(), Value::from("object"));
-            m
-        })
-    }
-
-    /// How many capabilities have a schema.
-    pub fn len(&self) -> usize {
-        self.schemas.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.schemas.is_empty()
-    }
-}
-
-fn read_json_object(path: &Path) -> Result<JsonObject, BridgeError> {
-    let text = std::fs::read_to_string(path).map_err(|e| BridgeError::SchemaFile {
-        path: path.to_owned(),
-        message: format!("cannot read: {e}"),
-    })?;
-    match serde_json::from_str::<Value>(&text) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(BridgeError::SchemaFile {
-            path: path.to_owned(),
-            message: "is not a JSON object".into(),
-        }),
-        Err(e) => Err(BridgeError::SchemaFile {
-            path: path.to_owned(),
-            message: format!("is not valid JSON: {e}"),
-        }),
-    }
 }
 
 /// The MCP tool name for a capability (or WCP tool) id.
@@ -375,6 +287,89 @@ fn http_error(status: u16, body: &Value) -> CallToolResult {
     tool_error(code, format!("HTTP {status}: {message}{hint}"))
 }
 
+/// The Hall's endpoint listing what a tenant may route.
+pub const ROUTABLE_PATH: &str = "/wcp/capabilities/routable";
+
+/// The permissive input schema: any JSON object.
+fn any_object() -> JsonObject {
+    let mut m = JsonObject::new();
+    m.insert("type".into(), Value::from("object"));
+    m
+}
+
+/// Turns the Hall's listing (`POST /wcp/capabilities/routable`) into tools and the table from
+/// tool name to capability id. Entries without a `capability_id` are skipped; a missing or
+/// non-object schema becomes `{"type": "object"}`. Capabilities that need a human say so in
+/// their description and in `_meta` (`wcp/routing`, `wcp/supervisor_level`).
+pub fn tools_from_listing(listing: &Value, dotted: bool) -> (Vec<Tool>, BTreeMap<String, String>) {
+    let mut names = BTreeMap::new();
+    let mut tools = Vec::new();
+    let empty = Vec::new();
+    for cap in listing["capabilities"].as_array().unwrap_or(&empty) {
+        let Some(id) = cap["capability_id"].as_str() else {
+            continue;
+        };
+        let mut name = tool_name(id, dotted);
+        if names.contains_key(&name) {
+            // Two ids that map to one name (cap.a_b, cap.a.b): keep both, distinctly.
+            name = format!("{}_{}", name, names.len());
+        }
+        let text = |k: &str| cap[k].as_str().unwrap_or("");
+        let schema = match &cap["input_schema"] {
+            Value::Object(m) => m.clone(),
+            _ => any_object(),
+        };
+        let what = schema
+            .get("description")
+            .and_then(Value::as_str)
+            .map(|d| format!(" {d}"))
+            .unwrap_or_default();
+        let routing = text("routing");
+        let human = if routing == "requires_human" {
+            format!(
+                " For this tenant and context it needs human approval first (supervisor level \
+                 {}: {}): a call returns status pending_approval with the approval id, and runs \
+                 once an operator approves.",
+                text("supervisor_level"),
+                text("approval_reason"),
+            )
+        } else {
+            String::new()
+        };
+        let worker = match (cap["worker_id"].as_str(), cap["worker_species_id"].as_str()) {
+            (Some(w), Some(s)) => format!("worker {w} (species {s})"),
+            (None, Some(s)) => format!("worker species {s}"),
+            _ => "a worker the Hall selects".to_owned(),
+        };
+        let description = format!(
+            "WCP capability {id}, served by {worker} and governed by the Hall: each call is \
+             routed under the Hall's rules and policy, runs in an attested worker's privilege \
+             envelope and is recorded in a signed evidence receipt; it may be denied (tool error \
+             with the WCP deny code).{human}{what}"
+        );
+        let mut meta = JsonObject::new();
+        for (key, field) in [
+            ("wcp/capability_id", "capability_id"),
+            ("wcp/routing", "routing"),
+            ("wcp/supervisor_level", "supervisor_level"),
+            ("wcp/matched_rule_id", "matched_rule_id"),
+            ("wcp/worker_id", "worker_id"),
+            ("wcp/input_schema_source", "input_schema_source"),
+            ("wcp/input_schema_note", "input_schema_note"),
+        ] {
+            if let Some(v) = cap.get(field).filter(|v| !v.is_null()) {
+                meta.insert(key.into(), v.clone());
+            }
+        }
+        let tool = Tool::new(name.clone(), description, schema)
+            .with_title(id.to_owned())
+            .with_meta(rmcp::model::MetaObject(meta));
+        names.insert(name, id.to_owned());
+        tools.push(tool);
+    }
+    (tools, names)
+}
+
 /// The MCP server: one per stdio session.
 #[derive(Debug)]
 pub struct HallBridge {
@@ -426,61 +421,38 @@ impl HallBridge {
         }
     }
 
-    /// The capability tools (and the name table) from `GET /wcp/capabilities`.
+    /// The capability tools (and the name table) from `POST /wcp/capabilities/routable`: what
+    /// the Hall says this peer, acting as the configured tenant in the configured route context,
+    /// may dispatch, with each worker's input schema.
     async fn capability_tools(&self) -> Result<Vec<Tool>, ErrorData> {
+        let d = &self.cfg.defaults;
+        let context = json!({
+            "tenant_id": d.tenant_id,
+            "env": d.env,
+            "data_label": d.data_label,
+            "tenant_risk": d.tenant_risk,
+            "qos_class": d.qos_class,
+        });
         let answer = self
-            .call(Method::GET, "/wcp/capabilities", None)
+            .call(Method::POST, ROUTABLE_PATH, Some(&context))
             .await
             .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
         if !answer.status.is_success() {
+            let code = answer.body["code"].as_str().unwrap_or("hall_error");
+            let message = answer.body["message"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| answer.body.to_string());
             return Err(ErrorData::internal_error(
                 format!(
-                    "GET /wcp/capabilities answered HTTP {}: {}",
-                    answer.status, answer.body
+                    "the Hall refused to list capabilities (POST {ROUTABLE_PATH}, HTTP {}): \
+                     {code}: {message}",
+                    answer.status.as_u16()
                 ),
                 None,
             ));
         }
-        let caps = answer.body["capabilities"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let mut names = BTreeMap::new();
-        let mut tools = Vec::new();
-        for cap in &caps {
-            let Some(id) = cap["capability_id"].as_str() else {
-                continue;
-            };
-            let mut name = tool_name(id, self.cfg.dotted_names);
-            if names.contains_key(&name) {
-                // Two ids that map to one name (cap.a_b, cap.a.b): keep both, distinctly.
-                name = format!("{}_{}", name, names.len());
-            }
-            let species: Vec<&str> = cap["worker_species"]
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            let schema = self.cfg.schemas.get(id);
-            let what = schema
-                .get("description")
-                .and_then(Value::as_str)
-                .map(|d| format!(" {d}"))
-                .unwrap_or_default();
-            let description = format!(
-                "WCP capability {id}, served by worker species {} and governed by the Hall: each \
-                 call is routed under the Hall's rules and policy, runs in an attested worker's \
-                 privilege envelope and is recorded in a signed evidence receipt; it may be \
-                 denied (tool error with the WCP deny code) or wait for human approval.{what}",
-                if species.is_empty() {
-                    "(none enrolled)".to_owned()
-                } else {
-                    species.join(", ")
-                },
-            );
-            let tool = Tool::new(name.clone(), description, schema).with_title(id.to_owned());
-            names.insert(name, id.to_owned());
-            tools.push(tool);
-        }
+        let (tools, names) = tools_from_listing(&answer.body, self.cfg.dotted_names);
         if let Ok(mut table) = self.names.lock() {
             *table = names;
         }
@@ -692,23 +664,30 @@ impl HallBridge {
         serde_json::to_value(result).map_err(|e| ErrorData::internal_error(e.to_string(), None))
     }
 
-    /// Answers one JSON-RPC message; `None` for notifications.
-    pub async fn handle(&self, message: &str) -> Option<Value> {
+    /// Sorts one incoming line: what can be answered at once (parse errors, `initialize`,
+    /// `ping`, unknown methods), work that calls the Hall, cancellations, and the rest.
+    fn classify(&self, message: &str) -> Incoming {
         let parsed: Value = match serde_json::from_str(message) {
             Ok(v) => v,
             Err(e) => {
-                return Some(json!({"jsonrpc": "2.0", "id": null,
+                return Incoming::Answer(json!({"jsonrpc": "2.0", "id": null,
                     "error": {"code": -32700, "message": format!("parse error: {e}")}}));
             }
         };
         let id = parsed.get("id").cloned();
         let method = parsed.get("method").and_then(Value::as_str);
-        let (Some(id), Some(method)) = (id, method) else {
-            // A notification (initialized, cancelled, …) or a response: nothing to answer.
-            return None;
-        };
         let params = parsed.get("params").cloned().unwrap_or(Value::Null);
-        let outcome: Result<Value, ErrorData> = match method {
+        let (Some(id), Some(method)) = (id, method) else {
+            if method == Some("notifications/cancelled")
+                && let Some(request_id) = params.get("requestId")
+            {
+                return Incoming::Cancel(request_id.clone());
+            }
+            // Another notification (initialized, progress, …) or a response: nothing to answer.
+            return Incoming::Ignore;
+        };
+        let answer = |outcome| Incoming::Answer(response(id.clone(), outcome));
+        match method {
             "initialize" => {
                 let requested = params["protocolVersion"].as_str().unwrap_or("");
                 let version = if SUPPORTED_VERSIONS.contains(&requested) {
@@ -718,21 +697,74 @@ impl HallBridge {
                 };
                 let mut info = serde_json::to_value(self.server_info()).unwrap_or(Value::Null);
                 info["protocolVersion"] = Value::from(version);
-                Ok(info)
+                answer(Ok(info))
             }
-            "ping" => Ok(json!({})),
-            "tools/list" => self.list_tools().await,
-            "tools/call" => self.call_tool(params).await,
-            other => Err(ErrorData::new(
+            "ping" => answer(Ok(json!({}))),
+            "tools/list" => Incoming::Work {
+                id,
+                work: Work::ListTools,
+                params,
+            },
+            "tools/call" => Incoming::Work {
+                id,
+                work: Work::CallTool,
+                params,
+            },
+            other => answer(Err(ErrorData::new(
                 rmcp::model::ErrorCode::METHOD_NOT_FOUND,
                 format!("method {other:?} is not supported by wcp-hall mcp"),
                 None,
-            )),
-        };
-        Some(match outcome {
-            Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
-            Err(e) => json!({"jsonrpc": "2.0", "id": id, "error": e}),
-        })
+            ))),
+        }
+    }
+
+    async fn work(&self, work: Work, params: Value) -> Result<Value, ErrorData> {
+        match work {
+            Work::ListTools => self.list_tools().await,
+            Work::CallTool => self.call_tool(params).await,
+        }
+    }
+
+    /// Answers one JSON-RPC message completely; `None` for notifications. (The stdio loop
+    /// answers Hall work concurrently instead; this is the same answer, one at a time.)
+    pub async fn handle(&self, message: &str) -> Option<Value> {
+        match self.classify(message) {
+            Incoming::Answer(v) => Some(v),
+            Incoming::Work { id, work, params } => {
+                Some(response(id, self.work(work, params).await))
+            }
+            Incoming::Cancel(_) | Incoming::Ignore => None,
+        }
+    }
+}
+
+/// One incoming message, sorted.
+enum Incoming {
+    /// Answered at once, without the Hall.
+    Answer(Value),
+    /// Answered by a task, because it calls the Hall.
+    Work {
+        id: Value,
+        work: Work,
+        params: Value,
+    },
+    /// `notifications/cancelled` for this request id.
+    Cancel(Value),
+    /// Other notifications and responses.
+    Ignore,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Work {
+    ListTools,
+    CallTool,
+}
+
+/// A JSON-RPC response.
+fn response(id: Value, outcome: Result<Value, ErrorData>) -> Value {
+    match outcome {
+        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        Err(e) => json!({"jsonrpc": "2.0", "id": id, "error": e}),
     }
 }
 
@@ -742,32 +774,87 @@ pub const SUPPORTED_VERSIONS: [&str; 4] = ["2025-06-18", "2025-11-25", "2025-03-
 /// Largest incoming message (one line) the bridge reads.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
-/// Runs the bridge on stdin/stdout (newline-delimited JSON-RPC 2.0) until the host closes stdin.
+/// At most this many requests are worked on (talk to the Hall) at once; more wait for a slot.
+pub const MAX_CONCURRENT_CALLS: usize = 16;
+
+/// At most this many requests are accepted and not yet answered; beyond that the bridge stops
+/// reading until one is answered (the host's writes then wait in the pipe).
+pub const MAX_OUTSTANDING: usize = 256;
+
+/// Runs the bridge on stdin/stdout until the host closes stdin. See [`serve`].
+pub async fn serve_stdio(cfg: BridgeConfig) -> Result<(), BridgeError> {
+    serve(cfg, tokio::io::stdin(), tokio::io::stdout()).await
+}
+
+/// Runs the bridge over newline-delimited JSON-RPC 2.0 on `input`/`output` until `input` ends.
 ///
 /// rmcp provides the MCP model types (tools, results, errors); the loop itself is small and
-/// explicit: one message per line, at most [`MAX_MESSAGE_BYTES`], answered one at a time in order,
-/// notifications ignored, unknown methods answered with -32601.
-pub async fn serve_stdio(cfg: BridgeConfig) -> Result<(), BridgeError> {
+/// explicit:
+/// - one message per line, at most [`MAX_MESSAGE_BYTES`] (a longer line is skipped without
+///   being buffered and answered with -32600);
+/// - `initialize`, `ping`, unknown methods (-32601) and parse errors (-32700) are answered at
+///   once by the reader, so a busy bridge still answers pings;
+/// - `tools/list` and `tools/call` each run in their own task, at most [`MAX_CONCURRENT_CALLS`]
+///   at a time and [`MAX_OUTSTANDING`] accepted, and are answered when they finish, in any
+///   order (JSON-RPC matches answers by id);
+/// - `notifications/cancelled` aborts the request's task (its connection to the Hall is
+///   dropped) and no answer is sent for it, as MCP asks. A dispatch the Hall had already started
+///   may still complete there, and its receipt records it;
+/// - one writer task owns `output`: every message is one `write_all` of a whole line followed by
+///   a flush, so messages never interleave;
+/// - at the end of `input` the requests in flight are still answered, then the bridge returns.
+pub async fn serve<R, W>(cfg: BridgeConfig, input: R, output: W) -> Result<(), BridgeError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use std::collections::HashMap;
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let bridge = HallBridge::new(cfg);
-    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
-    let mut stdout = tokio::io::stdout();
+
+    let bridge = Arc::new(HallBridge::new(cfg));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Value>(64);
+    let writer = tokio::spawn(async move {
+        let mut output = output;
+        while let Some(message) = rx.recv().await {
+            let mut bytes = message.to_string().into_bytes();
+            bytes.push(b'\n');
+            output.write_all(&bytes).await?;
+            output.flush().await?;
+        }
+        Ok::<(), std::io::Error>(())
+    });
+    let calls = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_CALLS));
+    // Request id (as JSON text) → (sequence number, the task working on it).
+    type InFlight = Mutex<HashMap<String, (u64, tokio::task::AbortHandle)>>;
+    let in_flight: Arc<InFlight> = Arc::new(Mutex::new(HashMap::new()));
+    fn in_flight_mut(
+        m: &InFlight,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (u64, tokio::task::AbortHandle)>> {
+        m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut seq: u64 = 0;
+    let mut reader = tokio::io::BufReader::new(input);
     let mut line = Vec::new();
-    loop {
+    let read_result = loop {
+        while tasks.try_join_next().is_some() {}
         line.clear();
-        let n = (&mut stdin)
+        let n = match (&mut reader)
             .take(MAX_MESSAGE_BYTES as u64 + 1)
             .read_until(b'\n', &mut line)
             .await
-            .map_err(|e| BridgeError::Transport(e.to_string()))?;
+        {
+            Ok(n) => n,
+            Err(e) => break Err(BridgeError::Transport(e.to_string())),
+        };
         if n == 0 {
-            return Ok(());
+            break Ok(());
         }
-        let answer = if line.len() > MAX_MESSAGE_BYTES && !line.ends_with(b"\n") {
-            // Skip the rest of the oversized line before answering.
-            let mut rest = Vec::new();
-            let _ = stdin.read_until(b'\n', &mut rest).await;
-            Some(
+        let incoming = if line.len() > MAX_MESSAGE_BYTES && !line.ends_with(b"\n") {
+            if let Err(e) = skip_line(&mut reader).await {
+                break Err(BridgeError::Transport(e.to_string()));
+            }
+            Incoming::Answer(
                 json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32600,
                 "message": format!("message over {MAX_MESSAGE_BYTES} bytes")}}),
             )
@@ -776,20 +863,91 @@ pub async fn serve_stdio(cfg: BridgeConfig) -> Result<(), BridgeError> {
             if text.trim().is_empty() {
                 continue;
             }
-            bridge.handle(text.trim()).await
+            bridge.classify(text.trim())
         };
-        if let Some(answer) = answer {
-            let mut bytes = answer.to_string().into_bytes();
-            bytes.push(b'\n');
-            stdout
-                .write_all(&bytes)
-                .await
-                .map_err(|e| BridgeError::Transport(e.to_string()))?;
-            stdout
-                .flush()
-                .await
-                .map_err(|e| BridgeError::Transport(e.to_string()))?;
+        match incoming {
+            Incoming::Answer(answer) => {
+                if tx.send(answer).await.is_err() {
+                    // The writer stopped (stdout closed); its error is reported below.
+                    break Ok(());
+                }
+            }
+            Incoming::Ignore => {}
+            Incoming::Cancel(id) => {
+                if let Some((_, task)) = in_flight_mut(&in_flight).remove(&id.to_string()) {
+                    tracing::info!(request_id = %id, "request cancelled by the host");
+                    task.abort();
+                }
+            }
+            Incoming::Work { id, work, params } => {
+                while tasks.len() >= MAX_OUTSTANDING {
+                    tasks.join_next().await;
+                }
+                seq += 1;
+                let my_seq = seq;
+                let key = id.to_string();
+                let inner = tokio::spawn({
+                    let bridge = bridge.clone();
+                    let calls = calls.clone();
+                    async move {
+                        // The semaphore is never closed, so this waits for a slot.
+                        let _slot = calls.acquire_owned().await.ok();
+                        bridge.work(work, params).await
+                    }
+                });
+                in_flight_mut(&in_flight).insert(key.clone(), (my_seq, inner.abort_handle()));
+                let tx = tx.clone();
+                let in_flight = in_flight.clone();
+                tasks.spawn(async move {
+                    let answer = match inner.await {
+                        Ok(outcome) => Some(response(id, outcome)),
+                        Err(e) if e.is_cancelled() => None,
+                        Err(e) => Some(response(
+                            id,
+                            Err(ErrorData::internal_error(
+                                format!("the request failed inside the bridge: {e}"),
+                                None,
+                            )),
+                        )),
+                    };
+                    {
+                        let mut map = in_flight_mut(&in_flight);
+                        if map.get(&key).is_some_and(|(s, _)| *s == my_seq) {
+                            map.remove(&key);
+                        }
+                    }
+                    if let Some(answer) = answer {
+                        let _ = tx.send(answer).await;
+                    }
+                });
+            }
         }
+    };
+    // Answer what is in flight, then let the writer drain and stop.
+    while tasks.join_next().await.is_some() {}
+    drop(tx);
+    let written = match writer.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(BridgeError::Transport(e.to_string())),
+        Err(e) => Err(BridgeError::Transport(format!("the writer failed: {e}"))),
+    };
+    read_result.and(written)
+}
+
+/// Discards the rest of the current line without buffering it.
+async fn skip_line<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    loop {
+        let buf = reader.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if let Some(i) = buf.iter().position(|&b| b == b'\n') {
+            reader.consume(i + 1);
+            return Ok(());
+        }
+        let n = buf.len();
+        reader.consume(n);
     }
 }
 
@@ -918,25 +1076,5 @@ mod tests {
             let r = outcome_to_result(&body, "cap.y", "c1", 1000);
             assert_eq!(r.is_error, Some(true), "{body}");
         }
-    }
-
-    #[test]
-    fn schemas_are_read_from_worker_packages() {
-        let idx =
-            SchemaIndex::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("workers")).unwrap();
-        assert_eq!(idx.get("cap.hello.greet")["required"], json!(["name"]));
-        assert_eq!(idx.get("cap.doc.chunk")["required"], json!(["text"]));
-        assert_eq!(
-            Value::Object(idx.get("cap.none")),
-            json!({"type": "object"})
-        );
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("bad")).unwrap();
-        std::fs::write(dir.path().join("bad/record.json"), "{not json").unwrap();
-        let e = SchemaIndex::load(dir.path()).unwrap_err().to_string();
-        assert!(
-            e.contains("record.json") && e.contains("not valid JSON"),
-            "{e}"
-        );
     }
 }

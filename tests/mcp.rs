@@ -1,6 +1,8 @@
-//! End-to-end test of `wcp-hall mcp`: a real Hall with signed, enrolled hello and doc_chunker
+//! End-to-end tests of `wcp-hall mcp`: a real Hall with signed, enrolled hello and doc_chunker
 //! packages, driven through the bridge by the official MCP Python SDK client (`mcp` from PyPI,
-//! installed into a virtual environment cached under target/).
+//! installed into a virtual environment cached under target/); the Hall's tenant-scoped listing
+//! (`POST /wcp/capabilities/routable`) over its socket; and the bridge's concurrency and
+//! cancellation against a scripted Hall whose answers wait for each other.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -76,12 +78,20 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// Copies a bundled worker package, signs it with `key` and enrolls it (attestation.package_root).
-fn sign_and_enroll(dir: &Path, package: &str, species: &str, key: &Path) {
-    let pkg = dir.join("packages").join(package);
+fn sign_and_enroll(dir: &Path, package: &str, key: &Path) {
+    sign_and_enroll_as(dir, package, package, key, |_| {});
+}
+
+/// Like [`sign_and_enroll`], into `packages/<name>`, after `edit` changed the copy (before it is
+/// signed, so the change is part of the signed package).
+fn sign_and_enroll_as(dir: &Path, package: &str, name: &str, key: &Path, edit: impl FnOnce(&Path)) {
+    let pkg = dir.join("packages").join(name);
     copy_dir(&repo(&format!("workers/{package}")), &pkg);
+    edit(&pkg);
     let record: Value =
         serde_json::from_str(&std::fs::read_to_string(pkg.join("record.json")).unwrap()).unwrap();
     let worker_id = record["worker_id"].as_str().unwrap().to_owned();
+    let species = record["worker_species_id"].as_str().unwrap().to_owned();
     let o = Command::new(BIN)
         .args([
             "attest",
@@ -89,7 +99,7 @@ fn sign_and_enroll(dir: &Path, package: &str, species: &str, key: &Path) {
             "--worker-id",
             &worker_id,
             "--species",
-            species,
+            &species,
         ])
         .args(["--worker-version", "1.0.0", "--key"])
         .arg(key)
@@ -119,9 +129,13 @@ impl Hall {
         let rules = json!({"rules": [
             {"rule_id": "rr_hello", "match": {"capability_id": "cap.hello.greet", "env": {"in": ["dev", "stage"]}},
              "decision": {"candidate_workers_ranked": [{"worker_species_id": "wrk.hello.greeter"}],
-                          "required_controls_suggested": ["ctrl.obs.audit-log-append-only"]}},
+                          "required_controls_suggested": ["ctrl.obs.audit-log-append-only"],
+                          "escalation": {"policy_gate": true}}},
             {"rule_id": "rr_chunk", "match": {"capability_id": "cap.doc.chunk", "env": {"in": ["dev", "stage"]}},
              "decision": {"candidate_workers_ranked": [{"worker_species_id": "wrk.doc.chunker"}],
+                          "required_controls_suggested": ["ctrl.obs.audit-log-append-only"]}},
+            {"rule_id": "rr_broken", "match": {"capability_id": "cap.hello.broken", "env": "dev"},
+             "decision": {"candidate_workers_ranked": [{"worker_species_id": "wrk.hello.broken-schema"}],
                           "required_controls_suggested": ["ctrl.obs.audit-log-append-only"]}},
             {"rule_id": "rr_register_prod_only", "match": {"capability_id": "cap.research.register", "env": "prod"},
              "decision": {"candidate_workers_ranked": [{"worker_species_id": "wrk.research.registrar"}]}}
@@ -149,8 +163,19 @@ impl Hall {
         let trust = json!({"schema": "wcp-hall-trust/1", "version": 1,
             "namespaces": {"org.wcp-hall": {"threshold": 1, "keys": [{"public_key": public}]}}});
         std::fs::write(d.join("trust.json"), trust.to_string()).unwrap();
-        sign_and_enroll(d, "hello", "wrk.hello.greeter", &key);
-        sign_and_enroll(d, "doc_chunker", "wrk.doc.chunker", &key);
+        sign_and_enroll(d, "hello", &key);
+        sign_and_enroll(d, "doc_chunker", &key);
+        // A signed package whose config.schema.json is broken: listed with a permissive schema.
+        sign_and_enroll_as(d, "hello", "hello_broken_schema", &key, |pkg| {
+            let path = pkg.join("record.json");
+            let mut record: Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            record["worker_id"] = json!("org.wcp-hall.hello-broken.1");
+            record["worker_species_id"] = json!("wrk.hello.broken-schema");
+            record["capabilities"] = json!(["cap.hello.broken"]);
+            std::fs::write(&path, record.to_string()).unwrap();
+            std::fs::write(pkg.join("config.schema.json"), "{not json").unwrap();
+        });
         let config = r#"[hall]
 require_signatory = true
 allowed_tenants = ["acme-corp"]
@@ -167,6 +192,12 @@ signing_key = "keys/receipts.key"
 
 [attestation]
 trust_policy = "trust.json"
+
+[profiles]
+dev = "prof.dev.permissive"
+
+[approvals]
+wait_ms = 200
 
 [identity]
 operator_uids = [0]
@@ -225,6 +256,10 @@ impl Drop for Hall {
 fn the_python_mcp_sdk_lists_calls_and_is_denied_through_the_bridge() {
     let python = mcp_python();
     let hall = Hall::start();
+    let tamper = hall
+        .dir
+        .path()
+        .join("packages/doc_chunker/code/worker_logic.py");
     // `timeout` turns a hung bridge into a failure instead of a stuck test.
     let o = Command::new("timeout")
         .arg("300")
@@ -233,6 +268,7 @@ fn the_python_mcp_sdk_lists_calls_and_is_denied_through_the_bridge() {
         .arg(BIN)
         .arg(&hall.socket)
         .arg("acme-corp")
+        .arg(&tamper)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
@@ -248,11 +284,15 @@ fn the_python_mcp_sdk_lists_calls_and_is_denied_through_the_bridge() {
     assert_eq!(out["server_name"], "wcp-hall");
     assert_eq!(out["has_tools_capability"], true);
 
-    // tools/list: one tool per capability, with the worker's schema; operator tools for uid 0.
+    // tools/list: what acme-corp may route in dev/PUBLIC, with the schema the Hall read from the
+    // verified package; operator tools for uid 0.
     let tools = &out["tools"];
     let hello = &tools["cap_hello_greet"];
     assert_eq!(hello["title"], "cap.hello.greet");
     assert_eq!(hello["inputSchema"]["required"], json!(["name"]));
+    assert_eq!(hello["meta"]["wcp/routing"], "allowed", "{hello}");
+    assert_eq!(hello["meta"]["wcp/input_schema_source"], "verified_package");
+    assert_eq!(hello["meta"]["wcp/worker_id"], "org.wcp-hall.hello.1");
     assert!(
         hello["description"]
             .as_str()
@@ -263,8 +303,8 @@ fn the_python_mcp_sdk_lists_calls_and_is_denied_through_the_bridge() {
         tools["cap_doc_chunk"]["inputSchema"]["required"],
         json!(["text"])
     );
-    // No package in the schema directory is enrolled for it here, but workers/ has its schema.
-    assert!(tools["cap_research_register"]["inputSchema"].is_object());
+    // cap.research.register has a rule, but only for prod: not offered in dev.
+    assert!(tools.get("cap_research_register").is_none(), "{tools}");
     for t in [
         "wcp_approvals_list",
         "wcp_approval_resolve",
@@ -315,19 +355,21 @@ fn the_python_mcp_sdk_lists_calls_and_is_denied_through_the_bridge() {
         "org.wcp-hall.doc-chunker.1"
     );
 
-    // A denied capability: a tool error carrying the WCP deny code; receipted.
-    let d = &out["denied"];
+    // The chunker's package was modified after it was listed: the call is denied, a tool error
+    // carrying the WCP deny code; receipted.
+    let d = &out["chunk_tampered"];
     assert_eq!(d["is_error"], true, "{d}");
     assert_eq!(d["structured"]["status"], "denied");
     assert_eq!(
         d["structured"]["decision"]["deny_code"],
-        "DENY_NO_MATCHING_RULE"
+        "DENY_WORKER_TAMPERED"
     );
     assert!(
         d["text"][0]
             .as_str()
             .unwrap()
-            .starts_with("DENY_NO_MATCHING_RULE: ")
+            .starts_with("DENY_WORKER_TAMPERED: "),
+        "{d}"
     );
     assert!(d["structured"]["receipt"]["seq"].is_u64(), "{d}");
 
@@ -346,7 +388,7 @@ fn the_python_mcp_sdk_lists_calls_and_is_denied_through_the_bridge() {
     assert_eq!(r["is_error"], true, "{r}");
     assert!(r["text"][0].as_str().unwrap().contains("HTTP 404"), "{r}");
 
-    // An unknown tool is a JSON-RPC error; the session goes on.
+    // A tool that was not offered is a JSON-RPC error; the session goes on.
     assert!(
         out["unknown_tool"].as_str().unwrap().starts_with("error:"),
         "{out}"
@@ -358,6 +400,54 @@ fn the_python_mcp_sdk_lists_calls_and_is_denied_through_the_bridge() {
             .contains("unknown tool")
     );
     assert_eq!(out["ping_after"], true);
+
+    // RESTRICTED data in dev: hello is offered as needing a gatekeeper; the call reports the
+    // pending approval; the operator tools list and approve it, and the worker then runs.
+    let rt = &out["restricted_tools"];
+    let rh = &rt["cap_hello_greet"];
+    assert_eq!(rh["meta"]["wcp/routing"], "requires_human", "{rt}");
+    assert_eq!(rh["meta"]["wcp/supervisor_level"], "gatekeeper");
+    assert!(
+        rh["description"]
+            .as_str()
+            .unwrap()
+            .contains("needs human approval"),
+        "{rh}"
+    );
+    assert_eq!(rh["inputSchema"]["required"], json!(["name"]));
+    // The tampered chunker is not offered any more.
+    assert!(rt.get("cap_doc_chunk").is_none(), "{rt}");
+    let p = &out["restricted_hello"];
+    assert_eq!(p["is_error"], false, "{p}");
+    assert_eq!(p["structured"]["status"], "pending_approval", "{p}");
+    let pending = &p["structured"]["pending_approval"];
+    assert_eq!(pending["supervisor_level"], "gatekeeper");
+    let approval_id = pending["pending_approval_id"].as_str().unwrap();
+    uuid::Uuid::parse_str(approval_id).expect("an approval id");
+    assert!(p["text"][0].as_str().unwrap().contains(approval_id), "{p}");
+    let listed = &out["restricted_approvals"]["structured"]["pending"];
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["pending_approval_id"] == approval_id
+                && a["capability_id"] == "cap.hello.greet"),
+        "{listed}"
+    );
+    let resolved = &out["restricted_resolve"];
+    assert_eq!(resolved["is_error"], false, "{resolved}");
+    let rs = &resolved["structured"];
+    assert_eq!(rs["approval"]["status"], "approved", "{rs}");
+    assert_eq!(rs["response"]["status"], "completed", "{rs}");
+    assert_eq!(rs["response"]["result"]["greeting"], "Hello, Lin!", "{rs}");
+
+    // A tenant this uid may not act as: tools/list is an MCP error naming the Hall's code.
+    let wt = out["wrong_tenant_list"].as_str().unwrap();
+    assert!(
+        wt.starts_with("error:") && wt.contains("tenant_not_allowed"),
+        "{wt}"
+    );
 
     // No Hall behind the socket: MCP errors, never a crash.
     let down = out["down_list"].as_str().unwrap();
@@ -372,4 +462,424 @@ fn the_python_mcp_sdk_lists_calls_and_is_denied_through_the_bridge() {
 
     // stdout carried only protocol (the SDK parsed it); the bridge logged on stderr.
     assert!(stderr.contains("wcp-hall MCP bridge on stdio"), "{stderr}");
+}
+
+/// Calls the Hall at `socket` as this process (uid 0).
+fn hall_call(
+    socket: &Path,
+    method: hyper::Method,
+    path: &str,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let a = rt
+        .block_on(wcp_hall::client::call(
+            socket,
+            method,
+            path,
+            body,
+            Duration::from_secs(60),
+        ))
+        .expect("the Hall answers");
+    (a.status.as_u16(), a.body)
+}
+
+fn context(tenant: &str, data_label: &str) -> Value {
+    json!({"tenant_id": tenant, "env": "dev", "data_label": data_label,
+           "tenant_risk": "low", "qos_class": "P2"})
+}
+
+#[test]
+fn the_hall_lists_what_a_tenant_may_route_with_schemas_from_verified_packages() {
+    let hall = Hall::start();
+    let routable = |body: &Value| {
+        hall_call(
+            &hall.socket,
+            hyper::Method::POST,
+            "/wcp/capabilities/routable",
+            Some(body),
+        )
+    };
+    let by_id = |list: &Value, id: &str| -> Value {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["capability_id"] == id)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+
+    let (status, out) = routable(&context("acme-corp", "PUBLIC"));
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["context"]["tenant_id"], "acme-corp");
+    let caps = &out["capabilities"];
+    let hello = by_id(caps, "cap.hello.greet");
+    assert_eq!(hello["routing"], "allowed", "{out}");
+    assert_eq!(hello["matched_rule_id"], "rr_hello");
+    assert_eq!(hello["worker_species_id"], "wrk.hello.greeter");
+    assert_eq!(hello["worker_id"], "org.wcp-hall.hello.1");
+    assert_eq!(hello["input_schema_source"], "verified_package");
+    assert_eq!(hello["input_schema"]["required"], json!(["name"]));
+    assert!(hello.get("input_schema_note").is_none(), "{hello}");
+    assert_eq!(
+        by_id(caps, "cap.doc.chunk")["input_schema"]["required"],
+        json!(["text"])
+    );
+    // A broken schema does not break the listing: permissive schema and a note.
+    let broken = by_id(caps, "cap.hello.broken");
+    assert_eq!(broken["routing"], "allowed", "{out}");
+    assert_eq!(broken["input_schema"], json!({"type": "object"}));
+    assert!(
+        broken["input_schema_note"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON"),
+        "{broken}"
+    );
+    // Routed only in prod: not listed, and the reason is given.
+    assert!(by_id(caps, "cap.research.register").is_null());
+    let register = by_id(&out["not_routable"], "cap.research.register");
+    assert_eq!(register["deny_code"], "DENY_NO_MATCHING_RULE", "{out}");
+
+    // RESTRICTED in dev: the Cedar gate wants a gatekeeper; listed as needing a human, and no
+    // approval is created by listing.
+    let (status, out) = routable(&context("acme-corp", "RESTRICTED"));
+    assert_eq!(status, 200, "{out}");
+    let hello = by_id(&out["capabilities"], "cap.hello.greet");
+    assert_eq!(hello["routing"], "requires_human", "{out}");
+    assert_eq!(hello["supervisor_level"], "gatekeeper");
+    assert_eq!(hello["deny_code"], "DENY_REQUIRES_HUMAN_APPROVAL");
+    assert!(
+        hello["approval_reason"]
+            .as_str()
+            .unwrap()
+            .contains("pol.nonprod.restricted-review"),
+        "{hello}"
+    );
+    assert_eq!(hello["input_schema"]["required"], json!(["name"]));
+    // The chunker's rule has no policy gate: allowed on RESTRICTED data too.
+    assert_eq!(
+        by_id(&out["capabilities"], "cap.doc.chunk")["routing"],
+        "allowed"
+    );
+    let (_, pending) = hall_call(
+        &hall.socket,
+        hyper::Method::GET,
+        "/wcp/approvals/pending",
+        None,
+    );
+    assert_eq!(pending["pending"], json!([]), "listing created an approval");
+
+    // A tenant this uid may not act as, and malformed contexts.
+    let (status, out) = routable(&context("globex", "PUBLIC"));
+    assert_eq!(status, 403, "{out}");
+    assert_eq!(out["code"], "tenant_not_allowed");
+    assert!(
+        out["message"].as_str().unwrap().contains("acme-corp"),
+        "{out}"
+    );
+    let mut bad = context("acme-corp", "PUBLIC");
+    bad["env"] = json!("production");
+    let (status, out) = routable(&bad);
+    assert_eq!(
+        (status, out["code"].as_str()),
+        (400, Some("invalid_context"))
+    );
+    let mut extra = context("acme-corp", "PUBLIC");
+    extra["capability_id"] = json!("cap.hello.greet");
+    let (status, out) = routable(&extra);
+    assert_eq!(
+        (status, out["code"].as_str()),
+        (400, Some("invalid_context")),
+        "{out}"
+    );
+}
+
+/// A scripted Hall on a Unix socket (plain HTTP/1.1, one thread per connection) for the
+/// bridge's concurrency tests. `cap.test.echo` dispatches behave by their `request.name`:
+/// - `slow` waits until `fast` has been answered;
+/// - `fast` waits until `slow` has arrived, then answers;
+/// - `block` records its arrival and never answers on its own (until the test ends).
+///
+/// A bridge that handled one call at a time would leave `slow` waiting for a `fast` that never
+/// comes: the answers below only happen in the asserted order if the calls overlap.
+struct ScriptedHall {
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    state: std::sync::Arc<(std::sync::Mutex<Script>, std::sync::Condvar)>,
+}
+
+#[derive(Default)]
+struct Script {
+    arrived: Vec<String>,
+    answered: Vec<String>,
+}
+
+impl ScriptedHall {
+    fn start() -> Self {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("scripted.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let state: std::sync::Arc<(std::sync::Mutex<Script>, std::sync::Condvar)> =
+            Default::default();
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let state = shared.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).is_err() {
+                        return;
+                    }
+                    let mut length = 0;
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+                            break;
+                        }
+                        let lower = header.to_ascii_lowercase();
+                        if let Some(v) = lower.strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    // The target may be absolute (http://localhost/…): keep the path.
+                    let target = request_line.split(' ').nth(1).unwrap_or("");
+                    let path = match target.find("://") {
+                        Some(i) => target[i + 3..]
+                            .find('/')
+                            .map_or("/", |j| &target[i + 3 + j..]),
+                        None => target,
+                    }
+                    .to_owned();
+                    let (status, answer) = ScriptedHall::answer(&state, &path, &body);
+                    let text = answer.to_string();
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                        text.len()
+                    );
+                    let _ = stream.flush();
+                    if path == "/wcp/dispatch" {
+                        let name = body["request"]["name"].as_str().unwrap_or("").to_owned();
+                        let (lock, cv) = &*state;
+                        lock.lock().unwrap().answered.push(name);
+                        cv.notify_all();
+                    }
+                });
+            }
+        });
+        ScriptedHall {
+            _dir: dir,
+            socket,
+            state,
+        }
+    }
+
+    fn answer(
+        state: &(std::sync::Mutex<Script>, std::sync::Condvar),
+        path: &str,
+        body: &Value,
+    ) -> (u16, Value) {
+        let (lock, cv) = state;
+        // Waits (at most 60 s, so a broken bridge fails instead of hanging) for `ready`.
+        let wait_for = |ready: &dyn Fn(&Script) -> bool| {
+            let guard = lock.lock().unwrap();
+            let (_guard, timeout) = cv
+                .wait_timeout_while(guard, Duration::from_secs(60), |s| !ready(s))
+                .unwrap();
+            !timeout.timed_out()
+        };
+        match path {
+            "/wcp/capabilities/routable" => (
+                200,
+                json!({"capabilities": [{"capability_id": "cap.test.echo", "routing": "allowed",
+                    "worker_species_id": "wrk.test.echo", "input_schema": {"type": "object"}}],
+                    "not_routable": []}),
+            ),
+            "/wcp/dispatch" => {
+                let name = body["request"]["name"].as_str().unwrap_or("").to_owned();
+                lock.lock().unwrap().arrived.push(name.clone());
+                cv.notify_all();
+                let ok = match name.as_str() {
+                    "slow" => wait_for(&|s| s.answered.iter().any(|n| n == "fast")),
+                    "fast" => wait_for(&|s| s.arrived.iter().any(|n| n == "slow")),
+                    _ => wait_for(&|_| false),
+                };
+                if !ok {
+                    return (
+                        503,
+                        json!({"code": "scripted_timeout", "message": format!("{name} waited in vain")}),
+                    );
+                }
+                (
+                    200,
+                    json!({"status": "completed", "denied": false, "supervisor_required": false,
+                        "decision": {"decision_id": "d", "matched_rule_id": "rr_echo",
+                                     "selected_worker_species_id": "wrk.test.echo",
+                                     "deny_reason_if_denied": null},
+                        "result": {"echo": name},
+                        "execution": {"worker_id": "org.test.echo.1",
+                                      "receipt": {"seq": 1, "receipt_hash": "h"}}}),
+                )
+            }
+            _ => (
+                403,
+                json!({"code": "forbidden", "message": "not an operator"}),
+            ),
+        }
+    }
+
+    /// Waits until a dispatch for `name` has arrived.
+    fn wait_arrival(&self, name: &str) {
+        let (lock, cv) = &*self.state;
+        let guard = lock.lock().unwrap();
+        let (_g, timeout) = cv
+            .wait_timeout_while(guard, Duration::from_secs(60), |s| {
+                !s.arrived.iter().any(|n| n == name)
+            })
+            .unwrap();
+        assert!(!timeout.timed_out(), "no dispatch {name} reached the Hall");
+    }
+}
+
+/// `wcp-hall mcp` as a child speaking raw newline-delimited JSON-RPC.
+struct RawBridge {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl RawBridge {
+    fn start(socket: &Path) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(BIN)
+            .args([
+                "mcp",
+                "--tenant-id",
+                "acme-corp",
+                "--timeout",
+                "120",
+                "--socket",
+            ])
+            .arg(socket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        RawBridge {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    fn send(&mut self, message: Value) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{message}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// The next message the bridge writes (each must be one JSON object on one line).
+    fn next(&self) -> Value {
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(90))
+            .expect("the bridge answers");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: not one JSON line: {line}"))
+    }
+
+    fn call(id: u64, name: &str) -> Value {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": "cap_test_echo", "arguments": {"name": name}}})
+    }
+}
+
+impl Drop for RawBridge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_bridge_works_on_calls_concurrently_and_honours_cancellation() {
+    let hall = ScriptedHall::start();
+    let mut bridge = RawBridge::start(&hall.socket);
+    bridge.send(json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "raw", "version": "0"}}}));
+    assert_eq!(bridge.next()["id"], 0);
+    bridge.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    bridge.send(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}));
+    let list = bridge.next();
+    assert_eq!(list["id"], 1, "{list}");
+    assert_eq!(
+        list["result"]["tools"][0]["name"], "cap_test_echo",
+        "{list}"
+    );
+
+    // Two calls whose Hall answers depend on each other: `slow` is answered only after `fast`,
+    // and `fast` only once `slow` is in flight. Both succeed, and the later request's answer
+    // comes first.
+    bridge.send(RawBridge::call(2, "slow"));
+    bridge.send(RawBridge::call(3, "fast"));
+    let first = bridge.next();
+    let second = bridge.next();
+    assert_eq!((&first["id"], &second["id"]), (&json!(3), &json!(2)));
+    for (answer, name) in [(&first, "fast"), (&second, "slow")] {
+        assert_eq!(answer["result"]["isError"], false, "{answer}");
+        assert_eq!(
+            answer["result"]["structuredContent"]["status"], "completed",
+            "{answer}"
+        );
+        let text = answer["result"]["content"][0]["text"].as_str().unwrap();
+        assert_eq!(serde_json::from_str::<Value>(text).unwrap()["echo"], name);
+    }
+
+    // A call in flight at the Hall is cancelled: the bridge keeps answering (ping) and never
+    // answers the cancelled request, not even when the host closes stdin.
+    bridge.send(RawBridge::call(4, "block"));
+    hall.wait_arrival("block");
+    bridge.send(
+        json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+        "params": {"requestId": 4, "reason": "test"}}),
+    );
+    bridge.send(json!({"jsonrpc": "2.0", "id": 5, "method": "ping"}));
+    let pong = bridge.next();
+    assert_eq!(pong, json!({"jsonrpc": "2.0", "id": 5, "result": {}}));
+    // A request sent before stdin closes is still answered after it closed.
+    bridge.send(json!({"jsonrpc": "2.0", "id": 6, "method": "tools/list"}));
+    drop(bridge.stdin.take());
+    let mut rest = Vec::new();
+    while let Ok(line) = bridge.lines.recv_timeout(Duration::from_secs(90)) {
+        rest.push(serde_json::from_str::<Value>(&line).unwrap());
+    }
+    let ids: Vec<&Value> = rest.iter().map(|m| &m["id"]).collect();
+    assert_eq!(ids, [&json!(6)], "{rest:?}");
+    let status = bridge.child.wait().unwrap();
+    assert!(status.success(), "{status}");
 }

@@ -1,7 +1,10 @@
 """Drives `wcp-hall mcp` with the official MCP Python SDK (the `mcp` package) and prints one
 JSON object describing what happened; tests/mcp.rs asserts on it.
 
-usage: mcp_client.py WCP_HALL_BIN SOCKET TENANT
+usage: mcp_client.py WCP_HALL_BIN SOCKET TENANT TAMPER_FILE
+
+TAMPER_FILE is a file of the enrolled doc_chunker package: the script appends to it after calling
+the chunker once, to show that a worker tampered with after tools/list is denied at call time.
 """
 
 import asyncio
@@ -15,6 +18,16 @@ from mcp.client.stdio import stdio_client
 def get(obj, snake, camel):
     """SDK 1.x spells fields in camelCase, 2.x in snake_case."""
     return getattr(obj, snake) if hasattr(obj, snake) else getattr(obj, camel)
+
+
+def tool_info(t):
+    meta = getattr(t, "meta", None)
+    return {
+        "title": t.title,
+        "description": t.description,
+        "inputSchema": get(t, "input_schema", "inputSchema"),
+        "meta": meta if isinstance(meta, dict) else None,
+    }
 
 
 def content_text(result):
@@ -36,13 +49,13 @@ async def session(params, body):
 
 
 async def main():
-    binary, socket, tenant = sys.argv[1:4]
+    binary, socket, tenant, tamper_file = sys.argv[1:5]
     out = {}
 
-    def server(sock):
+    def server(sock, *extra, tenant_id=tenant):
         return StdioServerParameters(
             command=binary,
-            args=["mcp", "--socket", sock, "--tenant-id", tenant, "--timeout", "60"],
+            args=["mcp", "--socket", sock, "--tenant-id", tenant_id, "--timeout", "60", *extra],
             env={"RUST_LOG": "info", "PATH": "/usr/bin:/bin"},
         )
 
@@ -52,30 +65,59 @@ async def main():
         out["protocol_version"] = get(init, "protocol_version", "protocolVersion")
         out["has_tools_capability"] = init.capabilities.tools is not None
         tools = await s.list_tools()
-        out["tools"] = {
-            t.name: {"title": t.title, "description": t.description, "inputSchema": get(t, "input_schema", "inputSchema")}
-            for t in tools.tools
-        }
+        out["tools"] = {t.name: tool_info(t) for t in tools.tools}
         out["hello"] = summary(await s.call_tool("cap_hello_greet", {"name": "Ada"}))
         out["hello_meta"] = summary(
             await s.call_tool("cap_hello_greet", {"name": "Grace"}, meta={"correlation_id": "mcp-test-corr-1"})
         )
         text = "First paragraph. It has two sentences.\n\nSecond paragraph here."
         out["chunk"] = summary(await s.call_tool("cap_doc_chunk", {"text": text, "max_chars": 50}))
-        out["denied"] = summary(await s.call_tool("cap_research_register", {}))
         out["invalid_request"] = summary(await s.call_tool("cap_hello_greet", {"nom": "Ada"}))
         out["approvals"] = summary(await s.call_tool("wcp_approvals_list", {}))
         out["resolve_missing"] = summary(
             await s.call_tool("wcp_approval_resolve", {"id": "no-such-approval", "action": "approve"})
         )
         try:
-            await s.call_tool("cap_does_not_exist", {})
+            # Routed only in prod: not offered to this dev session, so not a tool.
+            await s.call_tool("cap_research_register", {})
             out["unknown_tool"] = "no error"
         except Exception as e:  # an MCP error, the session stays usable
             out["unknown_tool"] = "error: " + str(e)
         out["ping_after"] = (await s.send_ping()) is not None
+        # The chunker's package changes after it was listed: the Hall denies the next call.
+        with open(tamper_file, "a") as f:
+            f.write("\n# tampered after tools/list\n")
+        out["chunk_tampered"] = summary(await s.call_tool("cap_doc_chunk", {"text": text}))
 
     await session(server(socket), governed)
+
+    async def restricted(s):
+        # RESTRICTED data in dev: the Cedar gate asks a gatekeeper (pol.nonprod.restricted-review).
+        await s.initialize()
+        tools = await s.list_tools()
+        out["restricted_tools"] = {t.name: tool_info(t) for t in tools.tools}
+        pending = summary(await s.call_tool("cap_hello_greet", {"name": "Lin"}))
+        out["restricted_hello"] = pending
+        out["restricted_approvals"] = summary(await s.call_tool("wcp_approvals_list", {}))
+        approval_id = ((pending["structured"] or {}).get("pending_approval") or {}).get("pending_approval_id")
+        if approval_id:
+            out["restricted_resolve"] = summary(
+                await s.call_tool(
+                    "wcp_approval_resolve", {"id": approval_id, "action": "approve", "note": "mcp test"}
+                )
+            )
+
+    await session(server(socket, "--data-label", "RESTRICTED"), restricted)
+
+    async def wrong_tenant(s):
+        await s.initialize()
+        try:
+            await s.list_tools()
+            out["wrong_tenant_list"] = "no error"
+        except Exception as e:
+            out["wrong_tenant_list"] = "error: " + str(e)
+
+    await session(server(socket, tenant_id="globex"), wrong_tenant)
 
     async def hall_down(s):
         await s.initialize()

@@ -1,11 +1,11 @@
-//! `wcp-hall mcp`: the MCP stdio bridge to a running Hall (see `crate::mcp` and docs/mcp.md).
+//! `wcp-hall mcp`: the MCP stdio bridge to a running Hall (see `crate::mcp` and README.md,
+//! "The MCP bridge").
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::daemon::SocketArg;
 use super::{CliError, exit};
-use crate::mcp::{self, BridgeConfig, RouteDefaults, SchemaIndex};
+use crate::mcp::{self, BridgeConfig, RouteDefaults};
 
 #[derive(Debug, clap::Args)]
 pub struct McpArgs {
@@ -26,11 +26,6 @@ pub struct McpArgs {
     /// RouteInput QoS class: P0 … P3.
     #[arg(long, default_value = "P2")]
     pub qos_class: String,
-    /// Directory of worker packages (`*/record.json` + `*/config.schema.json`) giving each
-    /// capability's input schema. Default: the bundled workers/ of the source tree, when it
-    /// exists. Capabilities without a schema accept any JSON object.
-    #[arg(long, env = "WCP_HALL_SCHEMAS")]
-    pub schemas: Option<PathBuf>,
     /// Worker results larger than this many bytes are replaced by a notice.
     #[arg(long, default_value_t = mcp::DEFAULT_MAX_RESULT_BYTES)]
     pub max_result_bytes: usize,
@@ -43,25 +38,9 @@ pub struct McpArgs {
 /// Runs the bridge until the MCP host closes stdin. Everything it prints goes to stderr.
 pub fn run(args: McpArgs) -> Result<u8, CliError> {
     init_logging();
-    let schemas = match &args.schemas {
-        Some(dir) => SchemaIndex::load(dir),
-        None => {
-            let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("workers");
-            if bundled.is_dir() {
-                SchemaIndex::load(&bundled)
-            } else {
-                Ok(SchemaIndex::default())
-            }
-        }
-    }
-    .map_err(|e| {
-        CliError::new(exit::CONFIG, "schemas_invalid", e.to_string()).hint(
-            "pass --schemas DIR: a directory of worker packages, like workers/ in the source tree",
-        )
-    })?;
     tracing::info!(
         socket = %args.socket.socket.display(),
-        schemas = schemas.len(),
+        tenant = %args.tenant_id,
         "wcp-hall MCP bridge on stdio"
     );
     let cfg = BridgeConfig {
@@ -73,7 +52,6 @@ pub fn run(args: McpArgs) -> Result<u8, CliError> {
             tenant_risk: args.tenant_risk,
             qos_class: args.qos_class,
         },
-        schemas,
         timeout: Duration::from_secs(args.socket.timeout),
         max_result_bytes: args.max_result_bytes,
         dotted_names: args.dotted_names,

@@ -52,7 +52,7 @@ pub struct DispatchResponse {
 }
 
 /// Whether a denial is one a human may overturn (WCP §5.8).
-fn needs_human(decision: &RouteDecision) -> bool {
+pub fn needs_human(decision: &RouteDecision) -> bool {
     matches!(
         decision.deny_code(),
         Some(DenyCode::DenyRequiresHumanApproval | DenyCode::DenyRequiresHuman)

@@ -8,11 +8,13 @@
 //! - [`limits`]: bounded concurrency and queue (429 + Retry-After).
 //! - [`approvals`]: WCP §5.8 pending approvals, persisted.
 //! - [`dispatch`]: the one orchestrator of a request's steps.
+//! - [`catalog`]: what a tenant may route (dry-run routes, worker input schemas), for agent hosts.
 //! - [`server`]: routes, handlers and the accept loop.
 //! - [`lifecycle`]: socket binding or activation, signals, readiness and watchdog notification.
 
 pub mod api;
 pub mod approvals;
+pub mod catalog;
 pub mod cgroup;
 pub mod dispatch;
 pub mod identity;

@@ -25,6 +25,7 @@ use tower::ServiceExt as _;
 use super::Hall;
 use super::api::{API_VERSION, ApiError};
 use super::approvals::{ApprovalError, ApprovalStatus};
+use super::catalog;
 use super::dispatch;
 use super::identity::Peer;
 use crate::wcp::RouteInput;
@@ -36,6 +37,7 @@ pub fn app(hall: Arc<Hall>) -> Router {
         .route("/wcp/version", get(version))
         .route("/wcp/health", get(health))
         .route("/wcp/capabilities", get(capabilities))
+        .route("/wcp/capabilities/routable", post(routable_capabilities))
         .route("/wcp/workers", get(workers))
         .route("/wcp/route", post(route))
         .route("/wcp/dispatch", post(dispatch_handler))
@@ -118,6 +120,28 @@ async fn capabilities(State(hall): State<Arc<Hall>>) -> Json<Value> {
         }
     }
     Json(json!({"capabilities": caps.into_values().collect::<Vec<_>>()}))
+}
+
+/// `POST /wcp/capabilities/routable`: the capabilities the peer, acting as the body's tenant in
+/// its route context, may dispatch, each with its worker's input schema (see `catalog`).
+async fn routable_capabilities(
+    State(hall): State<Arc<Hall>>,
+    Extension(peer): Extension<Peer>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    hall.metrics.inc(
+        "wcp_hall_requests_total",
+        &[("endpoint", "capabilities_routable")],
+    );
+    let raw = read_json(&hall, body).await?;
+    let template = catalog::parse_context(&raw)?;
+    let loaded = hall.current.get();
+    catalog::check_tenant(&loaded, &peer, &template.tenant_id)?;
+    let listing =
+        tokio::task::spawn_blocking(move || catalog::routable(&hall, &loaded, &peer, &template))
+            .await
+            .map_err(|e| ApiError::internal(format!("capability listing panicked: {e}")))?;
+    Ok(Json(listing).into_response())
 }
 
 async fn workers(State(hall): State<Arc<Hall>>) -> Json<Value> {
