@@ -153,6 +153,10 @@ fn main() {
                 .map(|c| c.worker_species_id.clone()),
         );
     }
+    // The bundled records answer the privilege-envelope check (rr_hello_prod requires
+    // ctrl.privilege_envelopes_required), so the allowed inputs below are really allowed.
+    let bundled = wcp_hall::hall::state::Loaded::load(&repo("policies/hall.toml"), 1)
+        .expect("policies/hall.toml loads");
     let config = RouterConfig::default();
     let fixed = FixedGate(GateAnswer {
         decision: "ALLOW".into(),
@@ -289,7 +293,7 @@ fn main() {
             config: &config,
             gate: Some(g),
             hashes: None,
-            privilege: None,
+            privilege: Some(&bundled.registry),
             human_approval: None,
         };
         measure(|i| {
@@ -300,6 +304,26 @@ fn main() {
             ));
         })
     };
+    // The mix the rows claim (3 allowed, 1 REQUIRE_HUMAN, 1 denied), printed before timing it.
+    {
+        let router = Router {
+            rules: &rules,
+            registry: &registry,
+            config: &config,
+            gate: Some(&gate),
+            hashes: None,
+            privilege: Some(&bundled.registry),
+            human_approval: None,
+        };
+        let mix: Vec<String> = route_inputs
+            .iter()
+            .map(|input| {
+                let d = router::route(&router, input, &ctx);
+                d.deny_code().map_or("ALLOW", |c| c.as_str()).to_owned()
+            })
+            .collect();
+        println!("route inputs decide: {}", mix.join(", "));
+    }
     if wanted("route/hall-gate") {
         rows.push(("route/hall-gate", route_with(&gate)));
     }

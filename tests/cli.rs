@@ -65,9 +65,10 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-const SUMMARIZE: &str = r#"{"capability_id": "cap.doc.summarize", "env": "dev", "data_label": "INTERNAL",
+/// The pipeline's first step in dev (policies/examples/fetch.json on one line).
+const FETCH: &str = r#"{"capability_id": "cap.web.fetch", "env": "dev", "data_label": "PUBLIC",
   "tenant_risk": "low", "qos_class": "P2", "tenant_id": "acme-corp",
-  "correlation_id": "6f1c2a7e-3b1d-4c8e-9f2a-1d2e3f4a5b6c", "request": {"text": "x"}}"#;
+  "correlation_id": "6f1c2a7e-3b1d-4c8e-9f2a-1d2e3f4a5b6c", "request": {"url": "http://127.0.0.1:18080/document.txt"}}"#;
 
 #[test]
 fn route_allows_the_readme_example_and_exits_0() {
@@ -77,20 +78,54 @@ fn route_allows_the_readme_example_and_exits_0() {
             "route",
             "--config",
             cfg.to_str().unwrap(),
-            repo("policies/examples/summarize.json").to_str().unwrap(),
+            repo("policies/examples/fetch.json").to_str().unwrap(),
         ],
         None,
     );
     assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
     let d: Value = serde_json::from_str(&stdout(&o)).expect("decision is JSON");
     assert_eq!(d["denied"], false);
-    assert_eq!(d["matched_rule_id"], "rr_summarize_dev");
-    assert_eq!(d["selected_worker_species_id"], "wrk.doc.summarizer");
+    assert_eq!(d["matched_rule_id"], "rr_fetch_dev");
+    assert_eq!(d["selected_worker_species_id"], "wrk.web.fetcher");
+    assert_eq!(d["artifact_hash"].as_str().map(str::len), Some(64));
+    // The rule asks the Cedar gate, which allows dev work on PUBLIC data.
+    let gated = d["telemetry_envelopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event_id"] == "evt.os.policy.gated")
+        .expect("a policy.gated event");
+    assert_eq!(gated["reason"], "policy_gate_allow");
+
+    // A species ranked first that nobody enrolled is skipped as unavailable; the next is chosen.
+    let dir = policies_copy();
+    let rules = dir.path().join("rules.json");
+    let text = std::fs::read_to_string(&rules).unwrap();
+    let first = r#""candidate_workers_ranked": [{"worker_species_id": "wrk.web.fetcher", "score_hint": 1.0}]"#;
+    assert!(text.contains(first));
+    std::fs::write(
+        &rules,
+        text.replace(
+            first,
+            r#""candidate_workers_ranked": [{"worker_species_id": "wrk.web.mirror", "score_hint": 1.0}, {"worker_species_id": "wrk.web.fetcher", "score_hint": 0.5}]"#,
+        ),
+    )
+    .unwrap();
+    let o = run(
+        &[
+            "route",
+            "-c",
+            dir.path().join("hall.toml").to_str().unwrap(),
+        ],
+        Some(FETCH),
+    );
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    let d: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(d["selected_worker_species_id"], "wrk.web.fetcher");
     assert_eq!(
-        d["candidate_workers_ranked"][1]["skip_reason"],
+        d["candidate_workers_ranked"][0]["skip_reason"],
         "unavailable"
     );
-    assert_eq!(d["artifact_hash"].as_str().map(str::len), Some(64));
 }
 
 #[test]
@@ -148,7 +183,7 @@ fn route_denies_with_exit_1_and_fails_closed_without_a_policy_gate() {
         .expect("the bundled config selects profiles");
     let end = text[cut..].find("\n\n").map_or(text.len(), |e| cut + e);
     std::fs::write(&hall, format!("{}{}", &text[..cut], &text[end..])).unwrap();
-    let prod = SUMMARIZE.replace("\"dev\"", "\"prod\"");
+    let prod = FETCH.replace("\"dev\"", "\"prod\"");
     let o = run(&["route", "-c", hall.to_str().unwrap(), "-"], Some(&prod));
     assert_eq!(code(&o), 1);
     let d: Value = serde_json::from_str(&stdout(&o)).unwrap();
@@ -157,7 +192,7 @@ fn route_denies_with_exit_1_and_fails_closed_without_a_policy_gate() {
         "DENY_POLICY_GATE_UNCONFIGURED"
     );
 
-    let rogue = SUMMARIZE.replace("acme-corp", "rogue.agent");
+    let rogue = FETCH.replace("acme-corp", "rogue.agent");
     let o = run(&["route", "-c", cfg.to_str().unwrap()], Some(&rogue));
     assert_eq!(code(&o), 1);
     let d: Value = serde_json::from_str(&stdout(&o)).unwrap();
@@ -166,17 +201,26 @@ fn route_denies_with_exit_1_and_fails_closed_without_a_policy_gate() {
 
 #[test]
 fn per_worker_scope_skips_a_worker_whose_record_excludes_the_env() {
-    // The summarizer's record allows dev and stage only; the hello greeter allows prod. Under
-    // the global scope PyHall would select it anyway.
+    // The chunker's record allows dev, stage and prod, not edge (only hello's does). A rule that
+    // routes chunking at the edge too finds no worker there; under the global scope PyHall would
+    // select it anyway.
     let dir = policies_copy();
     let rules = dir.path().join("rules.json");
-    let text = std::fs::read_to_string(&rules).unwrap().replace(
-        r#""env": {"in": ["dev", "stage"]}, "data_label": {"in": ["PUBLIC", "INTERNAL"]}"#,
-        r#""env": {"in": ["dev", "stage", "edge"]}, "data_label": {"in": ["PUBLIC", "INTERNAL"]}"#,
-    );
-    std::fs::write(&rules, text).unwrap();
+    let text = std::fs::read_to_string(&rules).unwrap();
+    let dev = r#""capability_id": "cap.doc.chunk", "env": "dev""#;
+    assert!(text.contains(dev));
+    std::fs::write(
+        &rules,
+        text.replace(
+            dev,
+            r#""capability_id": "cap.doc.chunk", "env": {"in": ["dev", "edge"]}"#,
+        ),
+    )
+    .unwrap();
     let cfg = dir.path().join("hall.toml");
-    let edge = SUMMARIZE.replace("\"dev\"", "\"edge\"");
+    let edge = FETCH
+        .replace("cap.web.fetch", "cap.doc.chunk")
+        .replace("\"dev\"", "\"edge\"");
     let o = run(&["route", "-c", cfg.to_str().unwrap()], Some(&edge));
     assert_eq!(code(&o), 1, "{}", stdout(&o));
     let d: Value = serde_json::from_str(&stdout(&o)).unwrap();
@@ -201,7 +245,7 @@ fn per_worker_scope_skips_a_worker_whose_record_excludes_the_env() {
 #[test]
 fn route_json_lines_reports_a_bad_line_and_still_routes_the_others() {
     let cfg = repo("policies/hall.toml");
-    let good = SUMMARIZE.replace('\n', " ");
+    let good = FETCH.replace('\n', " ");
     let input =
         format!("{good}\n{{\"capability_id\": \"cap.x\", \"env\": \"production\"}}\n{good}\n");
     let o = run(&["route", "-c", cfg.to_str().unwrap()], Some(&input));
@@ -232,11 +276,11 @@ fn malformed_inputs_exit_65_with_a_message_naming_the_field() {
             "RouteInput.data_label is required",
         ),
         (
-            &SUMMARIZE.replace("\"P2\"", "\"P9\""),
+            &FETCH.replace("\"P2\"", "\"P9\""),
             "qos_class: \"P9\" is not allowed; expected one of: P0, P1, P2, P3",
         ),
         (
-            &SUMMARIZE.replace("\"request\"", "\"reqest\""),
+            &FETCH.replace("\"request\"", "\"reqest\""),
             "unknown field \"reqest\"",
         ),
     ];
@@ -274,7 +318,7 @@ fn missing_files_exit_66_and_bad_configuration_exits_78() {
     assert_eq!(code(&o), 66);
     assert!(stderr(&o).contains("/nonexistent/input.json"));
 
-    let o = run(&["route", "-c", "/nonexistent/hall.toml"], Some(SUMMARIZE));
+    let o = run(&["route", "-c", "/nonexistent/hall.toml"], Some(FETCH));
     assert_eq!(code(&o), 78);
     assert!(stderr(&o).contains("hint:"));
 
@@ -284,7 +328,7 @@ fn missing_files_exit_66_and_bad_configuration_exits_78() {
         .unwrap()
         .replace("require_signatory", "requre_signatory");
     std::fs::write(&hall, text).unwrap();
-    let o = run(&["route", "-c", hall.to_str().unwrap()], Some(SUMMARIZE));
+    let o = run(&["route", "-c", hall.to_str().unwrap()], Some(FETCH));
     assert_eq!(code(&o), 78);
     assert!(stderr(&o).contains("line 6"), "{}", stderr(&o));
     assert!(stderr(&o).contains("requre_signatory"), "{}", stderr(&o));
@@ -304,7 +348,7 @@ fn ambiguous_rules_are_refused_by_validate_and_by_route() {
     let out = stdout(&o);
     assert!(out.contains("INVALID"), "{out}");
     assert!(
-        out.contains("rule \"rr_summarize_prod\" at $.rules[3].match.env.in"),
+        out.contains("rule \"rr_fetch_prod\" at $.rules[2].match.env.in"),
         "{out}"
     );
     assert!(out.contains("substring"), "{out}");
@@ -313,10 +357,10 @@ fn ambiguous_rules_are_refused_by_validate_and_by_route() {
     assert_eq!(code(&o), 1);
     let v: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(v["valid"], false);
-    assert_eq!(v["issues"][0]["rule_id"], "rr_summarize_prod");
+    assert_eq!(v["issues"][0]["rule_id"], "rr_fetch_prod");
 
     let hall = dir.path().join("hall.toml");
-    let o = run(&["route", "-c", hall.to_str().unwrap()], Some(SUMMARIZE));
+    let o = run(&["route", "-c", hall.to_str().unwrap()], Some(FETCH));
     assert_eq!(code(&o), 78);
     assert!(stderr(&o).contains("wcp-hall validate"), "{}", stderr(&o));
 }
@@ -343,7 +387,7 @@ fn validate_reports_shadows_and_failing_tests() {
     assert_eq!(code(&o), 0);
 
     let tests = dir.path().join("tests.json");
-    let input = SUMMARIZE;
+    let input = FETCH;
     std::fs::write(
         &tests,
         format!(
@@ -388,14 +432,17 @@ fn bundled_policies_validate_with_their_tests() {
         None,
     );
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
-    assert!(stdout(&o).contains("tests: 6 passed, 0 failed"));
+    let out = stdout(&o);
+    assert!(out.contains("19 rules, structure valid"), "{out}");
+    assert!(out.contains("no shadowed rules"), "{out}");
+    assert!(out.contains("tests: 44 passed, 0 failed"), "{out}");
 }
 
 #[test]
 fn enroll_writes_a_valid_record_and_refuses_a_bad_one_without_writing() {
     let dir = tempfile::tempdir().unwrap();
     let reg = dir.path().join("registry");
-    let record = repo("policies/registry/org.example.hello-greeter.1.json");
+    let record = repo("policies/registry/org.wcp-hall.hello.1.json");
     let o = run(
         &[
             "enroll",
@@ -406,8 +453,8 @@ fn enroll_writes_a_valid_record_and_refuses_a_bad_one_without_writing() {
         None,
     );
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    assert!(stdout(&o).contains("enrolled org.example.hello-greeter.1"));
-    assert!(reg.join("org.example.hello-greeter.1.json").is_file());
+    assert!(stdout(&o).contains("enrolled org.wcp-hall.hello.1"));
+    assert!(reg.join("org.wcp-hall.hello.1.json").is_file());
 
     let o = run(
         &[
@@ -446,8 +493,8 @@ fn config_show_and_check_describe_the_configured_hall() {
     );
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let v: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
-    assert_eq!(v["rules"]["count"], 4);
-    assert_eq!(v["registry"]["summary"]["enrolled_workers"], 2);
+    assert_eq!(v["rules"]["count"], 19);
+    assert_eq!(v["registry"]["summary"]["enrolled_workers"], 7);
     assert_eq!(v["controls_scope"], "per_worker");
 
     let dir = policies_copy();

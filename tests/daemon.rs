@@ -19,8 +19,8 @@ fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-/// Rules for the daemon tests: dev rules for hello, a prod rule without a policy gate (so the
-/// blast threshold asks for a human), and the bundled summarize rule.
+/// Rules for the daemon tests: a dev rule for hello without a policy gate, and a prod rule
+/// without one either (so the blast threshold asks for a human).
 fn rules() -> Value {
     json!({"rules": [
         {"rule_id": "rr_hello_dev", "match": {"capability_id": "cap.hello.greet", "env": {"in": ["dev", "stage"]}},
@@ -48,8 +48,8 @@ impl TestHall {
         let reg = dir.path().join("registry");
         std::fs::create_dir(&reg).unwrap();
         std::fs::copy(
-            repo("policies/registry/org.example.hello-greeter.1.json"),
-            reg.join("org.example.hello-greeter.1.json"),
+            repo("policies/registry/org.wcp-hall.hello.1.json"),
+            reg.join("org.wcp-hall.hello.1.json"),
         )
         .unwrap();
         for sub in ["profiles", "cedar"] {
@@ -234,10 +234,7 @@ fn discovery_routing_and_dry_run_dispatch_over_the_socket() {
         "wrk.hello.greeter"
     );
     let (_, workers) = hall.call(Method::GET, "/wcp/workers", None);
-    assert_eq!(
-        workers["workers"][0]["worker_id"],
-        "org.example.hello-greeter.1"
-    );
+    assert_eq!(workers["workers"][0]["worker_id"], "org.wcp-hall.hello.1");
 
     let (s, decision) = hall.call(
         Method::POST,

@@ -102,8 +102,12 @@ fn demo_runs_the_governed_pipeline_and_cleans_up() {
                 .starts_with("org.wcp-hall.")
         );
     }
+    // The rules are the bundled policies/rules.json.
+    let bundled: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo("policies/rules.json")).unwrap())
+            .unwrap();
     let config = one(&by, "config");
-    assert_eq!(config["rules"], 7);
+    assert_eq!(config["rules"], bundled["rules"].as_array().unwrap().len());
     assert_eq!(config["shadowed_rules"], 0);
     assert_eq!(config["workers"], 6);
 
@@ -220,6 +224,11 @@ fn demo_keep_keeps_a_directory_whose_receipt_log_verifies_again() {
     let dir = PathBuf::from(one(&by, "workspace")["dir"].as_str().unwrap());
     assert_eq!(one(&by, "cleanup")["kept"], true);
     assert!(dir.join("hall.toml").is_file());
+    // The Hall routed with the bundled rules, byte for byte.
+    assert_eq!(
+        std::fs::read(dir.join("rules.json")).unwrap(),
+        std::fs::read(repo("policies/rules.json")).unwrap()
+    );
     for key in ["keys/packages.key", "keys/receipts.key"] {
         let mode = std::fs::metadata(dir.join(key))
             .unwrap()

@@ -1,11 +1,12 @@
-//! The policy gate inside the real router: the bundled rules, profiles and Cedar policy set,
-//! decisions routed end to end through `router::route` with `HallGate` as the `PolicyGate`.
+//! The policy gate inside the real router: the bundled rules, registry records, profiles and
+//! Cedar policy set, decisions routed end to end through `router::route` with `HallGate` as the
+//! `PolicyGate`.
 
 use std::path::Path;
 
 use serde_json::{Value, json};
-use wcp_hall::conformance::SnapshotRegistry;
 use wcp_hall::policy::{EnvProfiles, HallGate, ProfileSet};
+use wcp_hall::registry::{ControlsScope, RegistryDir};
 use wcp_hall::router::{self, DecisionContext, Router, RouterConfig};
 use wcp_hall::rules::RuleSet;
 use wcp_hall::wcp::{Env, RouteDecision, RouteInput};
@@ -29,22 +30,21 @@ fn gate() -> HallGate {
     HallGate::load(&sel).unwrap()
 }
 
+fn bundled_rules() -> String {
+    std::fs::read_to_string(repo("policies/rules.json")).unwrap()
+}
+
 fn route(gate: &HallGate, input: Value) -> RouteDecision {
-    let rules =
-        RuleSet::from_json_str(&std::fs::read_to_string(repo("policies/rules.json")).unwrap())
-            .unwrap();
-    let mut registry = SnapshotRegistry::default();
-    for rule in rules.rules() {
-        registry
-            .controls
-            .extend(rule.decision.required_controls.iter().cloned());
-        registry.workers.extend(
-            rule.decision
-                .candidate_workers_ranked
-                .iter()
-                .map(|c| c.worker_species_id.clone()),
-        );
-    }
+    route_with(&bundled_rules(), gate, input)
+}
+
+/// Routes with `rules_json`, the bundled registry records (per-worker controls scope; also the
+/// privilege envelope check) and the Cedar gate.
+fn route_with(rules_json: &str, gate: &HallGate, input: Value) -> RouteDecision {
+    let rules = RuleSet::from_json_str(rules_json).unwrap();
+    let registry = RegistryDir::open(repo("policies/registry"))
+        .unwrap()
+        .snapshot(ControlsScope::PerWorker);
     let config = RouterConfig::default();
     let router = Router {
         rules: &rules,
@@ -52,7 +52,7 @@ fn route(gate: &HallGate, input: Value) -> RouteDecision {
         config: &config,
         gate: Some(gate),
         hashes: None,
-        privilege: None,
+        privilege: Some(&registry),
         human_approval: None,
     };
     let input = RouteInput::from_value(&input).unwrap();
@@ -145,11 +145,42 @@ fn no_permit_at_the_edge_is_a_policy_gate_denial_with_the_reason() {
 }
 
 #[test]
+fn restricted_data_in_dev_waits_for_a_gatekeeper() {
+    let g = gate();
+    let d = route(&g, hello("dev", "RESTRICTED", "low", "P2"));
+    assert_eq!(d.matched_rule_id, "rr_hello_restricted_dev");
+    let reason = serde_json::to_value(d.deny_reason_if_denied.as_ref().unwrap()).unwrap();
+    assert_eq!(reason["code"], "DENY_REQUIRES_HUMAN_APPROVAL");
+    assert_eq!(reason["supervisor_level"], "gatekeeper");
+    assert!(
+        reason["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("gatekeeper review required by pol.nonprod.restricted-review:"),
+        "{reason}"
+    );
+}
+
+#[test]
 fn rules_without_policy_gate_do_not_consult_it() {
     let g = gate();
-    let d = route(&g, hello("dev", "RESTRICTED", "high", "P2"));
-    // rr_hello_dev has no policy gate: the Cedar set (which would ask for a gatekeeper on
-    // RESTRICTED data) is not consulted by today's router.
+    // The same rule with the gate turned off: the Cedar set (which asks for a gatekeeper on
+    // RESTRICTED data) is not consulted, because the profile does not gate every dispatch in dev.
+    let bundled = bundled_rules();
+    let mut rules: Value = serde_json::from_str(&bundled).unwrap();
+    let rule = rules["rules"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|r| r["rule_id"] == "rr_hello_restricted_dev")
+        .unwrap();
+    assert_eq!(rule["decision"]["escalation"]["policy_gate"], true);
+    rule["decision"]["escalation"]["policy_gate"] = json!(false);
+    let d = route_with(
+        &rules.to_string(),
+        &g,
+        hello("dev", "RESTRICTED", "high", "P2"),
+    );
     assert!(!d.denied, "{:?}", d.deny_reason_if_denied);
     assert_eq!(gated_version(&d), router::DEFAULT_POLICY_VERSION);
     // But the profile says whether it should be: the router integration uses this.

@@ -620,42 +620,17 @@ fn a_missing_checkpoint_copy_directory_is_a_configuration_error() {
 
 #[test]
 fn real_route_decisions_become_receipts() {
-    use wcp_hall::clock::mint_context;
-    use wcp_hall::config::Config;
+    use wcp_hall::hall::state::Loaded;
     use wcp_hall::receipt::{Caller, Dispatch};
-    use wcp_hall::registry::RegistryDir;
-    use wcp_hall::router::{self, Router};
-    use wcp_hall::rules::RuleSet;
     use wcp_hall::wcp::RouteInput;
 
+    // The default configuration: the pipeline's rules, the bundled records, the Cedar gate.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let config = Config::load(&root.join("policies/hall.toml")).unwrap();
-    let rules = RuleSet::from_json_str(&fs::read_to_string(&config.paths.rules).unwrap()).unwrap();
-    let registry = RegistryDir::open(&config.paths.registry_dir)
-        .unwrap()
-        .snapshot(config.routing.controls_scope);
-    let router_config = config.router_config();
-    let router = Router {
-        rules: &rules,
-        registry: &registry,
-        config: &router_config,
-        gate: None,
-        hashes: None,
-        privilege: Some(&registry),
-        human_approval: None,
-    };
-    let text = fs::read_to_string(root.join("policies/examples/summarize.json")).unwrap();
-    let allowed = router::route(
-        &router,
-        &RouteInput::from_json_str(&text).unwrap(),
-        &mint_context("t"),
-    );
-    let unknown = text.replace("cap.doc.summarize", "cap.doc.unknown");
-    let denied = router::route(
-        &router,
-        &RouteInput::from_json_str(&unknown).unwrap(),
-        &mint_context("t"),
-    );
+    let hall = Loaded::load(&root.join("policies/hall.toml"), 1).unwrap();
+    let text = fs::read_to_string(root.join("policies/examples/fetch.json")).unwrap();
+    let allowed = hall.route_offline(&RouteInput::from_json_str(&text).unwrap(), "t");
+    let unknown = text.replace("cap.web.fetch", "cap.web.unknown");
+    let denied = hall.route_offline(&RouteInput::from_json_str(&unknown).unwrap(), "t");
     assert!(!allowed.denied, "{:?}", allowed.deny_reason_if_denied);
     assert!(denied.denied);
 
@@ -669,7 +644,7 @@ fn real_route_decisions_become_receipts() {
     let now = wcp_hall::receipt::model::rfc3339_millis(std::time::SystemTime::now());
     let d = Dispatch::from_decision(
         &allowed,
-        Some("org.example.summarizer".into()),
+        Some("org.wcp-hall.web-fetcher.1".into()),
         caller,
         allowed.timestamp.clone(),
     );
@@ -695,7 +670,7 @@ fn real_route_decisions_become_receipts() {
     let p = found.payload.unwrap();
     let d = p.dispatch.unwrap();
     assert_eq!(d.correlation_id, "6f1c2a7e-3b1d-4c8e-9f2a-1d2e3f4a5b6c");
-    assert_eq!(d.capability_id, "cap.doc.summarize");
+    assert_eq!(d.capability_id, "cap.web.fetch");
     assert_eq!(d.controls_verified, allowed.required_controls_effective);
 }
 

@@ -4,7 +4,8 @@
 //! with the same library calls the other commands use: it generates the package-signing and the
 //! receipt-signing key, writes a trust policy trusting that key for `org.wcp-hall`, copies each
 //! bundled worker package, signs it (awp.v2) and enrolls its record with
-//! `attestation.package_root` / `manifest_path`, writes the rules and a `hall.toml`, and starts
+//! `attestation.package_root` / `manifest_path`, copies the bundled rules (`policies/rules.json`,
+//! the same file `policies/hall.toml` routes with) and writes a `hall.toml`, and starts
 //! a real Hall (`wcp-hall serve`, this same executable) on a private socket. Then, as a client
 //! of the Hall's HTTP API, it runs the five-worker research pipeline under one correlation id,
 //! shows a tampered package refused, an unknown capability failing closed and a REQUIRE_HUMAN
@@ -66,6 +67,12 @@ pub const PACKAGES: [&str; 6] = [
 const TAMPERED: &str = "doc_chunker";
 /// A capability no rule mentions.
 const UNKNOWN_CAPABILITY: &str = "cap.demo.teleport";
+/// The rules the demo's Hall routes with, in the policies directory: the bundled pipeline rules
+/// (`policies/rules.json`), the same file `policies/hall.toml` uses. The demo's requests need
+/// their dev rules, which ask the policy gate (the bundled Cedar set under `prof.dev.permissive`):
+/// `pol.nonprod.allow` allows the pipeline, and `pol.nonprod.restricted-review` answers
+/// REQUIRE_HUMAN (gatekeeper) for hello on RESTRICTED data (`rr_hello_restricted_dev`).
+pub const RULES_FILE: &str = "rules.json";
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -74,47 +81,9 @@ pub struct DemoArgs {
     #[arg(long)]
     pub keep: bool,
     /// The bundled workers directory (default: workers/ of the source tree this binary was
-    /// built from). The policies are taken from ../policies next to it.
+    /// built from). The rules, profiles and Cedar policies are taken from ../policies next to it.
     #[arg(long, value_name = "DIR")]
     pub workers: Option<PathBuf>,
-}
-
-/// The demo's rules: one dev rule per pipeline capability and for hello on PUBLIC/INTERNAL data,
-/// and a dev rule for hello on RESTRICTED data. Every rule asks the policy gate (the bundled
-/// Cedar set under `prof.dev.permissive`): `pol.nonprod.allow` allows the first six, and
-/// `pol.nonprod.restricted-review` answers REQUIRE_HUMAN (gatekeeper) for the last. No rule
-/// shadows another (a unit test checks it with the rules loader).
-pub fn demo_rules() -> Value {
-    let controls = json!([
-        "ctrl.obs.audit-log-append-only",
-        "ctrl.privilege_envelopes_required"
-    ]);
-    let rule = |id: &str, cap: &str, species: &str, labels: Value| {
-        json!({
-            "rule_id": id,
-            "match": {"capability_id": cap, "env": "dev", "data_label": labels},
-            "decision": {
-                "candidate_workers_ranked": [{"worker_species_id": species, "score_hint": 1.0}],
-                "required_controls_suggested": controls.clone(),
-                "recommended_profiles": [{"profile_id": "prof.dev.permissive", "score": 1.0}],
-                "escalation": {"policy_gate": true},
-                "preconditions": {}
-            }
-        })
-    };
-    let open = || json!({"in": ["PUBLIC", "INTERNAL"]});
-    json!({
-        "description": "wcp-hall demo: the WCP research pipeline and hello in dev; hello on RESTRICTED data asks the policy gate (REQUIRE_HUMAN). First match wins; no rule means deny.",
-        "rules": [
-            rule("rr_fetch_dev", "cap.web.fetch", "wrk.web.fetcher", open()),
-            rule("rr_chunk_dev", "cap.doc.chunk", "wrk.doc.chunker", open()),
-            rule("rr_embed_dev", "cap.ml.embed", "wrk.ml.embedder", open()),
-            rule("rr_hash_dev", "cap.doc.hash", "wrk.doc.hasher", open()),
-            rule("rr_register_dev", "cap.research.register", "wrk.research.registrar", open()),
-            rule("rr_hello_dev", "cap.hello.greet", "wrk.hello.greeter", open()),
-            rule("rr_hello_restricted_dev", "cap.hello.greet", "wrk.hello.greeter", json!("RESTRICTED")),
-        ]
-    })
 }
 
 /// Why the demo stopped: the step, what happened, and how to look further.
@@ -1015,13 +984,15 @@ fn locate_sources(args: &DemoArgs) -> Result<(PathBuf, PathBuf), CliError> {
     let policies = workers
         .parent()
         .map(|p| p.join("policies"))
-        .filter(|p| p.join("profiles").is_dir() && p.join("cedar").is_dir())
+        .filter(|p| {
+            p.join(RULES_FILE).is_file() && p.join("profiles").is_dir() && p.join("cedar").is_dir()
+        })
         .ok_or_else(|| {
             CliError::new(
                 exit::NOINPUT,
                 "policies_not_found",
                 format!(
-                    "no policies/profiles and policies/cedar next to {}",
+                    "no policies/{RULES_FILE}, policies/profiles and policies/cedar next to {}",
                     workers.display()
                 ),
             )
@@ -1412,9 +1383,12 @@ fn run_steps(
     }
 
     // Rules, policies, hall.toml; checked as the Hall will load them.
-    let rules_text = format!("{:#}\n", demo_rules());
-    std::fs::write(dir.join("rules.json"), &rules_text)
-        .map_err(|e| failed("config", format!("rules.json: {e}")))?;
+    std::fs::copy(policies_dir.join(RULES_FILE), dir.join("rules.json")).map_err(|e| {
+        failed(
+            "config",
+            format!("copying {}: {e}", policies_dir.join(RULES_FILE).display()),
+        )
+    })?;
     for sub in ["profiles", "cedar"] {
         copy_flat_dir(
             &policies_dir.join(sub),
@@ -2081,14 +2055,19 @@ mod tests {
     use crate::rules::RuleSet;
     use crate::wcp::RouteInput;
 
+    /// The rules the demo copies: the bundled `policies/rules.json`.
     fn rules() -> RuleSet {
-        RuleSet::from_json_str(&demo_rules().to_string()).expect("the demo's rules load")
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("policies")
+            .join(RULES_FILE);
+        RuleSet::from_json_str(&std::fs::read_to_string(path).unwrap())
+            .expect("the bundled rules load")
     }
 
     #[test]
-    fn demo_rules_load_without_shadows() {
+    fn the_bundled_rules_load_without_shadows() {
         let r = rules();
-        assert_eq!(r.rules().len(), 7);
+        assert_eq!(r.rules().len(), 19);
         assert!(r.shadows().is_empty(), "{:?}", r.shadows());
     }
 

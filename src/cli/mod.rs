@@ -60,7 +60,7 @@ pending approval), 77 not an operator, 78 bad configuration.
 Examples:
   wcp-hall serve --config policies/hall.toml --socket /tmp/hall.sock
   wcp-hall dispatch -s /tmp/hall.sock --capability cap.hello.greet --tenant-id acme-corp --input '{"name":"Ada"}'
-  wcp-hall route --config policies/hall.toml policies/examples/summarize.json
+  wcp-hall route --config policies/hall.toml policies/examples/fetch.json
   wcp-hall validate policies/rules.json policies/rules.tests.json
   wcp-hall conformance routing tests/vectors/routing.json"#;
 
@@ -205,7 +205,7 @@ pub fn load_config(path: &Path) -> Result<Config, CliError> {
         let err = CliError::new(exit::CONFIG, "config_invalid", e.to_string());
         match e {
             crate::config::ConfigError::Read { .. } => err.hint(
-                "pass --config PATH or set WCP_HALL_CONFIG; policies/hall.toml in the source tree is an example",
+                "pass --config PATH or set WCP_HALL_CONFIG; policies/hall.toml in the source tree routes the bundled workers",
             ),
             _ => err,
         }

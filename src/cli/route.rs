@@ -5,11 +5,8 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 
 use super::{CliError, ConfigArg, Out, exit, load_config, read_input};
-use crate::clock::{DEFAULT_TASK_ID, mint_context};
-use crate::hall::state::Loaded;
-use crate::policy::gate::RequestGate;
-use crate::router::{self, PolicyGate, Router};
-use crate::wcp::{RouteDecision, RouteInput};
+use crate::clock::DEFAULT_TASK_ID;
+use crate::wcp::RouteInput;
 
 #[derive(Debug, clap::Args)]
 pub struct RouteArgs {
@@ -65,14 +62,14 @@ pub fn run(args: RouteArgs, out: &mut Out) -> Result<u8, CliError> {
             "input_empty",
             format!("{} holds no RouteInput", args.input.display()),
         )
-        .hint("pass a JSON object such as policies/examples/summarize.json"));
+        .hint("pass a JSON object such as policies/examples/fetch.json"));
     }
     let single = docs.len() == 1 && docs[0].line.is_none();
     let (mut any_denied, mut any_invalid) = (false, false);
     for doc in docs {
         match RouteInput::from_json_str(doc.text) {
             Ok(input) => {
-                let decision = route_offline(&hall, &input, &args.task_id);
+                let decision = hall.route_offline(&input, &args.task_id);
                 any_denied |= decision.denied;
                 if single {
                     out.json_pretty(&decision)?;
@@ -97,33 +94,6 @@ pub fn run(args: RouteArgs, out: &mut Out) -> Result<u8, CliError> {
     } else {
         exit::OK
     })
-}
-
-/// Routes with the configured rules, registry and policy gate, without a caller (offline): no
-/// `[identity]` mapping applies, and the gate sees no caller identity. Without a selected
-/// profile there is no gate, and rules that require one are denied (fail closed).
-fn route_offline(hall: &Loaded, input: &RouteInput, task_id: &str) -> RouteDecision {
-    let mut config = hall.router_config.clone();
-    let gate = hall.gate.as_ref().map(|g| {
-        if let Some(profile) = g.profile(input.env) {
-            config.gate_every_dispatch = g.gates_every_dispatch(input.env);
-            config.profile_controls = profile.required_controls.clone();
-        }
-        RequestGate::new(g, &hall.registry, None, 0)
-    });
-    let router = Router {
-        rules: &hall.rules,
-        registry: &hall.registry,
-        config: &config,
-        gate: gate.as_ref().map(|g| g as &dyn PolicyGate),
-        hashes: match &hall.attested {
-            Some(a) => Some(a as &dyn crate::router::WorkerHashes),
-            None => Some(&hall.registry),
-        },
-        privilege: Some(&hall.registry),
-        human_approval: None,
-    };
-    router::route(&router, input, &mint_context(task_id))
 }
 
 #[cfg(test)]

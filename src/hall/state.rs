@@ -12,13 +12,16 @@ use crate::attest::manifest_v1::HmacKey;
 use crate::attest::store::PackageStore;
 use crate::attest::trust::TrustPolicy;
 use crate::attest::workers::{AttestedWorkers, RecheckPolicy, SpeciesPackage};
+use crate::clock::mint_context;
 use crate::config::Config;
 use crate::hall::identity::IdentityMap;
 use crate::policy::gate::HallGate;
+use crate::policy::gate::RequestGate;
 use crate::policy::profile::{EnvProfiles, ProfileSet};
 use crate::registry::{Registry, RegistryDir, RegistryDirError};
-use crate::router::RouterConfig;
+use crate::router::{self, PolicyGate, Router, RouterConfig, WorkerHashes};
 use crate::rules::{RuleSet, RulesError};
+use crate::wcp::{RouteDecision, RouteInput};
 
 /// Why a configuration could not be (re)loaded.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +61,35 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// Routes one request with these rules, registry and policy gate, without a caller
+    /// (offline, as `wcp-hall route` does): no `[identity]` mapping applies, and the gate sees no
+    /// caller identity and no chain blast. The env's profile supplies its controls and whether
+    /// every dispatch is gated; without a selected profile there is no gate, and rules that
+    /// require one are denied (fail closed). Nothing runs.
+    pub fn route_offline(&self, input: &RouteInput, task_id: &str) -> RouteDecision {
+        let mut config = self.router_config.clone();
+        let gate = self.gate.as_ref().map(|g| {
+            if let Some(profile) = g.profile(input.env) {
+                config.gate_every_dispatch = g.gates_every_dispatch(input.env);
+                config.profile_controls = profile.required_controls.clone();
+            }
+            RequestGate::new(g, &self.registry, None, 0)
+        });
+        let router = Router {
+            rules: &self.rules,
+            registry: &self.registry,
+            config: &config,
+            gate: gate.as_ref().map(|g| g as &dyn PolicyGate),
+            hashes: match &self.attested {
+                Some(a) => Some(a as &dyn WorkerHashes),
+                None => Some(&self.registry),
+            },
+            privilege: Some(&self.registry),
+            human_approval: None,
+        };
+        router::route(&router, input, &mint_context(task_id))
+    }
+
     /// Loads the configuration file and everything it names.
     pub fn load(config_path: &Path, generation: u64) -> Result<Self, LoadError> {
         let config = Config::load(config_path)?;
