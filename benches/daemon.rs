@@ -17,57 +17,9 @@ use hyper::Method;
 use serde_json::{Value, json};
 use wcp_hall::client;
 
-const BIN: &str = env!("CARGO_BIN_EXE_wcp-hall");
-
-fn repo(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_name() == "__pycache__" {
-            continue;
-        }
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
-fn run(cmd: &mut Command) {
-    let o = cmd.output().expect("run wcp-hall");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
-
-/// Signs the package at `pkg` with `<d>/keys/package.key` and enrolls its record template.
-fn enroll(d: &Path, pkg: &Path, record: &Path) {
-    let mut record: Value =
-        serde_json::from_str(&std::fs::read_to_string(record).unwrap()).unwrap();
-    let worker_id = record["worker_id"].as_str().unwrap().to_owned();
-    let species = record["worker_species_id"].as_str().unwrap().to_owned();
-    run(Command::new(BIN)
-        .args([
-            "attest",
-            "sign",
-            "--worker-id",
-            &worker_id,
-            "--species",
-            &species,
-        ])
-        .args(["--worker-version", "1.0.0", "--key"])
-        .arg(d.join("keys/package.key"))
-        .arg(pkg));
-    record["attestation"] = json!({"package_root": pkg.display().to_string()});
-    std::fs::write(
-        d.join(format!("registry/{worker_id}.json")),
-        record.to_string(),
-    )
-    .unwrap();
-}
+#[path = "../tests/hall_support/mod.rs"]
+mod hall_support;
+use hall_support::{BIN, copy_dir, native_hello_package, package_key, read_record, repo};
 
 /// A Hall directory with the signed, enrolled hello workers; returns (dir, config path).
 fn setup() -> (tempfile::TempDir, PathBuf) {
@@ -90,36 +42,16 @@ fn setup() -> (tempfile::TempDir, PathBuf) {
         .unwrap()
         .write(&d.join("keys/receipts.key"))
         .unwrap();
-    run(Command::new(BIN)
-        .arg("keygen")
-        .arg(d.join("keys/package.key")));
-    let public = std::fs::read_to_string(d.join("keys/package.key.pub")).unwrap();
-    let public = public.split_whitespace().nth(1).unwrap().to_owned();
-    std::fs::write(
-        d.join("trust.json"),
-        json!({"schema": "wcp-hall-trust/1", "version": 1,
-               "namespaces": {"org.wcp-hall": {"threshold": 1, "keys": [{"public_key": public}]}}})
-        .to_string(),
-    )
-    .unwrap();
     // The Python hello worker, and the same worker compiled (a native package: the
     // `wcp-hello-native` binary as code/bootstrap).
+    let key = package_key(d);
+    let registry = d.join("registry");
     let hello = d.join("packages/hello");
     copy_dir(&repo("workers/hello"), &hello);
-    enroll(d, &hello, &repo("workers/hello/record.json"));
-    let native = d.join("packages/hello-native");
-    std::fs::create_dir_all(native.join("code")).unwrap();
-    std::fs::copy(
-        env!("CARGO_BIN_EXE_wcp-hello-native"),
-        native.join("code/bootstrap"),
-    )
-    .unwrap();
-    std::fs::copy(
-        repo("workers/hello_native/config.schema.json"),
-        native.join("config.schema.json"),
-    )
-    .unwrap();
-    enroll(d, &native, &repo("workers/hello_native/record.json"));
+    let record = read_record(&repo("workers/hello/record.json"));
+    hall_support::sign_and_enroll(&key, &hello, &record, &registry);
+    let (native, record) = native_hello_package(d);
+    hall_support::sign_and_enroll(&key, &native, &record, &registry);
     // dev routes to the Python worker, stage to the native one.
     let rule = |id: &str, env: &str, species: &str| {
         json!({"rule_id": id, "match": {"capability_id": "cap.hello.greet", "env": env},

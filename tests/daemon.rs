@@ -12,12 +12,10 @@ use hyper::Method;
 use serde_json::{Value, json};
 use wcp_hall::client;
 
-const BIN: &str = env!("CARGO_BIN_EXE_wcp-hall");
-const NOBODY: u32 = 65534;
+mod hall_support;
+use hall_support::{BIN, copy_dir, native_hello_package, package_key, read_record, repo};
 
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
+const NOBODY: u32 = 65534;
 
 /// Rules for the daemon tests: a dev rule for hello without a policy gate, and a prod rule
 /// without one either (so the blast threshold asks for a human).
@@ -837,75 +835,24 @@ fn the_cedar_gate_decides_with_reasons_and_its_level_reaches_the_approval() {
 }
 
 /// A signed copy of the bundled hello worker, enrolled with its package, and a trust policy.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let name = e.file_name();
-        if name == "__pycache__" {
-            continue;
-        }
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(&name));
-        } else {
-            std::fs::copy(e.path(), to.join(&name)).unwrap();
-        }
-    }
-}
-
-/// Signs the package at `pkg` with `<dir>/keys/package.key` (created, and trusted for the
-/// `org.wcp-hall` namespace in `<dir>/trust.json`, on first use).
-fn sign_package(dir: &Path, pkg: &Path, worker_id: &str, species: &str) {
-    let key = dir.join("keys/package.key");
-    if !key.exists() {
-        let o = Command::new(BIN).arg("keygen").arg(&key).output().unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let public = std::fs::read_to_string(key.with_extension("key.pub")).unwrap();
-        let public = public.split_whitespace().nth(1).unwrap().to_owned();
-        let trust = json!({"schema": "wcp-hall-trust/1", "version": 1,
-            "namespaces": {"org.wcp-hall": {"threshold": 1, "keys": [{"public_key": public}]}}});
-        std::fs::write(dir.join("trust.json"), trust.to_string()).unwrap();
-    }
-    let o = Command::new(BIN)
-        .args([
-            "attest",
-            "sign",
-            "--worker-id",
-            worker_id,
-            "--species",
-            species,
-            "--worker-version",
-            "1.0.0",
-            "--key",
-        ])
-        .arg(&key)
-        .arg(pkg)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
-
-/// Signs `pkg` and makes `record` (with `attestation.package_root`) the only enrolled record.
+/// Signs `pkg` with `<dir>`'s package key and makes `record` the only enrolled record.
 fn sign_and_enroll(dir: &Path, pkg: &Path, record: &Value) -> String {
-    let worker_id = record["worker_id"].as_str().unwrap().to_owned();
-    let species = record["worker_species_id"].as_str().unwrap();
-    sign_package(dir, pkg, &worker_id, species);
-    let mut enrolled = record.clone();
-    enrolled["attestation"] = json!({"package_root": pkg.display().to_string()});
     let reg = dir.join("registry");
     for e in std::fs::read_dir(&reg).unwrap() {
         std::fs::remove_file(e.unwrap().path()).unwrap();
     }
-    std::fs::write(reg.join(format!("{worker_id}.json")), enrolled.to_string()).unwrap();
-    worker_id
+    hall_support::sign_and_enroll(&package_key(dir), pkg, record, &reg)
+}
+
+/// Re-signs `pkg` (changed after enrollment) with `<dir>`'s package key.
+fn sign_package(dir: &Path, pkg: &Path, worker_id: &str, species: &str) {
+    hall_support::sign_package(&package_key(dir), pkg, worker_id, species);
 }
 
 fn signed_hello(dir: &Path) -> (PathBuf, String) {
     let pkg = dir.join("packages/hello");
     copy_dir(&repo("workers/hello"), &pkg);
-    let record: Value =
-        serde_json::from_str(&std::fs::read_to_string(pkg.join("record.json")).unwrap()).unwrap();
-    let worker_id = sign_and_enroll(dir, &pkg, &record);
+    let worker_id = sign_and_enroll(dir, &pkg, &read_record(&pkg.join("record.json")));
     (pkg, worker_id)
 }
 
@@ -1010,27 +957,6 @@ fn an_attested_worker_runs_in_the_envelope_and_every_step_is_receipted() {
     );
 }
 
-/// A native package: the `wcp-hello-native` binary as `code/bootstrap`, with hello's schema.
-fn native_package(dir: &Path) -> (PathBuf, Value) {
-    let pkg = dir.join("packages/hello-native");
-    std::fs::create_dir_all(pkg.join("code")).unwrap();
-    std::fs::copy(
-        env!("CARGO_BIN_EXE_wcp-hello-native"),
-        pkg.join("code/bootstrap"),
-    )
-    .unwrap();
-    std::fs::copy(
-        repo("workers/hello_native/config.schema.json"),
-        pkg.join("config.schema.json"),
-    )
-    .unwrap();
-    let record: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo("workers/hello_native/record.json")).unwrap(),
-    )
-    .unwrap();
-    (pkg, record)
-}
-
 #[test]
 fn a_native_worker_runs_from_its_store_copy_and_odd_entrypoints_are_refused() {
     let mut hall = TestHall::start("");
@@ -1041,7 +967,7 @@ fn a_native_worker_runs_from_its_store_copy_and_odd_entrypoints_are_refused() {
     let mut enrolled = None;
     restart_attested(&mut hall, |dir| {
         std::fs::write(dir.join("rules.json"), native_rules.to_string()).unwrap();
-        let (pkg, record) = native_package(dir);
+        let (pkg, record) = native_hello_package(dir);
         let worker_id = sign_and_enroll(dir, &pkg, &record);
         enrolled = Some((pkg, worker_id));
     });

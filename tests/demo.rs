@@ -13,12 +13,9 @@ use std::sync::Mutex;
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_wcp-hall");
+mod hall_support;
+use hall_support::{BIN, copy_dir, repo};
 static DEMO: Mutex<()> = Mutex::new(());
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
 
 fn wcp(args: &[&str]) -> Output {
     Command::new(BIN)
@@ -321,22 +318,6 @@ fn demo_runs_as_an_ordinary_user() {
     // Its read-only store copies were removed by their owner, who is not root.
     assert_eq!(one(&by, "cleanup")["removed"], true);
     assert!(!dir.exists());
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let name = e.file_name();
-        if name == "__pycache__" {
-            continue;
-        }
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(&name));
-        } else {
-            std::fs::copy(e.path(), to.join(&name)).unwrap();
-        }
-    }
 }
 
 #[test]

@@ -10,11 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_wcp-hall");
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
+mod hall_support;
+use hall_support::{BIN, copy_dir, package_key, read_record, repo};
 
 /// A virtual environment with the MCP Python SDK, created once under target/ and reused.
 /// Fails loudly (never skips) when it cannot be built, e.g. without access to PyPI.
@@ -61,22 +58,6 @@ fn mcp_python() -> PathBuf {
     python
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let name = e.file_name();
-        if name == "__pycache__" {
-            continue;
-        }
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(&name));
-        } else {
-            std::fs::copy(e.path(), to.join(&name)).unwrap();
-        }
-    }
-}
-
 /// Copies a bundled worker package, signs it with `key` and enrolls it (attestation.package_root).
 fn sign_and_enroll(dir: &Path, package: &str, key: &Path) {
     sign_and_enroll_as(dir, package, package, key, |_| {});
@@ -88,32 +69,8 @@ fn sign_and_enroll_as(dir: &Path, package: &str, name: &str, key: &Path, edit: i
     let pkg = dir.join("packages").join(name);
     copy_dir(&repo(&format!("workers/{package}")), &pkg);
     edit(&pkg);
-    let record: Value =
-        serde_json::from_str(&std::fs::read_to_string(pkg.join("record.json")).unwrap()).unwrap();
-    let worker_id = record["worker_id"].as_str().unwrap().to_owned();
-    let species = record["worker_species_id"].as_str().unwrap().to_owned();
-    let o = Command::new(BIN)
-        .args([
-            "attest",
-            "sign",
-            "--worker-id",
-            &worker_id,
-            "--species",
-            &species,
-        ])
-        .args(["--worker-version", "1.0.0", "--key"])
-        .arg(key)
-        .arg(&pkg)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let mut enrolled = record.clone();
-    enrolled["attestation"] = json!({"package_root": pkg.display().to_string()});
-    std::fs::write(
-        dir.join("registry").join(format!("{worker_id}.json")),
-        enrolled.to_string(),
-    )
-    .unwrap();
+    let record = read_record(&pkg.join("record.json"));
+    hall_support::sign_and_enroll(key, &pkg, &record, &dir.join("registry"));
 }
 
 struct Hall {
@@ -155,14 +112,7 @@ impl Hall {
             .unwrap()
             .write(&d.join("keys/receipts.key"))
             .unwrap();
-        let key = d.join("keys/package.key");
-        let o = Command::new(BIN).arg("keygen").arg(&key).output().unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let public = std::fs::read_to_string(key.with_extension("key.pub")).unwrap();
-        let public = public.split_whitespace().nth(1).unwrap().to_owned();
-        let trust = json!({"schema": "wcp-hall-trust/1", "version": 1,
-            "namespaces": {"org.wcp-hall": {"threshold": 1, "keys": [{"public_key": public}]}}});
-        std::fs::write(d.join("trust.json"), trust.to_string()).unwrap();
+        let key = package_key(d);
         sign_and_enroll(d, "hello", &key);
         sign_and_enroll(d, "doc_chunker", &key);
         // A signed package whose config.schema.json is broken: listed with a permissive schema.
