@@ -1205,7 +1205,12 @@ fn overload_answers_429_with_retry_after_and_health_stays_responsive() {
             })
         })
         .collect();
-    // Meanwhile health answers promptly: it never queues behind work.
+    // Meanwhile health answers promptly: it never queues behind work. The capability listing
+    // (a route per capability, possibly re-verifying packages) takes a slot like a dispatch, so
+    // while the slot is busy it is refused with 429 too.
+    let context = json!({"tenant_id": "acme-corp", "env": "dev", "data_label": "PUBLIC",
+                         "tenant_risk": "low", "qos_class": "P2"});
+    let mut listing = Vec::new();
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
         let t = Instant::now();
@@ -1214,8 +1219,20 @@ fn overload_answers_429_with_retry_after_and_health_stays_responsive() {
             t.elapsed() < Duration::from_secs(2),
             "health must not queue behind work"
         );
+        let (status, body) = hall.call(Method::POST, "/wcp/capabilities/routable", Some(&context));
+        listing.push((status, body["code"].clone()));
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert!(
+        listing.iter().all(|(s, _)| *s == 200 || *s == 429),
+        "{listing:?}"
+    );
+    assert!(
+        listing
+            .iter()
+            .any(|(s, code)| *s == 429 && code == "overloaded"),
+        "the listing waits its turn like a dispatch: {listing:?}"
+    );
     let statuses: Vec<(u16, Value)> = busy.into_iter().flat_map(|b| b.join().unwrap()).collect();
     assert!(
         statuses.iter().all(|(s, _)| *s == 200 || *s == 429),

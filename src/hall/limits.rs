@@ -4,7 +4,9 @@
 //! exhaust the host. A request takes a per-tenant slot, then a global slot; at most `max_queue`
 //! requests may wait for slots, each at most `queue_timeout`; beyond that the Hall answers
 //! `429 Too Many Requests` with `Retry-After` at once, so overload costs the Hall almost nothing.
-//! Health and version probes never pass through here, so they stay responsive under overload.
+//! Dispatches and capability listings (`POST /wcp/capabilities/routable`, a route per
+//! capability) pass through here; health and version probes never do, so they stay responsive
+//! under overload.
 //! The per-tenant key is the tenant only when the peer may act as it (otherwise the peer's uid),
 //! so a caller cannot grow the table by inventing tenant names.
 

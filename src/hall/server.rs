@@ -137,6 +137,13 @@ async fn routable_capabilities(
     let template = catalog::parse_context(&raw)?;
     let loaded = hall.current.get();
     catalog::check_tenant(&loaded, &peer, &template.tenant_id)?;
+    // A listing routes every capability (and may re-verify packages): it takes an execution
+    // slot like a dispatch, so a flood of listings meets the same bounded queue and 429.
+    let _permit = hall
+        .limits
+        .admit(&dispatch::admission_key(&loaded, &peer, &template.tenant_id))
+        .await
+        .map_err(|e| ApiError::overloaded(e.to_string()))?;
     let listing =
         tokio::task::spawn_blocking(move || catalog::routable(&hall, &loaded, &peer, &template))
             .await
