@@ -404,6 +404,55 @@ fn a_peer_may_only_act_as_the_tenants_its_uid_maps_to() {
 }
 
 #[test]
+fn the_capabilities_command_lists_what_the_tenant_may_route() {
+    // The socket is open to every uid; the tenant map is the gate.
+    let hall = TestHall::start("[server]\nsocket_mode = \"0666\"\n");
+    let text = |o: &Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let o = hall.cli(&["capabilities", "--tenant-id", "acme-corp"], None);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = text(&o);
+    assert!(
+        out.contains("cap.hello.greet  → wrk.hello.greeter (org.wcp-hall.hello.1), rule rr_hello_dev: allowed"),
+        "{out}"
+    );
+
+    // --json is the Hall's answer; at the edge no rule matches: listed as not routable, why.
+    let o = hall.cli(
+        &[
+            "--json",
+            "capabilities",
+            "--tenant-id",
+            "acme-corp",
+            "--env",
+            "edge",
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["capabilities"], json!([]), "{v}");
+    assert_eq!(
+        v["not_routable"][0]["capability_id"], "cap.hello.greet",
+        "{v}"
+    );
+    assert_eq!(
+        v["not_routable"][0]["deny_code"], "DENY_NO_MATCHING_RULE",
+        "{v}"
+    );
+
+    // nobody may act as mcp.my-app only: asking as acme-corp is refused, with the reason.
+    let o = hall.cli(&["capabilities", "--tenant-id", "acme-corp"], Some(NOBODY));
+    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("tenant_not_allowed"), "{}", text(&o));
+}
+
+#[test]
 fn the_socket_mode_keeps_other_uids_out() {
     let hall = TestHall::start("");
     let mode = std::fs::metadata(&hall.socket)

@@ -126,6 +126,105 @@ pub fn status(args: StatusArgs, out: &mut Out) -> Result<u8, CliError> {
     })
 }
 
+/// The route context of a request: everything but the capability and the payload.
+#[derive(Debug, clap::Args)]
+pub struct RouteContextArgs {
+    /// The environment: dev, stage, prod or edge.
+    #[arg(long, default_value = "dev")]
+    pub env: String,
+    /// The data label: PUBLIC, INTERNAL or RESTRICTED.
+    #[arg(long, default_value = "PUBLIC")]
+    pub data_label: String,
+    /// The tenant's risk: low, medium or high.
+    #[arg(long, default_value = "low")]
+    pub tenant_risk: String,
+    /// The quality-of-service class: P0 … P3.
+    #[arg(long, default_value = "P2")]
+    pub qos_class: String,
+    /// The tenant to act as (must be one the Hall maps to your uid or gid).
+    #[arg(long, env = "WCP_TENANT_ID")]
+    pub tenant_id: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CapabilitiesArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    #[command(flatten)]
+    pub context: RouteContextArgs,
+}
+
+/// `wcp-hall capabilities`: what the running Hall lets this uid route as a tenant, in a route
+/// context (`POST /wcp/capabilities/routable`): each capability with its worker and whether it
+/// needs a human, then what is not routable and why. Exit 0 when the Hall answered.
+pub fn capabilities(args: CapabilitiesArgs, out: &mut Out) -> Result<u8, CliError> {
+    let c = &args.context;
+    let body = json!({
+        "tenant_id": c.tenant_id.clone().unwrap_or_default(),
+        "env": c.env,
+        "data_label": c.data_label,
+        "tenant_risk": c.tenant_risk,
+        "qos_class": c.qos_class,
+    });
+    let answer = call(
+        &args.socket,
+        Method::POST,
+        "/wcp/capabilities/routable",
+        Some(&body),
+    )?;
+    if !answer.status.is_success() {
+        return Err(api_error(&answer));
+    }
+    let b = &answer.body;
+    if out.json {
+        out.json_line(b)?;
+        return Ok(exit::OK);
+    }
+    let text = |v: &Value| v.as_str().unwrap_or("?").to_owned();
+    let listed = b["capabilities"].as_array().cloned().unwrap_or_default();
+    out.line(format!(
+        "{} may route {} capabilit{} as {} in {} ({} data, {} risk, {}):",
+        args.socket.socket.display(),
+        listed.len(),
+        if listed.len() == 1 { "y" } else { "ies" },
+        text(&b["context"]["tenant_id"]),
+        text(&b["context"]["env"]),
+        text(&b["context"]["data_label"]),
+        text(&b["context"]["tenant_risk"]),
+        text(&b["context"]["qos_class"]),
+    ))?;
+    for cap in &listed {
+        let how = match cap["routing"].as_str() {
+            Some("requires_human") => format!(
+                "needs a human ({}: {})",
+                text(&cap["supervisor_level"]),
+                text(&cap["approval_reason"])
+            ),
+            other => other.unwrap_or("?").to_owned(),
+        };
+        out.line(format!(
+            "  {}  → {} ({}), rule {}: {how}",
+            text(&cap["capability_id"]),
+            text(&cap["worker_species_id"]),
+            text(&cap["worker_id"]),
+            text(&cap["matched_rule_id"]),
+        ))?;
+    }
+    let refused = b["not_routable"].as_array().cloned().unwrap_or_default();
+    if !refused.is_empty() {
+        out.line("not routable in this context:")?;
+        for cap in &refused {
+            out.line(format!(
+                "  {}  {}: {}",
+                text(&cap["capability_id"]),
+                text(&cap["deny_code"]),
+                text(&cap["deny_message"]),
+            ))?;
+        }
+    }
+    Ok(exit::OK)
+}
+
 #[derive(Debug, clap::Args)]
 pub struct DispatchArgs {
     #[command(flatten)]
@@ -139,17 +238,8 @@ pub struct DispatchArgs {
     /// A complete RouteInput JSON file (instead of --capability and the flags below).
     #[arg(long, conflicts_with = "capability")]
     pub route_input: Option<PathBuf>,
-    #[arg(long, default_value = "dev")]
-    pub env: String,
-    #[arg(long, default_value = "PUBLIC")]
-    pub data_label: String,
-    #[arg(long, default_value = "low")]
-    pub tenant_risk: String,
-    #[arg(long, default_value = "P2")]
-    pub qos_class: String,
-    /// The tenant to act as (must be one the Hall maps to your uid or gid).
-    #[arg(long, env = "WCP_TENANT_ID")]
-    pub tenant_id: Option<String>,
+    #[command(flatten)]
+    pub context: RouteContextArgs,
     /// Correlation id (default: a fresh UUIDv4).
     #[arg(long)]
     pub correlation_id: Option<String>,
@@ -201,13 +291,14 @@ pub fn dispatch(args: DispatchArgs, out: &mut Out) -> Result<u8, CliError> {
                     "give --capability cap.… (or --route-input FILE)",
                 )
             })?;
+            let c = &args.context;
             json!({
                 "capability_id": capability,
-                "env": args.env,
-                "data_label": args.data_label,
-                "tenant_risk": args.tenant_risk,
-                "qos_class": args.qos_class,
-                "tenant_id": args.tenant_id.clone().unwrap_or_default(),
+                "env": c.env,
+                "data_label": c.data_label,
+                "tenant_risk": c.tenant_risk,
+                "qos_class": c.qos_class,
+                "tenant_id": c.tenant_id.clone().unwrap_or_default(),
                 "correlation_id": args.correlation_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
                 "request": payload(&args.input)?,
                 "dry_run": args.dry_run,

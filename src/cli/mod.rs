@@ -109,6 +109,9 @@ pub enum Command {
     Status(daemon::StatusArgs),
     /// Route and run one request on a running Hall; prints the result and the receipt.
     Dispatch(daemon::DispatchArgs),
+    /// What a running Hall lets you route as a tenant in a route context: each capability, its
+    /// worker, whether it needs a human approval, and what is not routable and why.
+    Capabilities(daemon::CapabilitiesArgs),
     /// Human approvals on a running Hall (WCP §5.8): list, show, approve, deny, escalate.
     #[command(subcommand)]
     Approvals(daemon::ApprovalsCommand),
@@ -269,6 +272,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Serve(args) => daemon::serve(args),
         Command::Status(args) => daemon::status(args, &mut out),
         Command::Dispatch(args) => daemon::dispatch(args, &mut out),
+        Command::Capabilities(args) => daemon::capabilities(args, &mut out),
         Command::Approvals(cmd) => daemon::approvals(cmd, &mut out),
         Command::Reload(args) => daemon::reload(args, &mut out),
         Command::Config(cmd) => status::run(cmd, &mut out),

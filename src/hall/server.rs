@@ -141,7 +141,11 @@ async fn routable_capabilities(
     // slot like a dispatch, so a flood of listings meets the same bounded queue and 429.
     let _permit = hall
         .limits
-        .admit(&dispatch::admission_key(&loaded, &peer, &template.tenant_id))
+        .admit(&dispatch::admission_key(
+            &loaded,
+            &peer,
+            &template.tenant_id,
+        ))
         .await
         .map_err(|e| ApiError::overloaded(e.to_string()))?;
     let listing =
