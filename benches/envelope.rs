@@ -7,6 +7,9 @@
 //! (created, killed, removed), the sealed stdin memfd and pipes, the hand-off to the spawner
 //! thread, `clone3` of init with the namespaces, the staged apply, the worker's fork and exec,
 //! the `/proc` observation, supervision until both processes are gone, and the report.
+//! A last table starts full envelopes (and plain spawns) from 1, 2, 4 and 8 threads at once for
+//! 2 s each: runs per second, the ceiling for a Hall executing workers on this machine
+//! (`cargo bench --bench envelope -- throughput` runs only that table).
 //! Results and their interpretation live in BENCHMARKS.md.
 
 use std::path::PathBuf;
@@ -234,6 +237,54 @@ fn main() {
                 .map(|p| format!(" (plain spawn {p:.3} ms, overhead {:.3} ms)", full - p))
                 .unwrap_or_default()
         );
+    }
+    // Throughput: full envelopes (runs dir on tmpfs) started from several threads at once,
+    // against plain spawns from as many threads: the ceiling a Hall executing workers meets on
+    // this machine before it does any work of its own (BENCHMARKS.md, "Daemon").
+    if filter.as_deref().is_none_or(|f| f == "throughput") {
+        let full_req = req(full);
+        let mut no_net = full;
+        no_net.network_isolation = Minimum::Off;
+        let no_net_req = req(no_net);
+        println!();
+        println!(
+            "| threads | plain spawns/s | full envelopes/s | full without network namespace/s |"
+        );
+        println!("|---|---|---|---|");
+        for threads in [1usize, 2, 4, 8] {
+            let rate = |one: &(dyn Fn() + Sync)| {
+                let window = Duration::from_secs(2);
+                let started = Instant::now();
+                let done: usize = std::thread::scope(|s| {
+                    let workers: Vec<_> = (0..threads)
+                        .map(|_| {
+                            s.spawn(|| {
+                                let mut n = 0usize;
+                                while started.elapsed() < window {
+                                    one();
+                                    n += 1;
+                                }
+                                n
+                            })
+                        })
+                        .collect();
+                    workers.into_iter().map(|w| w.join().expect("thread")).sum()
+                });
+                done as f64 / started.elapsed().as_secs_f64()
+            };
+            let plain = rate(&|| {
+                assert!(Command::new("/bin/true").status().expect("spawn").success());
+            });
+            let enveloped = rate(&|| {
+                let out = lvl.run(&full_req).expect("envelope run");
+                assert!(out.success());
+            });
+            let without_net = rate(&|| {
+                let out = lvl.run(&no_net_req).expect("envelope run");
+                assert!(out.success());
+            });
+            println!("| {threads} | {plain:.0} | {enveloped:.0} | {without_net:.0} |");
+        }
     }
     if let Some(cg) = cg {
         let _ = std::fs::remove_dir(cg);
