@@ -93,6 +93,11 @@ pub struct EnvelopeSection {
     pub kill_grace_ms: u64,
     /// How long output is still read after the worker's tree is gone.
     pub drain_timeout_ms: u64,
+    /// The Python interpreter Python workers (`code/bootstrap.py`) run with: an absolute path,
+    /// resolved through symlinks (default: the first of `/usr/bin/python3.11`,
+    /// `/usr/bin/python3` that exists). The Hall probes it at start and at every reload, as the
+    /// worker uid, and grants workers what it needs (see `envelope::python`).
+    pub python: Option<PathBuf>,
 }
 
 impl Default for EnvelopeSection {
@@ -104,6 +109,7 @@ impl Default for EnvelopeSection {
             worker_user: "nobody".into(),
             kill_grace_ms: 500,
             drain_timeout_ms: 2_000,
+            python: None,
         }
     }
 }
@@ -420,6 +426,14 @@ impl Config {
                 "[profiles] selects profiles but [paths] profiles_dir is not set; point it at the directory of prof.*.toml files".into(),
             ));
         }
+        if let Some(p) = &self.envelope.python
+            && !p.is_absolute()
+        {
+            return Err(invalid(format!(
+                "[envelope] python {:?} must be an absolute path (e.g. \"/usr/bin/python3.11\")",
+                p.display().to_string()
+            )));
+        }
         if let Some(t) = self
             .hall
             .allowed_tenants
@@ -543,6 +557,27 @@ mod tests {
             .to_string();
         assert!(err.contains("[attestation] trust_policy"), "{err}");
         assert!(parse("[hall]\nrequire_worker_attestation = true\n[attestation]\ntrust_policy = \"trust.json\"\n").is_ok());
+    }
+
+    #[test]
+    fn envelope_python_is_an_absolute_path() {
+        assert_eq!(parse("").unwrap().envelope.python, None);
+        let c = parse("[envelope]\npython = \"/opt/py/bin/python3.12\"\n").unwrap();
+        assert_eq!(
+            c.envelope.python,
+            Some(PathBuf::from("/opt/py/bin/python3.12"))
+        );
+        let err = parse("[envelope]\npython = \"python3\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[envelope] python") && err.contains("absolute"),
+            "{err}"
+        );
+        let err = parse("[envelope]\npyhton = \"/usr/bin/python3\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pyhton") && err.contains("line 2"), "{err}");
     }
 
     #[test]

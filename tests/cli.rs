@@ -479,6 +479,23 @@ fn config_show_and_check_describe_the_configured_hall() {
     assert_eq!(v["rules"]["count"], 19);
     assert_eq!(v["registry"]["summary"]["enrolled_workers"], 7);
     assert_eq!(v["controls_scope"], "per_worker");
+    // The Python runtime workers would get, probed: the interpreter and what it grants.
+    let python = &v["python"];
+    assert!(python["version"].as_str().unwrap().starts_with("3."), "{v}");
+    let interpreter = python["interpreter"].as_str().unwrap();
+    assert!(
+        python["paths"]["execute"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from(interpreter)),
+        "{python}"
+    );
+    let human = run(&["config", "show", "-c", cfg.to_str().unwrap()], None);
+    assert!(
+        stdout(&human).contains("python:    cpython 3."),
+        "{}",
+        stdout(&human)
+    );
 
     let dir = policies_copy();
     std::fs::write(dir.path().join("registry/broken.json"), "{").unwrap();

@@ -947,6 +947,26 @@ fn an_attested_worker_runs_in_the_envelope_and_every_step_is_receipted() {
     assert_eq!(out["execution"]["worker_id"], worker_id.as_str());
     let report = &out["execution"]["summary"]["envelope"];
     assert!(report.is_object(), "the envelope report comes back: {out}");
+    // The worker ran under the Python runtime the Hall probed at start, and the report says so.
+    let (_, health) = hall.call(Method::GET, "/wcp/health", None);
+    let python = &health["python"];
+    assert!(
+        python["runtime"]
+            .as_str()
+            .unwrap()
+            .starts_with("cpython 3."),
+        "{health}"
+    );
+    assert_eq!(
+        report["bootstrap"]["runtime"], python["runtime"],
+        "{report}"
+    );
+    assert_eq!(report["bootstrap"]["program"], python["interpreter"]);
+    let rules = report["landlock"]["fs_rules"].as_array().unwrap();
+    assert!(
+        rules.contains(&json!({"path": python["interpreter"], "access": "read_execute"})),
+        "{rules:?}"
+    );
     assert!(
         out["execution"]["package"]["store_path"]
             .as_str()
@@ -1004,6 +1024,73 @@ fn an_attested_worker_runs_in_the_envelope_and_every_step_is_receipted() {
         v["passed"].as_u64().unwrap() >= 4,
         "intent, outcome and two denials: {v}"
     );
+}
+
+#[test]
+fn the_python_runtime_is_configured_resolved_probed_and_kept_on_a_bad_reload() {
+    // /usr/bin/python3 is a symlink on Debian: the Hall resolves it, probes the real binary and
+    // grants Landlock rules on that file.
+    let real = std::fs::canonicalize("/usr/bin/python3").expect("/usr/bin/python3 exists");
+    let mut hall = TestHall::start("[envelope]\npython = \"/usr/bin/python3\"\n");
+    restart_attested(&mut hall, |dir| {
+        signed_hello(dir);
+    });
+    let (_, health) = hall.call(Method::GET, "/wcp/health", None);
+    assert_eq!(health["python"]["interpreter"], json!(real), "{health}");
+    let dispatch = |hall: &TestHall| {
+        let (s, out) = hall.call(
+            Method::POST,
+            "/wcp/dispatch",
+            Some(&input("cap.hello.greet", "acme-corp")),
+        );
+        assert_eq!(s, 200, "{out}; {}", hall.log());
+        assert_eq!(out["status"], "completed", "{out}");
+        out["execution"]["summary"]["envelope"]["bootstrap"].clone()
+    };
+    let bootstrap = dispatch(&hall);
+    assert_eq!(bootstrap["program"], json!(real), "{bootstrap}");
+    assert_eq!(bootstrap["runtime"], health["python"]["runtime"]);
+
+    // A reload naming an interpreter that does not exist is refused with the reason; the
+    // previous configuration and runtime stay, and workers still run.
+    let good = std::fs::read_to_string(hall.config_path()).unwrap();
+    let bad = good.replace("\"/usr/bin/python3\"", "\"/nonexistent/python3\"");
+    assert_ne!(good, bad);
+    std::fs::write(hall.config_path(), &bad).unwrap();
+    let (s, err) = hall.call(Method::POST, "/wcp/reload", None);
+    assert_eq!(s, 422, "{err}");
+    let message = err["message"].as_str().unwrap();
+    assert!(
+        message.contains("[envelope] python") && message.contains("/nonexistent/python3"),
+        "{err}"
+    );
+    let (_, after) = hall.call(Method::GET, "/wcp/health", None);
+    assert_eq!(after["generation"], health["generation"]);
+    assert_eq!(after["python"], health["python"]);
+    assert_eq!(dispatch(&hall)["program"], json!(real));
+
+    // The same configuration refuses to start: exit 78 (EX_CONFIG), naming the setting.
+    let o = Command::new(BIN)
+        .args(["serve", "-c"])
+        .arg(hall.config_path())
+        .arg("-s")
+        .arg(hall.dir.path().join("other.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("[envelope] python") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+    // So does `config check`, the same way.
+    let o = Command::new(BIN)
+        .args(["config", "check", "-c"])
+        .arg(hall.config_path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("[envelope] python"));
 }
 
 #[test]

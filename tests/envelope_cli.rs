@@ -116,6 +116,67 @@ fn run_prints_the_outcome_and_report() {
 }
 
 #[test]
+fn the_interpreter_is_probed_resolved_and_refused_clearly() {
+    let fx = fixture();
+    let pkg = fx.package("hello", "print('{}')\n");
+    let pkg_s = pkg.display().to_string();
+    let ha = host_args(&fx);
+    let run = |interpreter: &str, json: bool| {
+        let mut args = if json { vec!["--json"] } else { vec![] };
+        args.extend([
+            "envelope",
+            "run",
+            pkg_s.as_str(),
+            "--interpreter",
+            interpreter,
+        ]);
+        args.extend(ha.iter().map(String::as_str));
+        hall(&args).output().unwrap()
+    };
+    // A symlink is resolved: the real binary runs and is the one Landlock rule that executes.
+    let real = fs::canonicalize("/usr/bin/python3").unwrap();
+    let o = run("/usr/bin/python3", true);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let report = &json_of(&o)["outcome"]["envelope"];
+    assert_eq!(report["bootstrap"]["program"], real.display().to_string());
+    let runtime = report["bootstrap"]["runtime"].as_str().unwrap();
+    assert!(runtime.starts_with("cpython 3."), "{report}");
+    let rules = report["landlock"]["fs_rules"].as_array().unwrap();
+    assert!(
+        rules
+            .iter()
+            .any(|r| r["path"] == report["bootstrap"]["program"] && r["access"] == "read_execute")
+    );
+    let text = String::from_utf8_lossy(&run("/usr/bin/python3", false).stdout).into_owned();
+    assert!(text.contains(&format!("runtime {runtime}")), "{text}");
+
+    // Unusable interpreters: exit 78 before anything runs, naming the flag and the reason.
+    let shim = fx.root.path().join("python3-shim");
+    fs::write(&shim, "#!/bin/sh\nexec /usr/bin/python3 \"$@\"\n").unwrap();
+    fs::set_permissions(&shim, fs::Permissions::from_mode(0o755)).unwrap();
+    let shim = shim.display().to_string();
+    for (interpreter, reason) in [
+        ("/nonexistent/python3", "does not exist"),
+        ("/bin/sh", "probe failed"),
+        (shim.as_str(), "not an ELF executable"),
+        ("python3", "absolute"),
+    ] {
+        let o = run(interpreter, false);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(78), "{interpreter}: {err}");
+        assert!(
+            err.contains("--interpreter") && err.contains(reason),
+            "{interpreter}: {err}"
+        );
+    }
+}
+
+#[test]
 fn the_halls_own_environment_never_reaches_the_worker() {
     let fx = fixture();
     let pkg = fx.hostile("env_secrets");

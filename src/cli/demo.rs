@@ -1001,61 +1001,22 @@ fn locate_sources(args: &DemoArgs) -> Result<(PathBuf, PathBuf), CliError> {
     Ok((workers, policies))
 }
 
-/// The Python runtime the Hall runs workers with (its interpreter and the read-only paths the
-/// envelope grants), checked before anything starts: a missing path would refuse every run.
+/// The Python runtime the Hall will run workers with, probed exactly as `serve` probes it (the
+/// demo's `hall.toml` leaves `[envelope] python` at its default; as the worker uid when root),
+/// checked before anything starts: without it every run would be refused.
 fn preflight_python() -> Step<(PathBuf, String)> {
-    let crate::envelope::Bootstrap::Python { interpreter } = crate::envelope::Bootstrap::python3()
-    else {
-        return Err(failed(
-            "preflight",
-            "the Hall's bootstrap is not a Python interpreter",
-        ));
-    };
-    let runtime = crate::envelope::RuntimePaths::debian_python3();
-    let missing: Vec<String> = runtime
-        .execute
-        .iter()
-        .chain(&runtime.read)
-        .filter(|p| !p.exists())
-        .map(|p| p.display().to_string())
-        .collect();
-    if !missing.is_empty() {
-        return Err(failed(
-            "preflight",
-            format!(
-                "the Hall runs Python workers with {} and grants them Debian 12's Python 3.11 runtime paths; missing here: {}",
-                interpreter.display(),
-                missing.join(", ")
-            ),
-        )
-        .hint("install Python 3.11 (Debian 12 / Ubuntu: apt-get install python3.11)"));
-    }
-    let out = Command::new(&interpreter)
-        .args([
-            "-I",
-            "-c",
-            "import sys; print('%d.%d.%d' % sys.version_info[:3])",
-        ])
-        .env_clear()
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
+    let section = crate::config::EnvelopeSection::default();
+    let worker = crate::hall::lifecycle::worker_identity(&section.worker_user)
+        .map_err(|e| failed("preflight", e.message))?;
+    let python = crate::envelope::PythonRuntime::probe(section.python.as_deref(), Some(worker))
         .map_err(|e| {
             failed(
                 "preflight",
-                format!("cannot run {}: {e}", interpreter.display()),
+                format!("the Hall runs Python workers with [envelope] python: {e}"),
             )
+            .hint("install Python 3.8 or later as /usr/bin/python3 (Debian 12 / Ubuntu: apt-get install python3)")
         })?;
-    if !out.status.success() {
-        return Err(failed(
-            "preflight",
-            format!("{} does not run ({})", interpreter.display(), out.status),
-        ));
-    }
-    Ok((
-        interpreter,
-        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-    ))
+    Ok((python.interpreter.clone(), python.version.clone()))
 }
 
 fn hall_toml(uid: u32) -> String {

@@ -9,7 +9,7 @@ use serde_json::json;
 use super::{CliError, Out, exit, read_input};
 use crate::envelope::{
     Bootstrap, Effective, Envelope, EnvelopeError, EnvelopeReport, HostConfig, Identity, Minimum,
-    Minimums, Probe, RunOutcome, RunRequest, RuntimePaths,
+    Minimums, Probe, PythonRuntime, RunOutcome, RunRequest, RuntimePaths,
 };
 use crate::registry::{NetworkEgress, PrivilegeEnvelope, RegistryRecord};
 
@@ -22,7 +22,7 @@ pub enum EnvelopeCommand {
     ///
     /// Exit 0 when the worker exits 0; 1 when it fails, times out, or the run is refused (a
     /// required protection is unavailable, a stage failed); 65 for an invalid request; 66 for a
-    /// missing request file; 78 for an unusable secret.
+    /// missing request file; 78 for an unusable secret or Python interpreter.
     Run(Box<RunArgs>),
 }
 
@@ -98,9 +98,10 @@ pub struct RunArgs {
     /// The package digest to record in the report (e.g. sha256:…).
     #[arg(long)]
     pub digest: Option<String>,
-    /// Python interpreter for code/bootstrap.py.
-    #[arg(long, default_value = "/usr/bin/python3.11")]
-    pub interpreter: PathBuf,
+    /// Python interpreter for code/bootstrap.py (absolute; probed as the worker uid, as the
+    /// Hall does with `[envelope] python`) [default: /usr/bin/python3.11, else /usr/bin/python3].
+    #[arg(long)]
+    pub interpreter: Option<PathBuf>,
     /// Run this native program instead of the Python bootstrap (arguments after --).
     #[arg(long)]
     pub native: Option<PathBuf>,
@@ -342,12 +343,25 @@ fn run_package(args: RunArgs, out: &mut Out) -> Result<u8, CliError> {
             },
             RuntimePaths::native(),
         ),
-        None => (
-            Bootstrap::Python {
-                interpreter: args.interpreter.clone(),
-            },
-            RuntimePaths::debian_python3(),
-        ),
+        None => {
+            // Probed as the uid the worker will run as (what the Hall does at start).
+            let run_as = args
+                .uid
+                .zip(args.gid)
+                .map(|(uid, gid)| Identity { uid, gid })
+                .unwrap_or(host.worker_identity);
+            let python =
+                PythonRuntime::probe(args.interpreter.as_deref(), Some(run_as)).map_err(|e| {
+                    let flag = if args.interpreter.is_some() {
+                        "--interpreter"
+                    } else {
+                        "the default interpreter"
+                    };
+                    CliError::new(exit::CONFIG, "python_unusable", format!("{flag}: {e}"))
+                        .hint("pass --interpreter with an absolute path to a Python 3.8+ binary")
+                })?;
+            (python.bootstrap(), python.paths)
+        }
     };
     runtime.read.extend(args.runtime_read.iter().cloned());
     let req = RunRequest {
@@ -462,6 +476,9 @@ fn print_report(out: &mut Out, r: &EnvelopeReport) -> Result<(), CliError> {
         )
     };
     out.line(format!("--- envelope (run {})", r.run_id))?;
+    if let Some(runtime) = &r.bootstrap.runtime {
+        out.line(format!("  runtime {runtime} ({})", r.bootstrap.program))?;
+    }
     out.line(format!(
         "  {:<18}{:<13}{:<14}detail",
         "feature", "requested", "effective"

@@ -358,8 +358,11 @@ log_dir = "receipts"
 signing_key = "keys/receipts.key"
 
 [envelope]
-# Per-dispatch work directories and workers' persistent writable directories default to
-# work/ and data/ here; tmpfs (e.g. work_dir = "/run/wcp-hall/work") is fastest.
+# Per-run directories and workers' persistent writable directories default to runs/ (or
+# $RUNTIME_DIRECTORY/runs) and data/ here; tmpfs (e.g. runs_dir = "/run/wcp-hall/runs") is
+# fastest. Python workers run with the first of /usr/bin/python3.11, /usr/bin/python3 unless
+# python names another interpreter (absolute path; `wcp-hall config show` shows what it grants):
+# python = "/usr/bin/python3.11"
 "#
     )
 }
@@ -526,10 +529,18 @@ pub fn run(args: InitArgs, out: &mut Out) -> Result<u8, CliError> {
         "configuration",
     )?;
     // The directory must be usable as it stands: load everything the Hall would.
-    let loaded = crate::hall::state::Loaded::load(&config, 1).map_err(|e| {
-        CliError::new(exit::CONFIG, "config_invalid", e.to_string())
+    let invalid = |e: String| {
+        CliError::new(exit::CONFIG, "config_invalid", e)
             .hint("init never rewrites hall.toml: fix it (or move it aside and run init again)")
-    })?;
+    };
+    let mut loaded =
+        crate::hall::state::Loaded::load(&config, 1).map_err(|e| invalid(e.to_string()))?;
+    // Including the Python runtime, probed as the worker uid as `serve` will.
+    let worker = crate::hall::lifecycle::worker_identity(&loaded.config.envelope.worker_user)
+        .map_err(|e| invalid(e.message))?;
+    loaded
+        .probe_python(Some(worker))
+        .map_err(|e| invalid(e.to_string()))?;
 
     let created: Vec<&Item> = report
         .items

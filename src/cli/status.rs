@@ -8,9 +8,11 @@ use crate::hall::state::{LoadError, Loaded};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ConfigCommand {
-    /// Show the floors, the rule set (and its shadows) and the registry the configuration names.
+    /// Show the floors, the rule set (and its shadows), the registry the configuration names and
+    /// the Python runtime workers get (`[envelope] python`, probed).
     Show(ConfigArgs),
-    /// Load everything the configuration names, as `serve` would; exit 0 or 78.
+    /// Load everything the configuration names and probe `[envelope] python`, as `serve` would;
+    /// exit 0 or 78.
     Check(ConfigArgs),
 }
 
@@ -44,7 +46,16 @@ pub fn run(cmd: ConfigCommand, out: &mut Out) -> Result<u8, CliError> {
         ConfigCommand::Check(a) => (a, true),
     };
     let config = load_config(&args.config.config)?;
-    let hall = load_hall(&config)?;
+    let mut hall = load_hall(&config)?;
+    // As `serve` does: probed as the worker uid (when root).
+    let invalid = |m: String| CliError::new(exit::CONFIG, "config_invalid", m);
+    let worker = crate::hall::lifecycle::worker_identity(&config.envelope.worker_user)
+        .map_err(|e| invalid(e.message))?;
+    hall.probe_python(Some(worker)).map_err(|e| {
+        invalid(e.to_string()).hint(
+            "set [envelope] python in hall.toml to an absolute path of a Python 3.8+ interpreter the worker user can run",
+        )
+    })?;
     if check {
         if out.json {
             out.json_line(&json!({"config": args.config.config, "ok": true}))?;
@@ -62,6 +73,7 @@ pub fn run(cmd: ConfigCommand, out: &mut Out) -> Result<u8, CliError> {
             "controls_scope": config.routing.controls_scope,
             "rules": {"path": config.paths.rules, "count": hall.rules.rules().len(), "shadows": shadows},
             "registry": {"path": config.paths.registry_dir, "summary": summary},
+            "python": hall.python,
         }))?;
         return Ok(exit::OK);
     }
@@ -105,6 +117,38 @@ pub fn run(cmd: ConfigCommand, out: &mut Out) -> Result<u8, CliError> {
     ))?;
     for (cap, species) in &summary.capabilities_mapped {
         out.line(format!("           {cap} -> {}", species.join(", ")))?;
+    }
+    let list = |paths: &[std::path::PathBuf]| {
+        paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match &hall.python {
+        Some(p) => {
+            out.line(format!(
+                "python:    {} at {} ({})",
+                p.describe(),
+                p.interpreter.display(),
+                match &config.envelope.python {
+                    Some(c) => format!("[envelope] python = {:?}", c.display().to_string()),
+                    None => format!(
+                        "the default; [envelope] python is not set, {} was found",
+                        p.requested.display()
+                    ),
+                }
+            ))?;
+            out.line(format!("           execute: {}", list(&p.paths.execute)))?;
+            out.line(format!("           read:    {}", list(&p.paths.read)))?;
+            for note in &p.notes {
+                out.line(format!("           note: {note}"))?;
+            }
+        }
+        None => out.line(format!(
+            "python:    none ({} do not exist; set [envelope] python): Python packages are refused",
+            crate::envelope::python::DEFAULT_CANDIDATES.join(", ")
+        ))?,
     }
     Ok(exit::OK)
 }

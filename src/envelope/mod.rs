@@ -34,6 +34,7 @@ mod netns;
 pub mod plan;
 mod prepare;
 pub mod probe;
+pub mod python;
 mod rawsys;
 pub mod report;
 pub mod seccomp;
@@ -52,6 +53,7 @@ pub use error::{EnvelopeError, Feature};
 pub use plan::{Plan, PlanContext};
 pub use prepare::read_secret;
 pub use probe::{LANDLOCK_ABI_REQUESTED, Probe};
+pub use python::{PythonError, PythonRuntime};
 pub use report::{Effective, EnvelopeReport, REPORT_SCHEMA};
 pub use types::{
     Bootstrap, HostConfig, Identity, Limits, Minimum, Minimums, RunRequest, RuntimePaths,

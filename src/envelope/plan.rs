@@ -396,8 +396,11 @@ pub fn plan(
     let mut degraded = Degraded(Vec::new());
 
     // ---- bootstrap ----------------------------------------------------------------------
-    let (program, argv) = match &req.bootstrap {
-        Bootstrap::Python { interpreter } => {
+    let (program, argv, runtime_label) = match &req.bootstrap {
+        Bootstrap::Python {
+            interpreter,
+            runtime,
+        } => {
             check_abs("bootstrap.interpreter", interpreter)?;
             let script = req.package_dir.join("code").join("bootstrap.py");
             (
@@ -411,6 +414,7 @@ pub fn plan(
                     format!("pycache_prefix={}", s(&pycache_dir)),
                     s(&script),
                 ],
+                Some(runtime.clone()),
             )
         }
         Bootstrap::Native { program, args } => {
@@ -425,7 +429,7 @@ pub fn plan(
             }
             let mut argv = vec![s(program)];
             argv.extend(args.iter().cloned());
-            (program.clone(), argv)
+            (program.clone(), argv, None)
         }
     };
 
@@ -1119,6 +1123,7 @@ pub fn plan(
             program: s(&program),
             argv: argv.clone(),
             cwd: s(&work_dir),
+            runtime: runtime_label,
         },
         minimums: m,
         landlock: ll_report,

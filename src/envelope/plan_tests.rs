@@ -86,6 +86,7 @@ fn req() -> RunRequest {
         envelope(&[], NetworkEgress::None),
         b"{}".to_vec(),
         "0190a5b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b",
+        &crate::envelope::python::debian_fixture(),
     )
 }
 
@@ -428,7 +429,7 @@ fn environment_is_an_explicit_allowlist_with_trace_context() {
 
 #[test]
 fn python_bootstrap_isolates_env_and_pycache() {
-    let (plan, _) = run(&req(), &full_probe()).unwrap();
+    let (plan, report) = run(&req(), &full_probe()).unwrap();
     assert_eq!(
         plan.argv,
         vec![
@@ -445,6 +446,31 @@ fn python_bootstrap_isolates_env_and_pycache() {
         plan.work_dir,
         PathBuf::from("/var/lib/wcp-hall/runs/run-1/work")
     );
+    // The report names the probed runtime; the interpreter and its loader are the only
+    // executables, and every derived read path is a rule.
+    assert_eq!(report.bootstrap.runtime.as_deref(), Some("cpython 3.11.2"));
+    let rules = plan.landlock.unwrap().fs_rules;
+    let exec: Vec<_> = rules
+        .iter()
+        .filter(|r| r.access == FsAccess::ReadExecute)
+        .map(|r| r.path.display().to_string())
+        .collect();
+    assert_eq!(
+        exec,
+        vec![
+            "/usr/bin/python3.11",
+            "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+        ]
+    );
+    for p in &crate::envelope::python::debian_fixture().paths.read {
+        assert!(
+            rules
+                .iter()
+                .any(|r| &r.path == p && r.access == FsAccess::Read),
+            "{}",
+            p.display()
+        );
+    }
 }
 
 #[test]
@@ -501,8 +527,9 @@ fn native_bootstrap_gets_execute_on_its_program_only() {
         args: vec!["--x".into()],
     };
     r.runtime = RuntimePaths::native();
-    let (plan, _) = run(&r, &full_probe()).unwrap();
+    let (plan, report) = run(&r, &full_probe()).unwrap();
     assert_eq!(plan.argv, vec!["/bin/true", "--x"]);
+    assert_eq!(report.bootstrap.runtime, None);
     let rules = plan.landlock.unwrap().fs_rules;
     let exec: Vec<_> = rules
         .iter()

@@ -51,6 +51,9 @@ pub struct BootstrapReport {
     pub program: String,
     pub argv: Vec<String>,
     pub cwd: String,
+    /// The interpreter's implementation and version as probed (`cpython 3.11.2`); `null` for a
+    /// native program.
+    pub runtime: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

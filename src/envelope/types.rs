@@ -202,54 +202,28 @@ pub enum Bootstrap {
     /// site). `-E` also makes Python ignore `PYTHONPYCACHEPREFIX`, so the pycache prefix is set
     /// with `-X`: a planted `__pycache__/*.pyc` next to the attested source is then never read.
     Python {
-        /// The interpreter, e.g. Debian's `/usr/bin/python3.11` (readable by any uid; a pyenv
-        /// build under `/root` is not).
+        /// The interpreter, resolved to the real binary (`[envelope] python`, probed by
+        /// [`super::python::PythonRuntime::probe`]; it must be executable by the worker uid: a
+        /// pyenv build under `/root` is not).
         interpreter: PathBuf,
+        /// What the probe found it to be (`cpython 3.11.2`), reported as `bootstrap.runtime`.
+        runtime: String,
     },
     /// A native program and its arguments (tools, benchmarks). The program gets read+execute.
     Native { program: PathBuf, args: Vec<String> },
 }
 
-impl Bootstrap {
-    /// Debian's Python 3.11.
-    pub fn python3() -> Self {
-        Bootstrap::Python {
-            interpreter: PathBuf::from("/usr/bin/python3.11"),
-        }
-    }
-}
-
-/// Read-only runtime paths the profile names (interpreter libraries, certificates, locale):
+/// Read-only runtime paths a bootstrap needs (interpreter libraries, certificates, locale):
 /// `read` gets read access, `execute` additionally execute (the interpreter, the dynamic loader).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// For Python they are derived from a probe of the interpreter
+/// ([`super::python::PythonRuntime`]), never assumed from a distribution's layout.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct RuntimePaths {
     pub read: Vec<PathBuf>,
     pub execute: Vec<PathBuf>,
 }
 
 impl RuntimePaths {
-    /// What Debian 12's Python 3.11 opens at start-up, plus certificates and time zones (from an
-    /// strace of `python3.11 -E -s -B` with `LANG=C.UTF-8`). Host site-packages are deliberately
-    /// absent: a worker brings its dependencies in its package, and `site` skips unreadable
-    /// directories silently.
-    pub fn debian_python3() -> Self {
-        let p = |s: &str| PathBuf::from(s);
-        RuntimePaths {
-            execute: vec![p("/usr/bin/python3.11"), p("/lib64/ld-linux-x86-64.so.2")],
-            read: vec![
-                p("/usr/lib/python3.11"),
-                p("/etc/python3.11"),
-                p("/usr/lib/x86_64-linux-gnu"),
-                p("/etc/ld.so.cache"),
-                p("/usr/lib/locale"),
-                p("/usr/share/zoneinfo"),
-                p("/etc/localtime"),
-                p("/etc/ssl"),
-                p("/usr/share/ca-certificates"),
-            ],
-        }
-    }
-
     /// What a dynamically linked native program needs: the loader and the libraries.
     pub fn native() -> Self {
         let p = |s: &str| PathBuf::from(s);
@@ -305,12 +279,14 @@ pub struct RunRequest {
 }
 
 impl RunRequest {
-    /// A request with the production minimums, default limits and Debian's Python runtime.
+    /// A request with the production minimums and default limits that runs the package's
+    /// `code/bootstrap.py` under a probed Python runtime.
     pub fn python(
         package_dir: impl Into<PathBuf>,
         privilege_envelope: PrivilegeEnvelope,
         payload: Vec<u8>,
         correlation_id: impl Into<String>,
+        python: &super::python::PythonRuntime,
     ) -> Self {
         RunRequest {
             package_dir: package_dir.into(),
@@ -318,8 +294,8 @@ impl RunRequest {
             privilege_envelope,
             limits: Limits::default(),
             minimums: Minimums::default(),
-            bootstrap: Bootstrap::python3(),
-            runtime: RuntimePaths::debian_python3(),
+            bootstrap: python.bootstrap(),
+            runtime: python.paths.clone(),
             payload,
             correlation_id: correlation_id.into(),
             traceparent: None,

@@ -158,7 +158,15 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
             )
         })?;
     let cgroup = super::cgroup::prepare_at_startup();
-    let loaded = Loaded::load(&options.config, 1).map_err(|e| fail(exit::CONFIG, e.to_string()))?;
+    let mut loaded =
+        Loaded::load(&options.config, 1).map_err(|e| fail(exit::CONFIG, e.to_string()))?;
+    // The Python runtime, probed as the worker uid (see envelope::python): a configured
+    // interpreter that cannot run workers is a configuration error like any other.
+    let worker = worker_identity(&loaded.config.envelope.worker_user)?;
+    loaded
+        .probe_python(Some(worker))
+        .map_err(|e| fail(exit::CONFIG, e.to_string()))?;
+    log_python(&loaded);
     let state_dir = loaded.config.state_dir();
     // 0711: workers (another uid) must traverse it to reach their run directory and the
     // read-only package store inside; nobody else can list it.
@@ -206,9 +214,9 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
             .map_err(|e| fail(exit::CONFIG, e.to_string()))?;
     tracing::info!(report = ?opened, "receipt log open");
     let receipts = Arc::new(receipts);
-    let runner = build_runner(&loaded.config, &cgroup, receipts.clone())?;
+    let runner = build_runner(&loaded.config, worker, &cgroup, receipts.clone())?;
     let mut hall = Hall::new(
-        Current::new(options.config.clone(), loaded),
+        Current::new(options.config.clone(), loaded).probing_python(Some(worker)),
         approvals,
         receipts.clone(),
     );
@@ -250,8 +258,30 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
     result
 }
 
+/// Says which Python runtime workers get (and what its grant lets through).
+pub(crate) fn log_python(loaded: &Loaded) {
+    match &loaded.python {
+        Some(p) => {
+            tracing::info!(
+                interpreter = %p.interpreter.display(),
+                requested = %p.requested.display(),
+                runtime = %p.describe(),
+                read = p.paths.read.len(),
+                "python runtime probed"
+            );
+            for note in &p.notes {
+                tracing::warn!(note = %note, "python runtime");
+            }
+        }
+        None => tracing::warn!(
+            "no Python interpreter at {}: Python packages will be refused; set [envelope] python",
+            crate::envelope::python::DEFAULT_CANDIDATES.join(" or ")
+        ),
+    }
+}
+
 /// The worker's uid/gid from `[envelope] worker_user` (a name or a numeric uid).
-fn worker_identity(user: &str) -> Result<crate::envelope::Identity, StartError> {
+pub(crate) fn worker_identity(user: &str) -> Result<crate::envelope::Identity, StartError> {
     let found = match user.parse::<u32>() {
         Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
             .ok()
@@ -279,6 +309,7 @@ fn worker_identity(user: &str) -> Result<crate::envelope::Identity, StartError> 
 /// The envelope and the runner around it.
 fn build_runner(
     config: &crate::config::Config,
+    worker: crate::envelope::Identity,
     cgroup: &super::cgroup::Delegation,
     receipts: Arc<crate::receipt::ReceiptLog>,
 ) -> Result<Arc<super::runner::HallRunner>, StartError> {
@@ -293,7 +324,6 @@ fn build_runner(
             .map(|d| d.join("runs"))
             .unwrap_or_else(|| config.state_dir().join("runs"))
     });
-    let worker = worker_identity(&e.worker_user)?;
     let mut host = crate::envelope::HostConfig::new(runs_dir);
     host.secrets_dir = e.secrets_dir.clone();
     host.worker_identity = worker;
@@ -338,7 +368,9 @@ async fn signals(hall: Arc<Hall>) {
                     states.push(m);
                 }
                 notify(&states);
-                let _ = hall.reload();
+                // A reload reads files and probes the Python runtime: off the async workers.
+                let h = hall.clone();
+                let _ = tokio::task::spawn_blocking(move || h.reload()).await;
                 notify(&[NotifyState::Ready]);
             }
         }

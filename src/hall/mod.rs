@@ -137,6 +137,9 @@ impl Hall {
                 self.metrics
                     .inc("wcp_hall_reloads_total", &[("result", "ok")]);
                 tracing::info!(generation = loaded.generation, "configuration reloaded");
+                if self.current.probes_python() {
+                    lifecycle::log_python(&loaded);
+                }
                 Ok(loaded.generation)
             }
             Err(e) => {

@@ -224,7 +224,8 @@ impl Runner for HallRunner {
             .persistent_writes(&record, &declared)
             .map_err(|e| (e, None));
         let run = writes.and_then(|privilege_envelope| {
-            let (bootstrap, runtime) = package_bootstrap(&store_path).map_err(|e| (e, None))?;
+            let (bootstrap, runtime) =
+                package_bootstrap(&store_path, loaded.python.as_deref()).map_err(|e| (e, None))?;
             let payload = serde_json::to_vec(&input.request)
                 .map_err(|e| (ApiError::internal(e.to_string()), None))?;
             let req = envelope::RunRequest {
@@ -333,7 +334,9 @@ impl Runner for HallRunner {
 
 /// How a verified package runs, read from its read-only store copy.
 ///
-/// A PyHall package has `code/bootstrap.py` and runs under the Python interpreter. A native
+/// A PyHall package has `code/bootstrap.py` and runs under the probed Python runtime
+/// (`[envelope] python`, [`crate::envelope::PythonRuntime`]; `None`: the Hall has none, and the
+/// package is refused with `python_runtime_unavailable`). A native
 /// package has `code/bootstrap` instead: an ELF executable, the only file the store copy makes
 /// executable (`attest::tree::copy_mode`), run directly with the dynamic loader and the system
 /// libraries readable.
@@ -347,6 +350,7 @@ impl Runner for HallRunner {
 /// existed: remove it from the store and the next dispatch re-verifies it).
 pub fn package_bootstrap(
     package: &Path,
+    python_runtime: Option<&envelope::PythonRuntime>,
 ) -> Result<(envelope::Bootstrap, envelope::RuntimePaths), ApiError> {
     use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
@@ -371,10 +375,20 @@ pub fn package_bootstrap(
                 package.display()
             ),
         )),
-        (Some(_), None) => Ok((
-            envelope::Bootstrap::python3(),
-            envelope::RuntimePaths::debian_python3(),
-        )),
+        (Some(_), None) => {
+            let runtime = python_runtime.ok_or_else(|| {
+                failure(
+                    "python_runtime_unavailable",
+                    format!(
+                        "{} is a Python package but this Hall has no Python runtime: none of {} \
+                         exists and [envelope] python is not set",
+                        package.display(),
+                        envelope::python::DEFAULT_CANDIDATES.join(", ")
+                    ),
+                )
+            })?;
+            Ok((runtime.bootstrap(), runtime.paths.clone()))
+        }
         (None, Some(meta)) => {
             if !meta.is_file() {
                 return Err(failure(
@@ -497,19 +511,28 @@ mod tests {
 
     fn code(files: &[(&str, &[u8], u32)]) -> &'static str {
         let dir = package(files);
-        package_bootstrap(dir.path()).expect_err("refused").code
+        let python = crate::envelope::python::debian_fixture();
+        package_bootstrap(dir.path(), Some(&python))
+            .expect_err("refused")
+            .code
     }
 
     const ELF: &[u8] = b"\x7fELF\x02\x01\x01\0rest";
 
     #[test]
     fn the_layout_decides_how_a_package_runs() {
+        let python = crate::envelope::python::debian_fixture();
         let py = package(&[("code/bootstrap.py", b"print()", 0o444)]);
-        let (b, _) = package_bootstrap(py.path()).unwrap();
-        assert!(matches!(b, Bootstrap::Python { .. }));
+        let (b, runtime) = package_bootstrap(py.path(), Some(&python)).unwrap();
+        assert_eq!(b, python.bootstrap());
+        assert_eq!(runtime, python.paths);
+        // Without a Python runtime a Python package is refused; a native one still runs.
+        let err = package_bootstrap(py.path(), None).expect_err("no runtime");
+        assert_eq!(err.code, "python_runtime_unavailable");
+        assert!(err.message.contains("[envelope] python"), "{}", err.message);
 
         let native = package(&[("code/bootstrap", ELF, 0o555)]);
-        let (b, runtime) = package_bootstrap(native.path()).unwrap();
+        let (b, runtime) = package_bootstrap(native.path(), None).unwrap();
         assert_eq!(
             b,
             Bootstrap::Native {
@@ -545,7 +568,7 @@ mod tests {
         let dir = package(&[]);
         std::fs::create_dir(dir.path().join("code/bootstrap")).unwrap();
         assert_eq!(
-            package_bootstrap(dir.path()).err().unwrap().code,
+            package_bootstrap(dir.path(), None).err().unwrap().code,
             "package_not_elf"
         );
     }

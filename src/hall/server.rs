@@ -86,6 +86,10 @@ async fn health(State(hall): State<Arc<Hall>>) -> Response {
         "shadowed_rules": loaded.rules.shadows().len(),
         "workers": loaded.registry.records().len(),
         "runner": hall.runner.is_some(),
+        "python": loaded.python.as_ref().map(|p| json!({
+            "interpreter": p.interpreter,
+            "runtime": p.describe(),
+        })),
         "cgroup": hall.cgroup,
     });
     let status = if shutting_down {
@@ -388,7 +392,12 @@ async fn reload(
             peer.uid
         )));
     }
-    match hall.reload() {
+    // A reload reads files and probes the Python runtime: off the async workers.
+    let h = hall.clone();
+    let reloaded = tokio::task::spawn_blocking(move || h.reload())
+        .await
+        .map_err(|e| ApiError::internal(format!("the reload task failed: {e}")))?;
+    match reloaded {
         Ok(generation) => {
             Ok(Json(json!({"reloaded": true, "generation": generation})).into_response())
         }

@@ -14,6 +14,7 @@ use crate::attest::trust::TrustPolicy;
 use crate::attest::workers::{AttestedWorkers, RecheckPolicy, SpeciesPackage};
 use crate::clock::mint_context;
 use crate::config::Config;
+use crate::envelope::{Identity, PythonError, PythonRuntime};
 use crate::hall::identity::IdentityMap;
 use crate::policy::gate::HallGate;
 use crate::policy::gate::RequestGate;
@@ -41,6 +42,10 @@ pub enum LoadError {
     Policy(String),
     #[error("attestation: {0}")]
     Attestation(String),
+    /// `[envelope] python` cannot run workers (missing, not executable by the worker uid, too
+    /// old, or its probe failed); the message says which.
+    #[error("{0}")]
+    Python(String),
 }
 
 /// One immutable, complete view of what the Hall routes with.
@@ -56,6 +61,11 @@ pub struct Loaded {
     /// Verified packages of the enrolled workers (`[attestation] trust_policy` set). Workers only
     /// ever run from this store's read-only copies.
     pub attested: Option<AttestedWorkers>,
+    /// The Python runtime Python packages run with, probed from `[envelope] python` (see
+    /// [`probe_python`]). `None` until probed (offline uses such as `wcp-hall route`), or when
+    /// the setting is unset and no default interpreter exists: Python packages are then refused
+    /// at dispatch, native ones still run.
+    pub python: Option<Arc<PythonRuntime>>,
     /// Monotonic generation number, bumped on every successful reload.
     pub generation: u64,
 }
@@ -117,8 +127,35 @@ impl Loaded {
             config,
             rules,
             registry,
+            python: None,
             generation,
         })
+    }
+
+    /// Probes `[envelope] python` (see [`probe_python`]) and keeps the result.
+    pub fn probe_python(&mut self, run_as: Option<Identity>) -> Result<(), LoadError> {
+        self.python = probe_python(&self.config, run_as)?;
+        Ok(())
+    }
+}
+
+/// Runs the probe of `[envelope] python` (as `run_as` when the Hall is root), a few tens of
+/// milliseconds, bounded by [`crate::envelope::python::PROBE_TIMEOUT`]. A configured
+/// interpreter that cannot run workers is a configuration error; so is a default one that
+/// exists but fails its probe. No default interpreter at all is not: the Hall then runs native
+/// packages only, and says so at dispatch.
+pub fn probe_python(
+    config: &Config,
+    run_as: Option<Identity>,
+) -> Result<Option<Arc<PythonRuntime>>, LoadError> {
+    let configured = config.envelope.python.as_deref();
+    match PythonRuntime::probe(configured, run_as) {
+        Ok(runtime) => Ok(Some(Arc::new(runtime))),
+        Err(PythonError::NoDefault { .. }) if configured.is_none() => Ok(None),
+        Err(e) if configured.is_some() => Err(LoadError::Python(format!("[envelope] python: {e}"))),
+        Err(e) => Err(LoadError::Python(format!(
+            "[envelope] python (not set, so the default): {e}; set [envelope] python to a usable interpreter"
+        ))),
     }
 }
 
@@ -205,6 +242,8 @@ pub fn load_attested(
 pub struct Current {
     config_path: PathBuf,
     inner: RwLock<Arc<Loaded>>,
+    /// `Some`: every reload probes `[envelope] python` again, as this identity (when root).
+    python_probe: Option<Option<Identity>>,
 }
 
 impl Current {
@@ -212,7 +251,21 @@ impl Current {
         Current {
             config_path,
             inner: RwLock::new(Arc::new(loaded)),
+            python_probe: None,
         }
+    }
+
+    /// Makes every reload probe `[envelope] python` (as `run_as` when the Hall is root): a
+    /// reload is how an operator says "look again", so an upgraded or replaced interpreter is
+    /// noticed, and a broken one keeps the previous snapshot (and runtime) with the reason.
+    pub fn probing_python(mut self, run_as: Option<Identity>) -> Self {
+        self.python_probe = Some(run_as);
+        self
+    }
+
+    /// Whether reloads probe `[envelope] python` (the daemon's snapshots do).
+    pub fn probes_python(&self) -> bool {
+        self.python_probe.is_some()
     }
 
     /// The snapshot requests should use now.
@@ -224,7 +277,11 @@ impl Current {
     /// snapshot stays and the error is returned.
     pub fn reload(&self) -> Result<Arc<Loaded>, LoadError> {
         let next_generation = self.get().generation + 1;
-        let loaded = Arc::new(Loaded::load(&self.config_path, next_generation)?);
+        let mut loaded = Loaded::load(&self.config_path, next_generation)?;
+        if let Some(run_as) = self.python_probe {
+            loaded.probe_python(run_as)?;
+        }
+        let loaded = Arc::new(loaded);
         *self.inner.write().unwrap_or_else(|p| p.into_inner()) = loaded.clone();
         Ok(loaded)
     }

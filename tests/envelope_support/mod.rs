@@ -7,7 +7,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use wcp_hall::envelope::{Envelope, HostConfig, Identity, Limits, Minimums, RunRequest};
+use wcp_hall::envelope::{
+    Envelope, HostConfig, Identity, Limits, Minimums, PythonRuntime, RunRequest,
+};
 use wcp_hall::registry::{NetworkEgress, PrivilegeEnvelope};
 
 pub struct Fixture {
@@ -140,13 +142,27 @@ pub fn declared(writes: &[&str], egress: NetworkEgress, secrets: &[&str]) -> Pri
     }
 }
 
+/// This machine's default Python runtime, probed once as `nobody` (what the Hall does).
+pub fn python() -> &'static PythonRuntime {
+    static PYTHON: std::sync::OnceLock<PythonRuntime> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(|| {
+        PythonRuntime::probe(None, Some(Identity::NOBODY)).expect("a Python runtime to probe")
+    })
+}
+
 pub fn request(
     pkg: &Path,
     envelope: PrivilegeEnvelope,
     payload: &str,
     uid_base: u32,
 ) -> RunRequest {
-    let mut req = RunRequest::python(pkg, envelope, payload.as_bytes().to_vec(), "corr-test-1");
+    let mut req = RunRequest::python(
+        pkg,
+        envelope,
+        payload.as_bytes().to_vec(),
+        "corr-test-1",
+        python(),
+    );
     req.limits = small_limits();
     req.minimums = Minimums::production();
     req.identity = Some(next_identity(uid_base));
