@@ -16,9 +16,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use wcp_hall::envelope::{
-    Bootstrap, Envelope, HostConfig, Limits, Minimum, Minimums, RunRequest, RuntimePaths,
-};
+use wcp_hall::envelope::{Bootstrap, Envelope, HostConfig, Limits, Minimum, Minimums, RunRequest};
 use wcp_hall::registry::{NetworkEgress, PrivilegeEnvelope};
 
 const WARMUP: usize = 30;
@@ -104,7 +102,8 @@ fn main() {
             program: PathBuf::from("/bin/true"),
             args: vec![],
         },
-        runtime: RuntimePaths::native(),
+        runtime: wcp_hall::envelope::native::runtime_for(std::path::Path::new("/bin/true"))
+            .expect("/bin/true's loader"),
         payload: b"{}".to_vec(),
         correlation_id: "bench".into(),
         traceparent: None,

@@ -244,7 +244,8 @@ fn a_trivial_native_bootstrap_runs_with_the_full_envelope() {
         program: "/bin/true".into(),
         args: vec![],
     };
-    req.runtime = RuntimePaths::native();
+    req.runtime = wcp_hall::envelope::native::runtime_for(std::path::Path::new("/bin/true"))
+        .expect("/bin/true's loader");
     let out = fx.envelope().run(&req).unwrap();
     assert!(out.success(), "{:?}", out.exit);
     assert!(out.report.degraded.iter().all(|d| d.starts_with("cgroup:")));

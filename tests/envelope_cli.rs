@@ -384,3 +384,69 @@ fn the_tree_dies_with_the_hall() {
         processes_of(uid)
     );
 }
+
+#[test]
+fn native_programs_run_with_the_loader_their_header_names() {
+    let fx = fixture();
+    let pkg = fx.package("native", "");
+    let pkg_s = pkg.display().to_string();
+    let ha = host_args(&fx);
+    // /bin/true: its loader (PT_INTERP, resolved) is the one executable runtime path.
+    let mut args = vec![
+        "--json",
+        "envelope",
+        "run",
+        pkg_s.as_str(),
+        "--native",
+        "/bin/true",
+    ];
+    args.extend(ha.iter().map(String::as_str));
+    let o = hall(&args).output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v = json_of(&o);
+    let loader = wcp_hall::envelope::native::runtime_for(std::path::Path::new("/bin/true"))
+        .unwrap()
+        .execute[0]
+        .display()
+        .to_string();
+    let rules = v["outcome"]["envelope"]["landlock"]["fs_rules"]
+        .as_array()
+        .unwrap();
+    assert!(
+        rules
+            .iter()
+            .any(|r| r["path"] == loader.as_str() && r["access"] == "read_execute"),
+        "{rules:?}"
+    );
+    // A script is not a native program: refused before anything runs, with a hint.
+    let script = fx.root.path().join("script.sh");
+    fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let script_s = script.display().to_string();
+    let mut args = vec![
+        "envelope",
+        "run",
+        pkg_s.as_str(),
+        "--native",
+        script_s.as_str(),
+    ];
+    args.extend(ha.iter().map(String::as_str));
+    let o = hall(&args).output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(65),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("script.sh is not an ELF executable"), "{err}");
+    assert!(
+        err.contains("--native takes a compiled (ELF) program"),
+        "{err}"
+    );
+}

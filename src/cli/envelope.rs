@@ -9,7 +9,7 @@ use serde_json::json;
 use super::{CliError, Out, exit, read_input};
 use crate::envelope::{
     Bootstrap, Effective, Envelope, EnvelopeError, EnvelopeReport, HostConfig, Identity, Minimum,
-    Minimums, Probe, PythonRuntime, RunOutcome, RunRequest, RuntimePaths,
+    Minimums, Probe, PythonRuntime, RunOutcome, RunRequest,
 };
 use crate::registry::{NetworkEgress, PrivilegeEnvelope, RegistryRecord};
 
@@ -341,7 +341,11 @@ fn run_package(args: RunArgs, out: &mut Out) -> Result<u8, CliError> {
                 program: program.clone(),
                 args: args.args.clone(),
             },
-            RuntimePaths::native(),
+            crate::envelope::native::runtime_for(program).map_err(|why| {
+                CliError::new(exit::DATAERR, "native_program_unusable", why).hint(
+                    "--native takes a compiled (ELF) program; scripts run as code/bootstrap.py",
+                )
+            })?,
         ),
         None => {
             // Probed as the uid the worker will run as (what the Hall does at start).

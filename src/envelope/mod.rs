@@ -30,6 +30,7 @@
 pub mod cgroup;
 mod child;
 pub mod error;
+pub mod native;
 mod netns;
 pub mod plan;
 mod prepare;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::*;
 use crate::envelope::probe::{CgroupProbe, LandlockProbe, NamespaceProbe, SeccompProbe};
-use crate::envelope::types::{Limits, Minimums, RuntimePaths};
+use crate::envelope::types::{Limits, Minimums};
 use crate::registry::PrivilegeEnvelope;
 
 fn full_probe() -> Probe {
@@ -526,7 +526,10 @@ fn native_bootstrap_gets_execute_on_its_program_only() {
         program: "/bin/true".into(),
         args: vec!["--x".into()],
     };
-    r.runtime = RuntimePaths::native();
+    r.runtime = crate::envelope::native::for_loader(
+        std::path::Path::new("/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"),
+        true,
+    );
     let (plan, report) = run(&r, &full_probe()).unwrap();
     assert_eq!(plan.argv, vec!["/bin/true", "--x"]);
     assert_eq!(report.bootstrap.runtime, None);
@@ -536,7 +539,13 @@ fn native_bootstrap_gets_execute_on_its_program_only() {
         .filter(|r| r.access == FsAccess::ReadExecute)
         .map(|r| r.path.display().to_string())
         .collect();
-    assert_eq!(exec, vec!["/bin/true", "/lib64/ld-linux-x86-64.so.2"]);
+    assert_eq!(
+        exec,
+        vec![
+            "/bin/true",
+            "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+        ]
+    );
 }
 
 #[test]

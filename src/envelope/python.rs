@@ -63,7 +63,7 @@ pub const MAX_ANSWER_BYTES: usize = 256 << 10;
 const MAX_STDERR_BYTES: usize = 4 << 10;
 
 /// How much of the interpreter's head is read to find its ELF program interpreter.
-const ELF_HEAD_BYTES: usize = 64 << 10;
+pub(crate) const ELF_HEAD_BYTES: usize = 64 << 10;
 
 /// Caps on the answer's lists and paths.
 const MAX_LIST: usize = 4096;

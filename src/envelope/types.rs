@@ -223,17 +223,6 @@ pub struct RuntimePaths {
     pub execute: Vec<PathBuf>,
 }
 
-impl RuntimePaths {
-    /// What a dynamically linked native program needs: the loader and the libraries.
-    pub fn native() -> Self {
-        let p = |s: &str| PathBuf::from(s);
-        RuntimePaths {
-            execute: vec![p("/lib64/ld-linux-x86-64.so.2")],
-            read: vec![p("/usr/lib/x86_64-linux-gnu"), p("/etc/ld.so.cache")],
-        }
-    }
-}
-
 /// A uid/gid pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {

@@ -338,8 +338,8 @@ impl Runner for HallRunner {
 /// (`[envelope] python`, [`crate::envelope::PythonRuntime`]; `None`: the Hall has none, and the
 /// package is refused with `python_runtime_unavailable`). A native
 /// package has `code/bootstrap` instead: an ELF executable, the only file the store copy makes
-/// executable (`attest::tree::copy_mode`), run directly with the dynamic loader and the system
-/// libraries readable.
+/// executable (`attest::tree::copy_mode`), run directly with the dynamic loader its header names
+/// and that loader's library directory readable (`envelope::native`).
 ///
 /// Threat model: the layout is part of the signed tree, so the signer decides how a package
 /// runs, and a worker never runs anything the envelope was not told about. Refused, before the
@@ -427,12 +427,15 @@ pub fn package_bootstrap(
                     ),
                 ));
             }
+            // The loader its ELF header names, and that loader's library directory.
+            let runtime = envelope::native::runtime_for(&native)
+                .map_err(|why| failure("package_not_elf", why))?;
             Ok((
                 envelope::Bootstrap::Native {
                     program: native,
                     args: Vec::new(),
                 },
-                envelope::RuntimePaths::native(),
+                runtime,
             ))
         }
     }
@@ -531,7 +534,9 @@ mod tests {
         assert_eq!(err.code, "python_runtime_unavailable");
         assert!(err.message.contains("[envelope] python"), "{}", err.message);
 
-        let native = package(&[("code/bootstrap", ELF, 0o555)]);
+        // A real program: it runs with the loader its ELF header names.
+        let true_bin = std::fs::read("/bin/true").unwrap();
+        let native = package(&[("code/bootstrap", &true_bin, 0o555)]);
         let (b, runtime) = package_bootstrap(native.path(), None).unwrap();
         assert_eq!(
             b,
@@ -540,7 +545,16 @@ mod tests {
                 args: vec![]
             }
         );
-        assert_eq!(runtime, crate::envelope::RuntimePaths::native());
+        assert_eq!(
+            runtime,
+            crate::envelope::native::runtime_for(std::path::Path::new("/bin/true")).unwrap()
+        );
+        assert_eq!(runtime.execute.len(), 1, "{runtime:?}");
+
+        // ELF magic but no valid header: refused, not guessed at.
+        let broken = package(&[("code/bootstrap", ELF, 0o555)]);
+        let err = package_bootstrap(broken.path(), None).expect_err("broken ELF");
+        assert_eq!(err.code, "package_not_elf", "{}", err.message);
     }
 
     #[test]
