@@ -2,7 +2,7 @@
 //! proof verification latency.
 //!
 //! Self-contained harness (no criterion): `cargo bench --bench receipts [-- FILTER]` where
-//! FILTER is `append`, `verify` or `proof`. Results and their interpretation live in
+//! FILTER is `append`, `verify`, `open` or `proof`. Results and their interpretation live in
 //! BENCHMARKS.md ("Evidence receipts").
 //!
 //! - **append/N**: N threads each append `denied` receipts to one log (each call returns only
@@ -13,6 +13,9 @@
 //! - **verify**: `verify_log` (every signature, chain, tree, checkpoints) over a log of
 //!   `VERIFY_RECORDS` realistic dispatch receipts (intent + executed, every 4th denied; a
 //!   checkpoint every 1,000), all cores; also the recovery scan of `ReceiptLog::open`.
+//! - **open**: `ReceiptLog::open` of a log of `OPEN_RECORDS` receipts with the resume snapshot
+//!   (reads only the records after it) and without it (the full scan), and the background
+//!   re-verification the fast open leaves (`start_background_check`, at idle priority).
 //! - **proof**: `verify_proof` of one bundle (two Ed25519 signatures, the key chain, the
 //!   inclusion proof), one thread; and `prove` (which reads the whole log).
 
@@ -28,14 +31,15 @@ use wcp_hall::receipt::model::{
 };
 use wcp_hall::receipt::verify::{VerifyOptions, prove, verify_log, verify_proof};
 use wcp_hall::receipt::{
-    Caller, DecisionSummary, Dispatch, Execution, LogOptions, PackageRef, ReceiptLog, Timings,
-    store,
+    BackgroundCheck, Caller, DecisionSummary, Dispatch, Execution, LogOptions, PackageRef,
+    ReceiptLog, Timings, store,
 };
 
 const WRITERS: [usize; 3] = [1, 8, 32];
 const APPEND_TIME: Duration = Duration::from_secs(4);
 const VERIFY_RECORDS: u64 = 20_000;
 const VERIFY_RUNS: usize = 5;
+const OPEN_RECORDS: u64 = 200_000;
 const PROOF_ITERATIONS: usize = 2_000;
 const ORIGIN: &str = "hall.bench/receipts";
 
@@ -234,6 +238,80 @@ fn build_log(dir: &Path, key: &KeyPair, records: u64) {
     if let Some(note) = last_note {
         std::fs::write(dir.join(store::CHECKPOINT_FILE), note).expect("write checkpoint");
     }
+}
+
+fn open_options(dir: &Path) -> LogOptions {
+    let mut o = LogOptions::new(dir, "bench");
+    o.origin = ORIGIN.into();
+    o.checkpoint_every = 0;
+    o.checkpoint_interval = None;
+    o
+}
+
+/// Opening a large log with and without the resume snapshot, and the background check.
+fn bench_open(base: &Path, targets: &mut Vec<(String, String, bool)>) {
+    let key = || KeyPair::from_seed(&[3; 32]);
+    let dir = tempfile::tempdir_in(base).expect("bench dir");
+    let t = Instant::now();
+    build_log(dir.path(), &key(), OPEN_RECORDS);
+    println!(
+        "log of {OPEN_RECORDS} records built in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    // One open (full scan: build_log writes no snapshot) and an orderly shutdown, whose
+    // checkpoint writes the resume snapshot.
+    let (log, report) = ReceiptLog::open(open_options(dir.path()), key()).expect("open");
+    assert_eq!(report.resumed_at, None);
+    log.append_denied(dispatch("bench-open", true))
+        .expect("append");
+    log.shutdown().expect("shutdown");
+    let resume = dir.path().join(store::RESUME_FILE);
+    assert!(resume.exists(), "the shutdown checkpoint wrote a snapshot");
+
+    let mut fast = Vec::new();
+    let mut read = 0;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let (log, report) = ReceiptLog::open(open_options(dir.path()), key()).expect("open");
+        fast.push(t.elapsed().as_secs_f64());
+        assert!(report.resumed_at.is_some(), "{:?}", report.resume_refused);
+        read = report.records_read;
+        drop(log);
+    }
+    let fast_ms = median(&mut fast) * 1e3;
+
+    let (log, _) = ReceiptLog::open(open_options(dir.path()), key()).expect("open");
+    let t = Instant::now();
+    log.start_background_check();
+    let check = log.wait_background_check();
+    let check_s = t.elapsed().as_secs_f64();
+    assert!(matches!(check, BackgroundCheck::Passed { .. }), "{check:?}");
+    drop(log);
+
+    let aside = dir.path().join("resume.aside");
+    std::fs::rename(&resume, &aside).expect("move the snapshot aside");
+    let mut full = Vec::new();
+    for _ in 0..2 {
+        let t = Instant::now();
+        let (log, report) = ReceiptLog::open(open_options(dir.path()), key()).expect("open");
+        full.push(t.elapsed().as_secs_f64());
+        assert_eq!(report.records_read, report.records);
+        drop(log);
+    }
+    std::fs::rename(&aside, &resume).expect("restore the snapshot");
+    let full_s = median(&mut full);
+    println!(
+        "open of {OPEN_RECORDS} records: with the resume snapshot median {fast_ms:.1} ms ({read} record(s) read); without it (full scan) median {full_s:.2} s ({:.1} µs/record)",
+        full_s * 1e6 / OPEN_RECORDS as f64
+    );
+    println!(
+        "background re-verification of the {OPEN_RECORDS} records (SCHED_IDLE, wall clock): {check_s:.2} s"
+    );
+    targets.push((
+        format!("open of {OPEN_RECORDS} receipts with the resume snapshot < 100 ms"),
+        format!("{fast_ms:.1} ms (full scan {full_s:.2} s)"),
+        fast_ms < 100.0,
+    ));
 }
 
 /// CPU time of the calling thread (user + system), immune to other processes' load.
@@ -498,6 +576,10 @@ fn main() {
             ));
         }
         println!();
+    }
+
+    if wanted("open") {
+        bench_open(base, &mut targets);
     }
 
     println!("| target | measured | verdict |");

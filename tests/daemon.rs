@@ -109,6 +109,11 @@ tenants = ["mcp.my-app"]
     }
 
     fn spawn(&mut self) {
+        self.spawn_until(|code, _| code == 200);
+    }
+
+    /// Starts the daemon and waits until `/wcp/health` answers as `ready` wants.
+    fn spawn_until(&mut self, ready: impl Fn(u16, &Value) -> bool) {
         let log = std::fs::File::create(self.dir.path().join("hall.log")).unwrap();
         let child = Command::new(BIN)
             .args(["serve", "-c"])
@@ -123,7 +128,9 @@ tenants = ["mcp.my-app"]
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok((200, _)) = self.try_call(Method::GET, "/wcp/health", None) {
+            if let Ok((code, body)) = self.try_call(Method::GET, "/wcp/health", None)
+                && ready(code, &body)
+            {
                 return;
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
@@ -1384,4 +1391,83 @@ fn overload_answers_429_with_retry_after_and_health_stays_responsive() {
             .any(|(s, code)| *s == 429 && code == "overloaded"),
         "a full Hall answers 429 overloaded: {statuses:?}"
     );
+}
+
+#[test]
+fn tampering_found_by_the_background_check_fails_the_running_hall() {
+    let mut hall = TestHall::start("");
+    for i in 0..6 {
+        let (code, _) = hall.call(
+            Method::POST,
+            "/wcp/dispatch",
+            Some(&input(&format!("cap.unknown.c{i}"), "acme-corp")),
+        );
+        assert_eq!(code, 200);
+    }
+    // An orderly stop writes the final checkpoint and its resume snapshot.
+    hall.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(hall.wait_exit(Duration::from_secs(20)), 0);
+    let seg = hall
+        .dir
+        .path()
+        .join("state/receipts/receipts-00000000000000000000.jsonl");
+    assert!(hall.dir.path().join("state/receipts/resume").exists());
+    let data = std::fs::read(&seg).unwrap();
+    // Change one byte in the middle of the second record's line.
+    let starts: Vec<usize> = std::iter::once(0)
+        .chain(
+            data.iter()
+                .enumerate()
+                .filter(|(_, b)| **b == b'\n')
+                .map(|(i, _)| i + 1),
+        )
+        .collect();
+    let mut tampered = data.clone();
+    let at = (starts[1] + starts[2]) / 2;
+    tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+    std::fs::write(&seg, tampered).unwrap();
+
+    // The fast open does not read that record: the Hall starts; the background check finds it.
+    hall.spawn_until(|code, body| code == 503 && body["status"] == "failed");
+    let (_, health) = hall.call(Method::GET, "/wcp/health", None);
+    assert_eq!(health["receipts"]["background_check"], "failed", "{health}");
+    let problem = health["receipts"]["background_check_problem"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(problem.contains("seq 1"), "{health}");
+    let (code, out) = hall.call(
+        Method::POST,
+        "/wcp/dispatch",
+        Some(&input("cap.unknown.after", "acme-corp")),
+    );
+    assert_eq!(code, 503, "{out}");
+    assert_eq!(out["code"], "receipt_log_unavailable", "{out}");
+    let (_, metrics) = hall.runtime.block_on(async {
+        let a = client::call(
+            &hall.socket,
+            Method::GET,
+            "/metrics",
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        (a.status, a.body)
+    });
+    let text = metrics
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| metrics.to_string());
+    assert!(
+        text.contains("wcp_hall_receipt_background_check_failed 1"),
+        "{text}"
+    );
+    assert!(
+        hall.log()
+            .contains("background verification found a problem")
+    );
+    // `wcp-hall status` says so and exits 69.
+    let o = hall.cli(&["status"], None);
+    assert_eq!(o.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("FAILED"));
 }

@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 
 use receipts_common::*;
 use wcp_hall::receipt::model::{LogLine, ReceiptPayload};
-use wcp_hall::receipt::{Kind, LogError, LogOptions, Outcome, ReceiptLog, store};
+use wcp_hall::receipt::{BackgroundCheck, Kind, LogError, LogOptions, Outcome, ReceiptLog, store};
 
 const CHILD: &str = "WCP_RECEIPTS_CHILD";
 const DIR: &str = "WCP_RECEIPTS_DIR";
@@ -201,6 +201,19 @@ fn every_acknowledged_receipt_survives_kill_9() {
         assert!(
             !report.saved_checkpoints.is_empty(),
             "checkpoints were saved"
+        );
+        // A kill between the checkpoint and its resume snapshot leaves a stale snapshot (full
+        // scan); otherwise the open resumed, and the background check must agree with it.
+        log.start_background_check();
+        let check = log.wait_background_check();
+        assert!(
+            matches!(
+                check,
+                BackgroundCheck::Passed { .. } | BackgroundCheck::NotNeeded
+            ),
+            "round {round}: {check:?} (resumed at {:?}, refused: {:?})",
+            report.resumed_at,
+            report.resume_refused
         );
         log.shutdown().unwrap();
 

@@ -118,6 +118,16 @@ pub fn status(args: StatusArgs, out: &mut Out) -> Result<u8, CliError> {
             b["approvals_pending"],
             if b["runner"] == true { "ready" } else { "absent (routing and dry runs only)" },
         ))?;
+        let r = &b["receipts"];
+        out.line(format!(
+            "receipt log: {} records, background check {}{}",
+            r["records"],
+            r["background_check"].as_str().unwrap_or("unknown"),
+            match r["failed"].as_str() {
+                Some(why) => format!("; FAILED, refusing every append: {why}"),
+                None => String::new(),
+            }
+        ))?;
     }
     Ok(if answer.status.is_success() {
         exit::OK

@@ -209,9 +209,29 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
             format!("{e}; create the receipt signing key with `wcp-hall keys generate` (see [receipts] signing_key)"),
         )
     })?;
-    let (receipts, opened) =
-        crate::receipt::ReceiptLog::open(loaded.config.receipts.log_options(), key)
-            .map_err(|e| fail(exit::CONFIG, e.to_string()))?;
+    // A full scan of a large log can outlast TimeoutStartSec: each progress report (every few
+    // seconds) extends the start timeout and says how far it got.
+    let progress = |p: &crate::receipt::OpenProgress| {
+        let status = format!(
+            "checking the receipt log: {} records, {} of {} MiB ({} s){}",
+            p.records,
+            p.bytes >> 20,
+            p.total_bytes >> 20,
+            p.elapsed.as_secs(),
+            if p.full_scan { ", full scan" } else { "" }
+        );
+        notify(&[
+            NotifyState::ExtendTimeoutUsec(30_000_000),
+            NotifyState::Status(&status),
+        ]);
+    };
+    notify(&[NotifyState::Status("opening the receipt log")]);
+    let (receipts, opened) = crate::receipt::ReceiptLog::open_with_progress(
+        loaded.config.receipts.log_options(),
+        key,
+        &progress,
+    )
+    .map_err(|e| fail(exit::CONFIG, e.to_string()))?;
     tracing::info!(report = ?opened, "receipt log open");
     let receipts = Arc::new(receipts);
     let runner = build_runner(&loaded.config, worker, &cgroup, receipts.clone())?;
@@ -245,6 +265,9 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
         let shutdown = signals(hall.clone());
         tracing::info!(socket = %socket_desc, "wcp-hall serving");
         notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+        // The records a fast open skipped are verified now, at idle priority; a problem found
+        // poisons the log (dispatches fail with receipt_log_unavailable) and shows in health.
+        hall.receipts.start_background_check();
         super::server::serve(hall.clone(), listener, shutdown, grace).await;
         notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
         // A final checkpoint, so the log's last state is signed and saved.

@@ -75,8 +75,29 @@ async fn version() -> Response {
 async fn health(State(hall): State<Arc<Hall>>) -> Response {
     let loaded = hall.current.get();
     let shutting_down = hall.is_shutting_down();
+    let log = hall.receipts.status();
+    let check = &log.background_check;
+    // A log that refuses appends (write error, or a problem found by the background
+    // verification) means nothing can run: the Hall has failed until it is restarted.
+    let status = if log.failed.is_some() {
+        "failed"
+    } else if shutting_down {
+        "stopping"
+    } else {
+        "ok"
+    };
     let body = json!({
-        "status": if shutting_down { "stopping" } else { "ok" },
+        "status": status,
+        "receipts": {
+            "records": log.records,
+            "failed": log.failed,
+            "background_check": check.name(),
+            "unverified_records": check.unverified(),
+            "background_check_problem": match check {
+                crate::receipt::BackgroundCheck::Failed { reason, .. } => Some(reason.clone()),
+                _ => None,
+            },
+        },
         "generation": loaded.generation,
         "uptime_ms": hall.started.elapsed().as_millis() as u64,
         "in_flight": hall.limits.in_flight(loaded.config.server.max_concurrent),
@@ -92,12 +113,12 @@ async fn health(State(hall): State<Arc<Hall>>) -> Response {
         })),
         "cgroup": hall.cgroup,
     });
-    let status = if shutting_down {
+    let code = if shutting_down || log.failed.is_some() {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
     };
-    versioned((status, Json(body)).into_response())
+    versioned((code, Json(body)).into_response())
 }
 
 async fn capabilities(State(hall): State<Arc<Hall>>) -> Json<Value> {
@@ -411,6 +432,7 @@ async fn reload(
 
 async fn metrics(State(hall): State<Arc<Hall>>) -> Response {
     let loaded = hall.current.get();
+    let log = hall.receipts.status();
     let text = hall.metrics.render(&[
         (
             "wcp_hall_in_flight",
@@ -431,6 +453,25 @@ async fn metrics(State(hall): State<Arc<Hall>>) -> Response {
             "wcp_hall_config_generation",
             "Generation of the loaded configuration.",
             loaded.generation as f64,
+        ),
+        (
+            "wcp_hall_receipt_log_failed",
+            "1 when the receipt log refuses every append (nothing can run until restart).",
+            if log.failed.is_some() { 1.0 } else { 0.0 },
+        ),
+        (
+            "wcp_hall_receipt_background_check_failed",
+            "1 when the background verification of the records covered by the resume snapshot found a problem.",
+            if matches!(log.background_check, crate::receipt::BackgroundCheck::Failed { .. }) {
+                1.0
+            } else {
+                0.0
+            },
+        ),
+        (
+            "wcp_hall_receipt_unverified_records",
+            "Records covered by the resume snapshot not yet re-verified in the background.",
+            log.background_check.unverified() as f64,
         ),
     ]);
     let mut resp = text.into_response();

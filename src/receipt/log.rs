@@ -32,6 +32,16 @@
 //! Signatures are verified for records after the newest saved checkpoint (and for every key
 //! rotation); records before it are covered by the checkpoint's signed Merkle root.
 //!
+//! **Fast open.** Every saved checkpoint is accompanied by a signed resume snapshot (see
+//! [`super::resume`], which states its threat model). When the snapshot verifies under the
+//! configured key, matches every saved checkpoint (size and root) and the line ending at its
+//! offset hashes to its chain head, the open reads only the records after it, with all the
+//! checks above; anything wrong with the snapshot, or any problem in that tail, falls back to
+//! the full scan (with a warning saying why). The records the snapshot covered are then
+//! re-verified by [`ReceiptLog::start_background_check`] (the daemon starts it once it is
+//! ready): until it finishes the log appends; if it finds a problem, the log is poisoned and
+//! every later append fails, exactly as after a write error.
+//!
 //! **Concurrency across processes.** One writer per directory: `LOCK` is held with `flock(2)`
 //! for the life of the [`ReceiptLog`]; a second Hall (or `keys rotate` while the Hall runs)
 //! gets [`OpenError::Locked`].
@@ -41,6 +51,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -53,10 +64,14 @@ use super::model::{
     self, Approval, Body, CheckpointRecord, Dispatch, Execution, HallInfo, Header, ModelError,
     ReceiptPayload, Recovery, Rotation, hash_string,
 };
+use super::resume;
 use super::store;
-use super::verify::{self, ScanOptions};
-use crate::crypto::{KeyId, KeyPair};
+use super::verify::{self, KeyEpoch, ResumeFrom, Scan, ScanOptions, ScanProgress};
+use crate::crypto::{KeyId, KeyPair, PublicKey};
 use crate::router::hex;
+
+/// How often a long scan at open reports progress (log line and callback).
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// Default segment size before a new one is started.
 pub const DEFAULT_SEGMENT_MAX_BYTES: u64 = 64 * 1024 * 1024;
@@ -221,6 +236,88 @@ pub struct OpenReport {
     /// Saved checkpoints checked: (where, tree size).
     pub saved_checkpoints: Vec<(PathBuf, u64)>,
     pub key_id: KeyId,
+    /// The resume snapshot's size when the open read only the records after it (the records
+    /// before it are left to [`ReceiptLog::start_background_check`]).
+    pub resumed_at: Option<u64>,
+    /// Why a resume snapshot that was present could not be used (the open read everything).
+    pub resume_refused: Option<String>,
+    /// Records the open's scan read and hashed.
+    pub records_read: u64,
+    /// How long the scan and checks took.
+    pub scan_millis: u64,
+}
+
+/// Progress of a long scan at open (every few seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenProgress {
+    pub records: u64,
+    pub bytes: u64,
+    pub total_bytes: u64,
+    pub elapsed: Duration,
+    /// Whether this is the full scan (no usable resume snapshot).
+    pub full_scan: bool,
+}
+
+/// The background re-verification of the records a resume snapshot let the open skip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackgroundCheck {
+    /// The open read the whole log: nothing is left to verify.
+    NotNeeded,
+    /// Records `0..records` are not verified yet; the check has not been started.
+    Pending {
+        records: u64,
+    },
+    Running {
+        records: u64,
+    },
+    Passed {
+        records: u64,
+        millis: u64,
+    },
+    /// A problem was found: the log is poisoned.
+    Failed {
+        records: u64,
+        reason: String,
+    },
+    /// The log was closed before the check finished.
+    Cancelled {
+        records: u64,
+    },
+}
+
+impl BackgroundCheck {
+    /// Records covered by the snapshot that are not (yet) known to be good.
+    pub fn unverified(&self) -> u64 {
+        match self {
+            BackgroundCheck::NotNeeded | BackgroundCheck::Passed { .. } => 0,
+            BackgroundCheck::Pending { records }
+            | BackgroundCheck::Running { records }
+            | BackgroundCheck::Failed { records, .. }
+            | BackgroundCheck::Cancelled { records } => *records,
+        }
+    }
+
+    /// `not_needed`, `pending`, `running`, `passed`, `failed`, `cancelled`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BackgroundCheck::NotNeeded => "not_needed",
+            BackgroundCheck::Pending { .. } => "pending",
+            BackgroundCheck::Running { .. } => "running",
+            BackgroundCheck::Passed { .. } => "passed",
+            BackgroundCheck::Failed { .. } => "failed",
+            BackgroundCheck::Cancelled { .. } => "cancelled",
+        }
+    }
+}
+
+/// What the background check compares the full scan with.
+struct PendingCheck {
+    expected: ResumeFrom,
+    last_checkpoint: Option<u64>,
+    /// The saved checkpoints the open checked: (where, note).
+    saved: Vec<(PathBuf, String)>,
+    /// The key the log was opened with.
+    key: PublicKey,
 }
 
 /// A snapshot of the writer.
@@ -234,6 +331,7 @@ pub struct LogStatus {
     pub last_checkpoint: Option<u64>,
     pub fdatasyncs: u64,
     pub failed: Option<String>,
+    pub background_check: BackgroundCheck,
 }
 
 struct State {
@@ -255,6 +353,10 @@ struct State {
     checkpoint_wanted: bool,
     stopping: bool,
     fdatasyncs: u64,
+    /// The log's key epochs (for resume snapshots).
+    epochs: Vec<KeyEpoch>,
+    /// First seq of the segment being appended to.
+    segment_first_seq: u64,
 }
 
 impl State {
@@ -270,6 +372,9 @@ struct Inner {
     tick: Condvar,
     /// Tree size of the checkpoint last saved to the files.
     saved: Mutex<u64>,
+    check: Mutex<BackgroundCheck>,
+    pending: Mutex<Option<PendingCheck>>,
+    cancel: AtomicBool,
     _lock: File,
 }
 
@@ -278,6 +383,7 @@ struct Inner {
 pub struct ReceiptLog {
     inner: Arc<Inner>,
     ticker: Option<JoinHandle<()>>,
+    checker: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for ReceiptLog {
@@ -297,9 +403,99 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
+/// The open's scan (whole, or from a resume snapshot) and every check that stops the Hall:
+/// problems in what was read, origin, key, key chain, the saved checkpoints.
+fn scan_and_check(
+    dir: &Path,
+    opts: &LogOptions,
+    key: &KeyPair,
+    saved: &[(PathBuf, String, u64)],
+    newest_saved: u64,
+    resume: Option<ResumeFrom>,
+    progress: &dyn Fn(ScanProgress),
+) -> Result<(Scan, Vec<(PathBuf, u64)>), OpenError> {
+    let mut scan = verify::scan(
+        dir,
+        &ScanOptions {
+            signatures_from: newest_saved,
+            roots_at: saved.iter().map(|s| s.2).collect(),
+            resume,
+            progress: Some(progress),
+            ..ScanOptions::default()
+        },
+    )
+    .map_err(io_err(dir))?;
+    if let Some(first) = scan.first_failure() {
+        return Err(OpenError::Sev1 {
+            reason: format!(
+                "{} problem(s) in the committed log; the first: {first}",
+                scan.failure_count
+            ),
+        });
+    }
+    if let Some(found) = &scan.origin
+        && *found != opts.origin
+    {
+        return Err(OpenError::Origin {
+            found: found.clone(),
+            configured: opts.origin.clone(),
+        });
+    }
+    if let Some(current) = scan.keys.last()
+        && current.key.id() != key.id()
+    {
+        return Err(OpenError::KeyMismatch {
+            configured: key.id().clone(),
+            current: current.key.id().clone(),
+            retired: scan.keys.iter().any(|e| e.key.id() == key.id()),
+        });
+    }
+    scan.apply_anchors(&[key.public()]);
+    if let Some(first) = scan.first_failure() {
+        return Err(OpenError::Sev1 {
+            reason: format!("key chain: {first}"),
+        });
+    }
+    let trusted = scan.trusted_epochs(&[key.public()]);
+    let mut saved_report = Vec::new();
+    for (path, note, size) in saved {
+        verify::check_checkpoint_against(&scan, &trusted, note).map_err(|(_, why)| {
+            OpenError::Sev1 {
+                reason: format!("saved checkpoint {}: {why}", path.display()),
+            }
+        })?;
+        saved_report.push((path.clone(), *size));
+    }
+    Ok((scan, saved_report))
+}
+
+/// Puts the calling thread (and the scan threads it starts, which inherit it) in
+/// `SCHED_IDLE`, or at least at nice 19: the background check must not slow dispatches.
+fn lower_priority() {
+    use nix::libc;
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: plain syscalls on the calling thread (pid 0 = this thread); `param` outlives
+    // the call and is only read.
+    let idle = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if idle != 0 {
+        // SAFETY: as above; `setpriority(PRIO_PROCESS, 0)` changes the calling thread only.
+        let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+    }
+}
+
 impl ReceiptLog {
     /// Opens (or creates) the log, recovering from a crash; see the module documentation.
     pub fn open(opts: LogOptions, key: KeyPair) -> Result<(ReceiptLog, OpenReport), OpenError> {
+        Self::open_with_progress(opts, key, &|_| {})
+    }
+
+    /// [`ReceiptLog::open`], calling `progress` every few seconds while the log is read (the
+    /// daemon extends its systemd start timeout from it).
+    pub fn open_with_progress(
+        opts: LogOptions,
+        key: KeyPair,
+        progress: &dyn Fn(&OpenProgress),
+    ) -> Result<(ReceiptLog, OpenReport), OpenError> {
         checkpoint::check_key_name(&opts.origin)
             .map_err(|e| OpenError::Options(format!("origin: {e}")))?;
         if opts.segment_max_bytes < 4096 {
@@ -340,6 +536,7 @@ impl ReceiptLog {
 
         // Saved checkpoints first: they decide which signatures the scan may skip.
         let mut saved: Vec<(PathBuf, String, u64)> = Vec::new();
+        let mut saved_roots: Vec<resume::SavedRoot> = Vec::new();
         let sources =
             std::iter::once(dir.join(store::CHECKPOINT_FILE)).chain(opts.checkpoint_copy.clone());
         for path in sources {
@@ -353,64 +550,97 @@ impl ReceiptLog {
                     }
                 })?;
             let Some(note) = note else { continue };
-            let size = checkpoint::SignedNote::parse(&note)
+            let parsed = checkpoint::SignedNote::parse(&note)
                 .and_then(|n| Checkpoint::parse_text(&n.text))
                 .map_err(|e| OpenError::Sev1 {
                     reason: format!("the saved checkpoint {} is corrupt: {e}", path.display()),
-                })?
-                .size;
-            saved.push((path, note, size));
+                })?;
+            saved_roots.push((parsed.size, parsed.root));
+            saved.push((path, note, parsed.size));
         }
         let newest_saved = saved.iter().map(|s| s.2).max().unwrap_or(0);
-        let mut scan = verify::scan(
-            &dir,
-            &ScanOptions {
-                signatures_from: newest_saved,
-                roots_at: saved.iter().map(|s| s.2).collect(),
-            },
-        )
-        .map_err(io_err(&dir))?;
-        if let Some(first) = scan.first_failure() {
-            return Err(OpenError::Sev1 {
-                reason: format!(
-                    "{} problem(s) in the committed log; the first: {first}",
-                    scan.failure_count
-                ),
-            });
+
+        // The resume snapshot, if it can be trusted to skip the records it covers.
+        let public = key.public();
+        let mut resume_refused = None;
+        let resume = match resume::load(&dir, &public).and_then(|snap| {
+            snap.map(|snap| {
+                resume::validate(&dir, &snap, &opts.origin, &public, &saved_roots)
+                    .map(|r| (r, snap.last_checkpoint))
+            })
+            .transpose()
+        }) {
+            Ok(r) => r,
+            Err(why) => {
+                resume_refused = Some(why);
+                None
+            }
+        };
+        if let Some(why) = &resume_refused {
+            tracing::warn!(
+                dir = %dir.display(),
+                reason = %why,
+                "receipt log: the resume snapshot cannot be used; reading the whole log"
+            );
         }
-        if let Some(found) = &scan.origin
-            && *found != opts.origin
-        {
-            return Err(OpenError::Origin {
-                found: found.clone(),
-                configured: opts.origin.clone(),
-            });
-        }
-        if let Some(current) = scan.keys.last()
-            && current.key.id() != key.id()
-        {
-            return Err(OpenError::KeyMismatch {
-                configured: key.id().clone(),
-                current: current.key.id().clone(),
-                retired: scan.keys.iter().any(|e| e.key.id() == key.id()),
-            });
-        }
-        scan.apply_anchors(&[key.public()]);
-        if let Some(first) = scan.first_failure() {
-            return Err(OpenError::Sev1 {
-                reason: format!("key chain: {first}"),
-            });
-        }
-        let trusted = scan.trusted_epochs(&[key.public()]);
-        let mut saved_report = Vec::new();
-        for (path, note, size) in &saved {
-            verify::check_checkpoint_against(&scan, &trusted, note).map_err(|(_, why)| {
-                OpenError::Sev1 {
-                    reason: format!("saved checkpoint {}: {why}", path.display()),
+
+        let started = Instant::now();
+        let attempt = |from: Option<&ResumeFrom>| {
+            let last = std::cell::Cell::new(Instant::now());
+            let full_scan = from.is_none();
+            let report = |p: ScanProgress| {
+                if last.get().elapsed() < PROGRESS_EVERY {
+                    return;
                 }
-            })?;
-            saved_report.push((path.clone(), *size));
-        }
+                last.set(Instant::now());
+                let op = OpenProgress {
+                    records: p.records,
+                    bytes: p.bytes,
+                    total_bytes: p.total_bytes,
+                    elapsed: started.elapsed(),
+                    full_scan,
+                };
+                tracing::info!(
+                    records = op.records,
+                    mib_read = op.bytes >> 20,
+                    mib_total = op.total_bytes >> 20,
+                    seconds = op.elapsed.as_secs(),
+                    full_scan,
+                    "receipt log: checking the log at open"
+                );
+                progress(&op);
+            };
+            scan_and_check(
+                &dir,
+                &opts,
+                &key,
+                &saved,
+                newest_saved,
+                from.cloned(),
+                &report,
+            )
+        };
+        let (mut scan, saved_report, resumed) = match resume {
+            Some((from, last_checkpoint)) => match attempt(Some(&from)) {
+                Ok((scan, saved_report)) => (scan, saved_report, Some((from, last_checkpoint))),
+                Err(e) => {
+                    let why = format!("the records after it did not check out: {e}");
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        reason = %why,
+                        "receipt log: the resume snapshot cannot be used; reading the whole log"
+                    );
+                    resume_refused = Some(why);
+                    let (scan, saved_report) = attempt(None)?;
+                    (scan, saved_report, None)
+                }
+            },
+            None => {
+                let (scan, saved_report) = attempt(None)?;
+                (scan, saved_report, None)
+            }
+        };
+        let scan_millis = started.elapsed().as_millis() as u64;
 
         // Recovery of a torn tail: keep the bytes, cut them, make the cut durable.
         let mut recovery = None;
@@ -464,6 +694,22 @@ impl ReceiptLog {
 
         let key_id = key.id().clone();
         let records = scan.size;
+        let epochs = if scan.keys.is_empty() {
+            vec![KeyEpoch {
+                key: key.public(),
+                from_seq: scan.size,
+                rotated_at: None,
+                rotation_ok: false,
+                records_ok: 0,
+            }]
+        } else {
+            scan.keys.clone()
+        };
+        let last_checkpoint = scan
+            .checkpoints
+            .last()
+            .map(|c| c.seq)
+            .or(resumed.as_ref().and_then(|r| r.1));
         let state = State {
             key,
             next_seq: scan.size,
@@ -480,11 +726,30 @@ impl ReceiptLog {
                 .iter()
                 .map(|(seq, o)| (*seq, o.dispatch.clone()))
                 .collect(),
-            last_checkpoint: scan.checkpoints.last().map(|c| c.seq),
+            last_checkpoint,
             last_checkpoint_time: Instant::now(),
             checkpoint_wanted: false,
             stopping: false,
             fdatasyncs: 0,
+            epochs,
+            segment_first_seq: scan.segments.last().map_or(0, |s| s.first_seq),
+        };
+        let (check, pending) = match resumed {
+            Some((expected, last_checkpoint)) => (
+                BackgroundCheck::Pending {
+                    records: expected.size,
+                },
+                Some(PendingCheck {
+                    expected,
+                    last_checkpoint,
+                    saved: saved
+                        .iter()
+                        .map(|(p, n, _)| (p.clone(), n.clone()))
+                        .collect(),
+                    key: public.clone(),
+                }),
+            ),
+            None => (BackgroundCheck::NotNeeded, None),
         };
         let inner = Arc::new(Inner {
             opts,
@@ -492,6 +757,9 @@ impl ReceiptLog {
             durable: Condvar::new(),
             tick: Condvar::new(),
             saved: Mutex::new(newest_saved),
+            check: Mutex::new(check),
+            pending: Mutex::new(pending),
+            cancel: AtomicBool::new(false),
             _lock: lock,
         });
         let mut report = OpenReport {
@@ -501,6 +769,10 @@ impl ReceiptLog {
             aborted: Vec::new(),
             saved_checkpoints: saved_report,
             key_id,
+            resumed_at: (scan.resumed_at > 0).then_some(scan.resumed_at),
+            resume_refused,
+            records_read: scan.records_read,
+            scan_millis,
         };
         let recover_err = |e: LogError| OpenError::Io {
             path: dir.clone(),
@@ -539,7 +811,67 @@ impl ReceiptLog {
         } else {
             None
         };
-        Ok((ReceiptLog { inner, ticker }, report))
+        Ok((
+            ReceiptLog {
+                inner,
+                ticker,
+                checker: Mutex::new(None),
+            },
+            report,
+        ))
+    }
+
+    /// Starts re-verifying, on a low-priority thread, the records a resume snapshot let the
+    /// open skip: the same full scan a slow open does, limited to those records, whose end
+    /// state must equal the snapshot's (chain head, tree, key epochs, open intents). A problem
+    /// poisons the log (every later append fails), is logged at error level and shows in
+    /// [`LogStatus::background_check`]. Returns `false` when there is nothing to verify (the
+    /// open read everything) or the check was already started.
+    pub fn start_background_check(&self) -> bool {
+        let pending = match self.inner.pending.lock() {
+            Ok(mut g) => g.take(),
+            Err(_) => None,
+        };
+        let Some(pending) = pending else {
+            return false;
+        };
+        let records = pending.expected.size;
+        self.inner.set_check(BackgroundCheck::Running { records });
+        let inner = Arc::clone(&self.inner);
+        let spawned = std::thread::Builder::new()
+            .name("receipt-verify".into())
+            .spawn(move || inner.background_check(pending));
+        match spawned {
+            Ok(handle) => {
+                if let Ok(mut g) = self.checker.lock() {
+                    *g = Some(handle);
+                }
+            }
+            Err(e) => {
+                // Unverified records cannot be left unverified: fail closed.
+                let reason = format!("cannot start the background verification: {e}");
+                tracing::error!(reason = %reason, "receipt log: background verification");
+                self.inner.fail_check(records, reason);
+            }
+        }
+        true
+    }
+
+    /// Waits for the background check (if one was started) and returns its result.
+    pub fn wait_background_check(&self) -> BackgroundCheck {
+        let handle = match self.checker.lock() {
+            Ok(mut g) => g.take(),
+            Err(_) => None,
+        };
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+        self.background_check()
+    }
+
+    /// The background check's state.
+    pub fn background_check(&self) -> BackgroundCheck {
+        self.inner.check_state()
     }
 
     /// Records that a worker is about to start. Durable when it returns; on any error the
@@ -619,6 +951,17 @@ impl ReceiptLog {
         }
         let rotation = Rotation::new(&st.key.public(), &new.public());
         let appended = inner.append_locked(&mut st, Body::KeyRotation(rotation), Some(&new))?;
+        if let Some(e) = st.epochs.last_mut() {
+            e.rotated_at = Some(appended.seq);
+            e.rotation_ok = true;
+        }
+        st.epochs.push(KeyEpoch {
+            key: new.public(),
+            from_seq: appended.seq + 1,
+            rotated_at: None,
+            rotation_ok: false,
+            records_ok: 0,
+        });
         st.key = new;
         let _st = inner.wait_durable(st, appended.seq + 1)?;
         Ok(appended)
@@ -638,6 +981,7 @@ impl ReceiptLog {
             last_checkpoint: st.last_checkpoint,
             fdatasyncs: st.fdatasyncs,
             failed: st.failed.clone(),
+            background_check: self.inner.check_state(),
         }
     }
 
@@ -679,6 +1023,14 @@ impl ReceiptLog {
         if let Some(t) = self.ticker.take() {
             let _ = t.join();
         }
+        self.inner.cancel.store(true, Ordering::Relaxed);
+        let checker = match self.checker.get_mut() {
+            Ok(g) => g.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        if let Some(t) = checker {
+            let _ = t.join();
+        }
     }
 }
 
@@ -689,6 +1041,154 @@ impl Drop for ReceiptLog {
 }
 
 impl Inner {
+    fn check_state(&self) -> BackgroundCheck {
+        match self.check.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn set_check(&self, state: BackgroundCheck) {
+        match self.check.lock() {
+            Ok(mut g) => *g = state,
+            Err(p) => *p.into_inner() = state,
+        }
+    }
+
+    /// Records a failed background check and poisons the log.
+    fn fail_check(&self, records: u64, reason: String) {
+        let poisoned = format!(
+            "sev1 integrity event found by the background verification of the receipt log: \
+             {reason}. Investigate with `wcp-hall receipts verify`"
+        );
+        match self.state.lock() {
+            Ok(mut st) => {
+                let _ = self.poison(&mut st, poisoned);
+            }
+            Err(p) => {
+                let mut st = p.into_inner();
+                let _ = self.poison(&mut st, poisoned);
+            }
+        }
+        self.set_check(BackgroundCheck::Failed { records, reason });
+    }
+
+    /// The background check's thread.
+    fn background_check(&self, pending: PendingCheck) {
+        lower_priority();
+        let records = pending.expected.size;
+        let started = Instant::now();
+        tracing::info!(
+            records,
+            "receipt log: verifying the records covered by the resume snapshot in the background"
+        );
+        match self.full_check(&pending) {
+            Ok(()) => {
+                let millis = started.elapsed().as_millis() as u64;
+                tracing::info!(
+                    records,
+                    millis,
+                    "receipt log: background verification passed"
+                );
+                self.set_check(BackgroundCheck::Passed { records, millis });
+            }
+            Err(None) => {
+                tracing::info!(records, "receipt log: background verification cancelled");
+                self.set_check(BackgroundCheck::Cancelled { records });
+            }
+            Err(Some(reason)) => {
+                tracing::error!(
+                    records,
+                    reason = %reason,
+                    "receipt log: SEV1: the background verification found a problem; the log \
+                     refuses every append from now on"
+                );
+                self.fail_check(records, reason);
+            }
+        }
+    }
+
+    /// The full scan of records `0..n`, compared with what the snapshot said. `Err(None)`:
+    /// cancelled.
+    fn full_check(&self, p: &PendingCheck) -> Result<(), Option<String>> {
+        let n = p.expected.size;
+        let mut scan = verify::scan(
+            &self.opts.dir,
+            &ScanOptions {
+                signatures_from: n,
+                roots_at: vec![n],
+                limit: Some(n),
+                cancel: Some(&self.cancel),
+                ..ScanOptions::default()
+            },
+        )
+        .map_err(|e| {
+            (e.kind() != std::io::ErrorKind::Interrupted)
+                .then(|| format!("cannot read the log: {e}"))
+        })?;
+        if let Some(first) = scan.first_failure() {
+            return Err(Some(format!(
+                "{} problem(s) in the records before seq {n}; the first: {first}",
+                scan.failure_count
+            )));
+        }
+        if scan.size != n {
+            return Err(Some(format!(
+                "the log holds {} records before the resume point, the snapshot covers {n}",
+                scan.size
+            )));
+        }
+        if scan.origin.as_deref() != Some(p.expected.origin.as_str()) {
+            return Err(Some(format!(
+                "the records belong to log {:?}, the snapshot to {:?}",
+                scan.origin, p.expected.origin
+            )));
+        }
+        let epochs = |keys: &[KeyEpoch]| -> Vec<(KeyId, u64, Option<u64>)> {
+            keys.iter()
+                .map(|e| (e.key.id().clone(), e.from_seq, e.rotated_at))
+                .collect()
+        };
+        if epochs(&scan.keys) != epochs(&p.expected.keys) {
+            return Err(Some(
+                "the log's key rotations differ from the snapshot's".into(),
+            ));
+        }
+        scan.apply_anchors(std::slice::from_ref(&p.key));
+        if let Some(first) = scan.first_failure() {
+            return Err(Some(format!("key chain: {first}")));
+        }
+        let trusted = scan.trusted_epochs(std::slice::from_ref(&p.key));
+        for (path, note) in &p.saved {
+            verify::check_checkpoint_against(&scan, &trusted, note)
+                .map_err(|(_, why)| Some(format!("saved checkpoint {}: {why}", path.display())))?;
+        }
+        if scan.last_hash != Some(p.expected.last_hash) {
+            return Err(Some(format!(
+                "the chain head at seq {} differs from the snapshot's",
+                n - 1
+            )));
+        }
+        if scan.frontier != p.expected.frontier {
+            return Err(Some(format!(
+                "the Merkle tree of the first {n} records differs from the snapshot's"
+            )));
+        }
+        if scan.open_intents != p.expected.open_intents {
+            return Err(Some(format!(
+                "the open intents at seq {n} ({:?}) differ from the snapshot's ({:?})",
+                scan.open_intents.keys().collect::<Vec<_>>(),
+                p.expected.open_intents.keys().collect::<Vec<_>>()
+            )));
+        }
+        if scan.checkpoints.last().map(|c| c.seq) != p.last_checkpoint {
+            return Err(Some(
+                "the last checkpoint before the snapshot differs from the snapshot's".into(),
+            ));
+        }
+        Ok(())
+    }
+
     fn lock(&self) -> Result<MutexGuard<'_, State>, LogError> {
         self.state.lock().map_err(|_| LogError::Failed {
             reason: "a thread panicked while appending".into(),
@@ -826,6 +1326,7 @@ impl Inner {
             Ok(f) => {
                 st.file = Arc::new(f);
                 st.segment_len = 0;
+                st.segment_first_seq = first_seq;
                 self.durable.notify_all();
                 Ok(())
             }
@@ -891,6 +1392,26 @@ impl Inner {
         let note = Checkpoint::new(&self.opts.origin, size, root)
             .sign(&st.key)
             .map_err(|e| LogError::Usage(e.to_string()))?;
+        // The resume snapshot at this size, signed now (with the key that signs the note).
+        let snapshot = st.prev_hash.and_then(|head| {
+            let snap = resume::Snapshot::new(
+                &self.opts.origin,
+                &head,
+                &st.frontier,
+                &st.epochs,
+                &st.open_intents,
+                store::segment_name(st.segment_first_seq),
+                st.segment_len,
+                st.last_checkpoint,
+            );
+            match resume::seal(&snap, &st.key) {
+                Ok(bytes) => Some(bytes),
+                Err(e) => {
+                    tracing::warn!(error = %e, "receipt log: cannot encode the resume snapshot");
+                    None
+                }
+            }
+        });
         let record = CheckpointRecord {
             size,
             root: hex(&root),
@@ -901,12 +1422,18 @@ impl Inner {
         st.last_checkpoint_time = Instant::now();
         st.checkpoint_wanted = false;
         drop(self.wait_durable(st, appended.seq + 1)?);
-        self.save_checkpoint(size, &note)?;
+        self.save_checkpoint(size, &note, snapshot.as_deref())?;
         Ok(Some(SavedCheckpoint { size, root, note }))
     }
 
-    /// Saves a checkpoint note to both locations, never replacing a newer one.
-    fn save_checkpoint(&self, size: u64, note: &str) -> Result<(), LogError> {
+    /// Saves a checkpoint note to both locations, never replacing a newer one, then its resume
+    /// snapshot (an accelerator: failing to write it only costs the next start a full scan).
+    fn save_checkpoint(
+        &self,
+        size: u64,
+        note: &str,
+        snapshot: Option<&[u8]>,
+    ) -> Result<(), LogError> {
         let mut saved = self.saved.lock().map_err(|_| LogError::Failed {
             reason: "a thread panicked while saving a checkpoint".into(),
         })?;
@@ -925,6 +1452,20 @@ impl Inner {
             }
         }
         *saved = size;
+        let resume_path = self.opts.dir.join(store::RESUME_FILE);
+        let written = match snapshot {
+            Some(bytes) => store::write_atomic(&resume_path, bytes, 0o600),
+            // No snapshot for this checkpoint: a stale one would be refused anyway, but
+            // removing it keeps the directory honest.
+            None => resume::remove(&self.opts.dir),
+        };
+        if let Err(e) = written {
+            tracing::warn!(
+                path = %resume_path.display(),
+                error = %e,
+                "receipt log: cannot write the resume snapshot; the next start reads the whole log"
+            );
+        }
         Ok(())
     }
 

@@ -301,6 +301,17 @@ impl Frontier {
         self.size
     }
 
+    /// The perfect-subtree hashes, largest (leftmost) first: one per set bit of the size.
+    pub fn nodes(&self) -> &[Hash] {
+        &self.nodes
+    }
+
+    /// A frontier from its parts (as [`Frontier::size`] and [`Frontier::nodes`] gave them);
+    /// `None` unless there is exactly one node per set bit of `size`.
+    pub fn from_parts(size: u64, nodes: Vec<Hash>) -> Option<Self> {
+        (nodes.len() == size.count_ones() as usize).then_some(Frontier { size, nodes })
+    }
+
     /// Appends a leaf hash.
     pub fn push(&mut self, leaf: Hash) {
         let mut h = leaf;
@@ -333,6 +344,22 @@ impl Frontier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frontier_round_trips_through_its_parts() {
+        let mut f = Frontier::new();
+        for i in 0..13u8 {
+            f.push(leaf_hash(&[i]));
+        }
+        let back = Frontier::from_parts(f.size(), f.nodes().to_vec()).unwrap();
+        assert_eq!(back, f);
+        assert_eq!(Frontier::from_parts(13, vec![[0; 32]; 2]), None);
+        let mut a = back.clone();
+        let mut b = f.clone();
+        a.push(leaf_hash(b"x"));
+        b.push(leaf_hash(b"x"));
+        assert_eq!(a.root(), b.root());
+    }
 
     fn h(s: &str) -> Hash {
         let mut out = [0u8; 32];

@@ -28,14 +28,17 @@
 //!
 //! Modules: [`model`] (payload, canonical encoding, log line; pure), [`merkle`] (RFC 6962;
 //! pure), [`checkpoint`] (C2SP signed notes; pure), [`store`] (files), [`verify`] (the scan,
-//! offline verification, proof bundles), [`log`] (the writer), [`rotate`] (key rotation),
-//! [`config`] (`[receipts]` in hall.toml).
+//! offline verification, proof bundles), [`log`] (the writer), [`resume`] (the signed resume
+//! snapshot that lets the writer open without reading the whole log; the records it covers are
+//! re-verified in the background), [`rotate`] (key rotation), [`config`] (`[receipts]` in
+//! hall.toml).
 
 pub mod checkpoint;
 pub mod config;
 pub mod log;
 pub mod merkle;
 pub mod model;
+pub mod resume;
 pub mod rotate;
 pub mod store;
 pub mod verify;
@@ -45,6 +48,7 @@ pub use log::{
     Appended, IntentHandle, LogError, LogOptions, OpenError, OpenReport, Outcome, ReceiptLog,
     SavedCheckpoint,
 };
+pub use log::{BackgroundCheck, OpenProgress};
 pub use model::{
     Approval, Body, Caller, DecisionSummary, Dispatch, Execution, Kind, PAYLOAD_TYPE, PackageRef,
     ReceiptPayload, Timings,

@@ -2,7 +2,8 @@
 //!
 //! Steps, each durable before the next:
 //! 1. generate the new key into `<key>.next` (mode 0600) and `<key>.next.pub`;
-//! 2. open the log with the current key (this runs recovery), append a `key_rotation` record
+//! 2. open the log with the current key (this runs recovery and, after a fast open from the
+//!    resume snapshot, waits for the full verification of the older records), append a `key_rotation` record
 //!    signed by the old *and* the new key, then a checkpoint signed by the new key;
 //! 3. if asked, copy the old private key to `--keep-old`; then `rename(<key>.next, <key>)`
 //!    (which also destroys the old key file: forward integrity — whoever steals the host later
@@ -126,6 +127,15 @@ pub fn rotate(
     }
     match ReceiptLog::open(opts.clone(), old) {
         Ok((log, _)) => {
+            // A fast open (resume snapshot) left older records to the background check: a key
+            // is rotated only over a log verified end to end, so wait for it here.
+            log.start_background_check();
+            if let super::log::BackgroundCheck::Failed { reason, .. } = log.wait_background_check()
+            {
+                return Err(RotateError::Refused(format!(
+                    "sev1 integrity event in the receipt log: {reason}. The key was not rotated"
+                )));
+            }
             // The current key is the log's key: rotate (to the pending key, if one was left
             // behind by a run that stopped before step 2).
             let new = match pending {

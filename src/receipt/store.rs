@@ -6,6 +6,7 @@
 //!   receipts-00000000000000000000.jsonl   segment: one record per line, named by its first seq
 //!   receipts-00000000000000065536.jsonl
 //!   checkpoint                            the last checkpoint the Hall saved (C2SP signed note)
+//!   resume                                the Hall's signed resume snapshot at that checkpoint
 //!   LOCK                                  flock(2) held by the one writer
 //!   broken/                               torn tails cut at recovery, kept for forensics
 //! ```
@@ -20,6 +21,8 @@ pub const SEGMENT_PREFIX: &str = "receipts-";
 pub const SEGMENT_SUFFIX: &str = ".jsonl";
 /// The saved checkpoint inside the log directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint";
+/// The resume snapshot (see [`super::resume`]).
+pub const RESUME_FILE: &str = "resume";
 /// The writer's lock file.
 pub const LOCK_FILE: &str = "LOCK";
 /// Where torn tails go.
@@ -83,6 +86,79 @@ pub fn read_segment(path: &Path) -> io::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(len as usize);
     f.read_to_end(&mut buf)?;
     Ok(buf)
+}
+
+/// Reads a segment from byte `offset` to its end (refusing one over [`MAX_SEGMENT_READ`]).
+pub fn read_segment_from(path: &Path, offset: u64) -> io::Result<Vec<u8>> {
+    use std::io::{Seek as _, SeekFrom};
+    if offset == 0 {
+        return read_segment(path);
+    }
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    if len > MAX_SEGMENT_READ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("segment is {len} bytes; the limit is {MAX_SEGMENT_READ}"),
+        ));
+    }
+    if offset > len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("segment is {len} bytes, shorter than offset {offset}"),
+        ));
+    }
+    f.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::with_capacity((len - offset) as usize);
+    f.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// The line that ends just before `end` (its newline at `end - 1`), read backwards in small
+/// blocks; at most `max` bytes long. `Ok(None)` if the file is shorter than `end`, `end` is 0,
+/// or the byte at `end - 1` is not a newline.
+pub fn read_line_before(path: &Path, end: u64, max: u64) -> io::Result<Option<Vec<u8>>> {
+    use std::os::unix::fs::FileExt as _;
+    let f = File::open(path)?;
+    if end == 0 || f.metadata()?.len() < end {
+        return Ok(None);
+    }
+    let mut last = [0u8; 1];
+    f.read_exact_at(&mut last, end - 1)?;
+    if last[0] != b'\n' {
+        return Ok(None);
+    }
+    let stop = end - 1; // the newline
+    let mut start = stop;
+    let mut line: Vec<u8> = Vec::new();
+    const BLOCK: u64 = 8192;
+    while start > 0 {
+        let from = start.saturating_sub(BLOCK);
+        let mut block = vec![0u8; (start - from) as usize];
+        f.read_exact_at(&mut block, from)?;
+        if let Some(nl) = block.iter().rposition(|&b| b == b'\n') {
+            block.drain(..=nl);
+            block.extend_from_slice(&line);
+            line = block;
+            break;
+        }
+        block.extend_from_slice(&line);
+        line = block;
+        start = from;
+        if line.len() as u64 > max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the line before offset {end} is longer than {max} bytes"),
+            ));
+        }
+    }
+    if line.len() as u64 > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the line before offset {end} is longer than {max} bytes"),
+        ));
+    }
+    Ok(Some(line))
 }
 
 /// A complete line of a segment (newline excluded) and where it starts.
@@ -198,6 +274,31 @@ mod tests {
         assert_eq!(tail, b"torn");
         let (lines, tail) = split_lines(b"");
         assert!(lines.is_empty() && tail.is_empty());
+    }
+
+    #[test]
+    fn the_line_before_an_offset_is_read_backwards() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("seg");
+        let long = "x".repeat(20_000);
+        fs::write(&p, format!("a\n{long}\nbc\ntorn")).unwrap();
+        assert_eq!(read_line_before(&p, 2, 100).unwrap(), Some(b"a".to_vec()));
+        let end = 2 + long.len() as u64 + 1;
+        assert_eq!(
+            read_line_before(&p, end, 30_000).unwrap(),
+            Some(long.as_bytes().to_vec())
+        );
+        assert!(read_line_before(&p, end, 100).is_err());
+        assert_eq!(
+            read_line_before(&p, end + 3, 100).unwrap(),
+            Some(b"bc".to_vec())
+        );
+        // Not at a line end, past the end, at 0.
+        assert_eq!(read_line_before(&p, 3, 100).unwrap(), None);
+        assert_eq!(read_line_before(&p, 1 << 20, 100).unwrap(), None);
+        assert_eq!(read_line_before(&p, 0, 100).unwrap(), None);
+        assert_eq!(read_segment_from(&p, end).unwrap(), b"bc\ntorn");
+        assert!(read_segment_from(&p, 1 << 20).is_err());
     }
 
     #[test]

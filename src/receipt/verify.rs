@@ -27,6 +27,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -118,13 +119,62 @@ pub struct TornTail {
 }
 
 /// What to check in a scan.
-#[derive(Debug, Clone, Default)]
-pub struct ScanOptions {
+#[derive(Clone, Default)]
+pub struct ScanOptions<'a> {
     /// Verify signatures of records with `seq >= signatures_from` (rotation records are always
     /// verified). Recovery skips records covered by a verified saved checkpoint; audits use 0.
     pub signatures_from: u64,
     /// Tree sizes whose root the caller wants (saved or external checkpoints).
     pub roots_at: Vec<u64>,
+    /// Start after the records a resume snapshot covers instead of at seq 0 (the Hall's fast
+    /// open; see [`super::resume`]). Offline verification never sets this.
+    pub resume: Option<ResumeFrom>,
+    /// Stop after this many records (the rest of the log, a torn tail included, is not read).
+    pub limit: Option<u64>,
+    /// Called after each batch of lines.
+    pub progress: Option<&'a dyn Fn(ScanProgress)>,
+    /// Checked between batches: when set, the scan stops with `ErrorKind::Interrupted`.
+    pub cancel: Option<&'a AtomicBool>,
+}
+
+impl fmt::Debug for ScanOptions<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScanOptions")
+            .field("signatures_from", &self.signatures_from)
+            .field("roots_at", &self.roots_at)
+            .field(
+                "resume",
+                &self.resume.as_ref().map(|r| (&r.segment, r.offset, r.size)),
+            )
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How far a scan got (for progress reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanProgress {
+    /// Records read so far by this scan.
+    pub records: u64,
+    /// Segment bytes read so far by this scan.
+    pub bytes: u64,
+    /// Segment bytes this scan will read in all (the segments' sizes when it started).
+    pub total_bytes: u64,
+}
+
+/// The state of a scan after its first `size` records, taken from a verified resume snapshot:
+/// the scan continues from there as if it had read them.
+#[derive(Debug, Clone)]
+pub struct ResumeFrom {
+    /// The segment holding the end of record `size - 1`, and the offset just after it.
+    pub segment: String,
+    pub offset: u64,
+    pub size: u64,
+    pub origin: String,
+    pub last_hash: Hash,
+    pub frontier: Frontier,
+    pub keys: Vec<KeyEpoch>,
+    pub open_intents: BTreeMap<u64, OpenIntent>,
 }
 
 /// The result of one pass over the log.
@@ -149,6 +199,10 @@ pub struct Scan {
     pub signatures_checked: u64,
     /// Length of the last segment's complete lines (where the writer appends).
     pub last_segment_len: u64,
+    /// Records this scan actually read and hashed (`size` minus what a resume skipped).
+    pub records_read: u64,
+    /// The seq the scan started at (non-zero when resumed from a snapshot).
+    pub resumed_at: u64,
 }
 
 impl Scan {
@@ -393,20 +447,66 @@ fn check_parallel(lines: &[store::Line<'_>], signatures_from: u64) -> Vec<Checke
     })
 }
 
-/// Reads and checks every segment of `dir` in one pass.
-pub fn scan(dir: &Path, opts: &ScanOptions) -> std::io::Result<Scan> {
+/// Reads and checks every segment of `dir` in one pass (or, with [`ScanOptions::resume`], the
+/// segments from the snapshot's offset on).
+pub fn scan(dir: &Path, opts: &ScanOptions<'_>) -> std::io::Result<Scan> {
     let segments = store::list_segments(dir)?;
     let mut scan = Scan {
         segments: segments.clone(),
         ..Scan::default()
     };
     let mut st = SeqState::default();
+    // Where reading starts: (segment index, byte offset, line number before it).
+    let mut start = (0usize, 0u64, 0u64);
+    if let Some(r) = &opts.resume {
+        let Some(i) = segments.iter().position(|s| s.name == r.segment) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("resume segment {} is not in the log", r.segment),
+            ));
+        };
+        if segments[i].first_seq > r.size {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("resume segment {} starts after seq {}", r.segment, r.size),
+            ));
+        }
+        start = (i, r.offset, r.size - segments[i].first_seq);
+        scan.origin = Some(r.origin.clone());
+        scan.size = r.size;
+        scan.resumed_at = r.size;
+        scan.keys = r.keys.clone();
+        scan.open_intents = r.open_intents.clone();
+        scan.last_hash = Some(r.last_hash);
+        scan.frontier = r.frontier.clone();
+        st.expected = r.size;
+    }
+    let total_bytes: u64 = segments[start.0.min(segments.len())..]
+        .iter()
+        .filter_map(|s| std::fs::metadata(&s.path).ok())
+        .map(|m| m.len())
+        .sum::<u64>()
+        .saturating_sub(start.1);
+    let mut bytes_done = 0u64;
     let nsegs = segments.len();
-    for (si, seg) in segments.iter().enumerate() {
+    'segments: for (si, seg) in segments.iter().enumerate().skip(start.0) {
+        if opts.limit.is_some_and(|l| scan.size >= l) {
+            break;
+        }
         let is_last = si + 1 == nsegs;
-        let data = store::read_segment(&seg.path)?;
-        let (lines, tail) = store::split_lines(&data);
-        if seg.first_seq != scan.size {
+        let resumed_here = opts.resume.is_some() && si == start.0;
+        let (base, base_line) = if resumed_here {
+            (start.1, start.2)
+        } else {
+            (0, 0)
+        };
+        let data = store::read_segment_from(&seg.path, base)?;
+        let (mut lines, tail) = store::split_lines(&data);
+        for l in &mut lines {
+            l.offset += base;
+            l.number += base_line;
+        }
+        if !resumed_here && seg.first_seq != scan.size {
             scan.fail(Failure {
                 seq: Some(scan.size),
                 segment: seg.name.clone(),
@@ -419,7 +519,7 @@ pub fn scan(dir: &Path, opts: &ScanOptions) -> std::io::Result<Scan> {
                 ),
             });
         }
-        if data.is_empty() && !is_last {
+        if data.is_empty() && !is_last && !resumed_here {
             scan.fail(Failure {
                 seq: Some(scan.size),
                 segment: seg.name.clone(),
@@ -428,14 +528,45 @@ pub fn scan(dir: &Path, opts: &ScanOptions) -> std::io::Result<Scan> {
                 reason: "an empty segment before the last one".into(),
             });
         }
+        let mut consumed = 0usize;
         for chunk in lines.chunks(CHUNK) {
+            if opts
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(Ordering::Relaxed))
+            {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::Interrupted,
+                    "the scan was cancelled",
+                ));
+            }
+            let chunk = match opts.limit {
+                Some(limit) => {
+                    let room = limit.saturating_sub(scan.size) as usize;
+                    &chunk[..chunk.len().min(room)]
+                }
+                None => chunk,
+            };
             let checked = check_parallel(chunk, opts.signatures_from);
             for (line, c) in chunk.iter().zip(checked) {
                 sequential(&mut scan, &mut st, seg, line, c, opts);
+                scan.records_read += 1;
+                consumed = (line.offset - base) as usize + line.bytes.len() + 1;
+            }
+            if let Some(p) = &opts.progress {
+                p(ScanProgress {
+                    records: scan.records_read,
+                    bytes: bytes_done + consumed as u64,
+                    total_bytes,
+                });
+            }
+            if opts.limit.is_some_and(|l| scan.size >= l) {
+                break 'segments;
             }
         }
+        bytes_done += data.len() as u64;
         if !tail.is_empty() {
-            let offset = (data.len() - tail.len()) as u64;
+            let offset = base + (data.len() - tail.len()) as u64;
             if is_last {
                 scan.torn_tail = Some(TornTail {
                     segment: seg.clone(),
@@ -446,14 +577,14 @@ pub fn scan(dir: &Path, opts: &ScanOptions) -> std::io::Result<Scan> {
                 scan.fail(Failure {
                     seq: Some(scan.size),
                     segment: seg.name.clone(),
-                    line: lines.len() as u64 + 1,
+                    line: base_line + lines.len() as u64 + 1,
                     offset,
                     reason: "a segment before the last one ends inside a line (corruption)".into(),
                 });
             }
         }
         if is_last {
-            scan.last_segment_len = (data.len() - tail.len()) as u64;
+            scan.last_segment_len = base + (data.len() - tail.len()) as u64;
         }
     }
     if opts.roots_at.contains(&scan.size) {
@@ -477,7 +608,7 @@ fn sequential(
     seg: &Segment,
     line: &store::Line<'_>,
     c: Checked,
-    opts: &ScanOptions,
+    opts: &ScanOptions<'_>,
 ) {
     let position = scan.size;
     if opts.roots_at.contains(&position) {
@@ -851,6 +982,7 @@ pub fn verify_log(dir: &Path, opts: &VerifyOptions) -> std::io::Result<VerifyRep
         &ScanOptions {
             signatures_from: 0,
             roots_at,
+            ..ScanOptions::default()
         },
     )?;
     if scan.segments.is_empty() {
