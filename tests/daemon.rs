@@ -1471,3 +1471,58 @@ fn tampering_found_by_the_background_check_fails_the_running_hall() {
     assert_eq!(o.status.code(), Some(69));
     assert!(String::from_utf8_lossy(&o.stdout).contains("FAILED"));
 }
+
+#[test]
+fn a_start_without_a_resume_snapshot_saves_one_at_once() {
+    let mut hall = TestHall::start("");
+    for i in 0..3 {
+        let (code, _) = hall.call(
+            Method::POST,
+            "/wcp/dispatch",
+            Some(&input(&format!("cap.unknown.c{i}"), "acme-corp")),
+        );
+        assert_eq!(code, 200);
+    }
+    hall.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(hall.wait_exit(Duration::from_secs(20)), 0);
+    // No snapshot (lost, or never written because the Hall kept crashing before a checkpoint):
+    // this start reads the whole log, and saves a checkpoint and snapshot right away, so the
+    // next start is fast even if this Hall never reaches a periodic checkpoint.
+    let resume = hall.dir.path().join("state/receipts/resume");
+    std::fs::remove_file(&resume).unwrap();
+    hall.spawn();
+    assert!(
+        resume.exists(),
+        "a fresh snapshot right after a full-scan start: {}",
+        hall.log()
+    );
+    let (code, _) = hall.call(
+        Method::POST,
+        "/wcp/dispatch",
+        Some(&input("cap.unknown.after", "acme-corp")),
+    );
+    assert_eq!(code, 200);
+    // The extra checkpoint is an ordinary one: the log verifies offline, and the next start
+    // resumes from the snapshot.
+    hall.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(hall.wait_exit(Duration::from_secs(20)), 0);
+    let o = Command::new(BIN)
+        .args(["--json", "receipts", "verify", "--log"])
+        .arg(hall.dir.path().join("state/receipts"))
+        .arg("--pubkey")
+        .arg(hall.dir.path().join("keys/receipts.key.pub"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    hall.spawn();
+    assert!(
+        hall.log().contains("resumed_at: Some("),
+        "the next start reads only the tail: {}",
+        hall.log()
+    );
+}

@@ -233,6 +233,18 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
     )
     .map_err(|e| fail(exit::CONFIG, e.to_string()))?;
     tracing::info!(report = ?opened, "receipt log open");
+    // A start that had to read the whole log (no usable resume snapshot) saves a checkpoint,
+    // and with it a fresh snapshot, at once: a Hall restarted again before its first periodic
+    // checkpoint (a crash loop) then opens from the tail instead of paying the scan again.
+    if opened.resumed_at.is_none() && opened.records_read > 0 {
+        match receipts.checkpoint_for_resume() {
+            Ok(_) => tracing::info!(
+                records_read = opened.records_read,
+                "checkpoint and resume snapshot saved after a full scan"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not save a checkpoint after a full scan"),
+        }
+    }
     let receipts = Arc::new(receipts);
     let runner = build_runner(&loaded.config, worker, &cgroup, receipts.clone())?;
     let mut hall = Hall::new(

@@ -936,7 +936,14 @@ impl ReceiptLog {
     /// saved atomically to `<dir>/checkpoint` and the configured copy). `None` if nothing was
     /// appended since the last one.
     pub fn checkpoint_now(&self) -> Result<Option<SavedCheckpoint>, LogError> {
-        self.inner.checkpoint_now()
+        self.inner.checkpoint(false)
+    }
+
+    /// Like [`Self::checkpoint_now`], but also when the last record is itself a checkpoint:
+    /// after an open that had to read the whole log (no usable resume snapshot), this saves a
+    /// checkpoint with a fresh snapshot, so the next open reads only the tail.
+    pub fn checkpoint_for_resume(&self) -> Result<Option<SavedCheckpoint>, LogError> {
+        self.inner.checkpoint(true)
     }
 
     /// Rotates the signing key: a `key_rotation` record signed by the current and the new
@@ -1012,7 +1019,7 @@ impl ReceiptLog {
         }
         // The thread first, so the final checkpoint is this call's (and reported).
         self.stop_ticker();
-        self.inner.checkpoint_now()
+        self.inner.checkpoint(false)
     }
 
     fn stop_ticker(&mut self) {
@@ -1376,14 +1383,16 @@ impl Inner {
         }
     }
 
-    fn checkpoint_now(&self) -> Result<Option<SavedCheckpoint>, LogError> {
+    /// A checkpoint of everything so far; with `even_if_current`, also when nothing but the
+    /// last checkpoint record was appended since the last one (never on an empty log).
+    fn checkpoint(&self, even_if_current: bool) -> Result<Option<SavedCheckpoint>, LogError> {
         let mut st = self.lock()?;
         if let Some(reason) = &st.failed {
             return Err(LogError::Failed {
                 reason: reason.clone(),
             });
         }
-        if st.since_checkpoint() == 0 {
+        if st.since_checkpoint() == 0 && !(even_if_current && st.next_seq > 0) {
             st.checkpoint_wanted = false;
             return Ok(None);
         }
@@ -1490,7 +1499,7 @@ impl Inner {
             if due {
                 drop(st);
                 // An error poisons the log (appenders see it); nothing more to do here.
-                let _ = self.checkpoint_now();
+                let _ = self.checkpoint(false);
                 st = match self.state.lock() {
                     Ok(g) => g,
                     Err(_) => return,
