@@ -857,6 +857,24 @@ impl ReceiptLog {
         true
     }
 
+    /// Verifies now, on the calling thread and at its priority, what
+    /// [`Self::start_background_check`] would verify at idle priority: for tools that must not
+    /// go on before it (key rotation), where an idle-priority thread could wait indefinitely on
+    /// a busy machine. Returns the result (`NotNeeded` when the open read everything).
+    pub fn check_skipped_now(&self) -> BackgroundCheck {
+        let pending = match self.inner.pending.lock() {
+            Ok(mut g) => g.take(),
+            Err(_) => None,
+        };
+        if let Some(pending) = pending {
+            self.inner.set_check(BackgroundCheck::Running {
+                records: pending.expected.size,
+            });
+            self.inner.check_skipped(pending);
+        }
+        self.wait_background_check()
+    }
+
     /// Waits for the background check (if one was started) and returns its result.
     pub fn wait_background_check(&self) -> BackgroundCheck {
         let handle = match self.checker.lock() {
@@ -1083,6 +1101,11 @@ impl Inner {
     /// The background check's thread.
     fn background_check(&self, pending: PendingCheck) {
         lower_priority();
+        self.check_skipped(pending);
+    }
+
+    /// Verifies the records the open skipped (see [`ReceiptLog::start_background_check`]).
+    fn check_skipped(&self, pending: PendingCheck) {
         let records = pending.expected.size;
         let started = Instant::now();
         tracing::info!(
