@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::daemon::SocketArg;
+use super::daemon::{RouteContextArgs, SocketArg};
 use super::{CliError, exit};
 use crate::mcp::{self, BridgeConfig, RouteDefaults};
 
@@ -11,21 +11,10 @@ use crate::mcp::{self, BridgeConfig, RouteDefaults};
 pub struct McpArgs {
     #[command(flatten)]
     pub socket: SocketArg,
-    /// The tenant every tool call acts as (must be one the Hall maps to this process's uid/gid).
-    #[arg(long, env = "WCP_TENANT_ID")]
-    pub tenant_id: String,
-    /// RouteInput env: dev, stage, prod or edge.
-    #[arg(long, default_value = "dev")]
-    pub env: String,
-    /// RouteInput data label: PUBLIC, INTERNAL or RESTRICTED.
-    #[arg(long, default_value = "PUBLIC")]
-    pub data_label: String,
-    /// RouteInput tenant risk: low, medium or high.
-    #[arg(long, default_value = "low")]
-    pub tenant_risk: String,
-    /// RouteInput QoS class: P0 … P3.
-    #[arg(long, default_value = "P2")]
-    pub qos_class: String,
+    /// The route context every tool call is dispatched with; `--tenant-id` (or
+    /// `WCP_TENANT_ID`) is required: the tenant every tool call acts as.
+    #[command(flatten)]
+    pub context: RouteContextArgs,
     /// Worker results larger than this many bytes are replaced by a notice.
     #[arg(long, default_value_t = mcp::DEFAULT_MAX_RESULT_BYTES)]
     pub max_result_bytes: usize,
@@ -37,20 +26,28 @@ pub struct McpArgs {
 
 /// Runs the bridge until the MCP host closes stdin. Everything it prints goes to stderr.
 pub fn run(args: McpArgs) -> Result<u8, CliError> {
+    let context = args.context;
+    let tenant_id = context.tenant_id.ok_or_else(|| {
+        CliError::new(
+            exit::USAGE,
+            "usage",
+            "give --tenant-id (or WCP_TENANT_ID): the tenant every tool call acts as",
+        )
+    })?;
     init_logging();
     tracing::info!(
         socket = %args.socket.socket.display(),
-        tenant = %args.tenant_id,
+        tenant = %tenant_id,
         "wcp-hall MCP bridge on stdio"
     );
     let cfg = BridgeConfig {
         socket: args.socket.socket,
         defaults: RouteDefaults {
-            tenant_id: args.tenant_id,
-            env: args.env,
-            data_label: args.data_label,
-            tenant_risk: args.tenant_risk,
-            qos_class: args.qos_class,
+            tenant_id,
+            env: context.env,
+            data_label: context.data_label,
+            tenant_risk: context.tenant_risk,
+            qos_class: context.qos_class,
         },
         timeout: Duration::from_secs(args.socket.timeout),
         max_result_bytes: args.max_result_bytes,
