@@ -1393,10 +1393,9 @@ fn overload_answers_429_with_retry_after_and_health_stays_responsive() {
     );
 }
 
-#[test]
-fn tampering_found_by_the_background_check_fails_the_running_hall() {
-    let mut hall = TestHall::start("");
-    for i in 0..6 {
+/// `n` denied dispatches (each a durable receipt), then an orderly stop (exit 0).
+fn denials_then_stop(hall: &mut TestHall, n: usize) {
+    for i in 0..n {
         let (code, _) = hall.call(
             Method::POST,
             "/wcp/dispatch",
@@ -1404,9 +1403,15 @@ fn tampering_found_by_the_background_check_fails_the_running_hall() {
         );
         assert_eq!(code, 200);
     }
-    // An orderly stop writes the final checkpoint and its resume snapshot.
     hall.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(hall.wait_exit(Duration::from_secs(20)), 0);
+}
+
+#[test]
+fn tampering_found_by_the_background_check_fails_the_running_hall() {
+    let mut hall = TestHall::start("");
+    // An orderly stop writes the final checkpoint and its resume snapshot.
+    denials_then_stop(&mut hall, 6);
     let seg = hall
         .dir
         .path()
@@ -1475,16 +1480,7 @@ fn tampering_found_by_the_background_check_fails_the_running_hall() {
 #[test]
 fn a_start_without_a_resume_snapshot_saves_one_at_once() {
     let mut hall = TestHall::start("");
-    for i in 0..3 {
-        let (code, _) = hall.call(
-            Method::POST,
-            "/wcp/dispatch",
-            Some(&input(&format!("cap.unknown.c{i}"), "acme-corp")),
-        );
-        assert_eq!(code, 200);
-    }
-    hall.signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(hall.wait_exit(Duration::from_secs(20)), 0);
+    denials_then_stop(&mut hall, 3);
     // No snapshot (lost, or never written because the Hall kept crashing before a checkpoint):
     // this start reads the whole log, and saves a checkpoint and snapshot right away, so the
     // next start is fast even if this Hall never reaches a periodic checkpoint.
