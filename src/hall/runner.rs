@@ -352,7 +352,6 @@ pub fn package_bootstrap(
     package: &Path,
     python_runtime: Option<&envelope::PythonRuntime>,
 ) -> Result<(envelope::Bootstrap, envelope::RuntimePaths), ApiError> {
-    use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
 
     let python = package.join(crate::attest::tree::PYTHON_BOOTSTRAP);
@@ -396,25 +395,6 @@ pub fn package_bootstrap(
                     format!("{} is not a regular file", native.display()),
                 ));
             }
-            let mut magic = [0u8; 4];
-            std::fs::File::open(&native)
-                .and_then(|mut f| f.read_exact(&mut magic))
-                .map_err(|e| {
-                    failure(
-                        "package_not_elf",
-                        format!("cannot read {}: {e}", native.display()),
-                    )
-                })?;
-            if magic != *b"\x7fELF" {
-                return Err(failure(
-                    "package_not_elf",
-                    format!(
-                        "{} is not an ELF executable; native packages carry a compiled program \
-                         (scripts belong in a Python package's code/bootstrap.py)",
-                        native.display()
-                    ),
-                ));
-            }
             if meta.permissions().mode() & 0o111 != 0o111 {
                 return Err(failure(
                     "package_not_executable",
@@ -427,7 +407,8 @@ pub fn package_bootstrap(
                     ),
                 ));
             }
-            // The loader its ELF header names, and that loader's library directory.
+            // An ELF file (a script is refused), with the loader its header names and that
+            // loader's library directory.
             let runtime = envelope::native::runtime_for(&native)
                 .map_err(|why| failure("package_not_elf", why))?;
             Ok((
