@@ -1137,6 +1137,27 @@ fn a_native_worker_runs_from_its_store_copy_and_odd_entrypoints_are_refused() {
         "{envelope}"
     );
     assert_eq!(out["execution"]["summary"]["exit"]["code"], 0, "{out}");
+    // Each phase is in the answer and in the metrics.
+    for phase in ["verify", "intent_receipt", "run", "outcome_receipt"] {
+        assert!(out["execution"]["hall_phases_us"][phase].is_u64(), "{out}");
+    }
+    let metrics = hall.runtime.block_on(async {
+        client::call(
+            &hall.socket,
+            Method::GET,
+            "/metrics",
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap()
+        .body
+    });
+    let text = metrics.as_str().map(str::to_owned).unwrap_or_default();
+    assert!(
+        text.contains("wcp_hall_execution_phase_seconds_count{phase=\"run\"} 1"),
+        "{text}"
+    );
 
     // A bad request is the worker's own refusal (exit 2), not the Hall's.
     let mut bad = input("cap.hello.greet", "acme-corp");

@@ -217,6 +217,9 @@ async fn run(
         .map_err(|e| ApiError::internal(format!("worker runner panicked: {e}")))?;
     match outcome {
         Ok(done) => {
+            for (phase, took) in &done.phases {
+                hall.metrics.observe_phase(phase, took.as_secs_f64());
+            }
             // WCP §7: the chain's blast grows by each worker that actually ran.
             let blast = species
                 .as_deref()

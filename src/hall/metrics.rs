@@ -21,11 +21,54 @@ struct Histogram {
     count: u64,
 }
 
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; BUCKETS.len()];
+        }
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if seconds <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += seconds;
+        self.count += 1;
+    }
+
+    /// The `_bucket`, `_sum` and `_count` lines; `labels` (`k="v"`) prefix every `le`.
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {}",
+                self.counts.get(i).copied().unwrap_or(0)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
+        let braced = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braced} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{braced} {}", self.count);
+    }
+}
+
+/// The phases of an executed dispatch the runner times (`execution.hall_phases_us`).
+pub const PHASES: [&str; 4] = ["verify", "intent_receipt", "run", "outcome_receipt"];
+
 /// The daemon's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
     counters: Mutex<BTreeMap<(&'static str, String), u64>>,
     latency: Mutex<Histogram>,
+    phases: Mutex<BTreeMap<&'static str, Histogram>>,
 }
 
 fn labels(pairs: &[(&str, &str)]) -> String {
@@ -53,16 +96,17 @@ impl Metrics {
     /// Records one dispatch latency.
     pub fn observe_dispatch(&self, seconds: f64) {
         let mut h = self.latency.lock().unwrap_or_else(|p| p.into_inner());
-        if h.counts.is_empty() {
-            h.counts = vec![0; BUCKETS.len()];
-        }
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if seconds <= *b {
-                h.counts[i] += 1;
-            }
-        }
-        h.sum += seconds;
-        h.count += 1;
+        h.observe(seconds);
+    }
+
+    /// Records how long one phase of an executed dispatch took. Phases outside [`PHASES`] are
+    /// ignored (the label set stays closed).
+    pub fn observe_phase(&self, phase: &str, seconds: f64) {
+        let Some(name) = PHASES.iter().find(|p| **p == phase) else {
+            return;
+        };
+        let mut m = self.phases.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(name).or_default().observe(seconds);
     }
 
     /// Renders every family, plus the given gauges, in the Prometheus text format.
@@ -89,16 +133,20 @@ impl Metrics {
             "# HELP {name} Wall time of POST /wcp/dispatch requests."
         );
         let _ = writeln!(out, "# TYPE {name} histogram");
-        for (i, b) in BUCKETS.iter().enumerate() {
+        h.render(&mut out, name, "");
+        drop(h);
+        let phases = self.phases.lock().unwrap_or_else(|p| p.into_inner());
+        if !phases.is_empty() {
+            let name = "wcp_hall_execution_phase_seconds";
             let _ = writeln!(
                 out,
-                "{name}_bucket{{le=\"{b}\"}} {}",
-                h.counts.get(i).copied().unwrap_or(0)
+                "# HELP {name} Wall time of each phase of an executed dispatch (verify, intent_receipt, run, outcome_receipt)."
             );
+            let _ = writeln!(out, "# TYPE {name} histogram");
+            for (phase, h) in phases.iter() {
+                h.render(&mut out, name, &labels(&[("phase", phase)]));
+            }
         }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
-        let _ = writeln!(out, "{name}_sum {}", h.sum);
-        let _ = writeln!(out, "{name}_count {}", h.count);
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} gauge");
@@ -124,6 +172,8 @@ mod tests {
             &[("outcome", "denied"), ("code", "DENY_NO_MATCHING_RULE")],
         );
         m.observe_dispatch(0.003);
+        m.observe_phase("run", 0.002);
+        m.observe_phase("somebody's label", 1.0);
         let text = m.render(&[("wcp_hall_in_flight", "Requests executing.", 2.0)]);
         assert!(text.contains(
             "wcp_hall_decisions_total{outcome=\"denied\",code=\"DENY_NO_MATCHING_RULE\"} 2"
@@ -132,5 +182,10 @@ mod tests {
         assert!(text.contains("wcp_hall_dispatch_duration_seconds_bucket{le=\"0.0025\"} 0"));
         assert!(text.contains("wcp_hall_dispatch_duration_seconds_count 1"));
         assert!(text.contains("wcp_hall_in_flight 2"));
+        assert!(
+            text.contains("wcp_hall_execution_phase_seconds_bucket{phase=\"run\",le=\"0.0025\"} 1")
+        );
+        assert!(text.contains("wcp_hall_execution_phase_seconds_count{phase=\"run\"} 1"));
+        assert!(!text.contains("somebody"), "phase labels are a closed set");
     }
 }

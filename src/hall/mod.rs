@@ -58,6 +58,8 @@ pub struct RunOutcome {
     pub result: Option<Value>,
     /// The run's facts: exit status, limits hit, envelope report, receipt reference.
     pub execution: Value,
+    /// Wall time of each phase the runner went through (`metrics::PHASES`), for the metrics.
+    pub phases: Vec<(&'static str, std::time::Duration)>,
 }
 
 /// Executes allowed decisions (attestation, envelope, receipts). Called on a blocking thread.

@@ -270,6 +270,7 @@ impl Runner for HallRunner {
                     .map_err(|le| {
                         ApiError::unavailable("receipt_log_unavailable", le.to_string())
                     })?;
+                let (phases, phases_json) = phases.finish("outcome_receipt");
                 return Ok(RunOutcome {
                     succeeded: false,
                     result: None,
@@ -278,7 +279,9 @@ impl Runner for HallRunner {
                         "envelope": envelope_report,
                         "receipt": {"seq": appended.seq, "receipt_hash": appended.receipt_hash_string()},
                         "package": package_json(&package, &report.store_path),
+                        "hall_phases_us": phases_json,
                     }),
+                    phases,
                 });
             }
         };
@@ -316,6 +319,7 @@ impl Runner for HallRunner {
             })?;
         let result = outcome.result_json().ok();
         let succeeded = exit_code == Some(0) && result.is_some() && !outcome.timed_out;
+        let (phases, phases_json) = phases.finish("outcome_receipt");
         Ok(RunOutcome {
             succeeded,
             result,
@@ -326,8 +330,9 @@ impl Runner for HallRunner {
                 "package": package_json(&package, &report.store_path),
                 "attestation": {"code": report.code.map(|c| c.as_str()), "cached": report.cached, "protections": report.protections},
                 "stderr_tail": String::from_utf8_lossy(&outcome.stderr[outcome.stderr.len().saturating_sub(2048)..]),
-                "hall_phases_us": phases.finish("outcome_receipt"),
+                "hall_phases_us": phases_json,
             }),
+            phases,
         })
     }
 }
@@ -425,27 +430,35 @@ pub fn package_bootstrap(
 /// Wall-clock time per phase of a run, for the answer (operators see where time went).
 struct Phases {
     last: std::time::Instant,
-    done: serde_json::Map<String, Value>,
+    done: Vec<(&'static str, std::time::Duration)>,
 }
 
 impl Phases {
     fn start() -> Self {
         Phases {
             last: std::time::Instant::now(),
-            done: serde_json::Map::new(),
+            done: Vec::new(),
         }
     }
 
-    fn mark(&mut self, phase: &str) {
+    fn mark(&mut self, phase: &'static str) {
         let now = std::time::Instant::now();
-        let us = u64::try_from(now.duration_since(self.last).as_micros()).unwrap_or(u64::MAX);
-        self.done.insert(phase.to_owned(), json!(us));
+        self.done.push((phase, now.duration_since(self.last)));
         self.last = now;
     }
 
-    fn finish(mut self, phase: &str) -> Value {
+    /// Marks the last phase; returns the phases and their JSON (`{phase: µs}`) for the answer.
+    fn finish(mut self, phase: &'static str) -> (Vec<(&'static str, std::time::Duration)>, Value) {
         self.mark(phase);
-        Value::Object(self.done)
+        let json = self
+            .done
+            .iter()
+            .map(|(p, d)| {
+                let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+                ((*p).to_owned(), json!(us))
+            })
+            .collect::<serde_json::Map<String, Value>>();
+        (self.done, Value::Object(json))
     }
 }
 
