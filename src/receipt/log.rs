@@ -1086,6 +1086,8 @@ impl Inner {
             "sev1 integrity event found by the background verification of the receipt log: \
              {reason}. Investigate with `wcp-hall receipts verify`"
         );
+        // The check's state first: whoever sees the log poisoned then also sees why.
+        self.set_check(BackgroundCheck::Failed { records, reason });
         match self.state.lock() {
             Ok(mut st) => {
                 let _ = self.poison(&mut st, poisoned);
@@ -1095,7 +1097,6 @@ impl Inner {
                 let _ = self.poison(&mut st, poisoned);
             }
         }
-        self.set_check(BackgroundCheck::Failed { records, reason });
     }
 
     /// The background check's thread.
