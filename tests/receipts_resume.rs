@@ -412,3 +412,34 @@ fn a_tool_can_check_the_skipped_records_itself_at_its_own_priority() {
     }
     assert!(log.append_denied(denied("after")).is_err());
 }
+
+#[test]
+fn a_long_read_at_open_reports_progress() {
+    let (dir, records) = built();
+    let progress_of = |with_snapshot: bool| {
+        if !with_snapshot {
+            let _ = fs::remove_file(dir.path().join(store::RESUME_FILE));
+        }
+        let mut o = options(dir.path());
+        o.progress_every = std::time::Duration::ZERO;
+        let seen = std::cell::RefCell::new(Vec::new());
+        let (log, report) =
+            ReceiptLog::open_with_progress(o, key(1), &|p| seen.borrow_mut().push(*p)).unwrap();
+        log.checkpoint_for_resume().unwrap();
+        drop(log);
+        (report, seen.into_inner())
+    };
+    // No snapshot: the whole log is read, and the reports (what the daemon turns into
+    // STATUS= and EXTEND_TIMEOUT_USEC) say so and count up to it.
+    let (report, seen) = progress_of(false);
+    assert!(report.resumed_at.is_none());
+    let last = seen.last().expect("at least one progress report");
+    assert!(seen.iter().all(|p| p.full_scan), "{seen:?}");
+    assert_eq!(last.records, records, "{seen:?}");
+    assert_eq!(last.bytes, last.total_bytes, "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0].records <= w[1].records));
+    // With the snapshot that open saved: only the tail is read, not reported as a full scan.
+    let (report, seen) = progress_of(true);
+    assert!(report.resumed_at.is_some(), "{report:?}");
+    assert!(seen.iter().all(|p| !p.full_scan), "{seen:?}");
+}

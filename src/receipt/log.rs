@@ -70,8 +70,8 @@ use super::verify::{self, KeyEpoch, ResumeFrom, Scan, ScanOptions, ScanProgress}
 use crate::crypto::{KeyId, KeyPair, PublicKey};
 use crate::router::hex;
 
-/// How often a long scan at open reports progress (log line and callback).
-const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// How often a long scan at open reports progress by default (log line and callback).
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// Default segment size before a new one is started.
 pub const DEFAULT_SEGMENT_MAX_BYTES: u64 = 64 * 1024 * 1024;
@@ -92,6 +92,8 @@ pub struct LogOptions {
     /// Where the last checkpoint is also saved (a different disk, mount or host).
     pub checkpoint_copy: Option<PathBuf>,
     pub segment_max_bytes: u64,
+    /// How often a long scan at open reports progress ([`ReceiptLog::open_with_progress`]).
+    pub progress_every: Duration,
 }
 
 impl LogOptions {
@@ -107,6 +109,7 @@ impl LogOptions {
             checkpoint_interval: Some(Duration::from_secs(60)),
             checkpoint_copy: None,
             segment_max_bytes: DEFAULT_SEGMENT_MAX_BYTES,
+            progress_every: PROGRESS_EVERY,
         }
     }
 }
@@ -589,7 +592,7 @@ impl ReceiptLog {
             let last = std::cell::Cell::new(Instant::now());
             let full_scan = from.is_none();
             let report = |p: ScanProgress| {
-                if last.get().elapsed() < PROGRESS_EVERY {
+                if last.get().elapsed() < opts.progress_every {
                     return;
                 }
                 last.set(Instant::now());
