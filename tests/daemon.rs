@@ -190,6 +190,29 @@ tenants = ["mcp.my-app"]
         }
     }
 
+    /// SIGTERM, exit 0, then `wcp-hall receipts verify` of the whole log with the public key:
+    /// asserts it passes and returns its JSON report.
+    fn stop_and_verify_log(&mut self) -> Value {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        assert_eq!(self.wait_exit(Duration::from_secs(20)), 0);
+        let o = Command::new(BIN)
+            .args(["--json", "receipts", "verify", "--log"])
+            .arg(self.dir.path().join("state/receipts"))
+            .arg("--pubkey")
+            .arg(self.dir.path().join("keys/receipts.key.pub"))
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{v} {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(v["failed"], 0, "{v}");
+        v
+    }
+
     fn cli(&self, args: &[&str], uid: Option<u32>) -> Output {
         let mut cmd = Command::new(BIN);
         cmd.args(args).arg("--socket").arg(&self.socket);
@@ -1009,24 +1032,7 @@ fn an_attested_worker_runs_in_the_envelope_and_every_step_is_receipted() {
     );
 
     // Stop, then verify the whole log offline with the public key.
-    hall.signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(hall.wait_exit(Duration::from_secs(20)), 0);
-    let o = Command::new(BIN)
-        .args(["--json", "receipts", "verify", "--log"])
-        .arg(hall.dir.path().join("state/receipts"))
-        .arg("--pubkey")
-        .arg(hall.dir.path().join("keys/receipts.key.pub"))
-        .output()
-        .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["failed"], 0, "{v}");
+    let v = hall.stop_and_verify_log();
     assert!(
         v["passed"].as_u64().unwrap() >= 4,
         "intent, outcome and two denials: {v}"
@@ -1217,21 +1223,7 @@ fn a_native_worker_runs_from_its_store_copy_and_odd_entrypoints_are_refused() {
     assert_eq!(deny_code(&out), "DENY_WORKER_TAMPERED", "{out}");
 
     // Every step is in the log, and it verifies.
-    hall.signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(hall.wait_exit(Duration::from_secs(20)), 0);
-    let o = Command::new(BIN)
-        .args(["--json", "receipts", "verify", "--log"])
-        .arg(dir.join("state/receipts"))
-        .arg("--pubkey")
-        .arg(dir.join("keys/receipts.key.pub"))
-        .output()
-        .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stdout)
-    );
+    hall.stop_and_verify_log();
 }
 
 #[test]
@@ -1291,24 +1283,8 @@ fn kill_9_mid_stream_loses_no_acknowledged_receipt() {
     let acked = acked.lock().unwrap().clone();
     // Restart: the log is recovered (a torn tail cut and recorded) and everything verifies.
     hall.spawn();
-    hall.signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(hall.wait_exit(Duration::from_secs(20)), 0);
+    hall.stop_and_verify_log();
     let log = hall.dir.path().join("state/receipts");
-    let o = Command::new(BIN)
-        .args(["--json", "receipts", "verify", "--log"])
-        .arg(&log)
-        .arg("--pubkey")
-        .arg(hall.dir.path().join("keys/receipts.key.pub"))
-        .output()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{v} {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert_eq!(v["failed"], 0, "{v}");
     // Every receipt a client was told about is in the log, as the denial it acknowledged.
     for seq in &acked {
         let o = Command::new(BIN)
@@ -1521,21 +1497,7 @@ fn a_start_without_a_resume_snapshot_saves_one_at_once() {
     assert_eq!(code, 200);
     // The extra checkpoint is an ordinary one: the log verifies offline, and the next start
     // resumes from the snapshot.
-    hall.signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(hall.wait_exit(Duration::from_secs(20)), 0);
-    let o = Command::new(BIN)
-        .args(["--json", "receipts", "verify", "--log"])
-        .arg(hall.dir.path().join("state/receipts"))
-        .arg("--pubkey")
-        .arg(hall.dir.path().join("keys/receipts.key.pub"))
-        .output()
-        .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stdout)
-    );
+    hall.stop_and_verify_log();
     hall.spawn();
     assert!(
         hall.log().contains("resumed_at: Some("),
