@@ -18,9 +18,8 @@ use serde_json::Value;
 
 use super::identity::Peer;
 
-/// WCP §5.8 supervisor levels, lowest first.
-pub const SUPERVISOR_LEVELS: &[&str] =
-    &["advisory", "gatekeeper", "executor", "incident_commander"];
+/// WCP §5.8 supervisor levels, lowest first (the policy gate's vocabulary).
+pub const SUPERVISOR_LEVELS: &[&str] = crate::policy::SupervisorLevel::NAMES;
 
 /// Where an approval stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

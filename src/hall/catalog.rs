@@ -207,12 +207,10 @@ pub fn routable(hall: &Hall, loaded: &Loaded, peer: &Peer, template: &RouteInput
             entry["input_schema_note"] = Value::from(note);
         }
         if let Some(h) = &human {
-            let extra = h.deny_reason_if_denied.as_ref().map(|r| &r.extra);
-            let text = |k: &str| extra.and_then(|e| e.get(k)).and_then(Value::as_str);
-            // The level a pending approval would get (dispatch::request_approval's default).
-            entry["supervisor_level"] =
-                Value::from(text("supervisor_level").unwrap_or("gatekeeper"));
-            entry["approval_reason"] = Value::from(text("reason").unwrap_or("REQUIRE_HUMAN"));
+            // What a pending approval would record (the same reading as request_approval's).
+            let (reason, level) = dispatch::human_request(h);
+            entry["supervisor_level"] = Value::from(level);
+            entry["approval_reason"] = Value::from(reason);
             entry["deny_code"] = Value::from(h.deny_code().map(|c| c.as_str()));
         }
         listed.push(entry);

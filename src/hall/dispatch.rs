@@ -59,6 +59,17 @@ pub fn needs_human(decision: &RouteDecision) -> bool {
     )
 }
 
+/// What a decision that needs a human asks for: (reason, supervisor level), from the deny
+/// reason's extras, defaulting to `REQUIRE_HUMAN` and `gatekeeper`.
+pub fn human_request(decision: &RouteDecision) -> (&str, &str) {
+    let extra = decision.deny_reason_if_denied.as_ref().map(|r| &r.extra);
+    let text = |k: &str| extra.and_then(|e| e.get(k)).and_then(Value::as_str);
+    (
+        text("reason").unwrap_or("REQUIRE_HUMAN"),
+        text("supervisor_level").unwrap_or(crate::policy::SupervisorLevel::Gatekeeper.as_str()),
+    )
+}
+
 /// The key the per-tenant limit uses: the tenant when the peer may act as it, else the uid.
 pub fn admission_key(loaded: &Loaded, peer: &Peer, tenant_id: &str) -> String {
     if loaded.identity.tenants_for(peer).contains(tenant_id) {
@@ -262,17 +273,8 @@ async fn request_approval(
     routed: Routed,
 ) -> Result<DispatchResponse, ApiError> {
     let decision = &routed.decision;
-    let reason_obj = decision.deny_reason_if_denied.as_ref();
-    let reason = reason_obj
-        .and_then(|r| r.extra.get("reason"))
-        .and_then(Value::as_str)
-        .unwrap_or("REQUIRE_HUMAN")
-        .to_owned();
-    let level = reason_obj
-        .and_then(|r| r.extra.get("supervisor_level"))
-        .and_then(Value::as_str)
-        .unwrap_or("gatekeeper")
-        .to_owned();
+    let (reason, level) = human_request(decision);
+    let (reason, level) = (reason.to_owned(), level.to_owned());
     let now = now_ms();
     let expires = now + loaded.config.approvals.timeout_ms;
     let approval = Approval {
