@@ -109,6 +109,7 @@ fn main() {
         traceparent: None,
         identity: None,
         allow_absolute_writes: false,
+        opened_writes: Vec::new(),
     };
     let mut hygiene = off();
     hygiene.unprivileged_user = Minimum::Required;

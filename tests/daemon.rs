@@ -35,6 +35,8 @@ struct TestHall {
     socket: PathBuf,
     child: Option<Child>,
     runtime: tokio::runtime::Runtime,
+    /// Run the Hall as this uid (and gid) instead of root: an ordinary-user Hall.
+    as_uid: Option<u32>,
 }
 
 impl TestHall {
@@ -99,6 +101,7 @@ tenants = ["mcp.my-app"]
             dir,
             child: None,
             runtime,
+            as_uid: None,
         };
         hall.spawn();
         hall
@@ -115,7 +118,14 @@ tenants = ["mcp.my-app"]
     /// Starts the daemon and waits until `/wcp/health` answers as `ready` wants.
     fn spawn_until(&mut self, ready: impl Fn(u16, &Value) -> bool) {
         let log = std::fs::File::create(self.dir.path().join("hall.log")).unwrap();
-        let child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        if let Some(uid) = self.as_uid {
+            // Everything the Hall reads or writes becomes the ordinary user's, as after an
+            // install for that user.
+            chown_tree(self.dir.path(), uid);
+            cmd.uid(uid).gid(uid);
+        }
+        let child = cmd
             .args(["serve", "-c"])
             .arg(self.config_path())
             .arg("-s")
@@ -222,6 +232,19 @@ tenants = ["mcp.my-app"]
             cmd.uid(uid).gid(NOBODY);
         }
         cmd.output().expect("run wcp-hall client")
+    }
+}
+
+/// `chown -R uid:uid` without following links.
+fn chown_tree(dir: &Path, uid: u32) {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(uid)).unwrap();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            chown_tree(&e.path(), uid);
+        } else {
+            std::os::unix::fs::lchown(e.path(), Some(uid), Some(uid)).unwrap();
+        }
     }
 }
 
@@ -1504,4 +1527,147 @@ fn a_start_without_a_resume_snapshot_saves_one_at_once() {
         "the next start reads only the tail: {}",
         hall.log()
     );
+}
+
+/// A package of the hostile `persist` worker enrolled as the hello worker, with `writes` as its
+/// persistent write directories; the Hall is (re)loaded.
+fn enroll_persist(dir: &Path, writes: Value) -> String {
+    let pkg = dir.join("packages/persist");
+    if !pkg.exists() {
+        copy_dir(&repo("tests/hostile/persist"), &pkg);
+    }
+    let mut record = read_record(&repo("workers/hello/record.json"));
+    record["privilege_envelope"]["filesystem_writes"] = writes;
+    sign_and_enroll(dir, &pkg, &record)
+}
+
+fn persist_request(req: Value) -> Value {
+    let mut v = input("cap.hello.greet", "acme-corp");
+    v["request"] = req;
+    v
+}
+
+/// The two-dispatch attack on persistent write directories (issue: a worker widens its own
+/// grant). Run 1 plants a symlink (and tries a hard link to a Hall file) in its write directory;
+/// the operator then enrolls a record whose write directory is that symlink. Run 2 must be
+/// refused with `write_dir_unsafe` and an aborted receipt, and the symlink's target — the
+/// Hall's own key directory — must be untouched: not chowned, not granted, nothing written.
+fn symlink_trap_across_two_dispatches(as_uid: Option<u32>) {
+    let mut hall = TestHall::start("");
+    hall.as_uid = as_uid;
+    let mut worker_id = None;
+    restart_attested(&mut hall, |dir| {
+        worker_id = Some(enroll_persist(dir, json!(["out/"])));
+    });
+    let worker_id = worker_id.unwrap();
+    let keys = hall.dir.path().join("keys");
+    let key = keys.join("receipts.key");
+    let before = std::fs::metadata(&keys).unwrap();
+    let listing = |d: &Path| {
+        let mut names: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    let keys_before = listing(&keys);
+    let data = hall.dir.path().join("state/data").join(&worker_id);
+
+    // Run 1: the trap.
+    let (s, out) = hall.call(
+        Method::POST,
+        "/wcp/dispatch",
+        Some(&persist_request(json!({
+            "symlink": {"name": "x", "to": keys.display().to_string()},
+            "hardlink": {"name": "stolen-key", "from": key.display().to_string()},
+            "rename": {"from": key.display().to_string(), "name": "moved-key"},
+        }))),
+    );
+    assert_eq!(s, 200, "{out}; {}", hall.log());
+    assert_eq!(out["status"], "completed", "{out}");
+    assert_eq!(out["result"]["symlink"]["ok"], true, "{out}");
+    // No hard link to a Hall file: Landlock refuses links from outside the grant (EXDEV), and
+    // for a root Hall's worker (another uid) protected_hardlinks refuses first (EPERM).
+    assert_eq!(out["result"]["hardlink"]["ok"], false, "{out}");
+    let errno = out["result"]["hardlink"]["errno"].as_i64().unwrap();
+    assert!(errno == 18 || (as_uid.is_none() && errno == 1), "{out}");
+    // Nor a rename of a Hall file into the grant (Landlock: no right to remove it from its
+    // directory, EACCES, or to reparent it, EXDEV).
+    assert_eq!(out["result"]["rename"]["ok"], false, "{out}");
+    let errno = out["result"]["rename"]["errno"].as_i64().unwrap();
+    assert!(errno == 18 || errno == 13, "{out}");
+    assert!(key.exists());
+    // The grant is named by what the Hall opened.
+    let w = &out["execution"]["summary"]["envelope"]["filesystem"]["writes"][0];
+    let meta = std::fs::metadata(data.join("out")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(w["persistent"], true, "{w}");
+    assert_eq!(w["ino"], meta.ino(), "{w}");
+    assert_eq!(w["dev"], meta.dev(), "{w}");
+    assert_eq!(w["granted"], data.join("out").display().to_string());
+    assert_eq!(meta.uid(), as_uid.unwrap_or(NOBODY));
+
+    // Nested entries are refused when the record is loaded; the old configuration stays.
+    enroll_persist(hall.dir.path(), json!(["out/", "out/x/"]));
+    if let Some(uid) = as_uid {
+        chown_tree(hall.dir.path(), uid);
+    }
+    let (s, err) = hall.call(Method::POST, "/wcp/reload", None);
+    assert_eq!(s, 422, "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("are nested"),
+        "{err}"
+    );
+
+    // Run 2 under a record whose write directory is the planted symlink.
+    enroll_persist(hall.dir.path(), json!(["out/x/"]));
+    if let Some(uid) = as_uid {
+        chown_tree(hall.dir.path(), uid);
+    }
+    let (s, out) = hall.call(Method::POST, "/wcp/reload", None);
+    assert_eq!(s, 200, "{out}");
+    let (s, out) = hall.call(
+        Method::POST,
+        "/wcp/dispatch",
+        Some(&persist_request(json!({}))),
+    );
+    assert_eq!(s, 200, "{out}; {}", hall.log());
+    assert_eq!(out["status"], "failed", "{out}");
+    assert_eq!(
+        out["execution"]["error"]["code"], "write_dir_unsafe",
+        "{out}"
+    );
+    assert!(out["execution"]["receipt"]["seq"].is_u64(), "{out}");
+    let after = std::fs::metadata(&keys).unwrap();
+    assert_eq!(
+        (after.uid(), after.gid(), after.mode()),
+        (before.uid(), before.gid(), before.mode()),
+        "the symlink's target was changed"
+    );
+    assert_eq!(listing(&keys), keys_before, "nothing written into keys/");
+    let v = hall.stop_and_verify_log();
+    let o = Command::new(BIN)
+        .args(["--json", "receipts", "show"])
+        .arg(out["execution"]["receipt"]["seq"].to_string())
+        .arg("--log")
+        .arg(hall.dir.path().join("state/receipts"))
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        shown.contains("aborted") && shown.contains("write_dir_unsafe"),
+        "{v} {shown} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn a_root_halls_worker_cannot_widen_its_grant_through_a_planted_symlink() {
+    symlink_trap_across_two_dispatches(None);
+}
+
+#[test]
+fn an_ordinary_users_worker_cannot_widen_its_grant_through_a_planted_symlink() {
+    symlink_trap_across_two_dispatches(Some(NOBODY));
 }

@@ -392,6 +392,7 @@ fn run_package(args: RunArgs, out: &mut Out) -> Result<u8, CliError> {
             .zip(args.gid)
             .map(|(uid, gid)| Identity { uid, gid }),
         allow_absolute_writes: false,
+        opened_writes: Vec::new(),
     };
     let envelope = match Envelope::new(host) {
         Ok(e) => e,

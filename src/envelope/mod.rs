@@ -30,6 +30,7 @@
 pub mod cgroup;
 mod child;
 pub mod error;
+pub mod grant;
 pub mod native;
 mod netns;
 pub mod plan;
@@ -287,6 +288,7 @@ impl Envelope {
             report,
             &self.host,
             &req.payload,
+            &req.opened_writes,
             self.probe.hall_uid,
             self.probe.hall_gid,
         )?;

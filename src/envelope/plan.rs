@@ -71,6 +71,8 @@ impl FsAccess {
 pub struct FsRule {
     pub path: PathBuf,
     pub access: FsAccess,
+    /// Granted from the descriptor of `RunRequest::opened_writes[i]`, not by path.
+    pub opened: Option<usize>,
 }
 
 /// The Landlock ruleset to build.
@@ -114,6 +116,8 @@ pub struct WriteGrant {
     /// Under the run directory (created and chowned by the Hall) rather than in place.
     pub under_run_dir: bool,
     pub mapped: bool,
+    /// Index into `RunRequest::opened_writes`: a directory the Hall opened and checked.
+    pub opened: Option<usize>,
 }
 
 /// A declared secret and its environment variable.
@@ -750,7 +754,19 @@ pub fn plan(
             .components()
             .filter(|c| matches!(c, Component::Normal(_)))
             .collect();
-        let grant = if path.is_absolute() && req.allow_absolute_writes {
+        let opened = req
+            .opened_writes
+            .iter()
+            .position(|o| o.declared == *declared);
+        let grant = if let Some(i) = opened {
+            WriteGrant {
+                declared: declared.clone(),
+                path: req.opened_writes[i].dir.path.clone(),
+                under_run_dir: false,
+                mapped: false,
+                opened: Some(i),
+            }
+        } else if path.is_absolute() && req.allow_absolute_writes {
             if rel.as_os_str().is_empty()
                 || req.package_dir.starts_with(path)
                 || path.starts_with(&req.package_dir)
@@ -768,6 +784,7 @@ pub fn plan(
                 path: PathBuf::from("/").join(&rel),
                 under_run_dir: false,
                 mapped: false,
+                opened: None,
             }
         } else {
             if rel.as_os_str().is_empty() {
@@ -781,6 +798,7 @@ pub fn plan(
                 path: work_dir.join(&rel),
                 under_run_dir: true,
                 mapped: path.is_absolute(),
+                opened: None,
             }
         };
         if !writes.iter().any(|w| w.path == grant.path) {
@@ -808,40 +826,46 @@ pub fn plan(
     }
 
     let mut fs_rules = Vec::new();
-    let mut rule = |path: &Path, access: FsAccess| {
+    let mut rule = |path: &Path, access: FsAccess, opened: Option<usize>| {
         if !fs_rules
             .iter()
-            .any(|r: &FsRule| r.path == path && r.access == access)
+            .any(|r: &FsRule| r.path == path && r.access == access && r.opened == opened)
         {
             fs_rules.push(FsRule {
                 path: path.to_path_buf(),
                 access,
+                opened,
             });
         }
     };
-    rule(&req.package_dir, FsAccess::Read);
-    rule(&program, FsAccess::ReadExecute);
+    rule(&req.package_dir, FsAccess::Read, None);
+    rule(&program, FsAccess::ReadExecute, None);
     for p in &req.runtime.execute {
-        rule(p, FsAccess::ReadExecute);
+        rule(p, FsAccess::ReadExecute, None);
     }
     for p in &req.runtime.read {
-        rule(p, FsAccess::Read);
+        rule(p, FsAccess::Read, None);
     }
     for t in &tools {
-        rule(t, FsAccess::ReadExecute);
+        rule(t, FsAccess::ReadExecute, None);
     }
     for w in &writes {
-        rule(&w.path, FsAccess::ReadWrite);
+        rule(&w.path, FsAccess::ReadWrite, w.opened);
     }
-    rule(&tmp_dir, FsAccess::ReadWrite);
-    rule(Path::new("/dev/null"), FsAccess::DeviceReadWrite);
-    rule(Path::new("/dev/urandom"), FsAccess::DeviceRead);
+    rule(&tmp_dir, FsAccess::ReadWrite, None);
+    rule(Path::new("/dev/null"), FsAccess::DeviceReadWrite, None);
+    rule(Path::new("/dev/urandom"), FsAccess::DeviceRead, None);
     if landlock_enabled {
         ll_report.fs_rules = fs_rules
             .iter()
-            .map(|r| FsRuleReport {
-                path: s(&r.path),
-                access: r.access.as_str().into(),
+            .map(|r| {
+                let opened = r.opened.map(|i| &req.opened_writes[i].dir);
+                FsRuleReport {
+                    path: s(&r.path),
+                    access: r.access.as_str().into(),
+                    dev: opened.map(|o| o.dev),
+                    ino: opened.map(|o| o.ino),
+                }
             })
             .collect();
         if ll_abi >= 4 {
@@ -1166,10 +1190,16 @@ pub fn plan(
             pycache_prefix: s(&pycache_dir),
             writes: writes
                 .iter()
-                .map(|w| WriteReport {
-                    declared: w.declared.clone(),
-                    granted: s(&w.path),
-                    mapped: w.mapped,
+                .map(|w| {
+                    let opened = w.opened.map(|i| &req.opened_writes[i].dir);
+                    WriteReport {
+                        declared: w.declared.clone(),
+                        granted: s(&w.path),
+                        mapped: w.mapped,
+                        persistent: opened.is_some(),
+                        dev: opened.map(|o| o.dev),
+                        ino: opened.map(|o| o.ino),
+                    }
                 })
                 .collect(),
             tools: tools.iter().map(|t| s(t)).collect(),

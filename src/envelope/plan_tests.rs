@@ -289,11 +289,13 @@ fn declared_writes_are_mapped_under_the_run_dir() {
     let rules = &plan.landlock.unwrap().fs_rules;
     assert!(rules.contains(&FsRule {
         path: work.join("out"),
-        access: FsAccess::ReadWrite
+        access: FsAccess::ReadWrite,
+        opened: None,
     }));
     assert!(rules.contains(&FsRule {
         path: PathBuf::from("/var/lib/wcp-hall/store/pkg"),
-        access: FsAccess::Read
+        access: FsAccess::Read,
+        opened: None,
     }));
     assert!(
         !rules.iter().any(|r| r.path == work),

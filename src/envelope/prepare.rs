@@ -145,7 +145,7 @@ fn make_run_dir(plan: &Plan, host: &HostConfig) -> Result<(), EnvelopeError> {
                 chown(&w.path, u, g)
                     .map_err(|e| EnvelopeError::io(ctx("(chown) a write directory", &w.path), e))?;
             }
-        } else if !w.path.is_dir() {
+        } else if w.opened.is_none() && !w.path.is_dir() {
             return Err(EnvelopeError::invalid(
                 "privilege_envelope.filesystem_writes",
                 format!(
@@ -250,7 +250,13 @@ enum RulesetError {
 
 /// Builds the ruleset in the Hall (paths are opened here, as the Hall, so mode-0700 parents and
 /// the later uid change cannot make a rule silently disappear) and returns its descriptor.
-fn build_ruleset(ll: &LandlockPlan) -> Result<Option<OwnedFd>, RulesetError> {
+///
+/// A rule with `opened` is added from that descriptor (opened and checked by
+/// [`super::grant::open_persistent`]), never by resolving its path again.
+fn build_ruleset(
+    ll: &LandlockPlan,
+    opened: &[std::sync::Arc<super::grant::OpenedWrite>],
+) -> Result<Option<OwnedFd>, RulesetError> {
     let abi = abi_of(ll.abi);
     let other = |e: landlock::RulesetError| RulesetError::Other(e.to_string());
     let handled = AccessFs::from_all(abi);
@@ -270,6 +276,17 @@ fn build_ruleset(ll: &LandlockPlan) -> Result<Option<OwnedFd>, RulesetError> {
     }
     let mut created = ruleset.create().map_err(other)?;
     for rule in &ll.fs_rules {
+        if let Some(i) = rule.opened {
+            let dir = &opened
+                .get(i)
+                .ok_or_else(|| RulesetError::Other(format!("no opened directory {i}")))?
+                .dir;
+            let access = rights(rule.access, abi) & handled;
+            created = created
+                .add_rule(PathBeneath::new(dir.as_fd(), access))
+                .map_err(other)?;
+            continue;
+        }
         let meta = fs::metadata(&rule.path)
             .map_err(|e| RulesetError::Missing(format!("{}: {e}", rule.path.display())))?;
         let fd = PathFd::new(&rule.path)
@@ -303,6 +320,7 @@ pub(crate) fn prepare(
     report: &mut EnvelopeReport,
     host: &HostConfig,
     payload: &[u8],
+    opened: &[std::sync::Arc<super::grant::OpenedWrite>],
     hall_uid: u32,
     hall_gid: u32,
 ) -> Result<Prepared, EnvelopeError> {
@@ -370,7 +388,7 @@ pub(crate) fn prepare(
     let mut landlock_required = false;
     if let Some(ll) = &plan.landlock {
         landlock_required = ll.required;
-        match build_ruleset(ll) {
+        match build_ruleset(ll, opened) {
             Ok(Some(fd)) => {
                 landlock_fd = Some(fd);
                 hall_stage(report, "landlock_ruleset", "ok", None);

@@ -61,6 +61,12 @@ pub struct FsRuleReport {
     pub path: String,
     /// `read`, `read_execute`, `read_write`, `device_read_write`, `device_read`.
     pub access: String,
+    /// For a rule granted from a descriptor the Hall opened and checked (a persistent write
+    /// directory): what was opened, so the grant is named by what it is, not only by a path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ino: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -177,6 +183,14 @@ pub struct WriteReport {
     pub granted: String,
     /// The declared absolute path was mapped under the per-run work directory.
     pub mapped: bool,
+    /// A persistent directory (`<data_dir>/<worker_id>/<entry>`), opened without following
+    /// links and granted from that descriptor; `granted` is the path as the kernel resolved it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub persistent: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ino: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

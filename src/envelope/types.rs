@@ -265,6 +265,10 @@ pub struct RunRequest {
     /// Policy lets absolute `filesystem_writes` be granted in place; otherwise they are mapped
     /// under the per-run work directory (and the report says where).
     pub allow_absolute_writes: bool,
+    /// Write directories the Hall already opened and checked (persistent directories,
+    /// [`super::grant::open_persistent`]); a `filesystem_writes` entry equal to one's
+    /// `declared` is granted from its descriptor, in place, never by path.
+    pub opened_writes: Vec<std::sync::Arc<super::grant::OpenedWrite>>,
 }
 
 impl RunRequest {
@@ -290,6 +294,7 @@ impl RunRequest {
             traceparent: None,
             identity: None,
             allow_absolute_writes: false,
+            opened_writes: Vec::new(),
         }
     }
 }

@@ -9,7 +9,6 @@
 //! profile requires but the kernel cannot give refuses the run; every run, successful or not,
 //! ends with an outcome receipt (or, after a crash, the log's recovery writes `aborted`).
 
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -47,64 +46,51 @@ fn failure(code: &'static str, message: impl Into<String>) -> ApiError {
 }
 
 impl HallRunner {
-    /// Maps each relative `filesystem_writes` entry to a persistent, Hall-owned directory for
-    /// this worker (`<data_dir>/<worker_id>/<entry>`), created for the worker's uid; absolute
-    /// entries are left to the envelope (which maps them under the run directory).
+    /// Opens each relative `filesystem_writes` entry as a persistent directory of this worker
+    /// (`<data_dir>/<worker_id>/<entry>`), without following links, created for and owned by
+    /// the worker's uid ([`envelope::grant::open_persistent`], which states the threat model).
+    /// The envelope grants these from the descriptors opened here. Absolute entries are not
+    /// persistent: the envelope maps them under the run directory.
     fn persistent_writes(
         &self,
         record: &RegistryRecord,
         declared: &PrivilegeEnvelope,
-    ) -> Result<PrivilegeEnvelope, ApiError> {
-        let mut out = declared.clone();
-        for entry in &mut out.filesystem_writes {
-            if Path::new(entry.as_str()).is_absolute() {
-                continue;
-            }
-            let clean = entry.trim_end_matches('/');
-            if clean.is_empty()
-                || clean
-                    .split('/')
-                    .any(|c| c.is_empty() || c == "." || c == "..")
-            {
-                return Err(failure(
-                    "envelope_invalid_request",
-                    format!(
-                        "filesystem_writes entry {entry:?} of {} is not a plain relative path",
-                        record.worker_id
-                    ),
-                ));
-            }
-            // <data_dir> and <data_dir>/<worker_id> are 0711 (the worker uid must traverse them,
-            // nobody may list them); the writable leaf is 0700 and handed to the worker uid.
-            let worker_dir = self.data_dir.join(&record.worker_id);
-            for d in [&self.data_dir, &worker_dir] {
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o711)
-                    .create(d)
-                    .map_err(|e| {
-                        ApiError::internal(format!("cannot create {}: {e}", d.display()))
-                    })?;
-            }
-            let dir = worker_dir.join(clean);
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", dir.display())))?;
-            if nix::unistd::geteuid().is_root() {
-                nix::unistd::chown(
-                    &dir,
-                    Some(nix::unistd::Uid::from_raw(self.worker.uid)),
-                    Some(nix::unistd::Gid::from_raw(self.worker.gid)),
-                )
-                .map_err(|e| {
-                    ApiError::internal(format!("cannot hand {} to the worker: {e}", dir.display()))
-                })?;
-            }
-            *entry = dir.display().to_string();
-        }
-        Ok(out)
+    ) -> Result<Vec<Arc<envelope::grant::OpenedWrite>>, ApiError> {
+        let relative: Vec<String> = declared
+            .filesystem_writes
+            .iter()
+            .filter(|e| !Path::new(e.as_str()).is_absolute())
+            .cloned()
+            .collect();
+        let hall_uid = nix::unistd::geteuid().as_raw();
+        let owners = envelope::grant::Owners {
+            hall_uid,
+            worker_uid: if hall_uid == 0 {
+                self.worker.uid
+            } else {
+                hall_uid
+            },
+            worker_gid: if hall_uid == 0 {
+                self.worker.gid
+            } else {
+                nix::unistd::getegid().as_raw()
+            },
+        };
+        envelope::grant::open_persistent(&self.data_dir, &record.worker_id, &relative, owners)
+            .map(|v| v.into_iter().map(Arc::new).collect())
+            .map_err(|e| {
+                let message = format!("{}: {e}", record.worker_id);
+                match e {
+                    envelope::grant::GrantError::Io { .. } => {
+                        tracing::error!(worker_id = %record.worker_id, "{message}");
+                        failure(e.code(), message)
+                    }
+                    _ => {
+                        tracing::warn!(worker_id = %record.worker_id, "refused: {message}");
+                        failure(e.code(), message)
+                    }
+                }
+            })
     }
 }
 
@@ -223,7 +209,7 @@ impl Runner for HallRunner {
         let writes = self
             .persistent_writes(&record, &declared)
             .map_err(|e| (e, None));
-        let run = writes.and_then(|privilege_envelope| {
+        let run = writes.and_then(|opened_writes| {
             let (bootstrap, runtime) =
                 package_bootstrap(&store_path, loaded.python.as_deref()).map_err(|e| (e, None))?;
             let payload = serde_json::to_vec(&input.request)
@@ -231,7 +217,7 @@ impl Runner for HallRunner {
             let req = envelope::RunRequest {
                 package_dir: store_path.clone(),
                 package_digest: Some(package.digest.clone()),
-                privilege_envelope,
+                privilege_envelope: declared.clone(),
                 limits,
                 minimums,
                 bootstrap,
@@ -240,7 +226,10 @@ impl Runner for HallRunner {
                 correlation_id: input.correlation_id.clone(),
                 traceparent: None,
                 identity: None,
-                allow_absolute_writes: true,
+                // A record is the package author's: an absolute entry never reaches the host's
+                // tree, it is mapped under the run directory.
+                allow_absolute_writes: false,
+                opened_writes,
             };
             self.envelope.run(&req).map_err(|e| {
                 let report = e

@@ -332,6 +332,45 @@ pub enum RecordError {
     ControlCharacter { field: String, codepoint: u32 },
     #[error("{field}: {value:?} is not an absolute path")]
     RelativePath { field: String, value: String },
+    #[error(
+        "{field}: {first:?} and {second:?} {problem}: a worker could replace the inner directory between runs and widen its own grant; declare separate directories"
+    )]
+    NestedWrites {
+        field: String,
+        first: String,
+        second: String,
+        problem: &'static str,
+    },
+}
+
+/// The components of a `filesystem_writes` entry (`/a//b/` → `a`, `b`).
+fn write_components(entry: &str) -> impl Iterator<Item = &str> {
+    entry.split('/').filter(|c| !c.is_empty() && *c != ".")
+}
+
+/// The first pair (i, j), i < j, of `filesystem_writes` entries of the same kind (both relative:
+/// persistent directories; both absolute) where one names the other or a directory inside it.
+/// Nested persistent directories let a worker replace the inner one with a link between runs.
+pub fn overlapping_writes(entries: &[String]) -> Option<(usize, usize)> {
+    for (j, b) in entries.iter().enumerate() {
+        for (i, a) in entries[..j].iter().enumerate() {
+            if a.starts_with('/') != b.starts_with('/') {
+                continue;
+            }
+            let (mut x, mut y) = (write_components(a), write_components(b));
+            let prefix = loop {
+                match (x.next(), y.next()) {
+                    (Some(p), Some(q)) if p == q => continue,
+                    (Some(_), Some(_)) => break false,
+                    _ => break true,
+                }
+            };
+            if prefix {
+                return Some((i, j));
+            }
+        }
+    }
+    None
 }
 
 impl RecordError {
@@ -356,7 +395,8 @@ impl RecordError {
             | RecordError::BlastDimension { field, .. }
             | RecordError::NetworkEgress { field, .. }
             | RecordError::ControlCharacter { field, .. }
-            | RecordError::RelativePath { field, .. } => field,
+            | RecordError::RelativePath { field, .. }
+            | RecordError::NestedWrites { field, .. } => field,
         }
     }
 }
@@ -511,6 +551,20 @@ impl RegistryRecord {
                 "privilege_envelope.filesystem_writes",
                 &env.filesystem_writes,
             );
+            if let Some((a, b)) = overlapping_writes(&env.filesystem_writes) {
+                out.push(RecordError::NestedWrites {
+                    field: format!("privilege_envelope.filesystem_writes[{b}]"),
+                    first: env.filesystem_writes[a].clone(),
+                    second: env.filesystem_writes[b].clone(),
+                    problem: if write_components(&env.filesystem_writes[a]).count()
+                        == write_components(&env.filesystem_writes[b]).count()
+                    {
+                        "name the same directory"
+                    } else {
+                        "are nested"
+                    },
+                });
+            }
             free_text_list(&mut out, "privilege_envelope.tools", &env.tools);
         }
         if let Some(b) = &self.blast_radius {

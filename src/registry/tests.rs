@@ -317,6 +317,24 @@ mod record_tests {
     }
 
     #[test]
+    fn nested_or_repeated_write_directories_are_refused() {
+        let writes = ["privilege_envelope", "filesystem_writes"];
+        one_problem(
+            with(sample(), &writes, json!(["out/", "out/x/"])),
+            "privilege_envelope.filesystem_writes[1]",
+            "\"out/\" and \"out/x/\" are nested",
+        );
+        one_problem(
+            with(sample(), &writes, json!(["a/b", "log/", "a//b/"])),
+            "privilege_envelope.filesystem_writes[2]",
+            "name the same directory",
+        );
+        // Separate directories, and a relative and an absolute entry, are fine.
+        RegistryRecord::from_value(&with(sample(), &writes, json!(["out/", "outx/", "/out/x"])))
+            .expect("separate directories");
+    }
+
+    #[test]
     fn network_egress() {
         let egress = ["privilege_envelope", "network_egress"];
         one_problem(
