@@ -1671,3 +1671,93 @@ fn a_root_halls_worker_cannot_widen_its_grant_through_a_planted_symlink() {
 fn an_ordinary_users_worker_cannot_widen_its_grant_through_a_planted_symlink() {
     symlink_trap_across_two_dispatches(Some(NOBODY));
 }
+
+/// A worker calling its own Hall (issue: an ordinary-user Hall's worker reloaded the Hall and
+/// dispatched recursively). The socket is made reachable by the worker's uid on purpose (mode
+/// 0666). Two layers stop it: the socket's path is covered in the worker's mount namespace
+/// (connect fails), and through a second name the mount namespace does not know (a hard link
+/// to the socket) the Hall itself refuses the peer as one of its workers.
+fn worker_calls_its_hall(as_uid: Option<u32>) {
+    let mut hall = TestHall::start("[server]\nsocket_mode = \"0666\"\n");
+    hall.as_uid = as_uid;
+    restart_attested(&mut hall, |dir| {
+        let pkg = dir.join("packages/hall_client");
+        copy_dir(&repo("tests/hostile/hall_client"), &pkg);
+        sign_and_enroll(dir, &pkg, &read_record(&repo("workers/hello/record.json")));
+    });
+    let (_, health) = hall.call(Method::GET, "/wcp/health", None);
+    let generation = health["generation"].clone();
+    let alias = hall.dir.path().join("alias.sock");
+    std::fs::hard_link(&hall.socket, &alias).unwrap();
+    let calls = json!([
+        ["POST", "/wcp/reload", null],
+        [
+            "POST",
+            "/wcp/dispatch",
+            input("cap.hello.greet", "acme-corp")
+        ],
+        ["GET", "/wcp/health", null]
+    ]);
+    for (socket, hidden) in [(&hall.socket, true), (&alias, false)] {
+        let mut req = input("cap.hello.greet", "acme-corp");
+        req["request"] = json!({"socket": socket.display().to_string(), "calls": calls});
+        let (s, out) = hall.call(Method::POST, "/wcp/dispatch", Some(&req));
+        assert_eq!(s, 200, "{out}; {}", hall.log());
+        assert_eq!(out["status"], "completed", "{out}");
+        let ns = &out["execution"]["summary"]["envelope"]["namespaces"];
+        assert_eq!(ns["mount"], true, "{ns}");
+        assert!(
+            ns["mount_reason"]
+                .as_str()
+                .unwrap()
+                .contains(hall.socket.to_str().unwrap()),
+            "{ns}"
+        );
+        for call in out["result"]["calls"].as_array().unwrap() {
+            if hidden {
+                // An empty mode-0 file covers the socket: EACCES.
+                assert_eq!(call["connected"], false, "{call}");
+                assert_eq!(call["errno"], 13, "{call}");
+            } else {
+                assert_eq!(call["connected"], true, "{call}");
+                assert_eq!(call["status"], 403, "{call}");
+                assert_eq!(call["body"]["code"], "peer_is_worker", "{call}");
+            }
+        }
+    }
+    // Nothing happened on the worker's behalf: no reload, and only the outer dispatch ran.
+    let (_, health) = hall.call(Method::GET, "/wcp/health", None);
+    assert_eq!(health["generation"], generation);
+    assert!(hall.log().contains("connection refused"), "{}", hall.log());
+    let v = hall.stop_and_verify_log();
+    let kinds: Vec<String> = (0..v["records"].as_u64().unwrap())
+        .map(|seq| {
+            let o = Command::new(BIN)
+                .args(["--json", "receipts", "show", &seq.to_string(), "--log"])
+                .arg(hall.dir.path().join("state/receipts"))
+                .output()
+                .unwrap();
+            let shown: Value = serde_json::from_slice(&o.stdout).unwrap();
+            shown["payload"]["kind"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{shown}"))
+                .to_owned()
+        })
+        .filter(|k| k != "checkpoint")
+        .collect();
+    assert_eq!(
+        kinds,
+        ["intent", "executed", "intent", "executed"],
+        "only the outer dispatches: {v}"
+    );
+}
+
+#[test]
+fn a_root_halls_worker_cannot_call_the_hall() {
+    worker_calls_its_hall(None);
+}
+
+#[test]
+fn an_ordinary_users_worker_cannot_call_the_hall() {
+    worker_calls_its_hall(Some(NOBODY));
+}

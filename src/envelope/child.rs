@@ -76,6 +76,7 @@ pub enum Stage {
     Seccomp = 18,
     Exec = 19,
     NetNamespace = 20,
+    MountNamespace = 21,
 }
 
 impl Stage {
@@ -102,6 +103,7 @@ impl Stage {
             18 => Seccomp,
             19 => Exec,
             20 => NetNamespace,
+            21 => MountNamespace,
             _ => return None,
         })
     }
@@ -129,14 +131,15 @@ impl Stage {
             Seccomp => "seccomp",
             Exec => "exec",
             NetNamespace => "net_namespace",
+            MountNamespace => "mount_namespace",
         }
     }
 
     pub fn process(self) -> &'static str {
         use Stage::*;
         match self {
-            Fds | Session | ParentDeath | UserNamespace | NetNamespace | Signals | Loopback
-            | Hostname | Rlimits | Subreaper | Fork => "init",
+            Fds | Session | ParentDeath | UserNamespace | NetNamespace | MountNamespace
+            | Signals | Loopback | Hostname | Rlimits | Subreaper | Fork => "init",
             _ => "worker",
         }
     }
@@ -258,6 +261,8 @@ pub(crate) struct ChildSpec {
     pub hostname: Option<CString>,
     /// `(uid_map, gid_map)` contents when the Hall is not root and a user namespace is created.
     pub user_maps: Option<(CString, CString)>,
+    /// In a new mount namespace: `(cover, paths)`, the empty file bound over each path.
+    pub hide: Option<(CString, Vec<CString>)>,
     pub rlimits: Vec<RawRlimit>,
     pub cwd: CString,
     /// `(uid, gid)` to switch to (the Hall is root).
@@ -606,6 +611,12 @@ fn init_main(spec: &ChildSpec) -> ! {
             log.stage(Stage::UserNamespace, r, true);
         }
 
+        // ---- mount namespace: nothing propagates back to the host, then each hidden path is
+        // covered by the empty file (a path that is gone needs no cover) ------------------
+        if let Some((cover, paths)) = &spec.hide {
+            log.stage(Stage::MountNamespace, hide_paths(cover, paths), true);
+        }
+
         // ---- network namespace from the pool ----------------------------------------------
         if spec.src_netns >= 0 {
             let r = sys(
@@ -701,6 +712,44 @@ fn init_main(spec: &ChildSpec) -> ! {
             close(fd);
         }
         init_loop(spec, w)
+    }
+}
+
+/// In init's new mount namespace: makes every mount private (so nothing done here reaches the
+/// host), then binds `cover` over each of `paths`. Raw result of the first failure.
+fn hide_paths(cover: &CStr, paths: &[CString]) -> isize {
+    // SAFETY: mount(2) with NUL-terminated strings the Hall prepared and keeps alive, and null
+    // pointers where the kernel accepts them; only this process's mount namespace changes.
+    unsafe {
+        let r = sys(
+            libc::SYS_mount,
+            &[
+                0,
+                c"/".as_ptr() as usize,
+                0,
+                (libc::MS_REC | libc::MS_PRIVATE) as usize,
+                0,
+            ],
+        );
+        if r < 0 {
+            return r;
+        }
+        for p in paths {
+            let r = sys(
+                libc::SYS_mount,
+                &[
+                    cover.as_ptr() as usize,
+                    p.as_ptr() as usize,
+                    0,
+                    libc::MS_BIND as usize,
+                    0,
+                ],
+            );
+            if r < 0 && err(r) != libc::ENOENT {
+                return r;
+            }
+        }
+        0
     }
 }
 

@@ -33,6 +33,7 @@ pub mod error;
 pub mod grant;
 pub mod native;
 mod netns;
+pub mod peer;
 pub mod plan;
 mod prepare;
 pub mod probe;

@@ -97,6 +97,8 @@ pub struct NamespacePlan {
     pub net: bool,
     pub ipc: bool,
     pub uts: bool,
+    /// A mount namespace in which `Plan::hidden` are covered.
+    pub mnt: bool,
 }
 
 /// One rlimit (`None` = RLIM_INFINITY).
@@ -165,6 +167,8 @@ pub struct Plan {
     pub landlock: Option<LandlockPlan>,
     pub seccomp: Option<(SeccompMode, bool)>,
     pub namespaces: NamespacePlan,
+    /// Paths covered in the worker's mount namespace (the Hall's sockets).
+    pub hidden: Vec<PathBuf>,
     pub cgroup: Option<CgroupPlan>,
     /// `None`: keep the Hall's uid (root only when `unprivileged_user` is off).
     pub identity: Option<Identity>,
@@ -469,16 +473,50 @@ pub fn plan(
                 ),
             ));
         }
-        (
-            None,
-            probe.hall_uid,
-            probe.hall_gid,
-            Effective::Enforced,
-            Some(format!(
-                "the worker keeps the Hall's own unprivileged uid {} (no separate uid without root)",
-                probe.hall_uid
-            )),
-        )
+        let own = format!(
+            "the worker keeps the Hall's own unprivileged uid {} (no separate uid without root)",
+            probe.hall_uid
+        );
+        if probe.hall_groups.is_empty() {
+            (
+                None,
+                probe.hall_uid,
+                probe.hall_gid,
+                Effective::Enforced,
+                Some(own),
+            )
+        } else if m.unprivileged_user == Minimum::Off {
+            (
+                None,
+                probe.hall_uid,
+                probe.hall_gid,
+                Effective::Off,
+                Some(format!("{own}, with the Hall's supplementary groups")),
+            )
+        } else {
+            // Files those groups can reach are the worker's too: the minimum is not met.
+            let why = format!(
+                "{own}, and inherits its supplementary groups {:?}: an unprivileged user namespace \
+                 cannot drop them",
+                probe.hall_groups
+            );
+            if m.unprivileged_user == Minimum::Required {
+                return Err(refuse(
+                    Feature::UnprivilegedUser,
+                    why,
+                    "run the Hall as a user without supplementary groups (`id` lists them; under \
+                     systemd set no SupplementaryGroups=), or as root with a worker_user",
+                ));
+            }
+            degraded.add("unprivileged_user", &why);
+            (
+                None,
+                probe.hall_uid,
+                probe.hall_gid,
+                Effective::Partial,
+                Some(why),
+            )
+        }
     };
 
     // ---- namespaces ---------------------------------------------------------------------
@@ -527,6 +565,33 @@ pub fn plan(
         namespaces.ipc = ns_ok(ns.ipc);
         namespaces.uts = ns_ok(ns.uts);
     }
+    // The Hall's sockets, hidden by a mount namespace where one can be made. Defence in depth:
+    // the Hall also refuses every peer that descends from it (`envelope::peer`).
+    let mount_reason = if host.hidden_paths.is_empty() {
+        "not needed: the filesystem view is confined by Landlock (/proc and /sys are not granted)"
+            .to_owned()
+    } else if ns_ok(ns.mnt) {
+        namespaces.mnt = true;
+        format!(
+            "hides the Hall's socket(s) from the worker: {}",
+            host.hidden_paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    } else {
+        let why = format!(
+            "no mount namespace on this host ({}): the Hall's socket stays reachable by path; the \
+             Hall still refuses its own workers as peers",
+            ns.errors
+                .get("mnt")
+                .map(String::as_str)
+                .unwrap_or("user namespaces unavailable")
+        );
+        degraded.add("mount_namespace", &why);
+        why
+    };
 
     // ---- Landlock availability (needed by the network decision) --------------------------
     let kernel_abi = probe.landlock.kernel_abi;
@@ -1159,14 +1224,14 @@ pub fn plan(
             reason: pid_reason,
         },
         namespaces: NamespacesReport {
-            user: needs_user && (namespaces.pid || namespaces.net),
+            user: needs_user && (namespaces.pid || namespaces.net || namespaces.mnt),
             pid: namespaces.pid,
             net: namespaces.net,
             ipc: namespaces.ipc,
             uts: namespaces.uts,
             net_source: None,
-            mount: false,
-            mount_reason: "not needed: the filesystem view is confined by Landlock (/proc and /sys are not granted)".into(),
+            mount: namespaces.mnt,
+            mount_reason,
         },
         cgroup: cg_report,
         identity: IdentityReport {
@@ -1178,8 +1243,18 @@ pub fn plan(
             gid: worker_gid,
             supplementary_groups: if identity.is_some() {
                 "cleared".into()
+            } else if probe.hall_groups.is_empty() {
+                "none".into()
             } else {
-                "inherited".into()
+                format!(
+                    "inherited: {}",
+                    probe
+                        .hall_groups
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
             },
         },
         rlimits: rlimit_reports,
@@ -1226,7 +1301,7 @@ pub fn plan(
         observed: ObservedReport::default(),
         degraded: degraded.0,
     };
-    namespaces.user = needs_user && (namespaces.pid || namespaces.net);
+    namespaces.user = needs_user && (namespaces.pid || namespaces.net || namespaces.mnt);
 
     let plan = Plan {
         run_id: ctx.run_id.clone(),
@@ -1244,6 +1319,11 @@ pub fn plan(
         landlock,
         seccomp,
         namespaces,
+        hidden: if namespaces.mnt {
+            host.hidden_paths.clone()
+        } else {
+            Vec::new()
+        },
         cgroup,
         identity,
         worker_uid,

@@ -13,6 +13,7 @@ fn full_probe() -> Probe {
         kernel_release: "6.18.0".into(),
         hall_uid: 0,
         hall_gid: 0,
+        hall_groups: Vec::new(),
         landlock: LandlockProbe {
             kernel_abi: 7,
             status: "available".into(),
@@ -28,6 +29,7 @@ fn full_probe() -> Probe {
             net: true,
             ipc: true,
             uts: true,
+            mnt: true,
             errors: BTreeMap::new(),
         },
         cgroup: CgroupProbe {
@@ -560,4 +562,73 @@ fn secret_names_map_to_environment_keys() {
     for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(65)] {
         assert!(secret_env_key(bad).is_err(), "{bad}");
     }
+}
+
+#[test]
+fn a_non_root_halls_supplementary_groups_are_not_a_met_minimum() {
+    let mut p = full_probe();
+    p.hall_uid = 1000;
+    p.hall_gid = 1000;
+    p.hall_groups = vec![27, 998];
+    // Required (production): refused, with the groups named.
+    let mut r = req();
+    r.minimums.unprivileged_user = Minimum::Required;
+    let e = run(&r, &p).unwrap_err();
+    assert!(e.to_string().contains("[27, 998]"), "{e}");
+    assert_eq!(unmet(e), Feature::UnprivilegedUser);
+    // Best effort: runs, reported partial, never "enforced".
+    r.minimums.unprivileged_user = Minimum::BestEffort;
+    let (_, report) = run(&r, &p).unwrap();
+    assert_eq!(report.identity.effective, Effective::Partial);
+    assert_eq!(report.identity.supplementary_groups, "inherited: 27,998");
+    assert!(
+        report
+            .degraded
+            .iter()
+            .any(|d| d.starts_with("unprivileged_user"))
+    );
+    // Without supplementary groups nothing is inherited.
+    p.hall_groups.clear();
+    let (_, report) = run(&r, &p).unwrap();
+    assert_eq!(report.identity.effective, Effective::Enforced);
+    assert_eq!(report.identity.supplementary_groups, "none");
+}
+
+#[test]
+fn the_halls_socket_is_hidden_by_a_mount_namespace_or_the_report_says_why_not() {
+    let mut h = host();
+    h.hidden_paths = vec![PathBuf::from("/run/wcp-hall/hall.sock")];
+    let mut p = full_probe();
+    let (pl, report) = plan(&req(), &h, &p, &ctx()).unwrap();
+    assert!(pl.namespaces.mnt);
+    assert_eq!(pl.hidden, h.hidden_paths);
+    assert!(report.namespaces.mount);
+    assert!(
+        report
+            .namespaces
+            .mount_reason
+            .contains("/run/wcp-hall/hall.sock")
+    );
+    // A non-root Hall makes it inside its user namespace.
+    p.hall_uid = 1000;
+    p.hall_gid = 1000;
+    let (pl, _) = plan(&req(), &h, &p, &ctx()).unwrap();
+    assert!(pl.namespaces.user && pl.namespaces.mnt);
+    // No mount namespaces on this host: the run goes on, and the report says the socket is
+    // reachable by path (the Hall's peer check still applies).
+    p.namespaces.mnt = false;
+    p.namespaces.errors.insert("mnt".into(), "EPERM".into());
+    let (pl, report) = plan(&req(), &h, &p, &ctx()).unwrap();
+    assert!(!pl.namespaces.mnt && pl.hidden.is_empty());
+    assert!(!report.namespaces.mount);
+    assert!(report.namespaces.mount_reason.contains("reachable by path"));
+    assert!(
+        report
+            .degraded
+            .iter()
+            .any(|d| d.starts_with("mount_namespace"))
+    );
+    // Nothing to hide: no mount namespace.
+    let (pl, _) = run(&req(), &full_probe()).unwrap();
+    assert!(!pl.namespaces.mnt);
 }

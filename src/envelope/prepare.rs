@@ -125,6 +125,17 @@ fn make_run_dir(plan: &Plan, host: &HostConfig) -> Result<(), EnvelopeError> {
     // writes one, so neither a planted `__pycache__` nor a planted prefix can be used.
     mkdir(&plan.tmp_dir, 0o700)
         .map_err(|e| EnvelopeError::io(ctx("the private tmp", &plan.tmp_dir), e))?;
+    if !plan.hidden.is_empty() {
+        // What the worker finds at a hidden path: an empty file nobody may read.
+        let cover = hidden_cover(plan);
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o000)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&cover)
+            .map_err(|e| EnvelopeError::io(ctx("the cover for hidden paths", &cover), e))?;
+    }
     let owner = plan.identity.map(|i| (i.uid, i.gid));
     if let Some((u, g)) = owner {
         chown(&plan.tmp_dir, u, g)
@@ -157,6 +168,11 @@ fn make_run_dir(plan: &Plan, host: &HostConfig) -> Result<(), EnvelopeError> {
         }
     }
     Ok(())
+}
+
+/// `<run>/hidden`: bound over every hidden path in the worker's mount namespace.
+fn hidden_cover(plan: &Plan) -> std::path::PathBuf {
+    plan.run_dir.join("hidden")
 }
 
 /// Reads `<secrets_dir>/<name>`: a regular file (not a symlink) owned by the Hall's uid, not
@@ -574,6 +590,24 @@ pub(crate) fn prepare(
     if ns.uts {
         clone_flags |= libc::CLONE_NEWUTS as u64;
     }
+    if ns.mnt {
+        clone_flags |= libc::CLONE_NEWNS as u64;
+    }
+    let hide = if ns.mnt {
+        let mut v = Vec::with_capacity(plan.hidden.len());
+        for p in &plan.hidden {
+            v.push(cstring("hidden path", p.as_os_str().as_encoded_bytes())?);
+        }
+        Some((
+            cstring(
+                "hidden cover",
+                hidden_cover(plan).as_os_str().as_encoded_bytes(),
+            )?,
+            v,
+        ))
+    } else {
+        None
+    };
     let user_maps = if ns.user {
         Some((
             cstring("uid_map", format!("{hall_uid} {hall_uid} 1\n"))?,
@@ -601,6 +635,7 @@ pub(crate) fn prepare(
             None
         },
         user_maps,
+        hide,
         rlimits: plan
             .rlimits
             .iter()

@@ -44,6 +44,9 @@ pub struct NamespaceProbe {
     pub net: bool,
     pub ipc: bool,
     pub uts: bool,
+    /// A mount namespace (to hide the Hall's socket from workers).
+    #[serde(default)]
+    pub mnt: bool,
     /// Namespace → errno text, for the ones that failed.
     pub errors: BTreeMap<String, String>,
 }
@@ -78,6 +81,10 @@ pub struct Probe {
     pub kernel_release: String,
     pub hall_uid: u32,
     pub hall_gid: u32,
+    /// The Hall's supplementary groups (other than its primary gid). A non-root Hall's workers
+    /// inherit them: an unprivileged user namespace cannot drop them (`setgroups` is denied).
+    #[serde(default)]
+    pub hall_groups: Vec<u32>,
     pub landlock: LandlockProbe,
     pub landlock_abi_requested: u32,
     pub seccomp: SeccompProbe,
@@ -97,6 +104,14 @@ impl Probe {
             kernel_release: uname,
             hall_uid,
             hall_gid,
+            hall_groups: nix::unistd::getgroups()
+                .map(|g| {
+                    g.into_iter()
+                        .map(|g| g.as_raw())
+                        .filter(|g| *g != hall_gid)
+                        .collect()
+                })
+                .unwrap_or_default(),
             landlock: probe_landlock(),
             landlock_abi_requested: LANDLOCK_ABI_REQUESTED,
             seccomp: match sys::seccomp_errno_available() {
@@ -181,12 +196,14 @@ fn probe_namespaces(needs_user: bool) -> NamespaceProbe {
     let net = check("net", libc::CLONE_NEWNET);
     let ipc = check("ipc", libc::CLONE_NEWIPC);
     let uts = check("uts", libc::CLONE_NEWUTS);
+    let mnt = check("mnt", libc::CLONE_NEWNS);
     NamespaceProbe {
         user,
         pid,
         net,
         ipc,
         uts,
+        mnt,
         errors,
     }
 }

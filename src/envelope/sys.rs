@@ -161,3 +161,34 @@ pub(crate) fn errno_text(errno: i32) -> String {
     let name = nix::errno::Errno::from_raw(errno);
     format!("{name:?}: {}", io::Error::from_raw_os_error(errno))
 }
+
+/// `SO_PEERPIDFD` (Linux 6.5): a pidfd for the peer of a connected Unix socket, taken at
+/// `connect()` time. `Ok(None)` when the kernel does not know the option.
+pub(crate) fn peer_pidfd(sock: RawFd) -> io::Result<Option<OwnedFd>> {
+    const SO_PEERPIDFD: libc::c_int = 77;
+    let mut fd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into the int we own; the descriptor it
+    // returns is new and ours alone, so wrapping it in an OwnedFd is sound.
+    let r = unsafe {
+        libc::getsockopt(
+            sock,
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&mut fd as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOPROTOOPT) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    if fd < 0 {
+        return Ok(None);
+    }
+    // SAFETY: see above.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+}

@@ -319,6 +319,10 @@ pub struct HostConfig {
     pub drain_timeout_ms: u64,
     /// Keep per-run directories after the run (debugging, tests).
     pub keep_run_dirs: bool,
+    /// Paths a worker must not reach by name: the Hall's own sockets. Each run gets a mount
+    /// namespace in which an empty, unreadable file is bound over each of them (where the host
+    /// can create mount namespaces; the report says so either way).
+    pub hidden_paths: Vec<PathBuf>,
 }
 
 impl HostConfig {
@@ -331,6 +335,7 @@ impl HostConfig {
             kill_grace_ms: 500,
             drain_timeout_ms: 2_000,
             keep_run_dirs: false,
+            hidden_paths: Vec::new(),
         }
     }
 }

@@ -246,7 +246,14 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
         }
     }
     let receipts = Arc::new(receipts);
-    let runner = build_runner(&loaded.config, worker, &cgroup, receipts.clone())?;
+    // Workers must not reach the Hall's socket by its name (envelope::peer refuses them anyway).
+    let hidden: Vec<PathBuf> = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+        .into_iter()
+        .collect();
+    let runner = build_runner(&loaded.config, worker, &cgroup, receipts.clone(), hidden)?;
     let mut hall = Hall::new(
         Current::new(options.config.clone(), loaded).probing_python(Some(worker)),
         approvals,
@@ -347,6 +354,7 @@ fn build_runner(
     worker: crate::envelope::Identity,
     cgroup: &super::cgroup::Delegation,
     receipts: Arc<crate::receipt::ReceiptLog>,
+    hidden_paths: Vec<PathBuf>,
 ) -> Result<Arc<super::runner::HallRunner>, StartError> {
     let e = &config.envelope;
     let runs_dir = e.runs_dir.clone().unwrap_or_else(|| {
@@ -365,6 +373,7 @@ fn build_runner(
     host.cgroup_parent = cgroup.subtree.clone();
     host.kill_grace_ms = e.kill_grace_ms;
     host.drain_timeout_ms = e.drain_timeout_ms;
+    host.hidden_paths = hidden_paths;
     let envelope = crate::envelope::Envelope::new(host)
         .map_err(|err| fail(exit::CONFIG, format!("privilege envelope: {err}")))?;
     let swept = envelope.sweep_stale();

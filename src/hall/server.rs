@@ -6,6 +6,7 @@
 //! Graceful shutdown stops accepting, lets in-flight requests finish within the grace period,
 //! then drops what is left.
 
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +49,15 @@ pub fn app(hall: Arc<Hall>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint; see GET /wcp/version") })
         .with_state(hall)
+}
+
+/// Every request on a refused connection answers 403 `peer_is_worker` with the reason.
+fn refusal(why: String) -> Router {
+    let why: Arc<str> = why.into();
+    Router::new().fallback(move || {
+        let why = why.clone();
+        async move { ApiError::new(StatusCode::FORBIDDEN, "peer_is_worker", why.to_string()) }
+    })
 }
 
 fn versioned(mut resp: Response) -> Response {
@@ -509,7 +519,25 @@ pub async fn serve(
                     continue;
                 };
                 let peer = Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid() };
-                let svc = app.clone().map_request(move |mut req: Request<hyper::body::Incoming>| {
+                // A worker must never reach its Hall (envelope::peer has the threat model).
+                let base = match crate::envelope::peer::origin(stream.as_fd(), cred.pid()) {
+                    crate::envelope::peer::PeerOrigin::Outside => app.clone(),
+                    refused => {
+                        let why = match refused {
+                            crate::envelope::peer::PeerOrigin::Worker { pid } => format!(
+                                "process {pid} is one of this Hall's workers: workers never reach the Hall's API"
+                            ),
+                            crate::envelope::peer::PeerOrigin::Unknown(why) => format!(
+                                "the connecting process cannot be told apart from a worker ({why})"
+                            ),
+                            crate::envelope::peer::PeerOrigin::Outside => unreachable!(),
+                        };
+                        tracing::warn!(uid = peer.uid, pid = ?peer.pid, "connection refused: {why}");
+                        hall.metrics.inc("wcp_hall_connections_refused_total", &[("reason", "peer_is_worker")]);
+                        refusal(why)
+                    }
+                };
+                let svc = base.map_request(move |mut req: Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(peer);
                     req
                 });
