@@ -110,6 +110,7 @@ fn main() {
         identity: None,
         allow_absolute_writes: false,
         opened_writes: Vec::new(),
+        data_quota_bytes: None,
     };
     let mut hygiene = off();
     hygiene.unprivileged_user = Minimum::Required;

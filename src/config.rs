@@ -98,6 +98,13 @@ pub struct EnvelopeSection {
     /// `/usr/bin/python3` that exists). The Hall probes it at start and at every reload, as the
     /// worker uid, and grants workers what it needs (see `envelope::python`).
     pub python: Option<PathBuf>,
+    /// A run's scratch space (its private tmp and the write directories mapped under the run
+    /// directory), in bytes: a Hall running as root mounts a tmpfs of this size on each run
+    /// directory. 0 turns it off (scratch is then bounded per file only, by RLIMIT_FSIZE).
+    pub scratch_bytes: u64,
+    /// What a worker may keep in its persistent write directories, in bytes: checked before
+    /// every run (a worker at or over it is refused with `write_quota_exceeded`). 0: unbounded.
+    pub data_quota_bytes: u64,
 }
 
 impl Default for EnvelopeSection {
@@ -110,6 +117,8 @@ impl Default for EnvelopeSection {
             kill_grace_ms: 500,
             drain_timeout_ms: 2_000,
             python: None,
+            scratch_bytes: 256 << 20,
+            data_quota_bytes: 1 << 30,
         }
     }
 }

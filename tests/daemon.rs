@@ -1761,3 +1761,87 @@ fn a_root_halls_worker_cannot_call_the_hall() {
 fn an_ordinary_users_worker_cannot_call_the_hall() {
     worker_calls_its_hall(Some(NOBODY));
 }
+
+/// A worker that fills the disk (issue: 512 MiB in under a second, kept after the run, on the
+/// receipt log's filesystem). Scratch is a size-limited tmpfs (root Hall: ENOSPC at the bound;
+/// an ordinary-user Hall cannot mount one and the report says so), and a worker at or over its
+/// persistent quota is refused before it runs again, while the Hall goes on writing receipts.
+fn disk_filling_worker(as_uid: Option<u32>) {
+    let mut hall =
+        TestHall::start("[envelope]\nscratch_bytes = 4194304\ndata_quota_bytes = 3145728\n");
+    hall.as_uid = as_uid;
+    restart_attested(&mut hall, |dir| {
+        let pkg = dir.join("packages/disk_filler");
+        copy_dir(&repo("tests/hostile/disk_filler"), &pkg);
+        let mut record = read_record(&repo("workers/hello/record.json"));
+        record["privilege_envelope"]["filesystem_writes"] = json!(["keep/"]);
+        sign_and_enroll(dir, &pkg, &record);
+    });
+    let fill = |scratch: u64, persistent: u64| {
+        let mut req = input("cap.hello.greet", "acme-corp");
+        req["request"] = json!({"scratch": scratch, "persistent": persistent});
+        let (s, out) = hall.call(Method::POST, "/wcp/dispatch", Some(&req));
+        assert_eq!(s, 200, "{out}; {}", hall.log());
+        out
+    };
+    // Run 1: 16 MiB of scratch and 4 MiB kept.
+    let out = fill(16 << 20, 4 << 20);
+    assert_eq!(out["status"], "completed", "{out}");
+    let fs = &out["execution"]["summary"]["envelope"]["filesystem"];
+    let scratch = &out["result"]["scratch"];
+    if as_uid.is_none() {
+        assert_eq!(fs["scratch"]["effective"], "enforced", "{fs}");
+        assert_eq!(fs["scratch"]["bytes"], 4 << 20, "{fs}");
+        assert_eq!(scratch["errno"], 28, "ENOSPC at the tmpfs bound: {scratch}");
+        assert!(scratch["written"].as_u64().unwrap() <= 4 << 20, "{scratch}");
+    } else {
+        assert_eq!(fs["scratch"]["effective"], "not_enforced", "{fs}");
+        assert!(
+            fs["scratch"]["how"].as_str().unwrap().contains("not root"),
+            "{fs}"
+        );
+        assert_eq!(scratch["written"], 16 << 20, "{scratch}");
+    }
+    assert_eq!(out["result"]["persistent"]["written"], 4 << 20, "{out}");
+    let w = &fs["writes"][0];
+    assert_eq!(w["quota_bytes"], 3 << 20, "{w}");
+    assert!(w["used_bytes_before"].as_u64().unwrap() < 1 << 20, "{w}");
+
+    // Run 2: over the quota, refused before it starts, with a receipt.
+    let out = fill(0, 1 << 20);
+    assert_eq!(out["status"], "failed", "{out}");
+    assert_eq!(
+        out["execution"]["error"]["code"], "write_quota_exceeded",
+        "{out}"
+    );
+    assert!(
+        out["execution"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("data_quota_bytes"),
+        "{out}"
+    );
+    // The Hall is healthy and still records: a denial gets its receipt.
+    let (s, health) = hall.call(Method::GET, "/wcp/health", None);
+    assert_eq!(s, 200, "{health}");
+    let (_, denied) = hall.call(
+        Method::POST,
+        "/wcp/dispatch",
+        Some(&input("cap.unknown.thing", "acme-corp")),
+    );
+    assert!(denied["execution"]["receipt"]["seq"].is_u64(), "{denied}");
+    // Nothing of the runs' scratch is left behind.
+    let runs = hall.dir.path().join("state/runs");
+    assert_eq!(std::fs::read_dir(&runs).unwrap().count(), 0);
+    hall.stop_and_verify_log();
+}
+
+#[test]
+fn a_root_halls_disk_filling_worker_is_bounded() {
+    disk_filling_worker(None);
+}
+
+#[test]
+fn an_ordinary_users_disk_filling_worker_is_bounded() {
+    disk_filling_worker(Some(NOBODY));
+}

@@ -393,6 +393,7 @@ fn run_package(args: RunArgs, out: &mut Out) -> Result<u8, CliError> {
             .map(|(uid, gid)| Identity { uid, gid }),
         allow_absolute_writes: false,
         opened_writes: Vec::new(),
+        data_quota_bytes: None,
     };
     let envelope = match Envelope::new(host) {
         Ok(e) => e,

@@ -59,6 +59,61 @@ pub struct OpenedWrite {
     /// The entry as the record declares it (`out/`).
     pub declared: String,
     pub dir: OpenedDir,
+    /// Bytes it held before the run (allocated blocks), when a quota applies.
+    pub used_bytes: Option<u64>,
+}
+
+/// The most entries [`usage`] visits; a tree with more is treated as over any quota.
+pub const MAX_USAGE_ENTRIES: u64 = 1_000_000;
+
+/// Bytes allocated under `dir` (st_blocks × 512 of every entry, directories included), walked
+/// from its descriptor without following links; `None` when the tree has more than
+/// [`MAX_USAGE_ENTRIES`] entries. A hard-linked file is counted once per name (never less than
+/// the truth).
+pub fn usage(dir: &OpenedDir) -> Result<Option<u64>, GrantError> {
+    use nix::dir::{Dir, Type};
+    use nix::fcntl::AtFlags;
+    use nix::sys::stat::fstatat;
+    let first = nix::unistd::dup(&dir.fd).map_err(io(format!("dup {}", dir.path.display())))?;
+    let mut stack =
+        vec![Dir::from_fd(first).map_err(io(format!("listing {}", dir.path.display())))?];
+    let mut total: u64 = 0;
+    let mut entries: u64 = 0;
+    while let Some(mut d) = stack.pop() {
+        let mut subdirs = Vec::new();
+        // Entries are stat'ed (and subdirectories opened) through a second descriptor of the
+        // same directory, while the first is being read.
+        let at = nix::unistd::dup(&d).map_err(io(format!("dup under {}", dir.path.display())))?;
+        for e in d.iter() {
+            let e = e.map_err(io(format!("listing under {}", dir.path.display())))?;
+            let name = e.file_name();
+            if name == c"." || name == c".." {
+                continue;
+            }
+            entries += 1;
+            if entries > MAX_USAGE_ENTRIES {
+                return Ok(None);
+            }
+            let st = match fstatat(&at, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                // Removed while we looked (a running worker): nothing to count.
+                Err(Errno::ENOENT) => continue,
+                Err(e) => return Err(io(format!("stat under {}", dir.path.display()))(e)),
+            };
+            total = total.saturating_add((st.st_blocks as u64).saturating_mul(512));
+            if e.file_type() == Some(Type::Directory) || is_dir(&st) {
+                subdirs.push(name.to_owned());
+            }
+        }
+        for name in subdirs {
+            match Dir::openat(&at, name.as_c_str(), DIR_FLAGS, Mode::empty()) {
+                Ok(sub) => stack.push(sub),
+                Err(Errno::ENOENT) | Err(Errno::ELOOP) | Err(Errno::ENOTDIR) => {}
+                Err(e) => return Err(io(format!("listing under {}", dir.path.display()))(e)),
+            }
+        }
+    }
+    Ok(Some(total))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +126,9 @@ pub enum GrantError {
     Unsafe(String),
     #[error("{what}: {errno}")]
     Io { what: String, errno: Errno },
+    /// The worker's persistent directories are at or over their quota.
+    #[error("{0}")]
+    Quota(String),
 }
 
 impl GrantError {
@@ -80,6 +138,7 @@ impl GrantError {
             GrantError::Invalid(_) => "envelope_invalid_request",
             GrantError::Unsafe(_) => "write_dir_unsafe",
             GrantError::Io { .. } => "write_dir_unavailable",
+            GrantError::Quota(_) => "write_quota_exceeded",
         }
     }
 }
@@ -293,6 +352,7 @@ pub fn open_persistent(
                 ino: st.st_ino,
                 path,
             },
+            used_bytes: None,
         });
     }
     Ok(out)
@@ -412,6 +472,21 @@ mod tests {
             let err = open_persistent(d.path(), "org.x.w", &[e.into()], o).unwrap_err();
             assert_eq!(err.code(), "write_dir_unsafe", "{e}: {err}");
         }
+    }
+
+    #[test]
+    fn usage_counts_what_is_there_without_following_links() {
+        let d = data();
+        let got = open_persistent(d.path(), "org.x.w", &["out/".into()], owners()).unwrap();
+        let before = usage(&got[0].dir).unwrap().unwrap();
+        let out = d.path().join("org.x.w/out");
+        std::fs::create_dir(out.join("sub")).unwrap();
+        std::fs::write(out.join("sub/big"), vec![1u8; 1 << 20]).unwrap();
+        // A link to a large tree elsewhere counts as the link only.
+        std::os::unix::fs::symlink("/usr", out.join("usr")).unwrap();
+        let after = usage(&got[0].dir).unwrap().unwrap();
+        assert!(after >= before + (1 << 20), "{before} {after}");
+        assert!(after < before + (2 << 20), "{before} {after}");
     }
 
     #[test]

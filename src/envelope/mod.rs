@@ -232,7 +232,7 @@ impl Envelope {
             for e in entries.flatten() {
                 let path = e.path();
                 let gone = match e.file_type() {
-                    Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path).is_ok(),
+                    Ok(t) if t.is_dir() => prepare::remove_run_dir(&path).is_ok(),
                     Ok(_) => std::fs::remove_file(&path).is_ok(),
                     Err(_) => false,
                 };
@@ -272,7 +272,7 @@ impl Envelope {
         let (plan, mut report) = plan::plan(req, &self.host, &self.probe, &new_context())?;
         let result = self.run_planned(&plan, &mut report, req, started);
         if !self.host.keep_run_dirs {
-            let _ = std::fs::remove_dir_all(&plan.run_dir);
+            let _ = prepare::remove_run_dir(&plan.run_dir);
         }
         result
     }

@@ -169,6 +169,8 @@ pub struct Plan {
     pub namespaces: NamespacePlan,
     /// Paths covered in the worker's mount namespace (the Hall's sockets).
     pub hidden: Vec<PathBuf>,
+    /// The size of the tmpfs to mount on the run directory (root Hall).
+    pub scratch_bytes: Option<u64>,
     pub cgroup: Option<CgroupPlan>,
     /// `None`: keep the Hall's uid (root only when `unprivileged_user` is off).
     pub identity: Option<Identity>,
@@ -870,6 +872,34 @@ pub fn plan(
             writes.push(grant);
         }
     }
+    // ---- scratch: a size-limited tmpfs on the run directory, where the Hall can mount ------
+    let scratch_bytes = host.scratch_bytes.filter(|_| hall_root);
+    let scratch_report = match (host.scratch_bytes, hall_root) {
+        (Some(b), true) => ScratchReport {
+            effective: Effective::Enforced,
+            bytes: Some(b),
+            how: format!("a tmpfs of {b} bytes on the run directory (tmp and mapped writes)"),
+        },
+        (Some(_), false) => {
+            let why = "the Hall is not root, so it cannot mount a size-limited tmpfs on the run \
+                       directory: scratch is bounded per file only (RLIMIT_FSIZE); put runs_dir \
+                       on a size-limited filesystem"
+                .to_owned();
+            degraded.add("scratch", &why);
+            ScratchReport {
+                effective: Effective::NotEnforced,
+                bytes: None,
+                how: why,
+            }
+        }
+        (None, _) => ScratchReport {
+            effective: Effective::Off,
+            bytes: None,
+            how: "off ([envelope] scratch_bytes = 0): scratch is bounded per file only \
+                  (RLIMIT_FSIZE)"
+                .into(),
+        },
+    };
     let mut tools = Vec::new();
     for (i, tool) in req.privilege_envelope.tools.iter().enumerate() {
         let field = format!("privilege_envelope.tools[{i}]");
@@ -1266,18 +1296,21 @@ pub fn plan(
             writes: writes
                 .iter()
                 .map(|w| {
-                    let opened = w.opened.map(|i| &req.opened_writes[i].dir);
+                    let opened = w.opened.map(|i| &req.opened_writes[i]);
                     WriteReport {
                         declared: w.declared.clone(),
                         granted: s(&w.path),
                         mapped: w.mapped,
                         persistent: opened.is_some(),
-                        dev: opened.map(|o| o.dev),
-                        ino: opened.map(|o| o.ino),
+                        dev: opened.map(|o| o.dir.dev),
+                        ino: opened.map(|o| o.dir.ino),
+                        used_bytes_before: opened.and_then(|o| o.used_bytes),
+                        quota_bytes: opened.and(req.data_quota_bytes),
                     }
                 })
                 .collect(),
             tools: tools.iter().map(|t| s(t)).collect(),
+            scratch: scratch_report.clone(),
         },
         environment: EnvironmentReport {
             keys: env_keys,
@@ -1324,6 +1357,7 @@ pub fn plan(
         } else {
             Vec::new()
         },
+        scratch_bytes,
         cgroup,
         identity,
         worker_uid,

@@ -85,7 +85,11 @@ fn chown(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
 /// Creates the run directory tree: `<run>/work` (the worker's cwd, not writable itself),
 /// `<run>/tmp` and the declared write directories, the last two owned by the worker uid with
 /// mode 0700. Everything else is owned by the Hall.
-fn make_run_dir(plan: &Plan, host: &HostConfig) -> Result<(), EnvelopeError> {
+fn make_run_dir(
+    plan: &Plan,
+    host: &HostConfig,
+    report: &mut EnvelopeReport,
+) -> Result<(), EnvelopeError> {
     let ctx = |what: &str, p: &Path| format!("creating {what} {}", p.display());
     if !host.runs_dir.exists() {
         fs::DirBuilder::new()
@@ -118,6 +122,21 @@ fn make_run_dir(plan: &Plan, host: &HostConfig) -> Result<(), EnvelopeError> {
     }
     mkdir(&plan.run_dir, 0o711)
         .map_err(|e| EnvelopeError::io(ctx("the run directory", &plan.run_dir), e))?;
+    if let Some(bytes) = plan.scratch_bytes {
+        // Threat model: a worker filling the disk the receipt log lives on stops the Hall. Its
+        // scratch (tmp, mapped writes) lives on a tmpfs of a fixed size instead, removed with
+        // the run (and by sweep_stale after a crash).
+        if let Err(e) = mount_scratch(&plan.run_dir, bytes) {
+            let why = format!(
+                "mounting a {bytes}-byte tmpfs on the run directory failed ({e}): scratch is \
+                 bounded per file only (RLIMIT_FSIZE)"
+            );
+            report.filesystem.scratch.effective = super::report::Effective::NotEnforced;
+            report.filesystem.scratch.bytes = None;
+            report.filesystem.scratch.how = why.clone();
+            report.degrade(format!("scratch: {why}"));
+        }
+    }
     mkdir(&plan.work_dir, 0o711)
         .map_err(|e| EnvelopeError::io(ctx("the work directory", &plan.work_dir), e))?;
     // The pycache prefix is deliberately never created: Python finds no pyc there, compiles
@@ -168,6 +187,32 @@ fn make_run_dir(plan: &Plan, host: &HostConfig) -> Result<(), EnvelopeError> {
         }
     }
     Ok(())
+}
+
+/// Mounts a tmpfs of `bytes` on `dir` (mode 0711, owned by the Hall; no devices, no setuid,
+/// no exec).
+fn mount_scratch(dir: &Path, bytes: u64) -> nix::Result<()> {
+    use nix::mount::{MsFlags, mount};
+    let opts = format!(
+        "size={bytes},mode=0711,uid={},gid={}",
+        nix::unistd::geteuid(),
+        nix::unistd::getegid()
+    );
+    mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(opts.as_str()),
+    )
+}
+
+/// Removes a run directory: its scratch tmpfs first (if any), then what is left.
+pub(crate) fn remove_run_dir(dir: &Path) -> std::io::Result<()> {
+    // EINVAL: not a mount point (no scratch tmpfs); anything else is worth knowing, but the
+    // directory is removed either way.
+    let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);
+    fs::remove_dir_all(dir)
 }
 
 /// `<run>/hidden`: bound over every hidden path in the worker's mount namespace.
@@ -375,7 +420,7 @@ pub(crate) fn prepare(
     }
 
     // ---- run directory ----------------------------------------------------------------------
-    make_run_dir(plan, host)?;
+    make_run_dir(plan, host, report)?;
     hall_stage(report, "run_dir", "ok", None);
 
     // ---- secrets -----------------------------------------------------------------------------

@@ -191,6 +191,12 @@ pub struct WriteReport {
     pub dev: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ino: Option<u64>,
+    /// A persistent directory's usage before the run and the quota it was checked against
+    /// (checked between runs; within a run the worker's writes are bounded per file only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub used_bytes_before: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -201,6 +207,18 @@ pub struct FilesystemReport {
     pub pycache_prefix: String,
     pub writes: Vec<WriteReport>,
     pub tools: Vec<String>,
+    /// How much the run may write in total outside its persistent directories.
+    pub scratch: ScratchReport,
+}
+
+/// The bound on a run's scratch space (its private tmp and mapped write directories).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScratchReport {
+    pub effective: Effective,
+    /// The size of the run directory's tmpfs, when one was mounted.
+    pub bytes: Option<u64>,
+    /// How it is bounded, or why it is not.
+    pub how: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -269,6 +269,8 @@ pub struct RunRequest {
     /// [`super::grant::open_persistent`]); a `filesystem_writes` entry equal to one's
     /// `declared` is granted from its descriptor, in place, never by path.
     pub opened_writes: Vec<std::sync::Arc<super::grant::OpenedWrite>>,
+    /// The quota the opened writes were checked against (for the report).
+    pub data_quota_bytes: Option<u64>,
 }
 
 impl RunRequest {
@@ -295,6 +297,7 @@ impl RunRequest {
             identity: None,
             allow_absolute_writes: false,
             opened_writes: Vec::new(),
+            data_quota_bytes: None,
         }
     }
 }
@@ -323,6 +326,9 @@ pub struct HostConfig {
     /// namespace in which an empty, unreadable file is bound over each of them (where the host
     /// can create mount namespaces; the report says so either way).
     pub hidden_paths: Vec<PathBuf>,
+    /// Bytes of scratch per run: a tmpfs of this size is mounted on each run directory when
+    /// the Hall can mount (root). `None`: no tmpfs (scratch bounded per file only).
+    pub scratch_bytes: Option<u64>,
 }
 
 impl HostConfig {
@@ -336,6 +342,7 @@ impl HostConfig {
             drain_timeout_ms: 2_000,
             keep_run_dirs: false,
             hidden_paths: Vec::new(),
+            scratch_bytes: None,
         }
     }
 }

@@ -374,6 +374,7 @@ fn build_runner(
     host.kill_grace_ms = e.kill_grace_ms;
     host.drain_timeout_ms = e.drain_timeout_ms;
     host.hidden_paths = hidden_paths;
+    host.scratch_bytes = (e.scratch_bytes > 0).then_some(e.scratch_bytes);
     let envelope = crate::envelope::Envelope::new(host)
         .map_err(|err| fail(exit::CONFIG, format!("privilege envelope: {err}")))?;
     let swept = envelope.sweep_stale();
@@ -388,6 +389,7 @@ fn build_runner(
             .clone()
             .unwrap_or_else(|| config.state_dir().join("data")),
         worker,
+        data_quota_bytes: e.data_quota_bytes,
     }))
 }
 

@@ -30,6 +30,9 @@ pub struct HallRunner {
     pub data_dir: PathBuf,
     /// The uid/gid workers run as (when the Hall is root).
     pub worker: Identity,
+    /// What a worker may keep in its persistent directories, checked before each run (0: no
+    /// quota).
+    pub data_quota_bytes: u64,
 }
 
 /// The receipt's caller from the kernel-verified peer.
@@ -77,6 +80,7 @@ impl HallRunner {
             },
         };
         envelope::grant::open_persistent(&self.data_dir, &record.worker_id, &relative, owners)
+            .and_then(|v| self.check_quota(&record.worker_id, v))
             .map(|v| v.into_iter().map(Arc::new).collect())
             .map_err(|e| {
                 let message = format!("{}: {e}", record.worker_id);
@@ -91,6 +95,42 @@ impl HallRunner {
                     }
                 }
             })
+    }
+}
+
+impl HallRunner {
+    /// Threat model: a worker that fills its persistent directories run after run until the
+    /// disk the receipt log lives on is full. Before each run its usage is measured
+    /// ([`envelope::grant::usage`]) and a worker at or over `data_quota_bytes` is refused with
+    /// `write_quota_exceeded`. Within one run its writes are bounded per file (RLIMIT_FSIZE),
+    /// not in total: the report says so.
+    fn check_quota(
+        &self,
+        worker_id: &str,
+        mut opened: Vec<envelope::grant::OpenedWrite>,
+    ) -> Result<Vec<envelope::grant::OpenedWrite>, envelope::grant::GrantError> {
+        if self.data_quota_bytes == 0 || opened.is_empty() {
+            return Ok(opened);
+        }
+        let mut total: u64 = 0;
+        for o in &mut opened {
+            let used = envelope::grant::usage(&o.dir)?.unwrap_or(u64::MAX);
+            o.used_bytes = Some(used);
+            total = total.saturating_add(used);
+        }
+        if total >= self.data_quota_bytes {
+            return Err(envelope::grant::GrantError::Quota(format!(
+                "{worker_id} keeps {total} bytes in its persistent directories ({}), at or over \
+                 its quota of {} bytes: remove data there or raise [envelope] data_quota_bytes",
+                opened
+                    .iter()
+                    .map(|o| o.dir.path.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                self.data_quota_bytes
+            )));
+        }
+        Ok(opened)
     }
 }
 
@@ -230,6 +270,7 @@ impl Runner for HallRunner {
                 // tree, it is mapped under the run directory.
                 allow_absolute_writes: false,
                 opened_writes,
+                data_quota_bytes: (self.data_quota_bytes > 0).then_some(self.data_quota_bytes),
             };
             self.envelope.run(&req).map_err(|e| {
                 let report = e
