@@ -374,6 +374,54 @@ fn each_deny_path_answers_with_its_code() {
 }
 
 #[test]
+fn requests_without_ids_are_recorded_denials_and_a_blank_capability_is_a_named_400() {
+    let mut hall = TestHall::start("");
+    let mut cases = Vec::new();
+    let mut absent = input("cap.hello.greet", "acme-corp");
+    absent.as_object_mut().unwrap().remove("correlation_id");
+    cases.push((absent, "DENY_MISSING_CORRELATION_ID"));
+    let mut empty = input("cap.hello.greet", "acme-corp");
+    empty["correlation_id"] = json!("");
+    cases.push((empty, "DENY_MISSING_CORRELATION_ID"));
+    let mut no_tenant = input("cap.hello.greet", "");
+    no_tenant["correlation_id"] = json!("");
+    // require_signatory is on: an empty tenant is not a signatory.
+    cases.push((no_tenant, "DENY_UNKNOWN_TENANT"));
+    let mut seqs = Vec::new();
+    for (body, code) in cases {
+        let (s, out) = hall.call(Method::POST, "/wcp/dispatch", Some(&body));
+        assert_eq!(s, 200, "{out}");
+        assert_eq!(out["status"], "denied", "{out}");
+        assert_eq!(deny_code(&out), code, "{out}");
+        seqs.push(
+            out["execution"]["receipt"]["seq"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no receipt: {out}")),
+        );
+    }
+    // Never reaches routing: a client error naming the field, not a 503.
+    for blank in ["", "  "] {
+        let mut body = input(blank, "acme-corp");
+        body["correlation_id"] = json!("");
+        let (s, out) = hall.call(Method::POST, "/wcp/dispatch", Some(&body));
+        assert_eq!(s, 400, "{out}");
+        assert_eq!(out["code"], "invalid_input", "{out}");
+        assert!(
+            out["message"]
+                .as_str()
+                .unwrap()
+                .contains("RouteInput.capability_id"),
+            "{out}"
+        );
+    }
+    let report = hall.stop_and_verify_log();
+    assert!(
+        report["records"].as_u64().unwrap() > *seqs.iter().max().unwrap(),
+        "{report}"
+    );
+}
+
+#[test]
 fn a_peer_may_only_act_as_the_tenants_its_uid_maps_to() {
     let hall = TestHall::start("[server]\nsocket_mode = \"0666\"\n");
     // nobody claims root's tenant: denied by the kernel-verified identity.
