@@ -810,6 +810,66 @@ fn malformed_oversized_and_slow_requests_are_refused_cleanly() {
     assert_eq!(hall.call(Method::GET, "/wcp/health", None).0, 200);
 }
 
+/// Sends raw bytes, reads the answer to EOF: (status, JSON body or Null, the whole text).
+fn raw_exchange(socket: &Path, request: &[u8]) -> (u16, Value, String) {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null);
+    (status, body, text)
+}
+
+#[test]
+fn every_error_answer_is_json_with_code_and_message() {
+    let hall = TestHall::start("[server]\nmax_body_bytes = 64\n");
+    let many_headers: String = (0..200).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (b"GET /wcp/nothing HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".to_vec(), 404, "not_found"),
+        (b"GET /wcp/dispatch HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".to_vec(), 405, "method_not_allowed"),
+        (b"DELETE /wcp/health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".to_vec(), 405, "method_not_allowed"),
+        (
+            format!("POST /wcp/route HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\nconnection: close\r\n\r\n{}", "x".repeat(100)).into_bytes(),
+            413,
+            "body_too_large",
+        ),
+        (format!("GET /_ping HTTP/1.1\r\nhost: x\r\n{many_headers}\r\n").into_bytes(), 431, "headers_too_large"),
+        (b"POST /wcp/route HTTP/1.1\r\nhost: x\r\ncontent-length: abc\r\n\r\n".to_vec(), 400, "malformed_request"),
+        (b"POST /wcp/route HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n".to_vec(), 400, "malformed_request"),
+        (b"POST /wcp/route HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip\r\n\r\n".to_vec(), 400, "malformed_request"),
+        (b"GET /wcp/\xff\xfe HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(), 400, "malformed_request"),
+        (b"NOT HTTP AT ALL\r\n\r\n".to_vec(), 400, "malformed_request"),
+        (b"GET /wcp/approvals/%FF HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".to_vec(), 400, "bad_request"),
+    ];
+    for (request, status, code) in cases {
+        let (s, body, text) = raw_exchange(&hall.socket, &request);
+        let shown = String::from_utf8_lossy(&request);
+        assert_eq!(s, status, "{shown:?} -> {text}");
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{shown:?} -> {text}"
+        );
+        assert_eq!(body["code"], code, "{shown:?} -> {text}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{shown:?} -> {text}"
+        );
+    }
+    // The Hall is unharmed, and keep-alive answers still work after an error on another
+    // connection.
+    assert_eq!(hall.call(Method::GET, "/wcp/health", None).0, 200);
+}
+
 #[test]
 fn two_hundred_concurrent_clients_all_get_answers() {
     let hall = TestHall::start("");

@@ -47,6 +47,7 @@ pub fn app(hall: Arc<Hall>) -> Router {
         .route("/wcp/reload", post(reload))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint; see GET /wcp/version") })
+        .layer(axum::middleware::map_response(super::wire::json_errors))
         .with_state(hall)
 }
 
@@ -517,7 +518,10 @@ pub async fn serve(
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(header_timeout)
-                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
+                    .serve_connection(
+                        TokioIo::new(super::wire::JsonParseErrors::new(stream)),
+                        TowerToHyperService::new(svc),
+                    );
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
