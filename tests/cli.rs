@@ -266,6 +266,10 @@ fn malformed_inputs_exit_65_with_a_message_naming_the_field() {
             &FETCH.replace("\"request\"", "\"reqest\""),
             "unknown field \"reqest\"",
         ),
+        (
+            &FETCH.replace("\"env\": \"dev\"", "\"env\": \"prod\", \"env\": \"dev\""),
+            "duplicate key \"env\"",
+        ),
     ];
     for (input, want) in cases {
         let o = run(&["route", "-c", cfg.to_str().unwrap()], Some(input));
@@ -346,6 +350,37 @@ fn ambiguous_rules_are_refused_by_validate_and_by_route() {
     let o = run(&["route", "-c", hall.to_str().unwrap()], Some(FETCH));
     assert_eq!(code(&o), 78);
     assert!(stderr(&o).contains("wcp-hall validate"), "{}", stderr(&o));
+}
+
+#[test]
+fn duplicate_json_keys_are_refused_in_rules_and_records() {
+    let dir = policies_copy();
+    let rules = dir.path().join("rules.json");
+    let text = std::fs::read_to_string(&rules).unwrap().replacen(
+        r#""rules": ["#,
+        r#""rules": [], "rules": ["#,
+        1,
+    );
+    std::fs::write(&rules, text).unwrap();
+    let o = run(&["validate", rules.to_str().unwrap()], None);
+    assert_ne!(code(&o), 0);
+    let all = stdout(&o) + &stderr(&o);
+    assert!(all.contains("duplicate key \"rules\" at line"), "{all}");
+
+    let record = std::fs::read_to_string(repo("policies/registry/org.wcp-hall.hello.1.json"))
+        .unwrap()
+        .replacen('{', r#"{"risk_tier": "low", "#, 1);
+    let reg = dir.path().join("fresh-registry");
+    let o = run(
+        &["enroll", "--registry-dir", reg.to_str().unwrap(), "-"],
+        Some(&record),
+    );
+    assert_eq!(code(&o), 65, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("duplicate key \"risk_tier\""),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

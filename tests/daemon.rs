@@ -831,14 +831,14 @@ fn raw_exchange(socket: &Path, request: &[u8]) -> (u16, Value, String) {
 
 #[test]
 fn every_error_answer_is_json_with_code_and_message() {
-    let hall = TestHall::start("[server]\nmax_body_bytes = 64\n");
+    let hall = TestHall::start("[server]\nmax_body_bytes = 512\n");
     let many_headers: String = (0..200).map(|i| format!("x-h{i}: v\r\n")).collect();
     let cases: Vec<(Vec<u8>, u16, &str)> = vec![
         (b"GET /wcp/nothing HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".to_vec(), 404, "not_found"),
         (b"GET /wcp/dispatch HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".to_vec(), 405, "method_not_allowed"),
         (b"DELETE /wcp/health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".to_vec(), 405, "method_not_allowed"),
         (
-            format!("POST /wcp/route HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\nconnection: close\r\n\r\n{}", "x".repeat(100)).into_bytes(),
+            format!("POST /wcp/route HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\nconnection: close\r\n\r\n{}", "x".repeat(1000)).into_bytes(),
             413,
             "body_too_large",
         ),
@@ -865,6 +865,28 @@ fn every_error_answer_is_json_with_code_and_message() {
             "{shown:?} -> {text}"
         );
     }
+    // Duplicate keys are refused, naming the key: no last-one-wins `dry_run`.
+    let body = r#"{"capability_id": "cap.hello.greet", "env": "dev", "data_label": "PUBLIC", "tenant_risk": "low", "qos_class": "P2", "tenant_id": "acme-corp", "dry_run": true, "dry_run": false}"#;
+    let (s, body, text) = raw_exchange(
+        &hall.socket,
+        format!(
+            "POST /wcp/dispatch HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (400, Some("invalid_json")),
+        "{text}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate key \"dry_run\""),
+        "{text}"
+    );
     // The Hall is unharmed, and keep-alive answers still work after an error on another
     // connection.
     assert_eq!(hall.call(Method::GET, "/wcp/health", None).0, 200);

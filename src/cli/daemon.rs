@@ -266,7 +266,7 @@ fn payload(spec: &str) -> Result<Value, CliError> {
     } else {
         spec.to_owned()
     };
-    let v: Value = serde_json::from_str(&text).map_err(|e| {
+    let v: Value = crate::json::parse_str(&text).map_err(|e| {
         CliError::new(
             exit::DATAERR,
             "invalid_input",
@@ -286,7 +286,7 @@ fn payload(spec: &str) -> Result<Value, CliError> {
 /// `wcp-hall dispatch`: route and run one request on the running Hall.
 pub fn dispatch(args: DispatchArgs, out: &mut Out) -> Result<u8, CliError> {
     let body = match &args.route_input {
-        Some(path) => serde_json::from_str::<Value>(&read_input(path)?).map_err(|e| {
+        Some(path) => crate::json::parse_str(&read_input(path)?).map_err(|e| {
             CliError::new(
                 exit::DATAERR,
                 "invalid_input",

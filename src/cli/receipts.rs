@@ -501,7 +501,7 @@ fn run_verify_consistency(args: VerifyConsistencyArgs, out: &mut Out) -> Result<
 
 fn run_verify_proof(args: VerifyProofArgs, out: &mut Out) -> Result<u8, CliError> {
     let text = read_input(&args.file)?;
-    let bundle: ProofBundle = serde_json::from_str(&text).map_err(|e| {
+    let bundle: ProofBundle = crate::json::from_str(&text).map_err(|e| {
         CliError::new(
             exit::DATAERR,
             "proof_malformed",

@@ -233,7 +233,7 @@ async fn read_json(hall: &Hall, body: Body) -> Result<Value, ApiError> {
                 )
             }
         })?;
-    serde_json::from_slice(&collected.to_bytes()).map_err(|e| {
+    crate::json::parse_slice(&collected.to_bytes()).map_err(|e| {
         ApiError::bad_request(
             "invalid_json",
             format!("request body is not valid JSON: {e}"),

@@ -110,7 +110,7 @@ pub fn json_type(v: &Value) -> &'static str {
 impl RouteInput {
     /// Parses one RouteInput from JSON text.
     pub fn from_json_str(text: &str) -> Result<Self, InputParseError> {
-        let value: Value = serde_json::from_str(text).map_err(InputParseError::Json)?;
+        let value: Value = crate::json::parse_str(text).map_err(InputParseError::Json)?;
         Ok(Self::from_value(&value)?)
     }
 
