@@ -748,6 +748,13 @@ fn reload_swaps_good_configuration_and_keeps_the_old_one_on_error() {
     let (s, err) = hall.call(Method::POST, "/wcp/reload", None);
     assert_eq!(s, 422);
     assert_eq!(err["code"], "reload_failed");
+    // The CLI: a refused configuration is a configuration error (78), not "unreachable" (69).
+    let o = hall.cli(&["reload"], None);
+    assert_eq!(o.status.code(), Some(78), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("reload_failed"),
+        "{o:?}"
+    );
     assert!(
         err["message"].as_str().unwrap().contains("substring"),
         "{err}"
@@ -1598,9 +1605,9 @@ fn tampering_found_by_the_background_check_fails_the_running_hall() {
         hall.log()
             .contains("background verification found a problem")
     );
-    // `wcp-hall status` says so and exits 69.
+    // `wcp-hall status` says so and exits 70 (failed; 69 would mean unreachable).
     let o = hall.cli(&["status"], None);
-    assert_eq!(o.status.code(), Some(69));
+    assert_eq!(o.status.code(), Some(70));
     assert!(String::from_utf8_lossy(&o.stdout).contains("FAILED"));
 }
 
