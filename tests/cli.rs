@@ -548,6 +548,54 @@ fn config_show_and_check_describe_the_configured_hall() {
 }
 
 #[test]
+fn config_check_reads_the_receipt_key_as_serve_does_and_creates_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = policies_copy();
+    let hall = dir.path().join("hall.toml");
+    let mut text = std::fs::read_to_string(&hall).unwrap();
+    text.push_str("\n[receipts]\nsigning_key = \"r.key\"\n");
+    std::fs::write(&hall, text).unwrap();
+    let listing = || {
+        let mut v: Vec<_> = walk(dir.path());
+        v.sort();
+        v
+    };
+    fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(p).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+        out
+    }
+    let check = || run(&["config", "check", "-c", hall.to_str().unwrap()], None);
+    let before = listing();
+    let o = check();
+    assert_eq!(code(&o), 78, "a missing key: {}", stderr(&o));
+    assert!(stderr(&o).contains("r.key"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("keys generate"), "{}", stderr(&o));
+    assert_eq!(listing(), before, "config check created something");
+
+    let key = dir.path().join("r.key");
+    let o = run(&["keys", "generate", key.to_str().unwrap()], None);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = check();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = check();
+    assert_eq!(code(&o), 78, "a key readable by others: {}", stderr(&o));
+
+    std::fs::write(&key, "garbage\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = check();
+    assert_eq!(code(&o), 78, "a garbage key: {}", stderr(&o));
+}
+
+#[test]
 fn conformance_passes_on_pyhall_vectors_and_fails_on_a_tampered_expectation() {
     let vectors = repo("tests/vectors/routing.json");
     let dir = tempfile::tempdir().unwrap();
