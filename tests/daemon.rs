@@ -1006,6 +1006,52 @@ fn a_bad_configuration_exits_78_and_a_busy_socket_is_not_stolen() {
 }
 
 #[test]
+fn a_failed_start_leaves_no_socket_and_no_new_state_directory_behind() {
+    let hall = TestHall::start("");
+    let base = std::fs::read_to_string(hall.config_path()).unwrap();
+    let serve = |config: &str, name: &str| {
+        let path = hall.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, config).unwrap();
+        let socket = hall.dir.path().join(format!("{name}.sock"));
+        let o = Command::new(BIN)
+            .args(["serve", "-c"])
+            .arg(&path)
+            .arg("-s")
+            .arg(&socket)
+            .output()
+            .unwrap();
+        (o, socket)
+    };
+    // A missing receipt key: refused before anything is created.
+    let config = base
+        .replace("keys/receipts.key", "keys/missing.key")
+        .replace("state_dir = \"state\"", "state_dir = \"state-missing-key\"");
+    let (o, socket) = serve(&config, "missing-key");
+    assert_eq!(o.status.code(), Some(78), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("missing.key"),
+        "{o:?}"
+    );
+    assert!(!socket.exists(), "the socket is left behind");
+    assert!(!hall.dir.path().join("state-missing-key").exists());
+    // A receipt log that cannot open: the start fails after binding, and removes its socket
+    // and the state directory it created.
+    std::fs::write(hall.dir.path().join("not-a-dir"), "x").unwrap();
+    let config = base
+        .replace("state_dir = \"state\"", "state_dir = \"state-bad-log\"")
+        .replace(
+            "signing_key = \"keys/receipts.key\"",
+            "signing_key = \"keys/receipts.key\"\nlog_dir = \"not-a-dir\"",
+        );
+    let (o, socket) = serve(&config, "bad-log");
+    assert_eq!(o.status.code(), Some(78), "{o:?}");
+    assert!(!socket.exists(), "the socket is left behind: {o:?}");
+    assert!(!hall.dir.path().join("state-bad-log").exists(), "{o:?}");
+    // The running Hall's socket (not created by those starts) is untouched.
+    assert_eq!(hall.call(Method::GET, "/wcp/health", None).0, 200);
+}
+
+#[test]
 fn the_cedar_gate_decides_with_reasons_and_its_level_reaches_the_approval() {
     let hall = TestHall::start(
         "[profiles]\ndev = \"prof.dev.permissive\"\nprod = \"prof.prod.strict\"\n[approvals]\nwait_ms = 100\n",
