@@ -244,6 +244,23 @@ fn verify_checks_external_checkpoints_and_the_configured_copy() {
 }
 
 #[test]
+fn verify_from_a_config_without_log_dir_reads_where_serve_writes() {
+    let (base, log, _pubkey) = setup();
+    // `serve` writes to <state_dir>/receipts when [receipts] log_dir is unset.
+    fs::create_dir(base.path().join("st")).unwrap();
+    fs::rename(&log, base.path().join("st/receipts")).unwrap();
+    let cfg = base.path().join("hall.toml");
+    fs::write(
+        &cfg,
+        "[paths]\nstate_dir = \"st\"\n[receipts]\nsigning_key = \"receipts.key\"\n",
+    )
+    .unwrap();
+    let o = run(&["receipts", "verify", "--config", s(&cfg)]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("st/receipts"), "{}", stdout(&o));
+}
+
+#[test]
 fn usage_errors_have_their_exit_codes() {
     let (base, log, pubkey) = setup();
     let missing = run(&[
