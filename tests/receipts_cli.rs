@@ -479,5 +479,18 @@ fn keys_generate_writes_a_private_key_and_its_public_key() {
     // Never overwritten.
     let again = run(&["keys", "generate", s(&path)]);
     assert_ne!(code(&again), 0);
+    assert!(
+        stderr(&again).contains("never overwritten"),
+        "{}",
+        stderr(&again)
+    );
+    let nowhere = base.path().join("missing/receipts.key");
+    let o = run(&["keys", "generate", s(&nowhere)]);
+    assert_eq!(code(&o), 74);
+    assert!(
+        stderr(&o).contains("does not exist; create it first"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(KeyPair::read(&path).unwrap().id(), key.id());
 }

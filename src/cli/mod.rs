@@ -192,6 +192,29 @@ impl CliError {
 }
 
 /// Reads an input file (or stdin for `-`), mapping failures to exit 66.
+/// What to do about a key file that could not be written, from the reason it could not.
+pub(crate) fn key_write_hint(e: &crate::crypto::KeyError) -> String {
+    let crate::crypto::KeyError::Write { path, source } = e else {
+        return "keys are written once, to a new file".to_owned();
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.display().to_string(),
+        _ => ".".to_owned(),
+    };
+    match source.kind() {
+        std::io::ErrorKind::AlreadyExists => {
+            "keys are never overwritten; choose a new path".to_owned()
+        }
+        std::io::ErrorKind::NotFound => {
+            format!("the directory {dir} does not exist; create it first (mkdir -p {dir})")
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            format!("you may not create files in {dir}; choose a directory you can write to")
+        }
+        _ => format!("check that {dir} is a writable directory"),
+    }
+}
+
 pub fn read_input(path: &Path) -> Result<String, CliError> {
     let result = if path == Path::new("-") {
         std::io::read_to_string(std::io::stdin())

@@ -616,7 +616,8 @@ pub fn run_keys(cmd: KeysCommand, out: &mut Out) -> Result<u8, CliError> {
 fn run_generate(args: GenerateArgs, out: &mut Out) -> Result<u8, CliError> {
     let key = crate::crypto::KeyPair::generate().map_err(key_error)?;
     let public = key.write(&args.file).map_err(|e| {
-        key_error(e).hint("the file must not exist yet (keys are never overwritten)")
+        let hint = super::key_write_hint(&e);
+        key_error(e).hint(hint)
     })?;
     let origin = args
         .origin
