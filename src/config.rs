@@ -417,6 +417,11 @@ impl Config {
                 "[server] max_concurrent and max_concurrent_per_tenant must be at least 1".into(),
             ));
         }
+        if self.server.max_body_bytes == 0 {
+            return Err(invalid(
+                "[server] max_body_bytes = 0 would refuse every POST with 413; set a limit of at least 1 (the default is 1048576)".into(),
+            ));
+        }
         for (i, p) in self.identity.peers.iter().enumerate() {
             if p.uid.is_some() == p.gid.is_some() {
                 return Err(invalid(format!(
@@ -549,6 +554,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("at least 1"), "{err}");
+        let err = parse("[server]\nmax_body_bytes = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_body_bytes = 0"), "{err}");
+        assert!(parse("[server]\nmax_body_bytes = 1\n").is_ok());
         let err = parse("[[identity.peers]]\nuid = 1\ngid = 2\ntenants = []\n")
             .unwrap_err()
             .to_string();

@@ -241,7 +241,7 @@ fn to_value<T: serde::Serialize>(v: &T) -> Value {
 
 /// Runs every case of a vector file.
 pub fn run_routing_vectors(text: &str) -> Result<Vec<CaseResult>, VectorError> {
-    let file: VectorFile = serde_json::from_str(text)?;
+    let file: VectorFile = crate::json::from_str(text)?;
     if file.format != ROUTING_FORMAT {
         return Err(VectorError::Format(file.format));
     }

@@ -15,6 +15,7 @@ pub mod conformance;
 pub mod crypto;
 pub mod envelope;
 pub mod hall;
+pub mod json;
 pub mod mcp;
 pub mod policy;
 pub mod pyjson;

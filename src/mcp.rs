@@ -667,7 +667,7 @@ impl HallBridge {
     /// Sorts one incoming line: what can be answered at once (parse errors, `initialize`,
     /// `ping`, unknown methods), work that calls the Hall, cancellations, and the rest.
     fn classify(&self, message: &str) -> Incoming {
-        let parsed: Value = match serde_json::from_str(message) {
+        let parsed: Value = match crate::json::parse_str(message) {
             Ok(v) => v,
             Err(e) => {
                 return Incoming::Answer(json!({"jsonrpc": "2.0", "id": null,

@@ -97,7 +97,19 @@ fn keygen_sign_verify_awp_v2_with_a_store() {
         0o600
     );
     // Never overwritten.
-    assert_eq!(code(&run(&["attest", "keygen", p(&key)])), 74);
+    let o = run(&["attest", "keygen", p(&key)]);
+    assert_eq!(code(&o), 74);
+    assert!(stderr(&o).contains("never overwritten"), "{}", stderr(&o));
+    // A missing directory is said to be missing, not "choose a new path".
+    let nowhere = tmp.path().join("no-such-dir/release.key");
+    let o = run(&["keygen", p(&nowhere)]);
+    assert_eq!(code(&o), 74);
+    assert!(
+        stderr(&o).contains("does not exist; create it first"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("never overwritten"), "{}", stderr(&o));
 
     let trust = tmp.path().join("trust.json");
     std::fs::write(

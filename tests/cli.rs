@@ -266,6 +266,10 @@ fn malformed_inputs_exit_65_with_a_message_naming_the_field() {
             &FETCH.replace("\"request\"", "\"reqest\""),
             "unknown field \"reqest\"",
         ),
+        (
+            &FETCH.replace("\"env\": \"dev\"", "\"env\": \"prod\", \"env\": \"dev\""),
+            "duplicate key \"env\"",
+        ),
     ];
     for (input, want) in cases {
         let o = run(&["route", "-c", cfg.to_str().unwrap()], Some(input));
@@ -346,6 +350,37 @@ fn ambiguous_rules_are_refused_by_validate_and_by_route() {
     let o = run(&["route", "-c", hall.to_str().unwrap()], Some(FETCH));
     assert_eq!(code(&o), 78);
     assert!(stderr(&o).contains("wcp-hall validate"), "{}", stderr(&o));
+}
+
+#[test]
+fn duplicate_json_keys_are_refused_in_rules_and_records() {
+    let dir = policies_copy();
+    let rules = dir.path().join("rules.json");
+    let text = std::fs::read_to_string(&rules).unwrap().replacen(
+        r#""rules": ["#,
+        r#""rules": [], "rules": ["#,
+        1,
+    );
+    std::fs::write(&rules, text).unwrap();
+    let o = run(&["validate", rules.to_str().unwrap()], None);
+    assert_ne!(code(&o), 0);
+    let all = stdout(&o) + &stderr(&o);
+    assert!(all.contains("duplicate key \"rules\" at line"), "{all}");
+
+    let record = std::fs::read_to_string(repo("policies/registry/org.wcp-hall.hello.1.json"))
+        .unwrap()
+        .replacen('{', r#"{"risk_tier": "low", "#, 1);
+    let reg = dir.path().join("fresh-registry");
+    let o = run(
+        &["enroll", "--registry-dir", reg.to_str().unwrap(), "-"],
+        Some(&record),
+    );
+    assert_eq!(code(&o), 65, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("duplicate key \"risk_tier\""),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -510,6 +545,54 @@ fn config_show_and_check_describe_the_configured_hall() {
     );
     assert_eq!(code(&o), 78);
     assert!(stderr(&o).contains("broken.json"), "{}", stderr(&o));
+}
+
+#[test]
+fn config_check_reads_the_receipt_key_as_serve_does_and_creates_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = policies_copy();
+    let hall = dir.path().join("hall.toml");
+    let mut text = std::fs::read_to_string(&hall).unwrap();
+    text.push_str("\n[receipts]\nsigning_key = \"r.key\"\n");
+    std::fs::write(&hall, text).unwrap();
+    let listing = || {
+        let mut v: Vec<_> = walk(dir.path());
+        v.sort();
+        v
+    };
+    fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(p).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+        out
+    }
+    let check = || run(&["config", "check", "-c", hall.to_str().unwrap()], None);
+    let before = listing();
+    let o = check();
+    assert_eq!(code(&o), 78, "a missing key: {}", stderr(&o));
+    assert!(stderr(&o).contains("r.key"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("keys generate"), "{}", stderr(&o));
+    assert_eq!(listing(), before, "config check created something");
+
+    let key = dir.path().join("r.key");
+    let o = run(&["keys", "generate", key.to_str().unwrap()], None);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = check();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = check();
+    assert_eq!(code(&o), 78, "a key readable by others: {}", stderr(&o));
+
+    std::fs::write(&key, "garbage\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = check();
+    assert_eq!(code(&o), 78, "a garbage key: {}", stderr(&o));
 }
 
 #[test]

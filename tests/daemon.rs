@@ -397,6 +397,54 @@ fn each_deny_path_answers_with_its_code() {
 }
 
 #[test]
+fn requests_without_ids_are_recorded_denials_and_a_blank_capability_is_a_named_400() {
+    let mut hall = TestHall::start("");
+    let mut cases = Vec::new();
+    let mut absent = input("cap.hello.greet", "acme-corp");
+    absent.as_object_mut().unwrap().remove("correlation_id");
+    cases.push((absent, "DENY_MISSING_CORRELATION_ID"));
+    let mut empty = input("cap.hello.greet", "acme-corp");
+    empty["correlation_id"] = json!("");
+    cases.push((empty, "DENY_MISSING_CORRELATION_ID"));
+    let mut no_tenant = input("cap.hello.greet", "");
+    no_tenant["correlation_id"] = json!("");
+    // require_signatory is on: an empty tenant is not a signatory.
+    cases.push((no_tenant, "DENY_UNKNOWN_TENANT"));
+    let mut seqs = Vec::new();
+    for (body, code) in cases {
+        let (s, out) = hall.call(Method::POST, "/wcp/dispatch", Some(&body));
+        assert_eq!(s, 200, "{out}");
+        assert_eq!(out["status"], "denied", "{out}");
+        assert_eq!(deny_code(&out), code, "{out}");
+        seqs.push(
+            out["execution"]["receipt"]["seq"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no receipt: {out}")),
+        );
+    }
+    // Never reaches routing: a client error naming the field, not a 503.
+    for blank in ["", "  "] {
+        let mut body = input(blank, "acme-corp");
+        body["correlation_id"] = json!("");
+        let (s, out) = hall.call(Method::POST, "/wcp/dispatch", Some(&body));
+        assert_eq!(s, 400, "{out}");
+        assert_eq!(out["code"], "invalid_input", "{out}");
+        assert!(
+            out["message"]
+                .as_str()
+                .unwrap()
+                .contains("RouteInput.capability_id"),
+            "{out}"
+        );
+    }
+    let report = hall.stop_and_verify_log();
+    assert!(
+        report["records"].as_u64().unwrap() > *seqs.iter().max().unwrap(),
+        "{report}"
+    );
+}
+
+#[test]
 fn a_peer_may_only_act_as_the_tenants_its_uid_maps_to() {
     let hall = TestHall::start("[server]\nsocket_mode = \"0666\"\n");
     // nobody claims root's tenant: denied by the kernel-verified identity.
@@ -723,6 +771,13 @@ fn reload_swaps_good_configuration_and_keeps_the_old_one_on_error() {
     let (s, err) = hall.call(Method::POST, "/wcp/reload", None);
     assert_eq!(s, 422);
     assert_eq!(err["code"], "reload_failed");
+    // The CLI: a refused configuration is a configuration error (78), not "unreachable" (69).
+    let o = hall.cli(&["reload"], None);
+    assert_eq!(o.status.code(), Some(78), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("reload_failed"),
+        "{o:?}"
+    );
     assert!(
         err["message"].as_str().unwrap().contains("substring"),
         "{err}"
@@ -782,6 +837,88 @@ fn malformed_oversized_and_slow_requests_are_refused_cleanly() {
         "the slow connection was not closed"
     );
     // The Hall is still healthy.
+    assert_eq!(hall.call(Method::GET, "/wcp/health", None).0, 200);
+}
+
+/// Sends raw bytes, reads the answer to EOF: (status, JSON body or Null, the whole text).
+fn raw_exchange(socket: &Path, request: &[u8]) -> (u16, Value, String) {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null);
+    (status, body, text)
+}
+
+#[test]
+fn every_error_answer_is_json_with_code_and_message() {
+    let hall = TestHall::start("[server]\nmax_body_bytes = 512\n");
+    let many_headers: String = (0..200).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (b"GET /wcp/nothing HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".to_vec(), 404, "not_found"),
+        (b"GET /wcp/dispatch HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".to_vec(), 405, "method_not_allowed"),
+        (b"DELETE /wcp/health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".to_vec(), 405, "method_not_allowed"),
+        (
+            format!("POST /wcp/route HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\nconnection: close\r\n\r\n{}", "x".repeat(1000)).into_bytes(),
+            413,
+            "body_too_large",
+        ),
+        (format!("GET /_ping HTTP/1.1\r\nhost: x\r\n{many_headers}\r\n").into_bytes(), 431, "headers_too_large"),
+        (b"POST /wcp/route HTTP/1.1\r\nhost: x\r\ncontent-length: abc\r\n\r\n".to_vec(), 400, "malformed_request"),
+        (b"POST /wcp/route HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n".to_vec(), 400, "malformed_request"),
+        (b"POST /wcp/route HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip\r\n\r\n".to_vec(), 400, "malformed_request"),
+        (b"GET /wcp/\xff\xfe HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(), 400, "malformed_request"),
+        (b"NOT HTTP AT ALL\r\n\r\n".to_vec(), 400, "malformed_request"),
+        (b"GET /wcp/approvals/%FF HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".to_vec(), 400, "bad_request"),
+    ];
+    for (request, status, code) in cases {
+        let (s, body, text) = raw_exchange(&hall.socket, &request);
+        let shown = String::from_utf8_lossy(&request);
+        assert_eq!(s, status, "{shown:?} -> {text}");
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{shown:?} -> {text}"
+        );
+        assert_eq!(body["code"], code, "{shown:?} -> {text}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{shown:?} -> {text}"
+        );
+    }
+    // Duplicate keys are refused, naming the key: no last-one-wins `dry_run`.
+    let body = r#"{"capability_id": "cap.hello.greet", "env": "dev", "data_label": "PUBLIC", "tenant_risk": "low", "qos_class": "P2", "tenant_id": "acme-corp", "dry_run": true, "dry_run": false}"#;
+    let (s, body, text) = raw_exchange(
+        &hall.socket,
+        format!(
+            "POST /wcp/dispatch HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (400, Some("invalid_json")),
+        "{text}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate key \"dry_run\""),
+        "{text}"
+    );
+    // The Hall is unharmed, and keep-alive answers still work after an error on another
+    // connection.
     assert_eq!(hall.call(Method::GET, "/wcp/health", None).0, 200);
 }
 
@@ -889,6 +1026,52 @@ fn a_bad_configuration_exits_78_and_a_busy_socket_is_not_stolen() {
         .unwrap();
     assert_eq!(o.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&o.stderr).contains("socket_mode"));
+}
+
+#[test]
+fn a_failed_start_leaves_no_socket_and_no_new_state_directory_behind() {
+    let hall = TestHall::start("");
+    let base = std::fs::read_to_string(hall.config_path()).unwrap();
+    let serve = |config: &str, name: &str| {
+        let path = hall.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, config).unwrap();
+        let socket = hall.dir.path().join(format!("{name}.sock"));
+        let o = Command::new(BIN)
+            .args(["serve", "-c"])
+            .arg(&path)
+            .arg("-s")
+            .arg(&socket)
+            .output()
+            .unwrap();
+        (o, socket)
+    };
+    // A missing receipt key: refused before anything is created.
+    let config = base
+        .replace("keys/receipts.key", "keys/missing.key")
+        .replace("state_dir = \"state\"", "state_dir = \"state-missing-key\"");
+    let (o, socket) = serve(&config, "missing-key");
+    assert_eq!(o.status.code(), Some(78), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("missing.key"),
+        "{o:?}"
+    );
+    assert!(!socket.exists(), "the socket is left behind");
+    assert!(!hall.dir.path().join("state-missing-key").exists());
+    // A receipt log that cannot open: the start fails after binding, and removes its socket
+    // and the state directory it created.
+    std::fs::write(hall.dir.path().join("not-a-dir"), "x").unwrap();
+    let config = base
+        .replace("state_dir = \"state\"", "state_dir = \"state-bad-log\"")
+        .replace(
+            "signing_key = \"keys/receipts.key\"",
+            "signing_key = \"keys/receipts.key\"\nlog_dir = \"not-a-dir\"",
+        );
+    let (o, socket) = serve(&config, "bad-log");
+    assert_eq!(o.status.code(), Some(78), "{o:?}");
+    assert!(!socket.exists(), "the socket is left behind: {o:?}");
+    assert!(!hall.dir.path().join("state-bad-log").exists(), "{o:?}");
+    // The running Hall's socket (not created by those starts) is untouched.
+    assert_eq!(hall.call(Method::GET, "/wcp/health", None).0, 200);
 }
 
 #[test]
@@ -1491,9 +1674,9 @@ fn tampering_found_by_the_background_check_fails_the_running_hall() {
         hall.log()
             .contains("background verification found a problem")
     );
-    // `wcp-hall status` says so and exits 69.
+    // `wcp-hall status` says so and exits 70 (failed; 69 would mean unreachable).
     let o = hall.cli(&["status"], None);
-    assert_eq!(o.status.code(), Some(69));
+    assert_eq!(o.status.code(), Some(70));
     assert!(String::from_utf8_lossy(&o.stdout).contains("FAILED"));
 }
 

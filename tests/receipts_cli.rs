@@ -70,11 +70,18 @@ fn verify_reports_passes_and_failures_with_the_first_bad_seq() {
     ]);
     assert_eq!(code(&ok), 0);
     assert!(
-        stdout(&ok).contains("24 passed, 0 failed"),
+        stdout(&ok).contains("records: 24 passed, 0 failed"),
         "{}",
         stdout(&ok)
     );
-    assert!(stdout(&ok).contains("checkpoints: 4 verified, 0 failed"));
+    assert!(stdout(&ok).contains("checkpoints: 4 checked: 4 verified, 0 failed"));
+    assert!(
+        stdout(&ok)
+            .trim_end()
+            .ends_with("OK: 24 records and 4 checkpoints verified"),
+        "{}",
+        stdout(&ok)
+    );
 
     let json = run(&[
         "--json",
@@ -142,7 +149,7 @@ fn verify_with_a_key_that_is_not_the_logs_passes_nothing() {
     assert_eq!(code(&wrong), 1);
     let text = stdout(&wrong);
     assert!(text.contains("NOT trusted"), "{text}");
-    assert!(text.contains("0 passed, 24 failed"), "{text}");
+    assert!(text.contains("records: 0 passed, 24 failed"), "{text}");
     assert!(text.contains("first bad: seq 0"), "{text}");
 }
 
@@ -181,6 +188,44 @@ fn verify_checks_external_checkpoints_and_the_configured_copy() {
         stdout(&caught)
     );
     assert!(stdout(&caught).contains("truncated or rolled back"));
+    // Every record present passed, but the log fails: the summary says so, last.
+    let text = stdout(&caught);
+    assert!(text.contains("records: 10 passed, 0 failed"), "{text}");
+    assert!(
+        text.contains(&format!("checkpoint FAILED: {}", saved.display())),
+        "{text}"
+    );
+    let verdict = text.trim_end().lines().last().unwrap();
+    assert!(
+        verdict.starts_with("FAILED: 1 problem(s): 0 bad record(s), 1 bad checkpoint(s)"),
+        "{text}"
+    );
+
+    // Only the last line is bad (a torn write): not a pass either.
+    let mut half = all[10].clone();
+    half.truncate(half.len() / 2);
+    let mut data = fs::read(segment0(&log)).unwrap();
+    data.extend_from_slice(&half);
+    fs::write(segment0(&log), data).unwrap();
+    let o = run(&[
+        "receipts",
+        "verify",
+        "--log",
+        s(&log),
+        "--pubkey",
+        s(&pubkey),
+    ]);
+    assert_eq!(code(&o), 1);
+    let text = stdout(&o);
+    assert!(text.contains("torn final line"), "{text}");
+    let verdict = text.trim_end().lines().last().unwrap();
+    assert!(
+        verdict.starts_with(
+            "FAILED: 1 problem(s): 0 bad record(s), 0 bad checkpoint(s), and problems outside"
+        ),
+        "{text}"
+    );
+    write_lines(&log, &all[..10]);
 
     // From hall.toml: log_dir, signing_key's .pub as the anchor, checkpoint_copy checked.
     let key_path = base.path().join("receipts.key");
@@ -196,6 +241,23 @@ fn verify_checks_external_checkpoints_and_the_configured_copy() {
     let from_cfg = run(&["receipts", "verify", "--config", s(&cfg)]);
     assert_eq!(code(&from_cfg), 1);
     assert!(stdout(&from_cfg).contains("first bad: seq 10"));
+}
+
+#[test]
+fn verify_from_a_config_without_log_dir_reads_where_serve_writes() {
+    let (base, log, _pubkey) = setup();
+    // `serve` writes to <state_dir>/receipts when [receipts] log_dir is unset.
+    fs::create_dir(base.path().join("st")).unwrap();
+    fs::rename(&log, base.path().join("st/receipts")).unwrap();
+    let cfg = base.path().join("hall.toml");
+    fs::write(
+        &cfg,
+        "[paths]\nstate_dir = \"st\"\n[receipts]\nsigning_key = \"receipts.key\"\n",
+    )
+    .unwrap();
+    let o = run(&["receipts", "verify", "--config", s(&cfg)]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("st/receipts"), "{}", stdout(&o));
 }
 
 #[test]
@@ -417,5 +479,18 @@ fn keys_generate_writes_a_private_key_and_its_public_key() {
     // Never overwritten.
     let again = run(&["keys", "generate", s(&path)]);
     assert_ne!(code(&again), 0);
+    assert!(
+        stderr(&again).contains("never overwritten"),
+        "{}",
+        stderr(&again)
+    );
+    let nowhere = base.path().join("missing/receipts.key");
+    let o = run(&["keys", "generate", s(&nowhere)]);
+    assert_eq!(code(&o), 74);
+    assert!(
+        stderr(&o).contains("does not exist; create it first"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(KeyPair::read(&path).unwrap().id(), key.id());
 }

@@ -309,7 +309,7 @@ impl PackageStore {
         }
         let seal: Option<Seal> = std::fs::read(self.seal_path(digest))
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+            .and_then(|b| crate::json::from_slice(&b).ok());
         let sealed_now = seal.as_ref().is_some_and(|s| {
             s.digest == digest && !self.boot_id.is_empty() && s.boot_id == self.boot_id
         });

@@ -256,7 +256,7 @@ fn run(
 ) -> Result<String, Deny> {
     let bytes = read_manifest(req.manifest_path)?;
     report.manifest_sha256 = Some(hex(&Sha256::digest(&bytes)));
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+    let value: Value = crate::json::parse_slice(&bytes).map_err(|e| {
         Deny(
             AttestCode::ManifestMissing,
             format!(

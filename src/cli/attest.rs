@@ -171,7 +171,7 @@ fn key_error(e: KeyError) -> CliError {
     match e {
         KeyError::Read { .. } => CliError::new(exit::NOINPUT, "key_unreadable", e.to_string()),
         KeyError::Write { .. } => CliError::new(exit::IOERR, "key_write_failed", e.to_string())
-            .hint("keys are never overwritten; choose a new path"),
+            .hint(super::key_write_hint(&e)),
         KeyError::Random(_) => CliError::new(exit::IOERR, "no_randomness", e.to_string()),
         _ => CliError::new(exit::DATAERR, "key_invalid", e.to_string()),
     }

@@ -75,12 +75,14 @@ fn api_error(answer: &Answer) -> CliError {
     let message = answer.body["message"]
         .as_str()
         .map_or_else(|| answer.body.to_string(), str::to_owned);
+    // 69 (unreachable) is only for a Hall that did not answer: an answer maps to what it says.
     let exit = match answer.status {
         StatusCode::FORBIDDEN => exit::NOPERM,
-        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => exit::DATAERR,
+        StatusCode::UNPROCESSABLE_ENTITY if code == "reload_failed" => exit::CONFIG,
         StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => exit::TEMPFAIL,
         StatusCode::NOT_FOUND | StatusCode::CONFLICT => exit::DENIED,
-        _ => exit::UNAVAILABLE,
+        s if s.is_client_error() => exit::DATAERR,
+        _ => exit::SOFTWARE,
     };
     CliError::new(
         exit,
@@ -129,10 +131,14 @@ pub fn status(args: StatusArgs, out: &mut Out) -> Result<u8, CliError> {
             }
         ))?;
     }
+    // Reached: 69 would say otherwise. A failed receipt log needs an operator (70); a Hall
+    // that is stopping will be back, or replaced (75).
     Ok(if answer.status.is_success() {
         exit::OK
+    } else if b["status"] == "failed" {
+        exit::SOFTWARE
     } else {
-        exit::UNAVAILABLE
+        exit::TEMPFAIL
     })
 }
 
@@ -266,7 +272,7 @@ fn payload(spec: &str) -> Result<Value, CliError> {
     } else {
         spec.to_owned()
     };
-    let v: Value = serde_json::from_str(&text).map_err(|e| {
+    let v: Value = crate::json::parse_str(&text).map_err(|e| {
         CliError::new(
             exit::DATAERR,
             "invalid_input",
@@ -286,7 +292,7 @@ fn payload(spec: &str) -> Result<Value, CliError> {
 /// `wcp-hall dispatch`: route and run one request on the running Hall.
 pub fn dispatch(args: DispatchArgs, out: &mut Out) -> Result<u8, CliError> {
     let body = match &args.route_input {
-        Some(path) => serde_json::from_str::<Value>(&read_input(path)?).map_err(|e| {
+        Some(path) => crate::json::parse_str(&read_input(path)?).map_err(|e| {
             CliError::new(
                 exit::DATAERR,
                 "invalid_input",

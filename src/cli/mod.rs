@@ -45,7 +45,11 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     pub const DATAERR: u8 = 65;
     pub const NOINPUT: u8 = 66;
+    /// The Hall could not be reached (no socket, refused, timed out). Nothing else.
     pub const UNAVAILABLE: u8 = 69;
+    /// The Hall answered but has failed on its side (a 5xx other than 503, or `status` while the
+    /// receipt log refuses appends): retrying will not help, an operator must look.
+    pub const SOFTWARE: u8 = 70;
     pub const IOERR: u8 = 74;
     pub const TEMPFAIL: u8 = 75;
     pub const NOPERM: u8 = 77;
@@ -54,8 +58,9 @@ pub mod exit {
 
 const AFTER_HELP: &str = r#"
 Exit codes: 0 allowed/ok, 1 denied or checks failed, 2 usage, 65 malformed input,
-66 missing input file, 69 Hall unreachable, 74 output error, 75 retry later (overloaded or
-pending approval), 77 not an operator, 78 bad configuration.
+66 missing input file, 69 Hall unreachable, 70 the Hall has failed (internal error, or its
+receipt log refuses appends), 74 output error, 75 retry later (overloaded, shutting down or
+pending approval), 77 not an operator, 78 bad configuration (also a reload the Hall refused).
 
 Examples:
   wcp-hall serve --config policies/hall.toml --socket /tmp/hall.sock
@@ -187,6 +192,29 @@ impl CliError {
 }
 
 /// Reads an input file (or stdin for `-`), mapping failures to exit 66.
+/// What to do about a key file that could not be written, from the reason it could not.
+pub(crate) fn key_write_hint(e: &crate::crypto::KeyError) -> String {
+    let crate::crypto::KeyError::Write { path, source } = e else {
+        return "keys are written once, to a new file".to_owned();
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.display().to_string(),
+        _ => ".".to_owned(),
+    };
+    match source.kind() {
+        std::io::ErrorKind::AlreadyExists => {
+            "keys are never overwritten; choose a new path".to_owned()
+        }
+        std::io::ErrorKind::NotFound => {
+            format!("the directory {dir} does not exist; create it first (mkdir -p {dir})")
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            format!("you may not create files in {dir}; choose a directory you can write to")
+        }
+        _ => format!("check that {dir} is a writable directory"),
+    }
+}
+
 pub fn read_input(path: &Path) -> Result<String, CliError> {
     let result = if path == Path::new("-") {
         std::io::read_to_string(std::io::stdin())

@@ -308,7 +308,7 @@ fn parse_request(text: &str, origin: &str) -> Result<PolicyRequest, CliError> {
         )
     };
     if text.trim_start().starts_with('{') {
-        serde_json::from_str(text).map_err(|e| bad(format!("{origin}: {e}")))
+        crate::json::from_str(text).map_err(|e| bad(format!("{origin}: {e}")))
     } else {
         toml::from_str(text).map_err(|e| {
             let d = Diagnostic::from_toml(DiagnosticKind::Golden, origin, text, &e);

@@ -260,9 +260,19 @@ fn run_verify(args: VerifyArgs, out: &mut Out) -> Result<u8, CliError> {
             .filter_map(|c| c.size)
             .max();
         out.line(format!(
-            "  checkpoints: {cp_ok} verified, {cp_bad} failed{}",
-            newest.map_or(String::new(), |s| format!(" (newest covers {s} records)"))
+            "  checkpoints: {} checked: {cp_ok} verified, {cp_bad} failed{}",
+            report.checkpoints.len(),
+            newest.map_or(String::new(), |s| format!(
+                "; the newest verified one covers {s} records"
+            ))
         ))?;
+        for c in report.checkpoints.iter().filter(|c| !c.ok).take(5) {
+            out.line(format!(
+                "  checkpoint FAILED: {}: {}",
+                c.source,
+                c.problem.as_deref().unwrap_or("failed")
+            ))?;
+        }
         if !report.open_intents.is_empty() {
             out.line(format!(
                 "  open intents (in flight, or aborted at the Hall's next start): seq {}",
@@ -285,11 +295,31 @@ fn run_verify(args: VerifyArgs, out: &mut Out) -> Result<u8, CliError> {
             ))?;
         }
         out.line(format!(
-            "{} passed, {} failed ({} signatures checked)",
+            "records: {} passed, {} failed ({} signatures checked)",
             report.passed, report.failed, report.signatures_checked
         ))?;
         if let Some(f) = &report.first_failure {
             out.line(format!("first bad: {f}"))?;
+        }
+        // The verdict, last: a bad checkpoint or a bad last line fails the log even when every
+        // record passed, and the summary must never read as a pass then.
+        if report.ok() {
+            out.line(format!(
+                "OK: {} records and {} checkpoints verified",
+                report.passed, cp_ok
+            ))?;
+        } else {
+            out.line(format!(
+                "FAILED: {} problem(s): {} bad record(s), {} bad checkpoint(s){}",
+                report.failure_count,
+                report.failed,
+                cp_bad,
+                if report.failure_count > report.failed + cp_bad as u64 {
+                    ", and problems outside any one record or checkpoint (see the FAIL lines)"
+                } else {
+                    ""
+                }
+            ))?;
         }
     }
     Ok(if report.ok() { exit::OK } else { exit::DENIED })
@@ -501,7 +531,7 @@ fn run_verify_consistency(args: VerifyConsistencyArgs, out: &mut Out) -> Result<
 
 fn run_verify_proof(args: VerifyProofArgs, out: &mut Out) -> Result<u8, CliError> {
     let text = read_input(&args.file)?;
-    let bundle: ProofBundle = serde_json::from_str(&text).map_err(|e| {
+    let bundle: ProofBundle = crate::json::from_str(&text).map_err(|e| {
         CliError::new(
             exit::DATAERR,
             "proof_malformed",
@@ -586,7 +616,8 @@ pub fn run_keys(cmd: KeysCommand, out: &mut Out) -> Result<u8, CliError> {
 fn run_generate(args: GenerateArgs, out: &mut Out) -> Result<u8, CliError> {
     let key = crate::crypto::KeyPair::generate().map_err(key_error)?;
     let public = key.write(&args.file).map_err(|e| {
-        key_error(e).hint("the file must not exist yet (keys are never overwritten)")
+        let hint = super::key_write_hint(&e);
+        key_error(e).hint(hint)
     })?;
     let origin = args
         .origin

@@ -5,6 +5,7 @@ use serde_json::json;
 use super::{CliError, ConfigArg, Out, exit, load_config};
 use crate::config::Config;
 use crate::hall::state::{LoadError, Loaded};
+use crate::receipt::config::ReceiptsConfigError;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ConfigCommand {
@@ -57,10 +58,27 @@ pub fn run(cmd: ConfigCommand, out: &mut Out) -> Result<u8, CliError> {
         )
     })?;
     if check {
+        // The receipt signing key, read and mode-checked as `serve` reads it (nothing is
+        // created). A systemd credential exists only inside the service: said, not failed.
+        let receipts = &config.receipts;
+        let key_note = match receipts.load_key() {
+            Ok(_) => None,
+            Err(ReceiptsConfigError::NoCredentialsDirectory(name)) => Some(format!(
+                "receipt signing key {name:?} is a systemd credential, not checked outside the service"
+            )),
+            Err(e) => {
+                return Err(invalid(e.to_string()).hint(
+                    "create the receipt signing key with `wcp-hall keys generate FILE` (mode 0600) and point [receipts] signing_key at it",
+                ));
+            }
+        };
         if out.json {
-            out.json_line(&json!({"config": args.config.config, "ok": true}))?;
+            out.json_line(&json!({"config": args.config.config, "ok": true, "note": key_note}))?;
         } else {
             out.line(format!("{}: ok", args.config.config.display()))?;
+            if let Some(n) = key_note {
+                out.line(format!("note: {n}"))?;
+            }
         }
         return Ok(exit::OK);
     }

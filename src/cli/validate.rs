@@ -55,7 +55,7 @@ fn run_tests(
     text: &str,
     origin: &str,
 ) -> Result<Vec<(String, Option<String>)>, CliError> {
-    let file: TestFile = serde_json::from_str(text)
+    let file: TestFile = crate::json::from_str(text)
         .map_err(|e| CliError::new(exit::DATAERR, "tests_invalid", format!("{origin}: {e}")))?;
     let mut registry = SnapshotRegistry::default();
     for rule in rules.rules() {

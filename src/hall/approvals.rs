@@ -125,7 +125,7 @@ impl ApprovalStore {
     pub fn open(state_dir: &Path) -> Result<(Self, Vec<Approval>), ApprovalError> {
         let path = state_dir.join("approvals.json");
         let mut map: BTreeMap<String, Approval> = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ApprovalError::Corrupt {
+            Ok(bytes) => crate::json::from_slice(&bytes).map_err(|e| ApprovalError::Corrupt {
                 path: path.clone(),
                 message: e.to_string(),
             })?,

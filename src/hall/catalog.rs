@@ -340,7 +340,7 @@ pub fn read_schema(dir: &Path, source: &'static str) -> InputSchema {
     if bytes.len() as u64 > MAX_SCHEMA_BYTES {
         return fail(format!("over the {MAX_SCHEMA_BYTES}-byte limit"));
     }
-    match serde_json::from_slice::<Value>(&bytes) {
+    match crate::json::parse_slice(&bytes) {
         Ok(Value::Object(schema)) => match schema.get("type") {
             None => InputSchema {
                 schema,

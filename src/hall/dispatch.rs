@@ -513,11 +513,6 @@ async fn append(
     })
     .await
     .map_err(|e| ApiError::internal(format!("receipt writer panicked: {e}")))?
-    .map_err(|e| {
-        ApiError::unavailable(
-            "receipt_log_unavailable",
-            format!("the denial could not be recorded: {e}"),
-        )
-    })?;
+    .map_err(|e| runner::receipt_error(e, "the denial could not be recorded"))?;
     Ok(json!({"seq": appended.seq, "receipt_hash": appended.receipt_hash_string()}))
 }

@@ -145,6 +145,71 @@ pub fn bind_socket(
     Ok(listener)
 }
 
+/// The socket a start bound. Dropped while still armed (the start failed), it removes the
+/// socket, but only while the path is still the very socket it bound (same device and inode):
+/// never one another process created.
+struct BoundSocket {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+    armed: bool,
+}
+
+impl BoundSocket {
+    fn new(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path).ok()?;
+        Some(BoundSocket {
+            path: path.to_owned(),
+            dev: m.dev(),
+            ino: m.ino(),
+            armed: true,
+        })
+    }
+
+    fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for BoundSocket {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        if !self.armed {
+            return;
+        }
+        if let Ok(m) = std::fs::symlink_metadata(&self.path)
+            && m.file_type().is_socket()
+            && (m.dev(), m.ino()) == (self.dev, self.ino)
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A directory a start is about to create. Dropped (the start failed), it removes the directory
+/// again if this start created it and it is still empty; forgotten once the Hall serves.
+struct CreatedDir(Option<PathBuf>);
+
+impl CreatedDir {
+    fn before_creating(path: &Path) -> Self {
+        CreatedDir((!path.exists()).then(|| path.to_owned()))
+    }
+
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CreatedDir {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            // Fails (and keeps it) unless it is empty.
+            let _ = std::fs::remove_dir(p);
+        }
+    }
+}
+
 /// Runs the daemon in the foreground until SIGTERM/SIGINT. Returns the process exit code.
 pub fn run(options: ServeOptions) -> Result<(), StartError> {
     init_logging(&options.log_format);
@@ -167,7 +232,16 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
         .probe_python(Some(worker))
         .map_err(|e| fail(exit::CONFIG, e.to_string()))?;
     log_python(&loaded);
+    // The receipt signing key, read (and its mode checked) before anything is created, so a
+    // missing or unsafe key leaves no state directory and no socket behind.
+    let key = loaded.config.receipts.load_key().map_err(|e| {
+        fail(
+            exit::CONFIG,
+            format!("{e}; create the receipt signing key with `wcp-hall keys generate` (see [receipts] signing_key)"),
+        )
+    })?;
     let state_dir = loaded.config.state_dir();
+    let created_state_dir = CreatedDir::before_creating(&state_dir);
     // 0711: workers (another uid) must traverse it to reach their run directory and the
     // read-only package store inside; nobody else can list it.
     std::fs::DirBuilder::new()
@@ -186,6 +260,8 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
     let (approvals, expired_while_down) =
         ApprovalStore::open(&state_dir).map_err(|e| fail(exit::CONFIG, e.to_string()))?;
     let server = loaded.config.server.clone();
+    // A socket bound here is removed again if the start fails after this point.
+    let mut bound = None;
     let (listener, socket_desc) = match activated {
         Some(l) => (l, "systemd-activated socket".to_owned()),
         None => {
@@ -195,6 +271,7 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
                 .unwrap_or_else(|| server.socket_path());
             let mode = server.mode().unwrap_or(0o660);
             let l = bind_socket(&path, mode, server.socket_group.as_deref())?;
+            bound = BoundSocket::new(&path);
             (l, path.display().to_string())
         }
     };
@@ -203,12 +280,6 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
         .map_err(|e| fail(exit::IOERR, format!("cannot configure the socket: {e}")))?;
     // The receipt log: opened (and recovered) before anything can run; a sev1 finding stops the
     // Hall here with exit 78 so systemd does not restart it in a loop.
-    let key = loaded.config.receipts.load_key().map_err(|e| {
-        fail(
-            exit::CONFIG,
-            format!("{e}; create the receipt signing key with `wcp-hall keys generate` (see [receipts] signing_key)"),
-        )
-    })?;
     // A full scan of a large log can outlast TimeoutStartSec: each progress report (every few
     // seconds) extends the start timeout and says how far it got.
     let progress = |p: &crate::receipt::OpenProgress| {
@@ -282,6 +353,11 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
             tokio::spawn(watchdog(hall.clone(), interval / 2));
         }
         let shutdown = signals(hall.clone());
+        // Started: from here on the socket is the serving Hall's.
+        if let Some(b) = bound.take() {
+            b.keep();
+        }
+        created_state_dir.keep();
         tracing::info!(socket = %socket_desc, "wcp-hall serving");
         notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
         // The records a fast open skipped are verified now, at idle priority; a problem found

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod runner;
 pub mod server;
 pub mod state;
+pub mod wire;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

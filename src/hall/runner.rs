@@ -212,9 +212,9 @@ impl Runner for HallRunner {
         dispatch.package = Some(package.clone());
         dispatch.decision.policy_version = policy.as_ref().map(|p| p.policy_version.clone());
         let mut intent = self.receipts.append_intent(dispatch).map_err(|e| {
-            ApiError::unavailable(
-                "receipt_log_unavailable",
-                format!("the receipt log cannot record the intent, so nothing ran: {e}"),
+            receipt_error(
+                e,
+                "the receipt log cannot record the intent, so nothing ran",
             )
         })?;
 
@@ -297,9 +297,7 @@ impl Runner for HallRunner {
                             reason: bounded(&format!("{}: {}", e.code, e.message), 1000),
                         },
                     )
-                    .map_err(|le| {
-                        ApiError::unavailable("receipt_log_unavailable", le.to_string())
-                    })?;
+                    .map_err(|le| receipt_error(le, "the outcome could not be recorded"))?;
                 let (phases, phases_json) = phases.finish("outcome_receipt");
                 return Ok(RunOutcome {
                     succeeded: false,
@@ -341,12 +339,7 @@ impl Runner for HallRunner {
         let appended = self
             .receipts
             .append_outcome(intent, Outcome::Executed(execution))
-            .map_err(|e| {
-                ApiError::unavailable(
-                    "receipt_log_unavailable",
-                    format!("the outcome could not be recorded: {e}"),
-                )
-            })?;
+            .map_err(|e| receipt_error(e, "the outcome could not be recorded"))?;
         let result = outcome.result_json().ok();
         let succeeded = exit_code == Some(0) && result.is_some() && !outcome.timed_out;
         let (phases, phases_json) = phases.finish("outcome_receipt");
@@ -516,6 +509,21 @@ fn bounded(s: &str, max: usize) -> String {
 /// `sha256:<hex>` → `<hex>` (the receipt schema stores bare lowercase hex).
 fn bare_hex(s: &str) -> String {
     s.strip_prefix("sha256:").unwrap_or(s).to_owned()
+}
+
+/// The answer when a receipt could not be appended. A receipt the model refuses is the Hall's
+/// own bug (every request that reaches routing is validated so that its receipts are valid):
+/// 500 `receipt_invalid`, nothing retried. Anything else means the log cannot record now:
+/// 503 `receipt_log_unavailable`.
+pub fn receipt_error(e: crate::receipt::LogError, what: &str) -> ApiError {
+    match e {
+        crate::receipt::LogError::Invalid(_) => ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "receipt_invalid",
+            format!("{what}: the Hall built a receipt it cannot record (a bug): {e}"),
+        ),
+        other => ApiError::unavailable("receipt_log_unavailable", format!("{what}: {other}")),
+    }
 }
 
 #[cfg(test)]

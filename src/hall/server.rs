@@ -48,6 +48,7 @@ pub fn app(hall: Arc<Hall>) -> Router {
         .route("/wcp/reload", post(reload))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint; see GET /wcp/version") })
+        .layer(axum::middleware::map_response(super::wire::json_errors))
         .with_state(hall)
 }
 
@@ -242,7 +243,7 @@ async fn read_json(hall: &Hall, body: Body) -> Result<Value, ApiError> {
                 )
             }
         })?;
-    serde_json::from_slice(&collected.to_bytes()).map_err(|e| {
+    crate::json::parse_slice(&collected.to_bytes()).map_err(|e| {
         ApiError::bad_request(
             "invalid_json",
             format!("request body is not valid JSON: {e}"),
@@ -545,7 +546,10 @@ pub async fn serve(
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(header_timeout)
-                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
+                    .serve_connection(
+                        TokioIo::new(super::wire::JsonParseErrors::new(stream)),
+                        TowerToHyperService::new(svc),
+                    );
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {

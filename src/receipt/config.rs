@@ -66,7 +66,7 @@ pub enum ReceiptsConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("invalid [receipts] in {}: {message}", .path.display())]
+    #[error("invalid config {}: {message}", .path.display())]
     Invalid { path: PathBuf, message: String },
     #[error(
         "[receipts] signing_key = {0:?} names a systemd credential but $CREDENTIALS_DIRECTORY is \
@@ -89,25 +89,17 @@ impl ReceiptsSection {
         }
     }
 
-    /// Reads only the `[receipts]` table of a hall.toml (defaults if it has none), resolving
-    /// relative paths. Used by the `receipts` commands, which need nothing else from the file.
+    /// The `[receipts]` table of a hall.toml exactly as `serve` sees it: the file is loaded by
+    /// [`crate::config::Config::load`], so relative paths and the log directory (when unset,
+    /// `<state_dir>/receipts`) resolve the same way. Used by the `receipts` commands.
     pub fn from_hall_toml(path: &Path) -> Result<Self, ReceiptsConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ReceiptsConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let invalid = |message: String| ReceiptsConfigError::Invalid {
-            path: path.to_owned(),
-            message,
-        };
-        let table: toml::Table = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-        let mut section = match table.get("receipts") {
-            None => ReceiptsSection::default(),
-            Some(v) => ReceiptsSection::deserialize(v.clone())
-                .map_err(|e| invalid(e.to_string().trim_end().to_owned()))?,
-        };
-        section.resolve_paths(path.parent().unwrap_or(Path::new(".")));
-        Ok(section)
+        use crate::config::{Config, ConfigError};
+        Config::load(path).map(|c| c.receipts).map_err(|e| match e {
+            ConfigError::Read { path, source } => ReceiptsConfigError::Read { path, source },
+            ConfigError::Parse { path, message } | ConfigError::Invalid { path, message } => {
+                ReceiptsConfigError::Invalid { path, message }
+            }
+        })
     }
 
     /// The private key file (a credential resolves through `$CREDENTIALS_DIRECTORY`).
@@ -216,6 +208,12 @@ mod tests {
                 .unwrap()
                 .checkpoint_every,
             1000
+        );
+        // Unset, the log lives where `serve` writes it: `<state_dir>/receipts`.
+        std::fs::write(&cfg, "[paths]\nstate_dir = \"st\"\n").unwrap();
+        assert_eq!(
+            ReceiptsSection::from_hall_toml(&cfg).unwrap().log_dir,
+            dir.path().join("st/receipts")
         );
     }
 

@@ -554,7 +554,9 @@ fn safe_int(field: &str, v: u64) -> Result<(), ModelError> {
 
 impl Dispatch {
     fn validate(&self) -> Result<(), ModelError> {
-        text("dispatch.correlation_id", &self.correlation_id, 256)?;
+        // Empty when the caller sent none: such a request is still routed (and denied with
+        // DENY_MISSING_CORRELATION_ID, or allowed when nothing requires one) and recorded.
+        text_or_empty("dispatch.correlation_id", &self.correlation_id, 256)?;
         timestamp("dispatch.dispatched_at", &self.dispatched_at)?;
         text_or_empty("dispatch.tenant_id", &self.tenant_id, 256)?;
         text("dispatch.env", &self.env, 32)?;
@@ -1343,6 +1345,22 @@ pub(crate) mod tests {
         let mut d = dispatch("c\n");
         d.correlation_id.push('\u{7}');
         assert!(ReceiptPayload::new(&header(0, None, &key), Body::Intent(d)).is_err());
+    }
+
+    #[test]
+    fn a_denial_without_tenant_or_correlation_id_is_recordable_but_not_one_without_capability() {
+        // Such requests reach routing (DENY_MISSING_TENANT_ID / _CORRELATION_ID): their denial
+        // must be recordable. A capability is required before routing, so never empty here.
+        let key = KeyPair::from_seed(&[3; 32]);
+        let mut d = dispatch("");
+        d.tenant_id = String::new();
+        d.decision.denied = true;
+        d.decision.deny_code = Some("DENY_MISSING_CORRELATION_ID".into());
+        d.policy_decision = "DENY".into();
+        assert!(ReceiptPayload::new(&header(0, None, &key), Body::Denied(d.clone())).is_ok());
+        d.capability_id = String::new();
+        let err = ReceiptPayload::new(&header(0, None, &key), Body::Denied(d)).unwrap_err();
+        assert!(err.to_string().contains("dispatch.capability_id"), "{err}");
     }
 
     #[test]

@@ -170,7 +170,7 @@ pub fn load(dir: &Path, key: &PublicKey) -> Result<Option<Snapshot>, String> {
         Err(e) => return Err(format!("unreadable: {e}")),
     };
     let envelope: Envelope =
-        serde_json::from_str(text.trim_end()).map_err(|e| format!("not a DSSE envelope: {e}"))?;
+        crate::json::from_str(text.trim_end()).map_err(|e| format!("not a DSSE envelope: {e}"))?;
     if envelope.payload_type != PAYLOAD_TYPE {
         return Err(format!("payload type {:?}", envelope.payload_type));
     }

@@ -425,7 +425,7 @@ impl fmt::Display for InvalidRecord {
 impl RegistryRecord {
     /// Parses and validates one record from JSON text.
     pub fn from_json_str(text: &str) -> Result<Self, InvalidRecord> {
-        let value: Value = serde_json::from_str(text).map_err(|e| InvalidRecord {
+        let value: Value = crate::json::parse_str(text).map_err(|e| InvalidRecord {
             problems: vec![RecordError::Json(e.to_string())],
         })?;
         Self::from_value(&value)

@@ -160,7 +160,7 @@ pub enum RulesError {
 impl RuleSet {
     /// Parses, validates and compiles a rules file's text.
     pub fn from_json_str(text: &str) -> Result<Self, RulesError> {
-        let value: Value = serde_json::from_str(text)?;
+        let value: Value = crate::json::parse_str(text)?;
         Self::from_value(&value)
     }
 

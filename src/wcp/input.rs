@@ -7,9 +7,12 @@
 //! - `blast_score` must be a JSON integer (no strings, floats or booleans);
 //! - `capability_id`, `tenant_id` and `correlation_id` may not contain control characters or
 //!   U+2028/U+2029 (log and event injection is refused at the door, not only sanitised later);
+//! - `capability_id` is required and may not be blank (empty or only whitespace): a request that
+//!   names no capability is refused here, naming the field, and never reaches routing;
 //! - `tenant_id` and `correlation_id` may be absent or blank: the router then denies with
 //!   `DENY_MISSING_TENANT_ID` / `DENY_MISSING_CORRELATION_ID`, exactly as PyHall's router does,
-//!   so such a request still yields a recorded decision.
+//!   so such a request still yields a recorded decision (a receipt may carry an empty
+//!   `tenant_id` or `correlation_id` for exactly this reason).
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -67,6 +70,10 @@ pub enum InputError {
     NotAnObject(&'static str),
     #[error("RouteInput.{0} is required")]
     Missing(&'static str),
+    #[error(
+        "RouteInput.{0} is empty or only whitespace; name the capability to route (e.g. cap.doc.summarize)"
+    )]
+    Blank(&'static str),
     #[error("RouteInput.{field}: expected {expected}, got {got}")]
     WrongType {
         field: &'static str,
@@ -103,7 +110,7 @@ pub fn json_type(v: &Value) -> &'static str {
 impl RouteInput {
     /// Parses one RouteInput from JSON text.
     pub fn from_json_str(text: &str) -> Result<Self, InputParseError> {
-        let value: Value = serde_json::from_str(text).map_err(InputParseError::Json)?;
+        let value: Value = crate::json::parse_str(text).map_err(InputParseError::Json)?;
         Ok(Self::from_value(&value)?)
     }
 
@@ -130,6 +137,9 @@ impl RouteInput {
         };
         let capability_id =
             identifier(obj, "capability_id")?.ok_or(InputError::Missing("capability_id"))?;
+        if crate::pyjson::py_is_blank(&capability_id) {
+            return Err(InputError::Blank("capability_id"));
+        }
         Ok(RouteInput {
             capability_id,
             env: Env::parse(vocab("env")?)?,
@@ -373,6 +383,14 @@ mod tests {
             (
                 with("blast_score", json!(true)),
                 "RouteInput.blast_score: expected an integer from 0 to 100, got a boolean",
+            ),
+            (
+                with("capability_id", json!("")),
+                "RouteInput.capability_id is empty or only whitespace",
+            ),
+            (
+                with("capability_id", json!("   ")),
+                "RouteInput.capability_id is empty or only whitespace",
             ),
             (
                 with("dry_rum", json!(true)),
