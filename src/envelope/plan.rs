@@ -1225,4 +1225,4 @@ pub fn plan(
 
 #[cfg(test)]
 #[path = "plan_tests.rs"]
-mod tests;
+pub(crate) mod tests;

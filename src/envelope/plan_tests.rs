@@ -8,7 +8,7 @@ use crate::envelope::probe::{CgroupProbe, LandlockProbe, NamespaceProbe, Seccomp
 use crate::envelope::types::{Limits, Minimums};
 use crate::registry::PrivilegeEnvelope;
 
-fn full_probe() -> Probe {
+pub(crate) fn full_probe() -> Probe {
     Probe {
         kernel_release: "6.18.0".into(),
         hall_uid: 0,
@@ -65,7 +65,7 @@ fn no_landlock() -> Probe {
     p
 }
 
-fn host() -> HostConfig {
+pub(crate) fn host() -> HostConfig {
     let mut h = HostConfig::new("/var/lib/wcp-hall/runs");
     h.secrets_dir = Some(PathBuf::from("/etc/wcp-hall/secrets"));
     h
@@ -80,7 +80,7 @@ fn envelope(writes: &[&str], egress: NetworkEgress) -> PrivilegeEnvelope {
     }
 }
 
-fn req() -> RunRequest {
+pub(crate) fn req() -> RunRequest {
     RunRequest::python(
         "/var/lib/wcp-hall/store/pkg",
         envelope(&[], NetworkEgress::None),
@@ -90,14 +90,14 @@ fn req() -> RunRequest {
     )
 }
 
-fn ctx() -> PlanContext {
+pub(crate) fn ctx() -> PlanContext {
     PlanContext {
         run_id: "run-1".into(),
         span_id: [1, 2, 3, 4, 5, 6, 7, 8],
     }
 }
 
-fn run(r: &RunRequest, p: &Probe) -> Result<(Plan, EnvelopeReport), EnvelopeError> {
+pub(crate) fn run(r: &RunRequest, p: &Probe) -> Result<(Plan, EnvelopeReport), EnvelopeError> {
     plan(r, &host(), p, &ctx())
 }
 
