@@ -1084,6 +1084,15 @@ fn every_failed_run_says_why_in_the_answer_the_cli_and_the_receipt() {
     let ok = dispatch("ok");
     assert_eq!(ok["status"], "completed", "{ok}");
     assert!(ok["execution"].get("error").is_none(), "{ok}");
+    // The run summary says what its memory figures are: a bound with its scope, and a peak that
+    // is the whole tree's only with the cgroup.
+    let summary = &ok["execution"]["summary"];
+    let scope = summary["envelope"]["memory"]["scope"].as_str().unwrap();
+    let source = summary["peak_memory_source"].as_str().unwrap();
+    assert!(
+        (scope, source) == ("run", "cgroup") || source == "largest_process_rss",
+        "{summary}"
+    );
     let mut outcomes = vec![(ok["execution"]["receipt"]["seq"].as_u64().unwrap(), None)];
 
     for (what, code) in MISBEHAVIOURS {

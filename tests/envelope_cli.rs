@@ -55,10 +55,26 @@ fn probe_reports_this_kernel() {
     assert_eq!(v["landlock_abi_requested"], 6);
     assert_eq!(v["seccomp"]["filter"], true);
     assert!(v["namespaces"]["pid"].is_boolean());
+    // Whether a run's memory can be bounded as a whole: only with memory.max in a leaf.
+    let m = &v["memory_bound"];
+    let per_run = v["cgroup"]["memory"] == true
+        && v["cgroup"]["leaf_ok"] == true
+        && v["cgroup"]["clone_into_cgroup"] == true;
+    assert_eq!(m["per_run"], per_run, "{v}");
+    assert_eq!(m["scope"], if per_run { "run" } else { "per_process" });
+    assert_eq!(m["reason"].is_null(), per_run, "{m}");
     let human = hall(&["envelope", "probe"]).output().unwrap();
     let text = String::from_utf8_lossy(&human.stdout);
     assert!(
         text.contains("landlock") && text.contains("cgroup v2"),
+        "{text}"
+    );
+    assert!(
+        text.contains(if per_run {
+            "memory bound      per run"
+        } else {
+            "memory bound      per process only"
+        }),
         "{text}"
     );
 }

@@ -55,7 +55,7 @@ pub use plan::{Plan, PlanContext};
 pub use prepare::read_secret;
 pub use probe::{LANDLOCK_ABI_REQUESTED, Probe};
 pub use python::{PythonError, PythonRuntime};
-pub use report::{Effective, EnvelopeReport, REPORT_SCHEMA};
+pub use report::{Effective, EnvelopeReport, MemoryReport, REPORT_SCHEMA};
 pub use types::{
     Bootstrap, HostConfig, Identity, Limits, Minimum, Minimums, RunRequest, RuntimePaths,
 };
@@ -96,8 +96,10 @@ pub struct RunOutcome {
     /// `cgroup` (`cpu.stat` of the leaf) or `rusage` (init and everything it reaped).
     pub cpu_time_source: String,
     pub peak_memory_bytes: Option<u64>,
-    /// `cgroup` (`memory.peak`) or `rusage_max_rss` (the largest single process; every process
-    /// starts as a copy of the Hall, so values up to `pre_exec_rss_bytes` may be that copy).
+    /// `cgroup` (`memory.peak` of the whole tree) or `largest_process_rss` (the largest
+    /// `ru_maxrss` of any single process: *not* the run's total, which can be up to
+    /// `report.memory.run_bound_bytes`; every process starts as a copy of the Hall, so values up
+    /// to `pre_exec_rss_bytes` may be that copy).
     pub peak_memory_source: String,
     pub pre_exec_rss_bytes: Option<u64>,
     pub oom_kills: Option<u64>,
@@ -607,7 +609,7 @@ impl Envelope {
             Some(b) => (Some(b), "cgroup".to_owned()),
             None => (
                 c.rusage_max_rss_kib.map(|k| k * 1024),
-                "rusage_max_rss".to_owned(),
+                "largest_process_rss".to_owned(),
             ),
         };
         let max = req.limits.max_output_bytes;
