@@ -423,6 +423,8 @@ fn run_package(args: RunArgs, out: &mut Out) -> Result<u8, CliError> {
         let summary = outcome.summary();
         out.json_line(&json!({
             "outcome": summary,
+            // Why it failed (`null` when it produced a result): the Hall's dispatch codes.
+            "error": outcome.failure().map(|f| json!({"code": f.code(), "message": f.message()})),
             "stdout": String::from_utf8_lossy(&outcome.stdout),
             "stderr": String::from_utf8_lossy(&outcome.stderr),
         }))?;
@@ -460,6 +462,10 @@ fn print_outcome(out: &mut Out, o: &RunOutcome) -> Result<(), CliError> {
             format!(" [{}]", extra.join(", "))
         }
     ))?;
+    if let Some(f) = o.failure() {
+        // The same code and message a Hall dispatch answers with.
+        out.line(format!("failed: {}: {}", f.code(), f.message()))?;
+    }
     let m = &o.report.memory;
     out.line(format!(
         "memory bound {} ({}){}",
