@@ -272,7 +272,19 @@ impl RunFailure {
                         e.get("code")?.as_str()?,
                         e.get("message").and_then(|m| m.as_str()).unwrap_or("")
                     );
-                    // The worker's words are bounded: they reach answers and terminals.
+                    // The worker's words are bounded and control characters escaped: they reach
+                    // answers, logs and terminals.
+                    let text: String = text
+                        .chars()
+                        .flat_map(|c| {
+                            let escaped: Vec<char> = if c.is_control() {
+                                c.escape_default().collect()
+                            } else {
+                                vec![c]
+                            };
+                            escaped
+                        })
+                        .collect();
                     Some(match text.char_indices().nth(300) {
                         Some((cut, _)) => format!("{}…", &text[..cut]),
                         None => text,
@@ -768,6 +780,19 @@ mod tests {
             f.message(),
             "the worker exited with status 3: bad_input: no name"
         );
+        let hostile = outcome(
+            "exited",
+            Some(2),
+            None,
+            format!(
+                "{{\"error\": {{\"code\": \"x\", \"message\": \"\\u001b[2J{}\"}}}}",
+                "y".repeat(1000)
+            )
+            .as_bytes(),
+        );
+        let m = RunFailure::classify(&hostile).unwrap().message();
+        assert!(!m.contains('\u{1b}') && m.contains("\\u{1b}[2J"), "{m}");
+        assert!(m.len() < 400 && m.ends_with('…'), "{m}");
         assert_eq!(
             RunFailure::classify(&outcome("exited", Some(1), None, b"junk")).map(|f| f.message()),
             Some("the worker exited with status 1".to_owned())
