@@ -89,6 +89,7 @@ fn dispatch(cid: &str, denied: bool) -> Dispatch {
 fn execution() -> Execution {
     Execution {
         exit_code: Some(0),
+        failure: None,
         signal: None,
         timed_out: false,
         truncated: false,

@@ -171,9 +171,11 @@ fn decision_summary(body: &Value) -> Value {
 /// Turns the Hall's answer to `POST /wcp/dispatch` (HTTP 200) into an MCP tool result.
 ///
 /// `completed`: the worker's result as JSON text (or a notice when it exceeds `max_bytes`);
-/// `pending_approval`: not an error, the approval id, level and expiry; `denied` and `failed`:
-/// a tool error with the WCP deny code and message (or the worker's error). Structured content
-/// always holds `{status, capability_id, correlation_id, receipt, decision}`.
+/// `pending_approval`: not an error, the approval id, level and expiry; `denied`: a tool error
+/// with the WCP deny code and message; `failed`: a tool error naming the Hall's error code and
+/// message (`execution.error`, also in structured content as `error`) and the worker's own
+/// output when it printed one JSON value. Structured content always holds
+/// `{status, capability_id, correlation_id, receipt, decision}`.
 pub fn outcome_to_result(
     body: &Value,
     capability_id: &str,
@@ -240,17 +242,31 @@ pub fn outcome_to_result(
             (format!("{code}: {message}"), true)
         }
         "failed" => {
-            let detail = body
-                .get("result")
-                .filter(|v| !v.is_null())
-                .or_else(|| body["execution"].get("error"))
-                .map(Value::to_string)
-                .unwrap_or_else(|| "the worker failed".into());
-            let mut detail = detail;
-            if detail.len() > max_bytes {
-                detail = format!("(worker error of {} bytes omitted)", detail.len());
+            // The Hall's code and message first (`not_json`, `timed_out`, … or an aborted run's
+            // code), then what the worker itself printed, if it printed one JSON value.
+            let error = &body["execution"]["error"];
+            let mut text = match error["code"].as_str() {
+                Some(code) => format!(
+                    "the run failed: {code}: {}",
+                    error["message"].as_str().unwrap_or("")
+                ),
+                None => "the run failed (the Hall gave no reason)".to_owned(),
+            };
+            if error.is_object() {
+                structured["error"] = error.clone();
             }
-            (format!("the worker failed: {detail}"), true)
+            if let Some(result) = body.get("result").filter(|v| !v.is_null()) {
+                let result = result.to_string();
+                if result.len() > max_bytes {
+                    text.push_str(&format!(
+                        "; the worker's output ({} bytes) is omitted",
+                        result.len()
+                    ));
+                } else {
+                    text.push_str(&format!("; the worker's output: {result}"));
+                }
+            }
+            (text, true)
         }
         other => (format!("the Hall answered with status {other:?}"), true),
     };
@@ -1050,6 +1066,36 @@ mod tests {
         assert_eq!(s["decision"]["deny_code"], "DENY_NO_MATCHING_RULE");
         let text = serde_json::to_value(&r.content[0]).unwrap();
         assert_eq!(text["text"], "DENY_NO_MATCHING_RULE: no rule");
+    }
+
+    #[test]
+    fn a_failed_run_is_a_tool_error_naming_the_code() {
+        let body = json!({"status": "failed", "denied": false, "supervisor_required": false,
+            "decision": {"matched_rule_id": "rr", "deny_reason_if_denied": null},
+            "execution": {"receipt": {"seq": 4, "receipt_hash": "h"},
+                          "error": {"code": "not_json", "message": "the worker's stdout is not exactly one JSON value: expected value"}}});
+        let r = outcome_to_result(&body, "cap.y", "c1", 1000);
+        assert_eq!(r.is_error, Some(true));
+        let s = r.structured_content.unwrap();
+        assert_eq!(s["error"]["code"], "not_json");
+        assert_eq!(s["receipt"]["seq"], 4);
+        let text = serde_json::to_value(&r.content[0]).unwrap();
+        assert_eq!(
+            text["text"],
+            "the run failed: not_json: the worker's stdout is not exactly one JSON value: expected value"
+        );
+        // A worker that exited non-zero with its own error object: both are named.
+        let mut body = body;
+        body["execution"]["error"] = json!({"code": "exit_status", "message": "the worker exited with status 2: bad_input: no"});
+        body["result"] = json!({"error": {"code": "bad_input", "message": "no"}});
+        let r = outcome_to_result(&body, "cap.y", "c1", 1000);
+        let text = serde_json::to_value(&r.content[0]).unwrap();
+        let text = text["text"].as_str().unwrap();
+        assert!(text.starts_with("the run failed: exit_status: "), "{text}");
+        assert!(text.contains(r#"the worker's output: {"error""#), "{text}");
+        let r = outcome_to_result(&body, "cap.y", "c1", 10);
+        let text = serde_json::to_value(&r.content[0]).unwrap();
+        assert!(text["text"].as_str().unwrap().contains("is omitted"));
     }
 
     #[test]

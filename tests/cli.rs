@@ -525,9 +525,21 @@ fn config_show_and_check_describe_the_configured_hall() {
             .contains(&Value::from(interpreter)),
         "{python}"
     );
+    // Whether a per-run memory bound is enforceable on this host.
+    let per_run = v["memory_bound"]["per_run"].as_bool().unwrap();
+    assert_eq!(v["memory_bound"]["reason"].is_null(), per_run, "{v}");
     let human = run(&["config", "show", "-c", cfg.to_str().unwrap()], None);
     assert!(
         stdout(&human).contains("python:    cpython 3."),
+        "{}",
+        stdout(&human)
+    );
+    assert!(
+        stdout(&human).contains(if per_run {
+            "memory:    per run"
+        } else {
+            "memory:    per process only"
+        }),
         "{}",
         stdout(&human)
     );

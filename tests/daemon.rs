@@ -1245,6 +1245,174 @@ fn an_attested_worker_runs_in_the_envelope_and_every_step_is_receipted() {
     );
 }
 
+/// The failure kinds a worker can cause, the request that causes each (tests/hostile/misbehave)
+/// and the code every answer must carry.
+const MISBEHAVIOURS: [(&str, &str); 7] = [
+    ("not_json", "not_json"),
+    ("two_values", "not_json"),
+    ("big", "truncated"),
+    ("sleep", "timed_out"),
+    ("sigkill", "killed_by_signal"),
+    ("sigsegv", "killed_by_signal"),
+    ("exit3", "exit_status"),
+];
+
+#[test]
+fn every_failed_run_says_why_in_the_answer_the_cli_and_the_receipt() {
+    // A profile with a short wall clock and a small output cap, so each failure is quick.
+    let mut hall = TestHall::start("");
+    restart_attested(&mut hall, |dir| {
+        let pkg = dir.join("packages/misbehave");
+        copy_dir(&repo("tests/hostile/misbehave"), &pkg);
+        sign_and_enroll(dir, &pkg, &read_record(&pkg.join("record.json")));
+        let profile = std::fs::read_to_string(dir.join("profiles/prof.dev.permissive.toml"))
+            .unwrap()
+            .replace("prof.dev.permissive", "prof.test.failing")
+            .replace("wall_timeout_ms = 120000", "wall_timeout_ms = 1500")
+            .replace("max_output_bytes = 16777216", "max_output_bytes = 65536");
+        std::fs::write(dir.join("profiles/prof.test.failing.toml"), profile).unwrap();
+        let config = std::fs::read_to_string(dir.join("hall.toml")).unwrap();
+        std::fs::write(
+            dir.join("hall.toml"),
+            format!("{config}\n[profiles]\ndev = \"prof.test.failing\"\n"),
+        )
+        .unwrap();
+    });
+    let dispatch = |what: &str| {
+        let mut body = input("cap.hello.greet", "acme-corp");
+        body["request"] = json!({"do": what});
+        let (s, out) = hall.call(Method::POST, "/wcp/dispatch", Some(&body));
+        assert_eq!(s, 200, "{what}: {out}; {}", hall.log());
+        out
+    };
+
+    // A run that works has no error, and its receipt no failure.
+    let ok = dispatch("ok");
+    assert_eq!(ok["status"], "completed", "{ok}");
+    assert!(ok["execution"].get("error").is_none(), "{ok}");
+    // The run summary says what its memory figures are: a bound with its scope, and a peak that
+    // is the whole tree's only with the cgroup.
+    let summary = &ok["execution"]["summary"];
+    let scope = summary["envelope"]["memory"]["scope"].as_str().unwrap();
+    let source = summary["peak_memory_source"].as_str().unwrap();
+    assert!(
+        (scope, source) == ("run", "cgroup") || source == "largest_process_rss",
+        "{summary}"
+    );
+    let mut outcomes = vec![(ok["execution"]["receipt"]["seq"].as_u64().unwrap(), None)];
+
+    for (what, code) in MISBEHAVIOURS {
+        // HTTP: status failed, and execution.error {code, message} beside the old fields.
+        let out = dispatch(what);
+        assert_eq!(out["status"], "failed", "{what}: {out}");
+        let error = &out["execution"]["error"];
+        assert_eq!(error["code"], code, "{what}: {out}");
+        let message = error["message"].as_str().unwrap();
+        assert!(!message.is_empty(), "{what}: {out}");
+        assert!(out["execution"]["summary"]["exit"].is_object(), "{out}");
+        assert!(out["execution"]["receipt"]["seq"].is_u64(), "{out}");
+        match what {
+            "two_values" => assert!(
+                message.contains("follows the first JSON value"),
+                "{message}"
+            ),
+            "big" => {
+                assert_eq!(out["execution"]["summary"]["stdout_truncated"], true);
+                assert!(message.contains("over the output limit"), "{message}");
+            }
+            "sleep" => assert_eq!(out["execution"]["summary"]["timed_out"], true),
+            "sigkill" => assert!(message.contains("SIGKILL (9)"), "{message}"),
+            "sigsegv" => assert!(message.contains("SIGSEGV (11)"), "{message}"),
+            "exit3" => {
+                assert!(
+                    message.contains("status 3: misbehaved: asked to exit 3"),
+                    "{message}"
+                );
+                // The worker's own error object still comes back as the result.
+                assert_eq!(out["result"]["error"]["code"], "misbehaved", "{out}");
+            }
+            _ => {}
+        }
+        outcomes.push((
+            out["execution"]["receipt"]["seq"].as_u64().unwrap(),
+            Some(code),
+        ));
+
+        // The CLI: exit 1 (as for any run that did not complete), the code, message and hint.
+        let o = hall.cli(
+            &[
+                "dispatch",
+                "--capability",
+                "cap.hello.greet",
+                "--tenant-id",
+                "acme-corp",
+                "--input",
+                &json!({"do": what}).to_string(),
+            ],
+            None,
+        );
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(1), "{what}: {stdout}");
+        assert!(
+            stdout.starts_with("failed: cap.hello.greet via wrk.hello.greeter"),
+            "{stdout}"
+        );
+        assert!(stdout.contains(&format!("\nerror: {code}: ")), "{stdout}");
+        assert!(stdout.contains("\nhint: "), "{stdout}");
+        assert!(
+            stdout.contains(&format!("stderr: \"misbehave: {what}\"")),
+            "{stdout}"
+        );
+        if code == "not_json" {
+            assert!(
+                stdout.contains("exactly one JSON object on stdout"),
+                "{stdout}"
+            );
+        }
+    }
+    // --json: the whole answer, error included.
+    let o = hall.cli(
+        &[
+            "--json",
+            "dispatch",
+            "--capability",
+            "cap.hello.greet",
+            "--tenant-id",
+            "acme-corp",
+            "--input",
+            r#"{"do": "not_json"}"#,
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let answer: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(answer["execution"]["error"]["code"], "not_json", "{answer}");
+
+    // The outcome receipts name the same codes, and the log (old shape and new) verifies.
+    hall.stop_and_verify_log();
+    let log = hall.dir.path().join("state/receipts");
+    for (seq, code) in outcomes {
+        let o = Command::new(BIN)
+            .args(["--json", "receipts", "show", &seq.to_string(), "--log"])
+            .arg(&log)
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let shown: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let payload = &shown["payload"];
+        assert_eq!(payload["kind"], "executed", "{shown}");
+        match code {
+            Some(code) => assert_eq!(payload["execution"]["failure"], code, "{shown}"),
+            None => assert!(payload["execution"].get("failure").is_none(), "{shown}"),
+        }
+    }
+}
+
 #[test]
 fn the_python_runtime_is_configured_resolved_probed_and_kept_on_a_bad_reload() {
     // /usr/bin/python3 is a symlink on Debian: the Hall resolves it, probes the real binary and

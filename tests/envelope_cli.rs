@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use envelope_support::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wcp-hall");
 
@@ -55,10 +55,26 @@ fn probe_reports_this_kernel() {
     assert_eq!(v["landlock_abi_requested"], 6);
     assert_eq!(v["seccomp"]["filter"], true);
     assert!(v["namespaces"]["pid"].is_boolean());
+    // Whether a run's memory can be bounded as a whole: only with memory.max in a leaf.
+    let m = &v["memory_bound"];
+    let per_run = v["cgroup"]["memory"] == true
+        && v["cgroup"]["leaf_ok"] == true
+        && v["cgroup"]["clone_into_cgroup"] == true;
+    assert_eq!(m["per_run"], per_run, "{v}");
+    assert_eq!(m["scope"], if per_run { "run" } else { "per_process" });
+    assert_eq!(m["reason"].is_null(), per_run, "{m}");
     let human = hall(&["envelope", "probe"]).output().unwrap();
     let text = String::from_utf8_lossy(&human.stdout);
     assert!(
         text.contains("landlock") && text.contains("cgroup v2"),
+        "{text}"
+    );
+    assert!(
+        text.contains(if per_run {
+            "memory bound      per run"
+        } else {
+            "memory bound      per process only"
+        }),
         "{text}"
     );
 }
@@ -324,6 +340,44 @@ fn an_unprivileged_hall_confines_workers_in_a_user_namespace() {
         !Path::new(&runs).read_dir().unwrap().any(|_| true),
         "run dir removed"
     );
+}
+
+#[test]
+fn a_run_without_a_result_names_its_failure_code() {
+    // tests/hostile/misbehave fails as its request asks (also used by tests/daemon.rs).
+    let fx = fixture();
+    let pkg = fx.hostile("misbehave");
+    let pkg_s = pkg.display().to_string();
+    let ha = host_args(&fx);
+    // The exit code stays the worker's (0 when it exited 0, whatever it printed); the output
+    // names what a Hall dispatch would call the failure.
+    for (what, code, exit) in [("two_values", "not_json", 0), ("exit3", "exit_status", 1)] {
+        let req = request_file(&fx, &json!({"do": what}).to_string());
+        let mut args = vec!["envelope", "run", pkg_s.as_str(), "--request", req.as_str()];
+        args.extend(ha.iter().map(String::as_str));
+        let o = hall(&args).output().unwrap();
+        assert_eq!(o.status.code(), Some(exit), "{what}");
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains(&format!("\nfailed: {code}: ")), "{text}");
+        let mut args = vec!["--json"];
+        args.extend(["envelope", "run", pkg_s.as_str(), "--request", req.as_str()]);
+        args.extend(ha.iter().map(String::as_str));
+        let v = json_of(&hall(&args).output().unwrap());
+        assert_eq!(v["error"]["code"], code, "{v}");
+    }
+    let req = request_file(&fx, r#"{"do": "ok"}"#);
+    let mut args = vec![
+        "--json",
+        "envelope",
+        "run",
+        pkg_s.as_str(),
+        "--request",
+        req.as_str(),
+    ];
+    args.extend(ha.iter().map(String::as_str));
+    let o = hall(&args).output().unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    assert!(json_of(&o)["error"].is_null());
 }
 
 #[test]

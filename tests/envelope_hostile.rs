@@ -297,6 +297,56 @@ fn unbounded_allocation_hits_the_address_space_limit() {
 }
 
 #[test]
+fn memory_spread_over_processes_is_reported_as_a_per_process_bound() {
+    // Without the cgroup memory controller (off here, whatever the host offers) RLIMIT_AS is per
+    // process: three children each hold 96 MiB under a 192 MiB limit, 288 MiB in all. The report
+    // must not pass that off as a run bound, nor the largest process as the run's peak.
+    let fx = fixture();
+    let pkg = fx.hostile("memory_fork");
+    let mut req = request(
+        &pkg,
+        declared(&[], NetworkEgress::None, &[]),
+        r#"{"children": 3, "each_mib": 96}"#,
+        UID_BASE,
+    );
+    req.limits.memory_bytes = 192 << 20;
+    req.minimums.cgroup = Minimum::Off;
+    let out = fx.envelope().run(&req).unwrap();
+    let r = result(&out);
+    assert_eq!(r["holding"], 3, "every child held its share at once: {r}");
+    assert!(out.success());
+
+    let m = &out.report.memory;
+    assert_eq!(m.scope, "per_process", "{m:?}");
+    assert_eq!(m.source, "RLIMIT_AS");
+    assert_eq!(m.enforced, "per_process_only");
+    assert_eq!(m.per_process_bytes, 192 << 20);
+    assert_eq!(m.processes_max, Some(req.limits.max_processes));
+    assert_eq!(
+        m.run_bound_bytes,
+        Some((192 << 20) * req.limits.max_processes)
+    );
+    assert!(
+        m.run_bound_bytes.unwrap() > 3 * (96 << 20),
+        "the stated bound covers what the run really held"
+    );
+    assert!(
+        m.reason.as_deref().unwrap().contains("per-process"),
+        "{m:?}"
+    );
+    // The receipt's JSON says the same.
+    let json = serde_json::to_value(out.summary()).unwrap();
+    assert_eq!(json["envelope"]["memory"]["scope"], "per_process");
+    assert_eq!(json["peak_memory_source"], "largest_process_rss");
+    // Peak memory is the largest single process (one child's share plus the interpreter), not
+    // the 288 MiB the run held together.
+    assert_eq!(out.peak_memory_source, "largest_process_rss");
+    let peak = out.peak_memory_bytes.unwrap();
+    assert!(peak >= 96 << 20, "{peak}");
+    assert!(peak < 2 * (96 << 20), "{peak}");
+}
+
+#[test]
 fn spinning_forever_is_stopped_by_the_cpu_limit() {
     let fx = fixture();
     let pkg = fx.hostile("spin");

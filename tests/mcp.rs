@@ -323,12 +323,17 @@ fn the_python_mcp_sdk_lists_calls_and_is_denied_through_the_bridge() {
     );
     assert!(d["structured"]["receipt"]["seq"].is_u64(), "{d}");
 
-    // A request the worker's schema refuses is an error result, not a crash.
-    assert_eq!(
-        out["invalid_request"]["is_error"], true,
-        "{}",
-        out["invalid_request"]
+    // A request the worker's schema refuses is an error result, not a crash: the worker exits 2
+    // with its own error object, and the text names the Hall's code, its message and that object.
+    let bad = &out["invalid_request"];
+    assert_eq!(bad["is_error"], true, "{bad}");
+    assert_eq!(bad["structured"]["error"]["code"], "exit_status", "{bad}");
+    let text = bad["text"][0].as_str().unwrap();
+    assert!(
+        text.starts_with("the run failed: exit_status: the worker exited with status 2: "),
+        "{bad}"
     );
+    assert!(text.contains("the worker's output: {"), "{bad}");
 
     // Operator tools reach the approval endpoints.
     let a = &out["approvals"];

@@ -356,6 +356,25 @@ pub fn dispatch(args: DispatchArgs, out: &mut Out) -> Result<u8, CliError> {
                 if let Some(result) = b.get("result") {
                     out.line(format!("result: {result}"))?;
                 }
+                // Why a run failed: the Hall's code and message (worker failures and aborted
+                // runs alike), and what to do about it when there is something to say.
+                let error = &b["execution"]["error"];
+                if let Some(code) = error["code"].as_str() {
+                    out.line(format!(
+                        "error: {code}: {}",
+                        error["message"].as_str().unwrap_or("")
+                    ))?;
+                    if let Some(last) = b["execution"]["stderr_tail"]
+                        .as_str()
+                        .and_then(|t| t.lines().rev().find(|l| !l.trim().is_empty()))
+                    {
+                        // Quoted: the worker's bytes never reach the terminal raw.
+                        out.line(format!("stderr: {last:?}"))?;
+                    }
+                    if let Some(hint) = crate::envelope::RunFailure::hint_for(code) {
+                        out.line(format!("hint: {hint}"))?;
+                    }
+                }
                 if let Some(receipt) = b["execution"].get("receipt") {
                     out.line(format!("receipt: {receipt}"))?;
                 }

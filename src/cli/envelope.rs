@@ -148,8 +148,12 @@ fn yes(b: bool) -> &'static str {
 fn probe(args: ProbeArgs, out: &mut Out) -> Result<u8, CliError> {
     let host = host_config(&args.host);
     let p = Probe::run(&host);
+    let memory = p.memory_bound();
     if out.json {
-        return out.json_line(&p).map(|_| exit::OK);
+        // The probe, plus whether a run's memory can be bounded as a whole here.
+        let mut v = serde_json::to_value(&p).unwrap_or_default();
+        v["memory_bound"] = serde_json::to_value(&memory).unwrap_or_default();
+        return out.json_line(&v).map(|_| exit::OK);
     }
     out.line(format!(
         "kernel {}; the Hall runs as uid {} gid {}",
@@ -203,7 +207,21 @@ fn probe(args: ProbeArgs, out: &mut Out) -> Result<u8, CliError> {
     if let Some(r) = &cg.reason {
         out.line(format!("  {r}"))?;
     }
+    out.line(memory_line(&memory))?;
     Ok(exit::OK)
+}
+
+/// The probe's answer on memory, in one line (also used by `config show`).
+pub fn memory_line(m: &crate::envelope::probe::MemoryBoundProbe) -> String {
+    if m.per_run {
+        "memory bound      per run (cgroup memory.max on each run's leaf)".into()
+    } else {
+        format!(
+            "memory bound      per process only (RLIMIT_AS; a run can hold that much in each of \
+             its processes): {}; profiles with cgroup = \"required\" are refused here",
+            m.reason.as_deref().unwrap_or("no cgroup memory controller")
+        )
+    }
 }
 
 fn parse_minimums(args: &RunArgs) -> Result<Minimums, CliError> {
@@ -407,6 +425,8 @@ fn run_package(args: RunArgs, out: &mut Out) -> Result<u8, CliError> {
         let summary = outcome.summary();
         out.json_line(&json!({
             "outcome": summary,
+            // Why it failed (`null` when it produced a result): the Hall's dispatch codes.
+            "error": outcome.failure().map(|f| json!({"code": f.code(), "message": f.message()})),
             "stdout": String::from_utf8_lossy(&outcome.stdout),
             "stderr": String::from_utf8_lossy(&outcome.stderr),
         }))?;
@@ -442,6 +462,29 @@ fn print_outcome(out: &mut Out, o: &RunOutcome) -> Result<(), CliError> {
             String::new()
         } else {
             format!(" [{}]", extra.join(", "))
+        }
+    ))?;
+    if let Some(f) = o.failure() {
+        // The same code and message a Hall dispatch answers with.
+        out.line(format!("failed: {}: {}", f.code(), f.message()))?;
+    }
+    let m = &o.report.memory;
+    out.line(format!(
+        "memory bound {} ({}){}",
+        m.run_bound_bytes
+            .map(|b| format!("{} MiB for the run", b >> 20))
+            .unwrap_or_else(|| "none for the run".into()),
+        m.source,
+        if m.scope == "per_process" {
+            format!(
+                ", {} MiB per process × at most {} processes",
+                m.per_process_bytes >> 20,
+                m.processes_max
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "unbounded".into())
+            )
+        } else {
+            String::new()
         }
     ))?;
     out.line(format!(

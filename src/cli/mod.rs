@@ -7,7 +7,7 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | success; every request allowed |
-//! | 1 | a request was denied, a rules test or conformance case failed, or rules are invalid |
+//! | 1 | a request was denied, a dispatched run failed, a rules test or conformance case failed, or rules are invalid |
 //! | 2 | bad command-line usage |
 //! | 65 | malformed input data (RouteInput, registry record, test fixture, vector file) |
 //! | 66 | an input file does not exist or cannot be read |

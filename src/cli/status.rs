@@ -84,6 +84,13 @@ pub fn run(cmd: ConfigCommand, out: &mut Out) -> Result<u8, CliError> {
     }
     let summary = hall.registry.summary();
     let shadows = hall.rules.shadows();
+    // Whether this host can bound a run's memory as a whole (probed here, in this process's
+    // cgroup; a Hall under systemd probes its delegated subtree: `wcp-hall envelope probe
+    // --cgroup-parent DIR` asks about that one).
+    let memory = crate::envelope::Probe::run(&crate::envelope::HostConfig::new(
+        config.state_dir().join("runs"),
+    ))
+    .memory_bound();
     if out.json {
         out.json_line(&json!({
             "config": args.config.config,
@@ -92,6 +99,7 @@ pub fn run(cmd: ConfigCommand, out: &mut Out) -> Result<u8, CliError> {
             "rules": {"path": config.paths.rules, "count": hall.rules.rules().len(), "shadows": shadows},
             "registry": {"path": config.paths.registry_dir, "summary": summary},
             "python": hall.python,
+            "memory_bound": memory,
         }))?;
         return Ok(exit::OK);
     }
@@ -168,5 +176,11 @@ pub fn run(cmd: ConfigCommand, out: &mut Out) -> Result<u8, CliError> {
             crate::envelope::python::DEFAULT_CANDIDATES.join(", ")
         ))?,
     }
+    out.line(format!(
+        "memory:    {}",
+        super::envelope::memory_line(&memory)
+            .trim_start_matches("memory bound")
+            .trim_start()
+    ))?;
     Ok(exit::OK)
 }

@@ -57,7 +57,7 @@ pub use plan::{Plan, PlanContext};
 pub use prepare::read_secret;
 pub use probe::{LANDLOCK_ABI_REQUESTED, Probe};
 pub use python::{PythonError, PythonRuntime};
-pub use report::{Effective, EnvelopeReport, REPORT_SCHEMA};
+pub use report::{Effective, EnvelopeReport, MemoryReport, REPORT_SCHEMA};
 pub use types::{
     Bootstrap, HostConfig, Identity, Limits, Minimum, Minimums, RunRequest, RuntimePaths,
 };
@@ -98,8 +98,10 @@ pub struct RunOutcome {
     /// `cgroup` (`cpu.stat` of the leaf) or `rusage` (init and everything it reaped).
     pub cpu_time_source: String,
     pub peak_memory_bytes: Option<u64>,
-    /// `cgroup` (`memory.peak`) or `rusage_max_rss` (the largest single process; every process
-    /// starts as a copy of the Hall, so values up to `pre_exec_rss_bytes` may be that copy).
+    /// `cgroup` (`memory.peak` of the whole tree) or `largest_process_rss` (the largest
+    /// `ru_maxrss` of any single process: *not* the run's total, which can be up to
+    /// `report.memory.run_bound_bytes`; every process starts as a copy of the Hall, so values up
+    /// to `pre_exec_rss_bytes` may be that copy).
     pub peak_memory_source: String,
     pub pre_exec_rss_bytes: Option<u64>,
     pub oom_kills: Option<u64>,
@@ -136,7 +138,182 @@ pub enum ResultError {
     NotJson(String),
 }
 
+/// Why a run that started did not produce a result: a small, closed set of stable codes (the
+/// answer's `execution.error.code`, the outcome receipt's `execution.failure`).
+///
+/// | code | when |
+/// |---|---|
+/// | `timed_out` | the wall-clock limit fired (SIGTERM, grace, SIGKILL of the tree) |
+/// | `cpu_limit_exceeded` | the worker died of SIGXCPU (`RLIMIT_CPU`) |
+/// | `memory_limit_exceeded` | the cgroup's `memory.max` OOM-killed a process and the worker died of a signal |
+/// | `killed_by_signal` | the worker died of any other signal (or the Hall killed the tree) |
+/// | `exit_status` | the worker exited with a non-zero status |
+/// | `truncated` | it exited 0 but its stdout went past the output limit |
+/// | `not_json` | it exited 0 but its stdout is not exactly one JSON value (empty, text, two values) |
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunFailure {
+    TimedOut { duration_ms: u64 },
+    CpuLimitExceeded,
+    MemoryLimitExceeded { oom_kills: u64 },
+    KilledBySignal { signal: Option<i32>, name: String },
+    ExitStatus { code: i32, detail: Option<String> },
+    Truncated { kept: u64, total: u64 },
+    NotJson(String),
+}
+
+impl RunFailure {
+    /// Every code, in classification order (documentation and tests).
+    pub const CODES: [&'static str; 7] = [
+        "timed_out",
+        "cpu_limit_exceeded",
+        "memory_limit_exceeded",
+        "killed_by_signal",
+        "exit_status",
+        "truncated",
+        "not_json",
+    ];
+
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RunFailure::TimedOut { .. } => "timed_out",
+            RunFailure::CpuLimitExceeded => "cpu_limit_exceeded",
+            RunFailure::MemoryLimitExceeded { .. } => "memory_limit_exceeded",
+            RunFailure::KilledBySignal { .. } => "killed_by_signal",
+            RunFailure::ExitStatus { .. } => "exit_status",
+            RunFailure::Truncated { .. } => "truncated",
+            RunFailure::NotJson(_) => "not_json",
+        }
+    }
+
+    /// A sentence for humans (it may change between versions; match on [`RunFailure::code`]).
+    pub fn message(&self) -> String {
+        match self {
+            RunFailure::TimedOut { duration_ms } => format!(
+                "the worker did not finish within its wall-clock limit and was stopped after                  {duration_ms} ms (SIGTERM, then SIGKILL of the whole tree)"
+            ),
+            RunFailure::CpuLimitExceeded => {
+                "the worker used up its CPU-time limit (RLIMIT_CPU) and was killed by SIGXCPU"
+                    .into()
+            }
+            RunFailure::MemoryLimitExceeded { oom_kills } => format!(
+                "the run reached its memory limit (cgroup memory.max): {oom_kills} process(es)                  OOM-killed"
+            ),
+            RunFailure::KilledBySignal {
+                signal: Some(s),
+                name,
+            } => format!("the worker was killed by signal {name} ({s})"),
+            RunFailure::KilledBySignal { signal: None, name } => {
+                format!("the worker was killed ({name})")
+            }
+            RunFailure::ExitStatus { code, detail } => match detail {
+                Some(d) => format!("the worker exited with status {code}: {d}"),
+                None => format!("the worker exited with status {code}"),
+            },
+            RunFailure::Truncated { kept, total } => format!(
+                "the worker printed {total} bytes on stdout, over the output limit; only {kept}                  were kept, so there is no result"
+            ),
+            RunFailure::NotJson(why) => {
+                format!("the worker's stdout is not exactly one JSON value: {why}")
+            }
+        }
+    }
+
+    /// What to do about it, for a code (the CLI's `hint:` line), when there is something to say.
+    pub fn hint_for(code: &str) -> Option<&'static str> {
+        Some(match code {
+            "not_json" => {
+                "a worker must print exactly one JSON object on stdout (logs go to stderr); see                  execution.stderr_tail"
+            }
+            "truncated" => {
+                "the result is larger than the profile's limits.max_output_bytes: return less,                  or raise the limit"
+            }
+            "timed_out" => "the profile's limits.wall_timeout_ms bounds every run",
+            "cpu_limit_exceeded" => "the profile's limits.cpu_seconds bounds each process",
+            "memory_limit_exceeded" => "the profile's limits.memory_bytes bounds the run",
+            "exit_status" | "killed_by_signal" => {
+                "execution.stderr_tail has the worker's last log lines"
+            }
+            _ => return None,
+        })
+    }
+
+    /// Classifies a finished run: `None` when it succeeded (exit 0, not timed out, stdout is
+    /// exactly one JSON value). Order: timed out, CPU limit, OOM kill, other signal, non-zero
+    /// exit, truncated stdout, not one JSON value. Pure.
+    pub fn classify(o: &RunOutcome) -> Option<RunFailure> {
+        if o.timed_out {
+            return Some(RunFailure::TimedOut {
+                duration_ms: o.duration_ms,
+            });
+        }
+        if o.cpu_limit_exceeded || o.exit.signal == Some(libc::SIGXCPU) {
+            return Some(RunFailure::CpuLimitExceeded);
+        }
+        if o.exit.kind != "exited" {
+            if let Some(n) = o.oom_kills.filter(|n| *n > 0) {
+                return Some(RunFailure::MemoryLimitExceeded { oom_kills: n });
+            }
+            return Some(RunFailure::KilledBySignal {
+                signal: o.exit.signal,
+                name: o
+                    .exit
+                    .signal_name
+                    .clone()
+                    .unwrap_or_else(|| o.exit.kind.clone()),
+            });
+        }
+        match o.exit.code {
+            Some(0) => {}
+            code => {
+                // A protocol-abiding worker says why in its one JSON object.
+                let detail = o.result_json().ok().and_then(|v| {
+                    let e = v.get("error")?;
+                    let text = format!(
+                        "{}: {}",
+                        e.get("code")?.as_str()?,
+                        e.get("message").and_then(|m| m.as_str()).unwrap_or("")
+                    );
+                    // The worker's words are bounded and control characters escaped: they reach
+                    // answers, logs and terminals.
+                    let text: String = text
+                        .chars()
+                        .flat_map(|c| {
+                            let escaped: Vec<char> = if c.is_control() {
+                                c.escape_default().collect()
+                            } else {
+                                vec![c]
+                            };
+                            escaped
+                        })
+                        .collect();
+                    Some(match text.char_indices().nth(300) {
+                        Some((cut, _)) => format!("{}…", &text[..cut]),
+                        None => text,
+                    })
+                });
+                return Some(RunFailure::ExitStatus {
+                    code: code.unwrap_or(-1),
+                    detail,
+                });
+            }
+        }
+        match o.result_json() {
+            Ok(_) => None,
+            Err(ResultError::Truncated { kept, total }) => {
+                Some(RunFailure::Truncated { kept, total })
+            }
+            Err(ResultError::NotJson(why)) => Some(RunFailure::NotJson(why)),
+        }
+    }
+}
+
 impl RunOutcome {
+    /// Why the run failed, or `None` when it produced a result ([`RunFailure::classify`]).
+    pub fn failure(&self) -> Option<RunFailure> {
+        RunFailure::classify(self)
+    }
+
     /// Whether the worker exited 0 on its own.
     pub fn success(&self) -> bool {
         self.exit.kind == "exited" && self.exit.code == Some(0) && !self.timed_out
@@ -150,7 +327,17 @@ impl RunOutcome {
                 total: self.stdout_bytes,
             });
         }
-        serde_json::from_slice(&self.stdout).map_err(|e| ResultError::NotJson(e.to_string()))
+        if self.stdout.iter().all(u8::is_ascii_whitespace) {
+            return Err(ResultError::NotJson("stdout is empty".into()));
+        }
+        serde_json::from_slice(&self.stdout).map_err(|e| {
+            let text = e.to_string();
+            ResultError::NotJson(if text.starts_with("trailing characters") {
+                format!("something follows the first JSON value ({text})")
+            } else {
+                text
+            })
+        })
     }
 
     /// The receipt-ready summary.
@@ -437,7 +624,7 @@ impl Envelope {
             Some(b) => (Some(b), "cgroup".to_owned()),
             None => (
                 c.rusage_max_rss_kib.map(|k| k * 1024),
-                "rusage_max_rss".to_owned(),
+                "largest_process_rss".to_owned(),
             ),
         };
         let max = req.limits.max_output_bytes;
@@ -506,5 +693,148 @@ fn new_context() -> PlanContext {
     PlanContext {
         run_id: uuid::Uuid::now_v7().to_string(),
         span_id: span,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(kind: &str, code: Option<i32>, signal: Option<i32>, stdout: &[u8]) -> RunOutcome {
+        let (_, report) =
+            plan::tests::run(&plan::tests::req(), &plan::tests::full_probe()).expect("plan");
+        RunOutcome {
+            exit: WorkerExit {
+                kind: kind.into(),
+                code,
+                signal,
+                signal_name: signal.map(signal_name),
+            },
+            timed_out: false,
+            cpu_limit_exceeded: false,
+            stdout: stdout.to_vec(),
+            stderr: Vec::new(),
+            stdout_bytes: stdout.len() as u64,
+            stderr_bytes: 0,
+            stdout_truncated: false,
+            stderr_truncated: false,
+            drain_timed_out: false,
+            cpu_time_ms: None,
+            cpu_time_source: "rusage".into(),
+            peak_memory_bytes: None,
+            peak_memory_source: "largest_process_rss".into(),
+            pre_exec_rss_bytes: None,
+            oom_kills: None,
+            duration_ms: 1234,
+            report,
+        }
+    }
+
+    fn code(o: &RunOutcome) -> Option<&'static str> {
+        RunFailure::classify(o).map(|f| f.code())
+    }
+
+    #[test]
+    fn a_finished_run_is_classified_in_a_fixed_order() {
+        let ok = outcome("exited", Some(0), None, b"{\"greeting\": \"hi\"}\n");
+        assert_eq!(RunFailure::classify(&ok), None);
+        assert!(ok.failure().is_none());
+
+        // Not exactly one JSON value: text, empty, two values.
+        let text = outcome("exited", Some(0), None, b"hello\n");
+        assert_eq!(code(&text), Some("not_json"));
+        let empty = outcome("exited", Some(0), None, b" \n");
+        let f = RunFailure::classify(&empty).unwrap();
+        assert!(f.message().contains("stdout is empty"), "{}", f.message());
+        let two = outcome("exited", Some(0), None, b"{} {}");
+        let f = RunFailure::classify(&two).unwrap();
+        assert_eq!(f.code(), "not_json");
+        assert!(
+            f.message().contains("follows the first JSON value"),
+            "{}",
+            f.message()
+        );
+
+        // Truncated comes before not_json (a cut JSON value does not parse either).
+        let mut cut = outcome("exited", Some(0), None, b"{\"a\": \"xxxx");
+        cut.stdout_truncated = true;
+        cut.stdout_bytes = 1 << 20;
+        let f = RunFailure::classify(&cut).unwrap();
+        assert_eq!(
+            f,
+            RunFailure::Truncated {
+                kept: 11,
+                total: 1 << 20
+            }
+        );
+
+        // A non-zero exit comes before the output; a protocol error object is quoted.
+        let mut three = outcome(
+            "exited",
+            Some(3),
+            None,
+            b"{\"error\": {\"code\": \"bad_input\", \"message\": \"no name\"}}",
+        );
+        three.stdout_truncated = true;
+        assert_eq!(code(&three), Some("exit_status"));
+        three.stdout_truncated = false;
+        let f = RunFailure::classify(&three).unwrap();
+        assert_eq!(
+            f.message(),
+            "the worker exited with status 3: bad_input: no name"
+        );
+        let hostile = outcome(
+            "exited",
+            Some(2),
+            None,
+            format!(
+                "{{\"error\": {{\"code\": \"x\", \"message\": \"\\u001b[2J{}\"}}}}",
+                "y".repeat(1000)
+            )
+            .as_bytes(),
+        );
+        let m = RunFailure::classify(&hostile).unwrap().message();
+        assert!(!m.contains('\u{1b}') && m.contains("\\u{1b}[2J"), "{m}");
+        assert!(m.len() < 400 && m.ends_with('…'), "{m}");
+        assert_eq!(
+            RunFailure::classify(&outcome("exited", Some(1), None, b"junk")).map(|f| f.message()),
+            Some("the worker exited with status 1".to_owned())
+        );
+
+        // Signals: SIGXCPU is the CPU limit, an OOM kill the memory limit, the rest by name.
+        let segv = outcome("signaled", None, Some(libc::SIGSEGV), b"");
+        let f = RunFailure::classify(&segv).unwrap();
+        assert_eq!(f.code(), "killed_by_signal");
+        assert!(f.message().contains("SIGSEGV (11)"), "{}", f.message());
+        let mut xcpu = outcome("signaled", None, Some(libc::SIGXCPU), b"");
+        assert_eq!(code(&xcpu), Some("cpu_limit_exceeded"));
+        xcpu.cpu_limit_exceeded = true;
+        assert_eq!(code(&xcpu), Some("cpu_limit_exceeded"));
+        let mut oom = outcome("signaled", None, Some(libc::SIGKILL), b"");
+        oom.oom_kills = Some(0);
+        assert_eq!(code(&oom), Some("killed_by_signal"));
+        oom.oom_kills = Some(2);
+        assert_eq!(code(&oom), Some("memory_limit_exceeded"));
+        assert_eq!(
+            code(&outcome("killed", None, Some(9), b"")),
+            Some("killed_by_signal")
+        );
+
+        // A timeout wins over everything (the tree was killed because of it).
+        let mut late = outcome("killed", None, Some(libc::SIGKILL), b"");
+        late.timed_out = true;
+        late.oom_kills = Some(1);
+        let f = RunFailure::classify(&late).unwrap();
+        assert_eq!(f.code(), "timed_out");
+        assert!(f.message().contains("1234 ms"), "{}", f.message());
+        let mut late_ok = outcome("exited", Some(0), None, b"{}");
+        late_ok.timed_out = true;
+        assert_eq!(code(&late_ok), Some("timed_out"));
+
+        // Every code is listed, and the hints are there for the ones a caller can act on.
+        for c in RunFailure::CODES {
+            assert!(RunFailure::hint_for(c).is_some(), "{c}");
+        }
+        assert!(RunFailure::hint_for("DENY_ENVELOPE_STAGE_FAILED").is_none());
     }
 }

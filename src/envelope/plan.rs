@@ -1057,7 +1057,20 @@ pub fn plan(
         }
         (minimum, Some(parent)) if cg.leaf_ok && cg.clone_into_cgroup => {
             let full = cg.kill && cg.memory && cg.pids;
-            let why = cg.reason.clone().unwrap_or_default();
+            let mut why = cg.reason.clone().unwrap_or_default();
+            if !cg.memory {
+                // A required cgroup is the profile asking for a per-run memory bound: say
+                // plainly that RLIMIT_AS (per process) would be all there is.
+                why = format!(
+                    "no per-run memory bound: memory.max cannot be set in a leaf here, so only \
+                     the per-process RLIMIT_AS applies{}",
+                    if why.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({why})")
+                    }
+                );
+            }
             if !full && minimum == Minimum::Required {
                 return Err(refuse(
                     Feature::Cgroup,
@@ -1231,7 +1244,7 @@ pub fn plan(
     env_keys.sort();
 
     // ---- report -------------------------------------------------------------------------
-    let report = EnvelopeReport {
+    let mut report = EnvelopeReport {
         schema: REPORT_SCHEMA.into(),
         run_id: ctx.run_id.clone(),
         package: PackageReport {
@@ -1288,6 +1301,15 @@ pub fn plan(
             },
         },
         rlimits: rlimit_reports,
+        memory: MemoryReport {
+            scope: String::new(),
+            source: String::new(),
+            enforced: String::new(),
+            per_process_bytes: 0,
+            processes_max: None,
+            run_bound_bytes: None,
+            reason: None,
+        },
         filesystem: FilesystemReport {
             package: s(&req.package_dir),
             work_dir: s(&work_dir),
@@ -1334,6 +1356,7 @@ pub fn plan(
         observed: ObservedReport::default(),
         degraded: degraded.0,
     };
+    report.refresh_memory();
     namespaces.user = needs_user && (namespaces.pid || namespaces.net || namespaces.mnt);
 
     let plan = Plan {
@@ -1369,4 +1392,4 @@ pub fn plan(
 
 #[cfg(test)]
 #[path = "plan_tests.rs"]
-mod tests;
+pub(crate) mod tests;

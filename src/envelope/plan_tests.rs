@@ -8,7 +8,7 @@ use crate::envelope::probe::{CgroupProbe, LandlockProbe, NamespaceProbe, Seccomp
 use crate::envelope::types::{Limits, Minimums};
 use crate::registry::PrivilegeEnvelope;
 
-fn full_probe() -> Probe {
+pub(crate) fn full_probe() -> Probe {
     Probe {
         kernel_release: "6.18.0".into(),
         hall_uid: 0,
@@ -67,7 +67,7 @@ fn no_landlock() -> Probe {
     p
 }
 
-fn host() -> HostConfig {
+pub(crate) fn host() -> HostConfig {
     let mut h = HostConfig::new("/var/lib/wcp-hall/runs");
     h.secrets_dir = Some(PathBuf::from("/etc/wcp-hall/secrets"));
     h
@@ -82,7 +82,7 @@ fn envelope(writes: &[&str], egress: NetworkEgress) -> PrivilegeEnvelope {
     }
 }
 
-fn req() -> RunRequest {
+pub(crate) fn req() -> RunRequest {
     RunRequest::python(
         "/var/lib/wcp-hall/store/pkg",
         envelope(&[], NetworkEgress::None),
@@ -92,14 +92,14 @@ fn req() -> RunRequest {
     )
 }
 
-fn ctx() -> PlanContext {
+pub(crate) fn ctx() -> PlanContext {
     PlanContext {
         run_id: "run-1".into(),
         span_id: [1, 2, 3, 4, 5, 6, 7, 8],
     }
 }
 
-fn run(r: &RunRequest, p: &Probe) -> Result<(Plan, EnvelopeReport), EnvelopeError> {
+pub(crate) fn run(r: &RunRequest, p: &Probe) -> Result<(Plan, EnvelopeReport), EnvelopeError> {
     plan(r, &host(), p, &ctx())
 }
 
@@ -631,4 +631,81 @@ fn the_halls_socket_is_hidden_by_a_mount_namespace_or_the_report_says_why_not() 
     // Nothing to hide: no mount namespace.
     let (pl, _) = run(&req(), &full_probe()).unwrap();
     assert!(!pl.namespaces.mnt);
+}
+
+#[test]
+fn the_memory_bound_is_per_run_only_with_the_cgroup_memory_controller() {
+    let l = req().limits;
+    // A delegated memory controller: memory.max bounds the whole run.
+    let (_, r) = run(&req(), &full_probe()).unwrap();
+    assert_eq!(r.memory.scope, "run");
+    assert_eq!(r.memory.source, "cgroup memory.max");
+    assert_eq!(r.memory.enforced, "run");
+    assert_eq!(r.memory.run_bound_bytes, Some(l.memory_bytes));
+    assert_eq!(r.memory.reason, None);
+
+    // Memory on cgroup v1 (best effort): only RLIMIT_AS, per process. The run as a whole is
+    // bounded by RLIMIT_AS × RLIMIT_NPROC, and the report says so instead of implying more.
+    let (_, r) = run(&req(), &hybrid_probe()).unwrap();
+    let m = &r.memory;
+    assert_eq!(m.scope, "per_process");
+    assert_eq!(m.source, "RLIMIT_AS");
+    assert_eq!(m.enforced, "per_process_only");
+    assert_eq!(m.per_process_bytes, l.memory_bytes);
+    assert_eq!(m.processes_max, Some(l.max_processes));
+    assert_eq!(m.run_bound_bytes, Some(l.memory_bytes * l.max_processes));
+    assert!(m.reason.as_deref().unwrap().contains("cgroup v1"), "{m:?}");
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["memory"]["enforced"], "per_process_only");
+    assert_eq!(
+        json["memory"]["run_bound_bytes"],
+        l.memory_bytes * l.max_processes
+    );
+    assert!(
+        r.degraded
+            .iter()
+            .any(|d| d.contains("no per-run memory bound")),
+        "{:?}",
+        r.degraded
+    );
+
+    // pids.max without memory.max: the process count is the cgroup's, the bound still per process.
+    let mut pids_only = hybrid_probe();
+    pids_only.cgroup.pids = true;
+    let mut small = req();
+    small.limits.max_processes = 8;
+    let (_, r) = run(&small, &pids_only).unwrap();
+    assert_eq!(r.memory.scope, "per_process");
+    assert_eq!(r.memory.processes_max, Some(8));
+    assert_eq!(r.memory.run_bound_bytes, Some(l.memory_bytes * 8));
+
+    // The cgroup off: the same honest statement.
+    let mut off = req();
+    off.minimums.cgroup = Minimum::Off;
+    let (_, r) = run(&off, &full_probe()).unwrap();
+    assert_eq!(r.memory.scope, "per_process");
+    assert!(
+        r.memory
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("off in the profile")
+    );
+
+    // A profile that requires the cgroup requires a per-run memory bound: refused on a host that
+    // has only per-process limits, and the refusal says that is what is missing.
+    let mut required = req();
+    required.minimums.cgroup = Minimum::Required;
+    let e = run(&required, &hybrid_probe()).unwrap_err();
+    assert!(e.to_string().contains("no per-run memory bound"), "{e}");
+    assert_eq!(unmet(e), Feature::Cgroup);
+    let mut no_memory = full_probe();
+    no_memory.cgroup.memory = false;
+    no_memory.cgroup.reason = None;
+    let e = run(&required, &no_memory).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("only the per-process RLIMIT_AS applies"),
+        "{e}"
+    );
 }

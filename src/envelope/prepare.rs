@@ -536,6 +536,8 @@ pub(crate) fn prepare(
                 ));
             }
         }
+        // What the leaf really got decides the memory bound the report states.
+        report.refresh_memory();
     }
 
     // ---- pipes and stdin ---------------------------------------------------------------------------------

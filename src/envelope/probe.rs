@@ -92,7 +92,41 @@ pub struct Probe {
     pub cgroup: CgroupProbe,
 }
 
+/// Whether this host can bound a run's memory as a whole ([`Probe::memory_bound`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemoryBoundProbe {
+    /// `memory.max` can be set in a per-run leaf: the whole tree shares one bound.
+    pub per_run: bool,
+    /// `run` or `per_process` (only `RLIMIT_AS`, each process on its own).
+    pub scope: String,
+    /// Why there is no per-run bound.
+    pub reason: Option<String>,
+}
+
 impl Probe {
+    /// Whether a per-run memory bound is enforceable here. Without it only the per-process
+    /// `RLIMIT_AS` applies (a run may hold that much in each of its processes), and a profile
+    /// whose `cgroup` minimum is `required` is refused. Pure.
+    pub fn memory_bound(&self) -> MemoryBoundProbe {
+        let cg = &self.cgroup;
+        let per_run = cg.parent.is_some() && cg.leaf_ok && cg.clone_into_cgroup && cg.memory;
+        MemoryBoundProbe {
+            per_run,
+            scope: if per_run { "run" } else { "per_process" }.into(),
+            reason: (!per_run).then(|| {
+                cg.reason.clone().unwrap_or_else(|| {
+                    if cg.parent.is_none() || !cg.leaf_ok {
+                        "no usable cgroup v2 parent for per-run leaves".into()
+                    } else if !cg.clone_into_cgroup {
+                        "clone3(CLONE_INTO_CGROUP) is not available".into()
+                    } else {
+                        "the memory controller does not reach a per-run leaf".into()
+                    }
+                })
+            }),
+        }
+    }
+
     /// Asks the running kernel. `host` names the cgroup parent to test.
     pub fn run(host: &HostConfig) -> Probe {
         let uname = nix::sys::utsname::uname()

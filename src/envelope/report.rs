@@ -271,6 +271,89 @@ pub struct ObservedReport {
     pub reason: Option<String>,
 }
 
+/// How the run's memory is bounded, stated so that a per-process limit is never read as a
+/// bound on the whole run.
+///
+/// `scope: "run"`: the cgroup's `memory.max` bounds every process of the tree together.
+/// `scope: "per_process"`: only `RLIMIT_AS` applies, to each process on its own; the run as a
+/// whole can use up to `per_process_bytes × processes_max` (`RLIMIT_NPROC`, or `pids.max` when
+/// the cgroup enforces that), which is `run_bound_bytes`, and `null` when the number of
+/// processes is not bounded either (a root worker ignores `RLIMIT_NPROC`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemoryReport {
+    /// `run` or `per_process`.
+    pub scope: String,
+    /// `cgroup memory.max` or `RLIMIT_AS`.
+    pub source: String,
+    /// `run` or `per_process_only`.
+    pub enforced: String,
+    /// `RLIMIT_AS` of each process (address space, which bounds its resident memory).
+    pub per_process_bytes: u64,
+    /// The most processes the run can have: `pids.max`, else `RLIMIT_NPROC` (counted per uid,
+    /// so this run has at most that many); `null` when neither binds.
+    pub processes_max: Option<u64>,
+    /// The bound on the whole run: `memory.max`, or `per_process_bytes × processes_max`;
+    /// `null` when the run is not bounded as a whole.
+    pub run_bound_bytes: Option<u64>,
+    /// Why there is no per-run bound, when there is none.
+    pub reason: Option<String>,
+}
+
+impl MemoryReport {
+    /// Derives the memory bound from the rest of the report (the cgroup's limits, the `as` and
+    /// `nproc` rlimits, the worker's uid), so it can never disagree with them. Pure.
+    pub fn derive(report: &EnvelopeReport) -> MemoryReport {
+        let rlimit = |name: &str| {
+            report
+                .rlimits
+                .iter()
+                .find(|r| r.resource == name)
+                .and_then(|r| r.soft)
+        };
+        let per_process = rlimit("as").unwrap_or(0);
+        let nproc = rlimit("nproc").filter(|_| report.identity.uid != 0);
+        let processes_max = report.cgroup.pids_max.or(nproc);
+        match report.cgroup.memory_max {
+            Some(max) => MemoryReport {
+                scope: "run".into(),
+                source: "cgroup memory.max".into(),
+                enforced: "run".into(),
+                per_process_bytes: per_process,
+                processes_max,
+                run_bound_bytes: Some(max),
+                reason: None,
+            },
+            None => {
+                let product = processes_max
+                    .and_then(|n| per_process.checked_mul(n))
+                    .filter(|b| *b <= crate::crypto::canonical::MAX_SAFE_INTEGER);
+                let why_not_run = report
+                    .cgroup
+                    .memory_reason
+                    .clone()
+                    .or_else(|| report.cgroup.reason.clone())
+                    .unwrap_or_else(|| "no cgroup memory controller for this run".into());
+                MemoryReport {
+                    scope: "per_process".into(),
+                    source: "RLIMIT_AS".into(),
+                    enforced: "per_process_only".into(),
+                    per_process_bytes: per_process,
+                    processes_max,
+                    run_bound_bytes: product,
+                    reason: Some(format!(
+                        "only per-process limits: {why_not_run}; the run as a whole is bounded \
+                         only by RLIMIT_AS times the number of processes{}",
+                        match product {
+                            Some(_) => "",
+                            None => ", which is not bounded here",
+                        }
+                    )),
+                }
+            }
+        }
+    }
+}
+
 /// Requested versus effective, per feature.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EnvelopeReport {
@@ -287,6 +370,8 @@ pub struct EnvelopeReport {
     pub cgroup: CgroupReport,
     pub identity: IdentityReport,
     pub rlimits: Vec<RlimitReport>,
+    /// How memory is bounded: per run (cgroup) or per process only ([`MemoryReport`]).
+    pub memory: MemoryReport,
     pub filesystem: FilesystemReport,
     pub environment: EnvironmentReport,
     pub process: ProcessReport,
@@ -300,6 +385,11 @@ impl EnvelopeReport {
     /// The report in canonical JSON bytes (what a receipt embeds).
     pub fn to_canonical(&self) -> Result<Vec<u8>, crate::crypto::canonical::CanonicalError> {
         crate::crypto::canonical::to_canonical_from(self)
+    }
+
+    /// Re-derives [`EnvelopeReport::memory`] after the cgroup or rlimits part changed.
+    pub(crate) fn refresh_memory(&mut self) {
+        self.memory = MemoryReport::derive(self);
     }
 
     /// Marks a feature as degraded at run time (a best-effort stage failed in the child).

@@ -320,8 +320,11 @@ impl Runner for HallRunner {
         intent.dispatch_mut().envelope = Some(summary_json["envelope"].clone());
         let exit_code = outcome.exit.code.map(i64::from);
         let signal = outcome.exit.signal.map(i64::from);
+        // Why it failed, once: the receipt records the code, the answer the code and message.
+        let failure = outcome.failure();
         let execution = Execution {
             exit_code,
+            failure: failure.as_ref().map(|f| f.code().to_owned()),
             signal,
             stderr_bytes: outcome.stderr_bytes,
             stderr_sha256: bare_hex(&summary.stderr_sha256),
@@ -340,13 +343,12 @@ impl Runner for HallRunner {
             .receipts
             .append_outcome(intent, Outcome::Executed(execution))
             .map_err(|e| receipt_error(e, "the outcome could not be recorded"))?;
+        // A worker that failed may still have printed one JSON value (its own error object):
+        // it is passed on as the result, beside the Hall's `error`.
         let result = outcome.result_json().ok();
-        let succeeded = exit_code == Some(0) && result.is_some() && !outcome.timed_out;
+        let succeeded = failure.is_none();
         let (phases, phases_json) = phases.finish("outcome_receipt");
-        Ok(RunOutcome {
-            succeeded,
-            result,
-            execution: json!({
+        let mut execution = json!({
                 "worker_id": record.worker_id,
                 "summary": summary_json,
                 "receipt": {"seq": appended.seq, "receipt_hash": appended.receipt_hash_string()},
@@ -354,7 +356,15 @@ impl Runner for HallRunner {
                 "attestation": {"code": report.code.map(|c| c.as_str()), "cached": report.cached, "protections": report.protections},
                 "stderr_tail": String::from_utf8_lossy(&outcome.stderr[outcome.stderr.len().saturating_sub(2048)..]),
                 "hall_phases_us": phases_json,
-            }),
+        });
+        if let Some(f) = &failure {
+            // The same place and shape as an aborted run's error.
+            execution["error"] = json!({"code": f.code(), "message": f.message()});
+        }
+        Ok(RunOutcome {
+            succeeded,
+            result,
+            execution,
             phases,
         })
     }

@@ -1570,6 +1570,7 @@ mod tests {
     fn execution() -> Execution {
         Execution {
             exit_code: Some(0),
+            failure: None,
             signal: None,
             timed_out: false,
             truncated: false,

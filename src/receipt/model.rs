@@ -12,7 +12,9 @@
 //! The payload is canonical JSON in the restricted profile of [`crate::crypto::canonical`]
 //! (strings, integers within ±(2^53−1), booleans, null; sorted ASCII keys; no floats), so every
 //! encoder produces the same bytes. Absent optional sections are written as `null`, never
-//! omitted, so there is exactly one encoding of a payload: [`ReceiptPayload::decode`] re-encodes
+//! omitted (one exception: `execution.failure`, added later, is omitted when absent so older
+//! receipts keep their bytes; it is never `null`), so there is exactly one encoding of a
+//! payload: [`ReceiptPayload::decode`] re-encodes
 //! what it parsed and refuses bytes that differ (which also refuses duplicate keys, floats and
 //! unknown fields). Verification still works on the stored bytes only: the hash and the
 //! signature are computed over them, never over a re-serialisation.
@@ -198,6 +200,12 @@ pub struct Timings {
 pub struct Execution {
     /// Exit code, when the worker exited.
     pub exit_code: Option<i64>,
+    /// Why the run failed: one of [`crate::envelope::RunFailure::CODES`] (`not_json`,
+    /// `timed_out`, …); absent when it produced a result. The one field written only when set:
+    /// receipts from before it existed have no such key and must keep their exact bytes, so
+    /// `null` is never written (and a payload with `"failure":null` is not canonical).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
     /// Terminating signal, when it was killed.
     pub signal: Option<i64>,
     pub stderr_bytes: u64,
@@ -620,6 +628,17 @@ impl Execution {
             return Err(invalid(
                 "execution.signal",
                 "must be a signal number 1..=64",
+            ));
+        }
+        if let Some(f) = &self.failure
+            && !crate::envelope::RunFailure::CODES.contains(&f.as_str())
+        {
+            return Err(invalid(
+                "execution.failure",
+                format!(
+                    "is {f:?}, not one of {}",
+                    crate::envelope::RunFailure::CODES.join(", ")
+                ),
             ));
         }
         hex64("execution.stdout_sha256", &self.stdout_sha256)?;
@@ -1122,6 +1141,7 @@ pub(crate) mod tests {
     fn execution() -> Execution {
         Execution {
             exit_code: Some(0),
+            failure: None,
             signal: None,
             timed_out: false,
             truncated: false,
@@ -1182,6 +1202,58 @@ pub(crate) mod tests {
         assert!(ReceiptPayload::decode(float.as_bytes()).is_err());
     }
 
+    /// `execution.failure` is written only when set, so an outcome receipt from before the
+    /// field existed still decodes to exactly its bytes; a failed run's receipt names its code.
+    #[test]
+    fn the_failure_code_is_optional_and_canonical() {
+        let key = KeyPair::from_seed(&[3; 32]);
+        let executed = |execution: Execution| {
+            ReceiptPayload::new(
+                &header(5, Some([1; 32]), &key),
+                Body::Executed {
+                    intent_seq: 4,
+                    dispatch: dispatch("c-1"),
+                    execution,
+                },
+            )
+        };
+        let old = executed(execution()).unwrap().encode().unwrap();
+        let text = String::from_utf8(old.clone()).unwrap();
+        assert!(!text.contains("failure"), "{text}");
+        assert_eq!(ReceiptPayload::decode(&old).unwrap().encode().unwrap(), old);
+
+        let mut failed = execution();
+        failed.exit_code = Some(3);
+        failed.failure = Some("exit_status".into());
+        let p = executed(failed.clone()).unwrap();
+        let bytes = p.encode().unwrap();
+        assert!(canonical::is_canonical(&bytes));
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(
+            text.contains("\"exit_code\":3,\"failure\":\"exit_status\",\"signal\":null"),
+            "{text}"
+        );
+        assert_eq!(ReceiptPayload::decode(&bytes).unwrap(), p);
+        // `null` is a second spelling of "absent": refused.
+        let with_null = String::from_utf8(old).unwrap().replacen(
+            "\"exit_code\":0,",
+            "\"exit_code\":0,\"failure\":null,",
+            1,
+        );
+        assert_eq!(
+            ReceiptPayload::decode(with_null.as_bytes()),
+            Err(ModelError::NotCanonical)
+        );
+        // Only the documented codes.
+        failed.failure = Some("made_up".into());
+        assert!(
+            executed(failed)
+                .unwrap_err()
+                .to_string()
+                .contains("execution.failure")
+        );
+    }
+
     /// The fast encoding (serde_json with fields declared in byte order) must be the canonical
     /// one for every type: a field declared out of order would make valid receipts undecodable.
     #[test]
@@ -1224,6 +1296,7 @@ pub(crate) mod tests {
             note: "n\n\n\u{2014} k x\n".into(),
         });
         p.execution.as_mut().unwrap().signal = Some(9);
+        p.execution.as_mut().unwrap().failure = Some("killed_by_signal".into());
         p.dispatch
             .as_mut()
             .unwrap()

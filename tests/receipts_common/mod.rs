@@ -77,6 +77,8 @@ pub fn denied(correlation: &str) -> Dispatch {
 pub fn execution(i: u64) -> Execution {
     Execution {
         exit_code: Some((i % 3) as i64),
+        // Old receipts (no failure key) and new ones (a failure code) in the same log.
+        failure: (!i.is_multiple_of(3)).then(|| "exit_status".to_owned()),
         signal: None,
         timed_out: false,
         truncated: i.is_multiple_of(7),
