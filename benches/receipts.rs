@@ -64,6 +64,7 @@ fn dispatch(cid: &str, denied: bool) -> Dispatch {
             matched_rule_id: "rr_doc_summarize".into(),
             denied,
             deny_code: denied.then(|| "DENY_MISSING_REQUIRED_CONTROLS".into()),
+            deny_detail: None,
             policy_version: Some("policy.v1".into()),
         },
         caller: Caller {

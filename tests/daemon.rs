@@ -2196,3 +2196,52 @@ fn a_root_halls_disk_filling_worker_is_bounded() {
 fn an_ordinary_users_disk_filling_worker_is_bounded() {
     disk_filling_worker(Some(NOBODY));
 }
+
+/// An attestation denial names its real cause (issue: a FIFO added to an enrolled package was
+/// denied as `DENY_WORKER_ATTESTATION_MISSING`, "no registered code hash", and the
+/// `ATTEST_TREE_UNSAFE` finding appeared nowhere): in the answer, the receipt and the log.
+#[test]
+fn an_attestation_denial_carries_the_attestation_code_everywhere() {
+    let mut hall = TestHall::start("");
+    let mut enrolled = None;
+    restart_attested(&mut hall, |dir| enrolled = Some(signed_hello(dir)));
+    let (pkg, _) = enrolled.unwrap();
+    nix::unistd::mkfifo(
+        &pkg.join("code/pipe"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    let (s, out) = hall.call(
+        Method::POST,
+        "/wcp/dispatch",
+        Some(&input("cap.hello.greet", "acme-corp")),
+    );
+    assert_eq!(s, 200, "{out}");
+    assert_eq!(out["status"], "denied", "{out}");
+    let reason = &out["decision"]["deny_reason_if_denied"];
+    assert_eq!(reason["attestation_code"], "ATTEST_TREE_UNSAFE", "{reason}");
+    assert!(
+        reason["attestation_reason"]
+            .as_str()
+            .unwrap()
+            .contains("code/pipe"),
+        "{reason}"
+    );
+    let seq = out["execution"]["receipt"]["seq"].as_u64().unwrap();
+    hall.stop_and_verify_log();
+    let o = Command::new(BIN)
+        .args(["--json", "receipts", "show", &seq.to_string(), "--log"])
+        .arg(hall.dir.path().join("state/receipts"))
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        shown.contains("\"deny_detail\":\"ATTEST_TREE_UNSAFE: ") && shown.contains("code/pipe"),
+        "{shown}"
+    );
+    let log = hall.log();
+    assert!(
+        log.contains("package verification failed") && log.contains("ATTEST_TREE_UNSAFE"),
+        "{log}"
+    );
+}

@@ -134,6 +134,26 @@ impl AttestedWorkers {
             now: UtcTime::now(),
         });
         if let Ok(mut last) = self.last.lock() {
+            // Said once per change, not once per dispatch: a package that stops (or starts
+            // again) verifying is an operator's business.
+            let before = last.get(species).map(|l| (l.report.ok, l.report.code));
+            if before != Some((report.ok, report.code)) {
+                match report.code {
+                    Some(code) if !report.ok => tracing::warn!(
+                        worker_species_id = species,
+                        worker_id = %pkg.worker_id,
+                        code = code.as_str(),
+                        "package verification failed: {}",
+                        report.message
+                    ),
+                    _ if before.is_some() => tracing::info!(
+                        worker_species_id = species,
+                        worker_id = %pkg.worker_id,
+                        "package verifies again"
+                    ),
+                    _ => {}
+                }
+            }
             last.insert(
                 species.to_owned(),
                 Last {
@@ -179,6 +199,12 @@ impl WorkerHashes for AttestedWorkers {
         } else {
             None
         }
+    }
+
+    fn attestation_failure(&self, species: &str) -> Option<(String, String)> {
+        self.last_report(species)
+            .filter(|r| !r.ok)
+            .and_then(|r| r.code.map(|c| (c.as_str().to_owned(), r.message)))
     }
 
     fn current_hash(&self, species: &str) -> Option<String> {

@@ -475,6 +475,7 @@ async fn receipt_closed_approval(hall: &Arc<Hall>, approval: &Approval) -> Resul
             deny_code: v["deny_reason_if_denied"]["code"]
                 .as_str()
                 .map(str::to_owned),
+            deny_detail: None,
             matched_rule_id: s("matched_rule_id"),
             policy_version: approval
                 .policy

@@ -115,6 +115,11 @@ pub struct DecisionSummary {
     pub denied: bool,
     /// The WCP deny code (`DENY_*`), when denied.
     pub deny_code: Option<String>,
+    /// What lies under a generic deny code, when the Hall knows more: an attestation denial's
+    /// own `ATTEST_*` code and reason (`ATTEST_TREE_UNSAFE: code/x is a FIFO …`), at most 1,000
+    /// bytes. Absent otherwise (older receipts never have it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deny_detail: Option<String>,
     pub matched_rule_id: String,
     pub policy_version: Option<String>,
 }
@@ -174,6 +179,23 @@ impl Dispatch {
                 matched_rule_id: decision.matched_rule_id.clone(),
                 denied: decision.denied,
                 deny_code: decision.deny_code().map(|c| c.as_str().to_owned()),
+                deny_detail: decision.deny_reason_if_denied.as_ref().and_then(|r| {
+                    let code = r.extra.get("attestation_code")?.as_str()?;
+                    let reason = r
+                        .extra
+                        .get("attestation_reason")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("");
+                    let mut s = format!("{code}: {reason}");
+                    if s.len() > 1000 {
+                        let mut end = 1000;
+                        while !s.is_char_boundary(end) {
+                            end -= 1;
+                        }
+                        s.truncate(end);
+                    }
+                    Some(s)
+                }),
                 policy_version: None,
             },
             caller,
@@ -1105,6 +1127,7 @@ pub(crate) mod tests {
                 matched_rule_id: "rr_doc_summarize".into(),
                 denied: false,
                 deny_code: None,
+                deny_detail: None,
                 policy_version: Some("policy.v1".into()),
             },
             caller: Caller {

@@ -133,6 +133,13 @@ pub trait PolicyGate {
 pub trait WorkerHashes {
     fn registered_hash(&self, species: &str) -> Option<String>;
     fn current_hash(&self, species: &str) -> Option<String>;
+    /// Why the last verification of `species` failed: its own code (`ATTEST_*`) and reason.
+    /// An attestation denial carries them as `attestation_code` / `attestation_reason`, so the
+    /// real cause (an unsafe tree entry, a bad manifest) is never hidden behind PyHall's
+    /// generic messages. `None` (the default, and PyHall's behaviour): nothing to add.
+    fn attestation_failure(&self, _species: &str) -> Option<(String, String)> {
+        None
+    }
 }
 
 /// The privilege envelope check (step 6.7). `Err` is PyHall's "raised".
@@ -574,11 +581,17 @@ pub fn route(router: &Router<'_>, input: &RouteInput, ctx: &DecisionContext) -> 
                 .escalation(rule_escalation),
             );
         };
+        let why = |d: Deny| match hashes.attestation_failure(sel) {
+            Some((code, reason)) => d
+                .with("attestation_code", code)
+                .with("attestation_reason", reason),
+            None => d,
+        };
         let attest_deny = |code, message: String| {
             deny(
                 rid,
                 Some(rule),
-                Deny::new(code, message).escalation(rule_escalation.clone()),
+                why(Deny::new(code, message).escalation(rule_escalation.clone())),
             )
         };
         let Some(registered) = hashes.registered_hash(sel) else {
@@ -613,6 +626,7 @@ pub fn route(router: &Router<'_>, input: &RouteInput, ctx: &DecisionContext) -> 
             )
             .with("worker_species_id", sel)
             .escalation(rule_escalation);
+            d = why(d);
             d.attestation_checked = true;
             d.attestation_valid = Some(false);
             return deny(rid, Some(rule), d);

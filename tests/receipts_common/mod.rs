@@ -43,6 +43,7 @@ pub fn dispatch(correlation: &str) -> Dispatch {
             matched_rule_id: "rr_doc_summarize".into(),
             denied: false,
             deny_code: None,
+            deny_detail: None,
             policy_version: Some("policy.v1".into()),
         },
         caller: Caller {
