@@ -2130,13 +2130,13 @@ fn disk_filling_worker(as_uid: Option<u32>) {
     });
     let fill = |scratch: u64, persistent: u64| {
         let mut req = input("cap.hello.greet", "acme-corp");
-        req["request"] = json!({"scratch": scratch, "persistent": persistent});
+        req["request"] = json!({"scratch": scratch, "persistent": persistent, "sync": true});
         let (s, out) = hall.call(Method::POST, "/wcp/dispatch", Some(&req));
         assert_eq!(s, 200, "{out}; {}", hall.log());
         out
     };
-    // Run 1: 16 MiB of scratch and 4 MiB kept.
-    let out = fill(16 << 20, 4 << 20);
+    // Run 1: 16 MiB of scratch and 2 MiB kept.
+    let out = fill(16 << 20, 2 << 20);
     assert_eq!(out["status"], "completed", "{out}");
     let fs = &out["execution"]["summary"]["envelope"]["filesystem"];
     let scratch = &out["result"]["scratch"];
@@ -2153,12 +2153,29 @@ fn disk_filling_worker(as_uid: Option<u32>) {
         );
         assert_eq!(scratch["written"], 16 << 20, "{scratch}");
     }
-    assert_eq!(out["result"]["persistent"]["written"], 4 << 20, "{out}");
+    assert_eq!(out["result"]["persistent"]["written"], 2 << 20, "{out}");
     let w = &fs["writes"][0];
     assert_eq!(w["quota_bytes"], 3 << 20, "{w}");
     assert!(w["used_bytes_before"].as_u64().unwrap() < 1 << 20, "{w}");
 
-    // Run 2: over the quota, refused before it starts, with a receipt.
+    // Run 2 writes 256 MiB: killed while it runs, once past the quota (measured every 100 ms).
+    let out = fill(0, 256 << 20);
+    assert_eq!(out["status"], "failed", "{out}");
+    assert_eq!(
+        out["execution"]["error"]["code"], "write_quota_exceeded",
+        "{out}"
+    );
+    let keep = hall.dir.path().join("state/data/org.wcp-hall.hello.1/keep");
+    let kept: u64 = std::fs::read_dir(&keep)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(
+        kept < 64 << 20,
+        "the guard stopped it early: {kept} bytes kept"
+    );
+
+    // Run 3: over the quota, refused before it starts, with a receipt.
     let out = fill(0, 1 << 20);
     assert_eq!(out["status"], "failed", "{out}");
     assert_eq!(

@@ -105,9 +105,15 @@ pub struct RunOutcome {
     pub peak_memory_source: String,
     pub pre_exec_rss_bytes: Option<u64>,
     pub oom_kills: Option<u64>,
+    /// The run was killed because its persistent directories grew past their quota (their
+    /// usage then, in bytes).
+    pub write_quota_exceeded: Option<u64>,
     pub duration_ms: u64,
     pub report: EnvelopeReport,
 }
+
+/// How often a running worker's persistent directories are measured against their quota.
+pub const DISK_GUARD_INTERVAL_MS: u64 = 100;
 
 /// The canonical-JSON part of an outcome for the evidence receipt (no output bytes: digests).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -153,6 +159,7 @@ pub enum ResultError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunFailure {
     TimedOut { duration_ms: u64 },
+    WriteQuotaExceeded { used: u64 },
     CpuLimitExceeded,
     MemoryLimitExceeded { oom_kills: u64 },
     KilledBySignal { signal: Option<i32>, name: String },
@@ -163,8 +170,9 @@ pub enum RunFailure {
 
 impl RunFailure {
     /// Every code, in classification order (documentation and tests).
-    pub const CODES: [&'static str; 7] = [
+    pub const CODES: [&'static str; 8] = [
         "timed_out",
+        "write_quota_exceeded",
         "cpu_limit_exceeded",
         "memory_limit_exceeded",
         "killed_by_signal",
@@ -177,6 +185,7 @@ impl RunFailure {
     pub fn code(&self) -> &'static str {
         match self {
             RunFailure::TimedOut { .. } => "timed_out",
+            RunFailure::WriteQuotaExceeded { .. } => "write_quota_exceeded",
             RunFailure::CpuLimitExceeded => "cpu_limit_exceeded",
             RunFailure::MemoryLimitExceeded { .. } => "memory_limit_exceeded",
             RunFailure::KilledBySignal { .. } => "killed_by_signal",
@@ -190,14 +199,20 @@ impl RunFailure {
     pub fn message(&self) -> String {
         match self {
             RunFailure::TimedOut { duration_ms } => format!(
-                "the worker did not finish within its wall-clock limit and was stopped after                  {duration_ms} ms (SIGTERM, then SIGKILL of the whole tree)"
+                "the worker did not finish within its wall-clock limit and was stopped after \
+                {duration_ms} ms (SIGTERM, then SIGKILL of the whole tree)"
+            ),
+            RunFailure::WriteQuotaExceeded { used } => format!(
+                "the worker's persistent directories grew to {used} bytes, past their quota, \
+                and the run was killed"
             ),
             RunFailure::CpuLimitExceeded => {
                 "the worker used up its CPU-time limit (RLIMIT_CPU) and was killed by SIGXCPU"
                     .into()
             }
             RunFailure::MemoryLimitExceeded { oom_kills } => format!(
-                "the run reached its memory limit (cgroup memory.max): {oom_kills} process(es)                  OOM-killed"
+                "the run reached its memory limit (cgroup memory.max): {oom_kills} process(es) \
+                OOM-killed"
             ),
             RunFailure::KilledBySignal {
                 signal: Some(s),
@@ -211,7 +226,8 @@ impl RunFailure {
                 None => format!("the worker exited with status {code}"),
             },
             RunFailure::Truncated { kept, total } => format!(
-                "the worker printed {total} bytes on stdout, over the output limit; only {kept}                  were kept, so there is no result"
+                "the worker printed {total} bytes on stdout, over the output limit; only {kept} \
+                were kept, so there is no result"
             ),
             RunFailure::NotJson(why) => {
                 format!("the worker's stdout is not exactly one JSON value: {why}")
@@ -223,12 +239,18 @@ impl RunFailure {
     pub fn hint_for(code: &str) -> Option<&'static str> {
         Some(match code {
             "not_json" => {
-                "a worker must print exactly one JSON object on stdout (logs go to stderr); see                  execution.stderr_tail"
+                "a worker must print exactly one JSON object on stdout (logs go to stderr); see \
+                execution.stderr_tail"
             }
             "truncated" => {
-                "the result is larger than the profile's limits.max_output_bytes: return less,                  or raise the limit"
+                "the result is larger than the profile's limits.max_output_bytes: return less, \
+                or raise the limit"
             }
             "timed_out" => "the profile's limits.wall_timeout_ms bounds every run",
+            "write_quota_exceeded" => {
+                "[envelope] data_quota_bytes bounds what a worker keeps in its persistent \
+                directories; remove data there or raise it"
+            }
             "cpu_limit_exceeded" => "the profile's limits.cpu_seconds bounds each process",
             "memory_limit_exceeded" => "the profile's limits.memory_bytes bounds the run",
             "exit_status" | "killed_by_signal" => {
@@ -246,6 +268,9 @@ impl RunFailure {
             return Some(RunFailure::TimedOut {
                 duration_ms: o.duration_ms,
             });
+        }
+        if let Some(used) = o.write_quota_exceeded {
+            return Some(RunFailure::WriteQuotaExceeded { used });
         }
         if o.cpu_limit_exceeded || o.exit.signal == Some(libc::SIGXCPU) {
             return Some(RunFailure::CpuLimitExceeded);
@@ -528,6 +553,14 @@ impl Envelope {
             max_output: req.limits.max_output_bytes as usize,
             leaf: leaf.as_ref(),
             started,
+            guard: req
+                .data_quota_bytes
+                .filter(|_| !req.opened_writes.is_empty())
+                .map(|quota| supervise::DiskGuard {
+                    dirs: &req.opened_writes,
+                    quota,
+                    every: Duration::from_millis(DISK_GUARD_INTERVAL_MS),
+                }),
         };
         let c = sup.run();
         if c.status_eof && c.init_status.is_some() {
@@ -645,6 +678,7 @@ impl Envelope {
             peak_memory_source,
             pre_exec_rss_bytes: c.result.map(|r| r.init_max_rss_kib.max(0) as u64 * 1024),
             oom_kills: stats.and_then(|s| s.oom_kills),
+            write_quota_exceeded: c.quota_exceeded,
             duration_ms: started.elapsed().as_millis() as u64,
             report: report.clone(),
         })
@@ -725,6 +759,7 @@ mod tests {
             peak_memory_source: "largest_process_rss".into(),
             pre_exec_rss_bytes: None,
             oom_kills: None,
+            write_quota_exceeded: None,
             duration_ms: 1234,
             report,
         }

@@ -44,6 +44,36 @@ pub(crate) struct Collected {
     pub status_eof: bool,
     pub observed: ObservedReport,
     pub duration: Duration,
+    /// The persistent directories' usage when the disk guard killed the tree.
+    pub quota_exceeded: Option<u64>,
+}
+
+/// Watches a run's persistent write directories against their quota while it runs.
+///
+/// Threat model: one run writing its persistent directories full (each file is bounded by
+/// RLIMIT_FSIZE, their number is not). Every [`DiskGuard::every`] the directories are measured
+/// (no links followed) and a tree over the quota is killed at once, so a run overshoots by at
+/// most what it writes in one interval.
+pub(crate) struct DiskGuard<'a> {
+    pub dirs: &'a [std::sync::Arc<super::grant::OpenedWrite>],
+    pub quota: u64,
+    pub every: Duration,
+}
+
+impl DiskGuard<'_> {
+    /// `Some(usage)` when over the quota.
+    fn over(&self) -> Option<u64> {
+        let mut total: u64 = 0;
+        for d in self.dirs {
+            // Unmeasurable (an error, or too many entries) counts as over.
+            let used = super::grant::usage(&d.dir)
+                .ok()
+                .flatten()
+                .unwrap_or(u64::MAX);
+            total = total.saturating_add(used);
+        }
+        (total > self.quota).then_some(total)
+    }
 }
 
 pub(crate) struct Supervision<'a> {
@@ -59,6 +89,7 @@ pub(crate) struct Supervision<'a> {
     pub max_output: usize,
     pub leaf: Option<&'a super::cgroup::Leaf>,
     pub started: Instant,
+    pub guard: Option<DiskGuard<'a>>,
 }
 
 fn read_some(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -93,9 +124,29 @@ impl Supervision<'_> {
         let (mut status_open, mut stdout_open, mut stderr_open, mut result_open) =
             (true, true, true, true);
         let mut observed_done = false;
+        let mut next_guard = self.guard.as_ref().map(|g| self.started + g.every);
 
         loop {
             let now = Instant::now();
+            // ---- the disk guard ----
+            if exited_at.is_none()
+                && !c.kill_sent
+                && let (Some(g), Some(at)) = (&self.guard, next_guard)
+                && now >= at
+            {
+                if let Some(used) = g.over() {
+                    c.quota_exceeded = Some(used);
+                    c.term_sent = true;
+                    c.kill_sent = true;
+                    let _ = sys::pidfd_send_signal(self.pidfd.as_raw_fd(), libc::SIGKILL);
+                    if let Some(leaf) = self.leaf {
+                        let _ = leaf.kill();
+                    }
+                    next_guard = None;
+                } else {
+                    next_guard = Some(now + g.every);
+                }
+            }
             // ---- deadlines ----
             if exited_at.is_none() {
                 if !c.term_sent && now >= deadline {
@@ -134,6 +185,10 @@ impl Supervision<'_> {
                 (None, _, false) => deadline,
                 // Killed already: wait for the pidfd.
                 _ => now + Duration::from_millis(100),
+            };
+            let next = match next_guard {
+                Some(g) if exited_at.is_none() && g < next => g,
+                _ => next,
             };
             let wait_ms = next.saturating_duration_since(now).as_millis().min(60_000) as u16;
             let wait_ms = wait_ms.max(1);

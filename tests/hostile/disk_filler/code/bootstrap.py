@@ -1,9 +1,13 @@
-# Hostile: fills the disk. Request: {"scratch": bytes, "persistent": bytes}. Writes 1 MiB
-# chunks into files of at most 8 MiB in $TMPDIR and in WCP_WRITE_DIRS[0] until the target or an
-# error; reports bytes written and the errno that stopped it.
+# Hostile: fills the disk. Request: {"scratch": bytes, "persistent": bytes, "sync": bool}.
+# Writes 1 MiB chunks (fsync'd each when "sync") into files of at most 8 MiB in $TMPDIR and in
+# WCP_WRITE_DIRS[0] until the target or an error; reports bytes written and the errno that
+# stopped it.
 import json, os, sys
 
 CHUNK = b"\xa5" * (1 << 20)
+
+
+SYNC = False
 
 
 def fill(where, target, prefix):
@@ -16,6 +20,8 @@ def fill(where, target, prefix):
                         break
                     f.write(CHUNK)
                     f.flush()
+                    if SYNC:
+                        os.fsync(f.fileno())
                     written += len(CHUNK)
             n += 1
     except OSError as e:
@@ -24,6 +30,7 @@ def fill(where, target, prefix):
 
 
 req = json.load(sys.stdin)
+SYNC = bool(req.get("sync"))
 out = {}
 if req.get("scratch"):
     out["scratch"] = fill(os.environ["TMPDIR"], req["scratch"], "scratch")
