@@ -9,6 +9,12 @@
 //! that init (PID 1 of the run's PID namespace, or a child subreaper), never out of the tree.
 //! So the Hall refuses any peer whose ancestry reaches the Hall's own process.
 //!
+//! Only a peer whose uid a worker can have (the Hall's own, or the configured worker uid) is
+//! walked: every other uid is outside by construction. That also keeps clients working when
+//! `/proc` hides other users' processes (systemd's `ProtectProc=invisible`), while every
+//! worker process stays visible to the Hall (same uid in a user namespace the Hall owns, or a
+//! root Hall).
+//!
 //! Races: the peer pid comes from `SO_PEERPIDFD` where the kernel has it (Linux 6.5+): the pidfd
 //! is taken at `connect()` and checked to be alive after the walk, so a connecting process that
 //! exited (leaving the socket to a child) or whose pid was reused is refused. Without it the pid
@@ -31,8 +37,17 @@ pub enum PeerOrigin {
 /// The longest ancestry followed; deeper chains are refused as unknown.
 const MAX_DEPTH: usize = 1024;
 
-/// Places the peer of `sock` (whose `SO_PEERCRED` pid is `cred_pid`) relative to this process.
-pub fn origin(sock: BorrowedFd<'_>, cred_pid: Option<i32>) -> PeerOrigin {
+/// Places the peer of `sock` (whose `SO_PEERCRED` uid and pid are `uid` and `cred_pid`)
+/// relative to this process; `worker_uids` are the uids a worker process can have.
+pub fn origin(
+    sock: BorrowedFd<'_>,
+    uid: u32,
+    cred_pid: Option<i32>,
+    worker_uids: &[u32],
+) -> PeerOrigin {
+    if !worker_uids.contains(&uid) {
+        return PeerOrigin::Outside;
+    }
     let own = std::process::id() as i32;
     let pidfd = match super::sys::peer_pidfd(sock.as_raw_fd()) {
         Ok(fd) => fd,
@@ -135,15 +150,21 @@ mod tests {
         let (conn, _) = listener.accept().unwrap();
         let cred = nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials)
             .unwrap();
+        let me = [nix::unistd::geteuid().as_raw()];
         assert_eq!(
-            origin(conn.as_fd(), Some(cred.pid())),
+            origin(conn.as_fd(), cred.uid(), Some(cred.pid()), &me),
             PeerOrigin::Worker { pid: cred.pid() }
+        );
+        // A uid no worker can have is outside without a look at /proc.
+        assert_eq!(
+            origin(conn.as_fd(), cred.uid(), Some(cred.pid()), &[12345]),
+            PeerOrigin::Outside
         );
         child.kill().unwrap();
         child.wait().unwrap();
         // Once it is gone it cannot be placed, and is refused.
         assert!(matches!(
-            origin(conn.as_fd(), Some(cred.pid())),
+            origin(conn.as_fd(), cred.uid(), Some(cred.pid()), &me),
             PeerOrigin::Unknown(_)
         ));
         // init (pid 1) is nobody's descendant.

@@ -49,17 +49,51 @@ fn notify(states: &[NotifyState<'_>]) {
     }
 }
 
+/// Logging: native journald fields when stderr is the journal (`$JOURNAL_STREAM` names
+/// stderr's device and inode, as systemd sets it), JSON lines on request, plain text otherwise,
+/// with colours only on a terminal.
 fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    if format != "json"
+        && stderr_is_journal()
+        && let Ok(journald) = tracing_journald::layer()
+    {
+        let _ = tracing_subscriber::registry()
+            .with(filter())
+            .with(journald.with_syslog_identifier("wcp-hall".into()))
+            .try_init();
+        return;
+    }
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter())
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = if format == "json" {
         builder.json().try_init()
     } else {
         builder.try_init()
     };
+}
+
+/// `$JOURNAL_STREAM` is `<dev>:<ino>` of the journal stream systemd connected stderr to.
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    dev.parse::<u64>().ok() == Some(meta.dev()) && ino.parse::<u64>().ok() == Some(meta.ino())
 }
 
 /// Binds the Hall's socket at `path` with `mode` (and `group`), refusing to replace a socket
@@ -333,6 +367,7 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
     tracing::info!(cgroup = %cgroup.note, "cgroup");
     hall.cgroup = cgroup;
     hall.runner = Some(runner);
+    hall.worker_uids.push(worker.uid);
     let hall = Arc::new(hall);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -81,6 +81,10 @@ pub struct Hall {
     /// WCP chain blast per correlation id (WCP §7: a chain's dispatches add up).
     pub chains: std::sync::Mutex<crate::policy::blast::ChainBlast>,
     pub runner: Option<Arc<dyn Runner>>,
+    /// The uids a worker process can have: the Hall's own (a non-root Hall's workers, in a
+    /// user namespace) and `[envelope] worker_user` (a root Hall's). A peer with another uid
+    /// cannot be a worker (`envelope::peer`).
+    pub worker_uids: Vec<u32>,
     /// The cgroup subtree the Hall may create worker cgroups in, and how it was obtained.
     pub cgroup: cgroup::Delegation,
     stopping: AtomicBool,
@@ -108,6 +112,7 @@ impl Hall {
             started: Instant::now(),
             chains: std::sync::Mutex::new(crate::policy::blast::ChainBlast::new(100_000)),
             runner: None,
+            worker_uids: vec![nix::unistd::geteuid().as_raw()],
             cgroup: cgroup::Delegation {
                 subtree: None,
                 controllers: Vec::new(),

@@ -521,7 +521,12 @@ pub async fn serve(
                 };
                 let peer = Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid() };
                 // A worker must never reach its Hall (envelope::peer has the threat model).
-                let base = match crate::envelope::peer::origin(stream.as_fd(), cred.pid()) {
+                let base = match crate::envelope::peer::origin(
+                    stream.as_fd(),
+                    cred.uid(),
+                    cred.pid(),
+                    &hall.worker_uids,
+                ) {
                     crate::envelope::peer::PeerOrigin::Outside => app.clone(),
                     refused => {
                         let why = match refused {
