@@ -2427,6 +2427,10 @@ fn a_connection_flood_is_refused_with_json_and_never_starves_health_or_the_recei
     );
     let log = hall.log();
     assert!(!log.contains("Too many open files"), "{log}");
+    // 380 refusals in a few seconds: their WARNs are rate-limited (one per 10 s).
+    let warned = log.matches("over the connection limit").count();
+    assert!((1..=2).contains(&warned), "{warned} warnings: {log}");
+    assert!(log.contains("connection limits"), "{log}");
 
     // After the flood: a tenant's dispatch is recorded, health is ok, the metrics tell.
     let (code, body) = hall.call(
@@ -2484,4 +2488,40 @@ fn a_connection_flood_is_refused_with_json_and_never_starves_health_or_the_recei
         t.elapsed()
     );
     hall.stop_and_verify_log();
+}
+
+#[test]
+fn connection_caps_that_do_not_fit_the_descriptor_limit_stop_the_start() {
+    for (extra, says) in [
+        ("[server]\nmax_connections = 500\n", "max_connections = 500"),
+        // 64 + 16 × 64 execution slots + 8 + 32 reserved: nothing left under 256.
+        ("", "descriptor limit is too low"),
+    ] {
+        let hall = TestHall::prepare(extra);
+        let o = unsafe {
+            Command::new(BIN)
+                .args(["serve", "-c"])
+                .arg(hall.config_path())
+                .arg("-s")
+                .arg(&hall.socket)
+                // SAFETY: setrlimit is async-signal-safe.
+                .pre_exec(|| {
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_NOFILE,
+                        256,
+                        256,
+                    )
+                    .map_err(std::io::Error::from)
+                })
+                .output()
+                .unwrap()
+        };
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(78), "{stderr}");
+        assert!(
+            stderr.contains(says) && stderr.contains("RLIMIT_NOFILE is 256"),
+            "{stderr}"
+        );
+        assert!(!hall.socket.exists(), "no socket left behind");
+    }
 }

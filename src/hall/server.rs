@@ -766,3 +766,29 @@ fn refuse(stream: tokio::net::UnixStream, refusal: &conn::Refusal, lingering: &A
         lingering.fetch_sub(1, Ordering::AcqRel);
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read as _;
+
+    #[test]
+    fn out_of_descriptors_the_spare_answers_one_waiting_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let mut spare = open_spare();
+        // Nothing waiting: nothing answered, the spare is back.
+        assert!(!refuse_one_without_descriptors(Some(&listener), &mut spare));
+        assert!(spare.is_some());
+        let mut client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        assert!(refuse_one_without_descriptors(Some(&listener), &mut spare));
+        assert!(spare.is_some(), "the spare is taken again");
+        let mut got = String::new();
+        client.read_to_string(&mut got).unwrap();
+        assert!(got.starts_with("HTTP/1.1 503 "), "{got}");
+        assert!(got.contains("\"code\":\"out_of_descriptors\""), "{got}");
+        assert!(!refuse_one_without_descriptors(None, &mut spare));
+    }
+}
