@@ -230,6 +230,18 @@ pub struct ServerSection {
     pub read_timeout_ms: u64,
     /// On SIGTERM: how long in-flight work may take to finish before it is stopped.
     pub shutdown_grace_ms: u64,
+    /// Connections open at once, all peers together; beyond it a new connection closes the
+    /// oldest idle one or is answered 503 `connections_full`. Unset: derived at start from the
+    /// descriptor limit (what `RLIMIT_NOFILE` leaves after the reserve, at most 4096).
+    pub max_connections: Option<usize>,
+    /// Connections one peer uid may hold at once; beyond it 429 `too_many_connections`.
+    /// Unset: a quarter of `max_connections`.
+    pub max_connections_per_uid: Option<usize>,
+    /// Connections operators (`[identity]`) may open beyond `max_connections`, so health and
+    /// operator actions stay reachable while other uids fill the Hall.
+    pub operator_connections: usize,
+    /// A keep-alive connection with no request in progress is closed after this long.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for ServerSection {
@@ -245,6 +257,10 @@ impl Default for ServerSection {
             max_body_bytes: 1024 * 1024,
             read_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
+            max_connections: None,
+            max_connections_per_uid: None,
+            operator_connections: 8,
+            idle_timeout_ms: 5_000,
         }
     }
 }
@@ -422,6 +438,24 @@ impl Config {
                 "[server] max_body_bytes = 0 would refuse every POST with 413; set a limit of at least 1 (the default is 1048576)".into(),
             ));
         }
+        let s = &self.server;
+        if s.max_connections == Some(0) || s.max_connections_per_uid == Some(0) {
+            return Err(invalid(
+                "[server] max_connections and max_connections_per_uid must be at least 1 (leave them unset to derive them from the descriptor limit)".into(),
+            ));
+        }
+        if let (Some(max), Some(per_uid)) = (s.max_connections, s.max_connections_per_uid)
+            && per_uid > max
+        {
+            return Err(invalid(format!(
+                "[server] max_connections_per_uid = {per_uid} is more than max_connections = {max}; one uid cannot hold more connections than the Hall"
+            )));
+        }
+        if s.idle_timeout_ms == 0 {
+            return Err(invalid(
+                "[server] idle_timeout_ms = 0 would close keep-alive connections at once; set at least 1 (the default is 5000)".into(),
+            ));
+        }
         for (i, p) in self.identity.peers.iter().enumerate() {
             if p.uid.is_some() == p.gid.is_some() {
                 return Err(invalid(format!(
@@ -559,6 +593,26 @@ mod tests {
             .to_string();
         assert!(err.contains("max_body_bytes = 0"), "{err}");
         assert!(parse("[server]\nmax_body_bytes = 1\n").is_ok());
+        let err = parse("[server]\nmax_connections = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("max_connections") && err.contains("at least 1"),
+            "{err}"
+        );
+        let err = parse("[server]\nmax_connections = 10\nmax_connections_per_uid = 20\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_connections_per_uid = 20"), "{err}");
+        let err = parse("[server]\nidle_timeout_ms = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("idle_timeout_ms = 0"), "{err}");
+        let c = parse("[server]\nmax_connections = 100\nmax_connections_per_uid = 10\noperator_connections = 2\nidle_timeout_ms = 1500\n").unwrap();
+        assert_eq!(
+            (c.server.max_connections, c.server.max_connections_per_uid),
+            (Some(100), Some(10))
+        );
         let err = parse("[[identity.peers]]\nuid = 1\ngid = 2\ntenants = []\n")
             .unwrap_err()
             .to_string();

@@ -596,6 +596,24 @@ fn config_check_reads_the_receipt_key_as_serve_does_and_creates_nothing() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let o = check();
     assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(!stdout(&o).contains("would not start"), "{}", stdout(&o));
+
+    // Connection caps that no descriptor limit fits are noted (the service's own limit is its
+    // unit's LimitNOFILE=, so not a failure here).
+    let text = std::fs::read_to_string(&hall).unwrap();
+    std::fs::write(
+        &hall,
+        format!("{text}\n[server]\nmax_connections = 1000000000000\n"),
+    )
+    .unwrap();
+    let o = check();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("would not start") && stdout(&o).contains("max_connections"),
+        "{}",
+        stdout(&o)
+    );
+    std::fs::write(&hall, text).unwrap();
 
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let o = check();

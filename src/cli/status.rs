@@ -72,11 +72,20 @@ pub fn run(cmd: ConfigCommand, out: &mut Out) -> Result<u8, CliError> {
                 ));
             }
         };
+        // The connection caps against this process's hard descriptor limit (what `serve`
+        // raises its soft limit to). The service's own limit is its unit's LimitNOFILE=, so a
+        // misfit here is a note, not a failure.
+        let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map(|(_, h)| h)
+            .unwrap_or(1024);
+        let conn_note = crate::hall::conn::ConnLimits::derive(&config.server, hard)
+            .err()
+            .map(|e| format!("`serve` with this process's descriptor limit would not start: {e}"));
         if out.json {
-            out.json_line(&json!({"config": args.config.config, "ok": true, "note": key_note}))?;
+            out.json_line(&json!({"config": args.config.config, "ok": true, "note": key_note, "connections_note": conn_note}))?;
         } else {
             out.line(format!("{}: ok", args.config.config.display()))?;
-            if let Some(n) = key_note {
+            for n in key_note.iter().chain(conn_note.iter()) {
                 out.line(format!("note: {n}"))?;
             }
         }

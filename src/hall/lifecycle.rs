@@ -247,6 +247,24 @@ impl Drop for CreatedDir {
 /// Runs the daemon in the foreground until SIGTERM/SIGINT. Returns the process exit code.
 pub fn run(options: ServeOptions) -> Result<(), StartError> {
     init_logging(&options.log_format);
+    // Descriptors: every connection is one, and a Hall out of them cannot checkpoint its receipt
+    // log or start a worker. Raised to the hard limit first; the caps derive from it (conn).
+    let nofile = match super::conn::raise_nofile_limit() {
+        Ok(l) => {
+            tracing::info!(
+                soft_before = l.soft_before,
+                soft = l.soft,
+                hard = l.hard,
+                "descriptor limit (RLIMIT_NOFILE)"
+            );
+            l.soft
+        }
+        Err(e) => {
+            let soft = super::conn::nofile_soft();
+            tracing::warn!(error = %e, soft, "cannot raise the descriptor limit (RLIMIT_NOFILE)");
+            soft
+        }
+    };
     // Taken first, while single-threaded: systemd socket activation.
     let activated = listenfd::ListenFd::from_env()
         .take_unix_listener(0)
@@ -259,6 +277,16 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
     let cgroup = super::cgroup::prepare_at_startup();
     let mut loaded =
         Loaded::load(&options.config, 1).map_err(|e| fail(exit::CONFIG, e.to_string()))?;
+    let conn_limits = super::conn::ConnLimits::derive(&loaded.config.server, nofile)
+        .map_err(|e| fail(exit::CONFIG, e))?;
+    tracing::info!(
+        max_connections = conn_limits.max_connections,
+        max_connections_per_uid = conn_limits.max_connections_per_uid,
+        operator_connections = conn_limits.operator_connections,
+        idle_timeout_ms = conn_limits.idle_timeout.as_millis() as u64,
+        reserved_descriptors = conn_limits.reserve,
+        "connection limits"
+    );
     // The Python runtime, probed as the worker uid (see envelope::python): a configured
     // interpreter that cannot run workers is a configuration error like any other.
     let worker = worker_identity(&loaded.config.envelope.worker_user)?;
@@ -363,6 +391,7 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
         Current::new(options.config.clone(), loaded).probing_python(Some(worker)),
         approvals,
         receipts.clone(),
+        super::conn::Connections::new(conn_limits),
     );
     tracing::info!(cgroup = %cgroup.note, "cgroup");
     hall.cgroup = cgroup;

@@ -6,6 +6,7 @@
 //! - [`state`]: the immutable snapshot requests route with, and its atomic reload.
 //! - [`identity`]: `SO_PEERCRED` peers → tenants and operators.
 //! - [`limits`]: bounded concurrency and queue (429 + Retry-After).
+//! - [`conn`]: the descriptor limit and the caps on open connections (total, per uid, idle).
 //! - [`approvals`]: WCP §5.8 pending approvals, persisted.
 //! - [`dispatch`]: the one orchestrator of a request's steps.
 //! - [`catalog`]: what a tenant may route (dry-run routes, worker input schemas), for agent hosts.
@@ -16,6 +17,7 @@ pub mod api;
 pub mod approvals;
 pub mod catalog;
 pub mod cgroup;
+pub mod conn;
 pub mod dispatch;
 pub mod identity;
 pub mod lifecycle;
@@ -75,6 +77,8 @@ pub struct Hall {
     /// the caller hears of it.
     pub receipts: Arc<crate::receipt::ReceiptLog>,
     pub limits: Limits,
+    /// Open connections and their caps (see `conn`).
+    pub connections: Arc<conn::Connections>,
     pub approvals: ApprovalStore,
     pub metrics: Metrics,
     pub started: Instant,
@@ -96,6 +100,7 @@ impl Hall {
         current: Current,
         approvals: ApprovalStore,
         receipts: Arc<crate::receipt::ReceiptLog>,
+        connections: Arc<conn::Connections>,
     ) -> Self {
         let server = current.get().config.server.clone();
         Hall {
@@ -107,6 +112,7 @@ impl Hall {
             ),
             current,
             receipts,
+            connections,
             approvals,
             metrics: Metrics::default(),
             started: Instant::now(),

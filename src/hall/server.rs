@@ -6,8 +6,10 @@
 //! Graceful shutdown stops accepting, lets in-flight requests finish within the grace period,
 //! then drops what is left.
 
+use std::io::Write as _;
 use std::os::fd::AsFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -21,12 +23,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::io::AsyncReadExt as _;
 use tower::ServiceExt as _;
 
 use super::Hall;
 use super::api::{API_VERSION, ApiError};
 use super::approvals::{ApprovalError, ApprovalStatus};
 use super::catalog;
+use super::conn;
 use super::dispatch;
 use super::identity::Peer;
 use crate::wcp::RouteInput;
@@ -113,6 +117,12 @@ async fn health(State(hall): State<Arc<Hall>>) -> Response {
         "uptime_ms": hall.started.elapsed().as_millis() as u64,
         "in_flight": hall.limits.in_flight(loaded.config.server.max_concurrent),
         "queue_waiting": hall.limits.waiting(),
+        "connections": {
+            "open": hall.connections.open(),
+            "max": hall.connections.limits().max_connections,
+            "max_per_uid": hall.connections.limits().max_connections_per_uid,
+            "operator_share": hall.connections.limits().operator_connections,
+        },
         "approvals_pending": hall.approvals.pending().len(),
         "rules": loaded.rules.rules().len(),
         "shadowed_rules": loaded.rules.shadows().len(),
@@ -456,6 +466,16 @@ async fn metrics(State(hall): State<Arc<Hall>>) -> Response {
             hall.limits.waiting() as f64,
         ),
         (
+            "wcp_hall_connections_open",
+            "Connections open now (the operators' share included).",
+            hall.connections.open() as f64,
+        ),
+        (
+            "wcp_hall_connections_max",
+            "The total connection cap ([server] max_connections, or derived from RLIMIT_NOFILE).",
+            hall.connections.limits().max_connections as f64,
+        ),
+        (
             "wcp_hall_approvals_pending",
             "Pending human approvals.",
             hall.approvals.pending().len() as f64,
@@ -495,6 +515,12 @@ async fn metrics(State(hall): State<Arc<Hall>>) -> Response {
 
 /// Serves connections from `listener` until `shutdown` resolves, then drains in-flight
 /// requests for at most `grace`.
+///
+/// Every accepted connection passes `conn::Connections::admit` (per-uid cap, total cap,
+/// operators' share, idle eviction) before anything else is done for it; a refused one gets its
+/// JSON answer at once (`refuse`). When `accept` itself fails for lack of descriptors, the spare
+/// descriptor is given up to accept one pending connection, answer it 503 and close it (the
+/// classic trick), so the backlog drains instead of the loop spinning or sleeping.
 pub async fn serve(
     hall: Arc<Hall>,
     listener: tokio::net::UnixListener,
@@ -503,6 +529,47 @@ pub async fn serve(
 ) {
     let app = app(hall.clone());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = hall.connections.clone();
+    // A second handle on the listening socket, for the out-of-descriptors path (accepting
+    // without the reactor), and the spare descriptor that path gives up.
+    let (listener, fallback) = match listener.into_std() {
+        Ok(std) => {
+            let fallback = std.try_clone().ok();
+            match tokio::net::UnixListener::from_std(std) {
+                Ok(l) => (l, fallback),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot register the socket");
+                    return;
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot take the socket from the reactor");
+            return;
+        }
+    };
+    let mut spare = open_spare();
+    let mut accept_warn = conn::RateLimitedWarn::new(Duration::from_secs(10));
+    let mut refuse_warn = conn::RateLimitedWarn::new(Duration::from_secs(10));
+    let lingering = Arc::new(AtomicUsize::new(0));
+    let sweeper = {
+        let connections = connections.clone();
+        let hall = hall.clone();
+        let every = (connections.limits().idle_timeout / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                for _ in 0..connections.close_idle(std::time::Instant::now()) {
+                    hall.metrics.inc(
+                        "wcp_hall_connections_closed_total",
+                        &[("reason", "idle_timeout")],
+                    );
+                }
+            }
+        })
+    };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -510,8 +577,24 @@ pub async fn serve(
                 let stream = match accepted {
                     Ok((stream, _)) => stream,
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let out_of_fds = matches!(e.raw_os_error(), Some(nix::libc::EMFILE | nix::libc::ENFILE));
+                        let answered = out_of_fds && refuse_one_without_descriptors(fallback.as_ref(), &mut spare);
+                        if answered {
+                            hall.metrics.inc("wcp_hall_connections_refused_total", &[("reason", "descriptors")]);
+                        }
+                        if let Some(held_back) = accept_warn.due(std::time::Instant::now()) {
+                            tracing::warn!(
+                                error = %e,
+                                answered_503 = answered,
+                                similar_since_last_warning = held_back,
+                                "accept failed"
+                            );
+                        }
+                        if !answered {
+                            // Not a descriptor problem (or nothing could be answered): a short
+                            // pause, never a spin.
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
                         continue;
                     }
                 };
@@ -520,6 +603,28 @@ pub async fn serve(
                     continue;
                 };
                 let peer = Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid() };
+                let operator = hall.current.get().identity.is_operator(&peer);
+                let (conn, how) = match connections.admit(peer.uid, operator) {
+                    Ok(admitted) => admitted,
+                    Err(refusal) => {
+                        hall.metrics.inc("wcp_hall_connections_refused_total", &[("reason", refusal.reason())]);
+                        if let Some(held_back) = refuse_warn.due(std::time::Instant::now()) {
+                            tracing::warn!(
+                                uid = peer.uid,
+                                pid = ?peer.pid,
+                                reason = refusal.reason(),
+                                open = connections.open(),
+                                similar_since_last_warning = held_back,
+                                "connection refused: over the connection limit"
+                            );
+                        }
+                        refuse(stream, &refusal, &lingering);
+                        continue;
+                    }
+                };
+                if how == conn::Admitted::Evicted {
+                    hall.metrics.inc("wcp_hall_connections_closed_total", &[("reason", "evicted")]);
+                }
                 // A worker must never reach its Hall (envelope::peer has the threat model).
                 let base = match crate::envelope::peer::origin(
                     stream.as_fd(),
@@ -543,22 +648,44 @@ pub async fn serve(
                         refusal(why)
                     }
                 };
-                let svc = base.map_request(move |mut req: Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(peer);
-                    req
-                });
+                let conn = Arc::new(conn);
+                let (begun, ended) = (conn.clone(), conn.clone());
+                let svc = base
+                    .map_request(move |mut req: Request<hyper::body::Incoming>| {
+                        begun.begin();
+                        req.extensions_mut().insert(peer);
+                        req
+                    })
+                    .map_response(move |resp: Response| {
+                        // The connection is idle again once hyper has written the whole answer
+                        // and dropped its body.
+                        let done = EndOnDrop(ended.clone());
+                        resp.map(|body| {
+                            Body::new(body.map_frame(move |frame| {
+                                let _ = &done;
+                                frame
+                            }))
+                        })
+                    });
                 let header_timeout = Duration::from_millis(hall.current.get().config.server.read_timeout_ms);
-                let conn = hyper::server::conn::http1::Builder::new()
+                let serving = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(header_timeout)
                     .serve_connection(
                         TokioIo::new(super::wire::JsonParseErrors::new(stream)),
                         TowerToHyperService::new(svc),
                     );
-                let conn = graceful.watch(conn);
+                let serving = graceful.watch(serving);
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                    tokio::select! {
+                        ended = serving => {
+                            if let Err(e) = ended {
+                                tracing::debug!(error = %e, "connection ended with an error");
+                            }
+                        }
+                        () = conn.closed() => {
+                            tracing::debug!("idle connection closed (idle timeout, or room for another)");
+                        }
                     }
                 });
             }
@@ -566,10 +693,107 @@ pub async fn serve(
         }
     }
     drop(listener);
+    drop(fallback);
+    sweeper.abort();
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(grace) => {
             tracing::warn!("grace period over: closing the remaining connections");
         }
+    }
+}
+
+/// Marks the connection idle when dropped (with the response body).
+struct EndOnDrop(Arc<conn::Conn>);
+
+impl Drop for EndOnDrop {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// The descriptor kept in reserve for answering when `accept` fails with EMFILE.
+fn open_spare() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
+/// Gives up the spare descriptor, accepts one pending connection with it, answers it 503
+/// `out_of_descriptors` and closes it, then takes the spare again. True if one was answered.
+fn refuse_one_without_descriptors(
+    fallback: Option<&std::os::unix::net::UnixListener>,
+    spare: &mut Option<std::fs::File>,
+) -> bool {
+    let Some(listener) = fallback else {
+        return false;
+    };
+    drop(spare.take());
+    let answered = match listener.accept() {
+        Ok((mut stream, _)) => {
+            // A fresh socket's send buffer takes the whole answer; it is non-blocking (the
+            // listener is), so this never waits.
+            let _ = stream.write(&conn::Refusal::Descriptors.answer());
+            true
+        }
+        Err(_) => false,
+    };
+    *spare = open_spare();
+    answered
+}
+
+/// Answers a refused connection at once, without reading its request, and closes it. The
+/// answer goes out with one non-blocking write (a fresh socket's buffer takes it); then, while
+/// fewer than `conn::MAX_LINGERING` refusals linger, the connection stays open for at most
+/// `conn::LINGER` so a peer that has not sent its request yet can do so and read the answer
+/// instead of meeting EPIPE.
+fn refuse(stream: tokio::net::UnixStream, refusal: &conn::Refusal, lingering: &Arc<AtomicUsize>) {
+    let Ok(mut std) = stream.into_std() else {
+        return;
+    };
+    let _ = std.write(&refusal.answer());
+    let _ = std.shutdown(std::net::Shutdown::Write);
+    if lingering.fetch_add(1, Ordering::AcqRel) >= conn::MAX_LINGERING {
+        lingering.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let lingering = lingering.clone();
+    tokio::spawn(async move {
+        if let Ok(mut stream) = tokio::net::UnixStream::from_std(std) {
+            let mut buf = [0u8; 4096];
+            let _ = tokio::time::timeout(conn::LINGER, async {
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+        lingering.fetch_sub(1, Ordering::AcqRel);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read as _;
+
+    #[test]
+    fn out_of_descriptors_the_spare_answers_one_waiting_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let mut spare = open_spare();
+        // Nothing waiting: nothing answered, the spare is back.
+        assert!(!refuse_one_without_descriptors(Some(&listener), &mut spare));
+        assert!(spare.is_some());
+        let mut client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        assert!(refuse_one_without_descriptors(Some(&listener), &mut spare));
+        assert!(spare.is_some(), "the spare is taken again");
+        let mut got = String::new();
+        client.read_to_string(&mut got).unwrap();
+        assert!(got.starts_with("HTTP/1.1 503 "), "{got}");
+        assert!(got.contains("\"code\":\"out_of_descriptors\""), "{got}");
+        assert!(!refuse_one_without_descriptors(None, &mut spare));
     }
 }

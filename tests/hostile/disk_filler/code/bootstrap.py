@@ -1,13 +1,14 @@
-# Hostile: fills the disk. Request: {"scratch": bytes, "persistent": bytes, "sync": bool}.
-# Writes 1 MiB chunks (fsync'd each when "sync") into files of at most 8 MiB in $TMPDIR and in
+# Hostile: fills the disk. Request: {"scratch": bytes, "persistent": bytes, "sync": bool,
+# "pace_ms": n}. Writes 1 MiB chunks (fsync'd each when "sync", n ms apart) into files of at most 8 MiB in $TMPDIR and in
 # WCP_WRITE_DIRS[0] until the target or an error; reports bytes written and the errno that
 # stopped it.
-import json, os, sys
+import json, os, sys, time
 
 CHUNK = b"\xa5" * (1 << 20)
 
 
 SYNC = False
+PACE = 0.0
 
 
 def fill(where, target, prefix):
@@ -22,6 +23,8 @@ def fill(where, target, prefix):
                     f.flush()
                     if SYNC:
                         os.fsync(f.fileno())
+                    if PACE:
+                        time.sleep(PACE)
                     written += len(CHUNK)
             n += 1
     except OSError as e:
@@ -31,6 +34,7 @@ def fill(where, target, prefix):
 
 req = json.load(sys.stdin)
 SYNC = bool(req.get("sync"))
+PACE = req.get("pace_ms", 0) / 1000
 out = {}
 if req.get("scratch"):
     out["scratch"] = fill(os.environ["TMPDIR"], req["scratch"], "scratch")
