@@ -225,3 +225,29 @@ fn readiness_reload_watchdog_and_stopping_are_notified() {
     let status = child.0.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// The configuration the systemd install puts in /etc/wcp-hall is the default one plus what the
+/// service needs ([receipts] from its credential, root as the operator), and stays in step.
+#[test]
+fn the_installed_configuration_is_the_default_one_plus_the_service_sections() {
+    let default = std::fs::read_to_string(repo("policies/hall.toml")).unwrap();
+    let installed = std::fs::read_to_string(repo("systemd/hall.toml")).unwrap();
+    let body = installed
+        .split_once('\n')
+        .and_then(|(_, rest)| rest.split_once('\n'))
+        .map(|(_, rest)| rest)
+        .unwrap();
+    assert!(
+        body.starts_with(&default),
+        "systemd/hall.toml must be two comment lines, policies/hall.toml, then the service's sections"
+    );
+    let tail = &body[default.len()..];
+    assert!(tail.contains("signing_key = \"credential:receipts.key\""));
+    assert!(
+        std::fs::read_to_string(repo("systemd/wcp-hall.service"))
+            .unwrap()
+            .contains("LoadCredential=receipts.key:/etc/wcp-hall/keys/receipts.key")
+    );
+    let parsed = wcp_hall::config::Config::from_toml_str(&installed, &repo("systemd/hall.toml"));
+    assert!(parsed.is_ok(), "{:?}", parsed.err());
+}
