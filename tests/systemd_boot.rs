@@ -88,23 +88,28 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// README's install block, as written, without the build (the test brings the binary).
-fn readme_install_steps() -> String {
+/// The shell lines of README's `<!-- NAME:begin -->` … `<!-- NAME:end -->` block.
+fn readme_block(name: &str) -> Vec<String> {
     let readme = std::fs::read_to_string(repo("README.md")).unwrap();
     let start = readme
-        .find("<!-- install:begin")
-        .expect("README has the install block");
+        .find(&format!("<!-- {name}:begin"))
+        .unwrap_or_else(|| panic!("README has the {name} block"));
     let end = readme
-        .find("<!-- install:end -->")
-        .expect("install block end");
-    let block = &readme[start..end];
-    let lines: Vec<&str> = block
+        .find(&format!("<!-- {name}:end -->"))
+        .unwrap_or_else(|| panic!("README's {name} block ends"));
+    readme[start..end]
         .lines()
         .skip(1)
         .filter(|l| !l.starts_with("```"))
-        .collect();
+        .map(str::to_owned)
+        .collect()
+}
+
+/// README's install block, as written, without the build (the test brings the binary).
+fn readme_install_steps() -> String {
+    let lines = readme_block("install");
     assert_eq!(
-        lines.first().copied(),
+        lines.first().map(String::as_str),
         Some("cargo build --release --locked"),
         "the install block starts with the build"
     );
@@ -134,10 +139,11 @@ su - alice -c 'wcp-hall status -s /run/wcp-hall/hall.sock' > /out/status.txt 2>&
 r status $?
 r service_after "$(systemctl is-active wcp-hall.service)"
 
-# The operator's path to a running worker: sign the bundled hello worker, enroll it, trust the
-# key, turn attestation on, reload.
+# README's path to a running worker (sign, enroll, trust, attestation on, reload, dispatch),
+# as alice; then the same dispatch once more with --json for the report.
 su - alice -c 'cd /src && . ./enroll.sh' > /out/enroll.txt 2>&1
 r enroll $?
+r record_mode "$(stat -c %a /etc/wcp-hall/registry/org.wcp-hall.hello.1.json)"
 systemctl reload wcp-hall.service
 r reload_good $?
 su - alice -c 'wcp-hall --json dispatch -s /run/wcp-hall/hall.sock --capability cap.hello.greet --tenant-id acme-corp --input "{\"name\": \"Ada\"}"' > /out/dispatch.json 2>/out/dispatch.err
@@ -169,28 +175,6 @@ journalctl -u wcp-hall.service -o json --no-pager > /out/journal.json
 r journal_ansi "$(journalctl -u wcp-hall.service -o cat --no-pager | grep -c $'\x1b\[')"
 r journal_identifier "$(journalctl -u wcp-hall.service -o json --no-pager | grep -c '"SYSLOG_IDENTIFIER":"wcp-hall"')"
 systemctl poweroff
-"#;
-
-/// Signs and enrolls the bundled hello worker for the installed Hall, as the README's operator
-/// section does.
-const ENROLL: &str = r#"set -e
-sudo mkdir -p /etc/wcp-hall/keys /var/lib/wcp-hall-packages
-sudo wcp-hall keygen /etc/wcp-hall/keys/package.key
-sudo cp -r workers/hello /var/lib/wcp-hall-packages/hello
-sudo wcp-hall attest sign --worker-id org.wcp-hall.hello.1 --species wrk.hello.greeter \
-    --worker-version 1.0.0 --key /etc/wcp-hall/keys/package.key /var/lib/wcp-hall-packages/hello
-pub=$(sudo cut -d' ' -f2 /etc/wcp-hall/keys/package.key.pub)
-printf '{"schema": "wcp-hall-trust/1", "version": 1, "namespaces": {"org.wcp-hall": {"threshold": 1, "keys": [{"public_key": "%s"}]}}}\n' "$pub" | sudo tee /etc/wcp-hall/trust.json >/dev/null
-sudo python3 - <<'PY'
-import json
-r = json.load(open("/var/lib/wcp-hall-packages/hello/record.json"))
-r["attestation"] = {"package_root": "/var/lib/wcp-hall-packages/hello"}
-open("/etc/wcp-hall/registry/org.wcp-hall.hello.1.json", "w").write(json.dumps(r))
-t = open("/etc/wcp-hall/hall.toml").read()
-t = t.replace("require_worker_attestation = false", "require_worker_attestation = true")
-t += '\n[attestation]\ntrust_policy = "trust.json"\n\n[[identity.peers]]\nuid = 1000\ntenants = ["acme-corp"]\n'
-open("/etc/wcp-hall/hall.toml", "w").write(t)
-PY
 "#;
 
 const CHECKS_UNIT: &str = "[Unit]
@@ -231,7 +215,11 @@ fn the_readme_install_runs_a_worker_under_a_real_systemd() {
     }
     copy_dir(&repo("workers/hello"), &src.join("workers/hello"));
     std::fs::write(src.join("install.sh"), readme_install_steps()).unwrap();
-    std::fs::write(src.join("enroll.sh"), ENROLL).unwrap();
+    std::fs::write(
+        src.join("enroll.sh"),
+        format!("set -e\n{}\n", readme_block("operator").join("\n")),
+    )
+    .unwrap();
     let checks = root.join("usr/local/bin/wcp-boot-checks");
     std::fs::write(&checks, CHECKS).unwrap();
     run(
@@ -297,6 +285,7 @@ fn the_readme_install_runs_a_worker_under_a_real_systemd() {
     is("status", "0");
     is("service_after", "active");
     is("enroll", "0");
+    is("record_mode", "644");
     is("reload_good", "0");
     is("dispatch", "0");
     is("reload_bad", "1");

@@ -313,9 +313,22 @@ pub fn enroll_record(dir: &Path, record: &RegistryRecord) -> Result<EnrollOutcom
         .map_err(io_err("write", tmp.path()))?;
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        // tempfile creates 0600; records are readable by the Hall's group like the directory.
-        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o640))
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        // tempfile creates 0600. A record is as readable as its directory: world-readable
+        // (0644) in a world-readable directory, else 0640 and, when root enrolls, the
+        // directory's group, so `sudo wcp-hall enroll` leaves a record the Hall's user can read.
+        // Records hold no secrets.
+        let dir_meta = fs::metadata(dir).map_err(io_err("inspect", dir))?;
+        let mode = if dir_meta.mode() & 0o005 == 0o005 {
+            0o644
+        } else {
+            0o640
+        };
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::fchown(tmp.as_file(), None, Some(dir_meta.gid()))
+                .map_err(io_err("set the group of", tmp.path()))?;
+        }
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(mode))
             .map_err(io_err("set permissions on", tmp.path()))?;
     }
     tmp.as_file()

@@ -552,6 +552,21 @@ mod store_tests {
             .mode()
             & 0o777;
         assert_eq!(file_mode, 0o640);
+
+        // In a world-readable directory (an install's /etc/wcp-hall/registry) the record is
+        // world-readable too, and root's enrollment gives it the directory's group, so the
+        // Hall's own user can read what `sudo wcp-hall enroll` wrote.
+        use std::os::unix::fs::MetadataExt;
+        let open = tmp.path().join("open");
+        fs::create_dir(&open).expect("mkdir");
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o755)).expect("chmod");
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(&open, None, Some(65534)).expect("chgrp");
+        }
+        let out = enroll(&open, &text(&sample())).expect("enrolls");
+        let meta = fs::metadata(&out.path).expect("exists");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+        assert_eq!(meta.gid(), fs::metadata(&open).expect("dir").gid());
     }
 
     #[test]
