@@ -20,7 +20,7 @@ use std::process::Command;
 use sha2::{Digest, Sha256};
 
 mod hall_support;
-use hall_support::{BIN, copy_dir, repo};
+use hall_support::repo;
 
 /// What the root file system holds beyond `minbase`.
 const PACKAGES: &[&str] = &[
@@ -105,15 +105,44 @@ fn readme_block(name: &str) -> Vec<String> {
         .collect()
 }
 
-/// README's install block, as written, without the build (the test brings the binary).
+/// README's install block, as written, without the two build lines (the test builds the
+/// package on the host from the binary under test, with the same script).
 fn readme_install_steps() -> String {
     let lines = readme_block("install");
-    assert_eq!(
-        lines.first().map(String::as_str),
-        Some("cargo build --release --locked"),
-        "the install block starts with the build"
+    assert!(
+        lines[0].starts_with("cargo install cargo-deb")
+            && lines[1].starts_with("packaging/build-deb"),
+        "the install block starts with the package build: {lines:?}"
     );
-    lines[1..].join("\n") + "\n"
+    lines[2..].join("\n") + "\n"
+}
+
+/// `packaging/build-deb --dev`: the Debian package of the binary under test.
+fn build_deb(into: &std::path::Path) {
+    require_tool("cargo-deb", "cargo-deb (cargo install cargo-deb --locked)");
+    let out = run(
+        Command::new(repo("packaging/build-deb")).arg("--dev"),
+        "packaging/build-deb --dev",
+    );
+    let deb = out
+        .lines()
+        .rev()
+        .find(|l| l.ends_with(".deb"))
+        .unwrap_or_else(|| panic!("build-deb printed no package: {out}"));
+    std::fs::create_dir_all(into).unwrap();
+    let name = std::path::Path::new(deb).file_name().unwrap();
+    std::fs::copy(deb, into.join(name)).unwrap();
+    let lint = Command::new("lintian")
+        .args(["--fail-on", "error"])
+        .arg(deb)
+        .output()
+        .expect("lintian (apt-get install lintian; .ci/run does)");
+    assert!(
+        lint.status.success(),
+        "lintian finds errors in {deb}:\n{}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
 }
 
 /// What runs inside the booted container, as root, after `multi-user.target`. Each check
@@ -174,6 +203,14 @@ r service_again "$(systemctl is-active wcp-hall.service)"
 journalctl -u wcp-hall.service -o json --no-pager > /out/journal.json
 r journal_ansi "$(journalctl -u wcp-hall.service -o cat --no-pager | grep -c $'\x1b\[')"
 r journal_identifier "$(journalctl -u wcp-hall.service -o json --no-pager | grep -c '"SYSLOG_IDENTIFIER":"wcp-hall"')"
+r man "$(test -e /usr/share/man/man1/wcp-hall-serve.1.gz && echo yes || echo no)"
+
+# Purge: the package goes, the evidence and the keys stay.
+apt-get purge -y wcp-hall > /out/purge.txt 2>&1
+r purge $?
+r purged_binary "$(test -e /usr/bin/wcp-hall && echo present || echo gone)"
+r kept_state "$(test -d /var/lib/wcp-hall/receipts && echo kept || echo gone)"
+r kept_key "$(test -e /etc/wcp-hall/keys/receipts.key && echo kept || echo gone)"
 systemctl poweroff
 "#;
 
@@ -206,14 +243,9 @@ fn the_readme_install_runs_a_worker_under_a_real_systemd() {
             .arg(&tar),
         "unpacking the root file system",
     );
-    // The source tree the README's steps run in: the binary under test as the build's output.
+    // The source tree the README's steps run in, with the package already built.
     let src = root.join("src");
-    std::fs::create_dir_all(src.join("target/release")).unwrap();
-    std::fs::copy(BIN, src.join("target/release/wcp-hall")).unwrap();
-    for d in ["systemd", "policies"] {
-        copy_dir(&repo(d), &src.join(d));
-    }
-    copy_dir(&repo("workers/hello"), &src.join("workers/hello"));
+    build_deb(&src.join("target/debian"));
     std::fs::write(src.join("install.sh"), readme_install_steps()).unwrap();
     std::fs::write(
         src.join("enroll.sh"),
@@ -299,6 +331,11 @@ fn the_readme_install_runs_a_worker_under_a_real_systemd() {
     is("service_again", "active");
     is("journal_ansi", "0");
     assert_ne!(results["journal_identifier"], "0", "{context}");
+    is("man", "yes");
+    is("purge", "0");
+    is("purged_binary", "gone");
+    is("kept_state", "kept");
+    is("kept_key", "kept");
 
     // The worker ran under the hardened unit, inside the envelope the report describes.
     let answer: serde_json::Value = serde_json::from_str(&read("dispatch.json"))

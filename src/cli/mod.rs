@@ -21,6 +21,7 @@ mod attest;
 mod conformance;
 mod daemon;
 mod demo;
+mod docs;
 mod enroll;
 mod envelope;
 mod init;
@@ -158,6 +159,9 @@ pub enum Command {
     Init(init::InitArgs),
     /// Serve a running Hall's capabilities as MCP tools over stdio (for agent hosts).
     Mcp(mcp::McpArgs),
+    /// Write the manual pages and shell completions (bash, zsh, fish), generated from these
+    /// very definitions.
+    Docs(docs::DocsArgs),
 }
 
 /// A failure, with the exit code it maps to and an optional hint on how to fix it.
@@ -315,6 +319,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Envelope(cmd) => envelope::run(cmd, &mut out),
         Command::Demo(args) => demo::run(args, &mut out),
         Command::Init(args) => init::run(args, &mut out),
+        Command::Docs(args) => docs::run(args, &mut out),
         Command::Mcp(args) => {
             // stdout belongs to the MCP protocol: release the CLI's lock on it.
             drop(out);
