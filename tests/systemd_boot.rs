@@ -173,6 +173,8 @@ r service_after "$(systemctl is-active wcp-hall.service)"
 su - alice -c 'cd /src && . ./enroll.sh' > /out/enroll.txt 2>&1
 r enroll $?
 r record_mode "$(stat -c %a /etc/wcp-hall/registry/org.wcp-hall.hello.1.json)"
+# alice is a member of wcp only through the group database: [identity] maps the group.
+r tenant_by_group "$(grep -c 'may act as acme-corp' /out/enroll.txt)"
 systemctl reload wcp-hall.service
 r reload_good $?
 su - alice -c 'wcp-hall --json dispatch -s /run/wcp-hall/hall.sock --capability cap.hello.greet --tenant-id acme-corp --input "{\"name\": \"Ada\"}"' > /out/dispatch.json 2>/out/dispatch.err
@@ -318,6 +320,7 @@ fn the_readme_install_runs_a_worker_under_a_real_systemd() {
     is("service_after", "active");
     is("enroll", "0");
     is("record_mode", "644");
+    is("tenant_by_group", "1");
     is("reload_good", "0");
     is("dispatch", "0");
     is("reload_bad", "1");

@@ -130,6 +130,35 @@ pub fn status(args: StatusArgs, out: &mut Out) -> Result<u8, CliError> {
                 None => String::new(),
             }
         ))?;
+        let you = &b["you"];
+        if you.is_object() {
+            let tenants: Vec<&str> = you["tenants"]
+                .as_array()
+                .map(|t| t.iter().filter_map(|x| x.as_str()).collect())
+                .unwrap_or_default();
+            out.line(format!(
+                "you: uid {} (groups {}) may act as {}{}",
+                you["uid"],
+                you["groups"]
+                    .as_array()
+                    .map(|g| g
+                        .iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                    .unwrap_or_default(),
+                if tenants.is_empty() {
+                    "no tenant (map your uid or a group of yours in [identity])".to_owned()
+                } else {
+                    tenants.join(", ")
+                },
+                if you["operator"] == true {
+                    "; operator"
+                } else {
+                    ""
+                }
+            ))?;
+        }
     }
     // Reached: 69 would say otherwise. A failed receipt log needs an operator (70); a Hall
     // that is stopping will be back, or replaced (75).

@@ -87,8 +87,17 @@ async fn version() -> Response {
     )
 }
 
-async fn health(State(hall): State<Arc<Hall>>) -> Response {
+async fn health(State(hall): State<Arc<Hall>>, Extension(peer): Extension<Peer>) -> Response {
     let loaded = hall.current.get();
+    // Who the caller is to this Hall: the kernel's uid and primary gid, the groups the group
+    // database adds, and what [identity] grants them.
+    let you = json!({
+        "uid": peer.uid,
+        "gid": peer.gid,
+        "groups": loaded.identity.groups_of(&peer),
+        "tenants": loaded.identity.tenants_for(&peer),
+        "operator": loaded.identity.is_operator(&peer),
+    });
     let shutting_down = hall.is_shutting_down();
     let log = hall.receipts.status();
     let check = &log.background_check;
@@ -133,6 +142,7 @@ async fn health(State(hall): State<Arc<Hall>>) -> Response {
             "runtime": p.describe(),
         })),
         "cgroup": hall.cgroup,
+        "you": you,
     });
     let code = if shutting_down || log.failed.is_some() {
         StatusCode::SERVICE_UNAVAILABLE
