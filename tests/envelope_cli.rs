@@ -63,6 +63,20 @@ fn probe_reports_this_kernel() {
     assert_eq!(m["per_run"], per_run, "{v}");
     assert_eq!(m["scope"], if per_run { "run" } else { "per_process" });
     assert_eq!(m["reason"].is_null(), per_run, "{m}");
+    // What the host lets the Hall bound per run beyond the kernel features (tests run as root
+    // on a host with mount namespaces: the socket is hidden and scratch is a tmpfs).
+    let limits = &v["run_limits"];
+    assert!(
+        limits["hall_socket"]
+            .as_str()
+            .unwrap()
+            .starts_with("hidden from workers"),
+        "{limits}"
+    );
+    assert!(
+        limits["scratch"].as_str().unwrap().contains("tmpfs"),
+        "{limits}"
+    );
     let human = hall(&["envelope", "probe"]).output().unwrap();
     let text = String::from_utf8_lossy(&human.stdout);
     assert!(

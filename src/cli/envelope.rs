@@ -153,6 +153,7 @@ fn probe(args: ProbeArgs, out: &mut Out) -> Result<u8, CliError> {
         // The probe, plus whether a run's memory can be bounded as a whole here.
         let mut v = serde_json::to_value(&p).unwrap_or_default();
         v["memory_bound"] = serde_json::to_value(&memory).unwrap_or_default();
+        v["run_limits"] = run_limits_json(&p);
         return out.json_line(&v).map(|_| exit::OK);
     }
     out.line(format!(
@@ -208,7 +209,68 @@ fn probe(args: ProbeArgs, out: &mut Out) -> Result<u8, CliError> {
         out.line(format!("  {r}"))?;
     }
     out.line(memory_line(&memory))?;
+    for (what, line) in run_limits(&p) {
+        out.line(format!("{what:<17} {line}"))?;
+    }
     Ok(exit::OK)
+}
+
+/// What this host lets the Hall enforce per run beyond the kernel features above: hiding the
+/// Hall's socket from workers, bounding a run's scratch space, telling its own workers apart
+/// as peers, and whether workers inherit supplementary groups.
+fn run_limits(p: &Probe) -> Vec<(&'static str, String)> {
+    let root = p.hall_uid == 0;
+    let mnt = p.namespaces.mnt && (root || p.namespaces.user);
+    vec![
+        (
+            "hall socket",
+            if mnt {
+                "hidden from workers by a mount namespace per run; the Hall also refuses its own \
+                 workers as peers"
+                    .into()
+            } else {
+                "NOT hidden (no mount namespace here): reachable by path; the Hall still refuses \
+                 its own workers as peers"
+                    .into()
+            },
+        ),
+        (
+            "scratch",
+            if root {
+                "a size-limited tmpfs on each run directory ([envelope] scratch_bytes)".into()
+            } else {
+                "NOT bounded in total (a size-limited tmpfs needs root): per file only \
+                 (RLIMIT_FSIZE)"
+                    .into()
+            },
+        ),
+        (
+            "persistent data",
+            "[envelope] data_quota_bytes, checked before each run and every 100 ms during it"
+                .into(),
+        ),
+        (
+            "groups",
+            if root || p.hall_groups.is_empty() {
+                "workers have no supplementary groups".into()
+            } else {
+                format!(
+                    "workers inherit the Hall's supplementary groups {:?}: unprivileged_user is \
+                     not met (refused when required)",
+                    p.hall_groups
+                )
+            },
+        ),
+    ]
+}
+
+fn run_limits_json(p: &Probe) -> serde_json::Value {
+    serde_json::Value::Object(
+        run_limits(p)
+            .into_iter()
+            .map(|(k, v)| (k.replace(' ', "_"), serde_json::Value::String(v)))
+            .collect(),
+    )
 }
 
 /// The probe's answer on memory, in one line (also used by `config show`).

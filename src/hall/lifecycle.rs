@@ -534,13 +534,28 @@ fn build_runner(
 }
 
 /// Resolves on SIGTERM or SIGINT; handles SIGHUP reloads meanwhile.
-async fn signals(hall: Arc<Hall>) {
+///
+/// The handlers are installed here, before the first connection is accepted (not when the
+/// returned future is first polled): a client that saw the Hall answer may signal it at once,
+/// and a signal arriving before the handlers exist would kill the Hall with its default action.
+fn signals(hall: Arc<Hall>) -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
-    ) else {
+    );
+    async move { wait_for_signals(hall, handlers).await }
+}
+
+type Handlers = (
+    std::io::Result<tokio::signal::unix::Signal>,
+    std::io::Result<tokio::signal::unix::Signal>,
+    std::io::Result<tokio::signal::unix::Signal>,
+);
+
+async fn wait_for_signals(hall: Arc<Hall>, handlers: Handlers) {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = handlers else {
         tracing::error!("cannot install signal handlers; stop the Hall with SIGKILL");
         return std::future::pending().await;
     };
