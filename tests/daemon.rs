@@ -41,6 +41,12 @@ struct TestHall {
 
 impl TestHall {
     fn start(extra_toml: &str) -> Self {
+        Self::start_with(extra_toml, "", |_| {})
+    }
+
+    /// [`Self::start`] with more lines in `[receipts]` and a hook that runs on the test
+    /// directory before the daemon starts.
+    fn start_with(extra_toml: &str, receipts_toml: &str, before: impl FnOnce(&Path)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         // Traversable by other uids (the nobody tests); the socket mode is the real gate.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -78,6 +84,7 @@ profiles_dir = "profiles"
 
 [receipts]
 signing_key = "keys/receipts.key"
+{receipts_toml}
 
 [identity]
 operator_uids = [0]
@@ -92,6 +99,7 @@ tenants = ["mcp.my-app"]
 "#
         );
         std::fs::write(dir.path().join("hall.toml"), config).unwrap();
+        before(dir.path());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -2195,4 +2203,158 @@ fn a_root_halls_disk_filling_worker_is_bounded() {
 #[test]
 fn an_ordinary_users_disk_filling_worker_is_bounded() {
     disk_filling_worker(Some(NOBODY));
+}
+
+/// A size-limited tmpfs, lazily unmounted when dropped (the Hall may still hold files on it).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(at).unwrap();
+        let o = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        Tmpfs(at.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Writes `path` until the filesystem is full.
+fn fill(path: &Path) {
+    let mut f = std::fs::File::create(path).unwrap();
+    for chunk in [1 << 20, 4096, 64] {
+        let buf = vec![0xa5u8; chunk];
+        while f.write_all(&buf).is_ok() {}
+    }
+    let _ = f.sync_all();
+}
+
+#[test]
+fn a_full_receipt_disk_refuses_work_and_the_hall_recovers_by_itself_when_space_returns() {
+    let state = std::cell::RefCell::new(None);
+    let mut hall = TestHall::start_with("", "reserve_bytes = 262144", |dir| {
+        let state_dir = dir.join("state");
+        std::fs::create_dir(&state_dir).unwrap();
+        std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        *state.borrow_mut() = Some(Tmpfs::mount(&state_dir.join("receipts"), "4m"));
+    });
+    let mount = state.into_inner().unwrap();
+    let log_dir = mount.0.clone();
+    assert!(log_dir.join("reserve").exists(), "{}", hall.log());
+    let deny = |hall: &TestHall| {
+        hall.call(
+            Method::POST,
+            "/wcp/dispatch",
+            Some(&input("cap.none.here", "acme-corp")),
+        )
+    };
+    let mut acked = Vec::new();
+    for _ in 0..5 {
+        let (s, out) = deny(&hall);
+        assert_eq!(s, 200, "{out}");
+        acked.push(out["execution"]["receipt"]["seq"].as_u64().unwrap());
+    }
+    // The disk fills up (not through a worker): the next receipt hits ENOSPC. A denial is a
+    // receipt the log owes: the reserve is given up to write it, the log is degraded.
+    // (The segment's last page may still hold a few lines.)
+    fill(&log_dir.join("fill-1"));
+    let (mut s, mut health) = (200, Value::Null);
+    for _ in 0..50 {
+        let (code, out) = deny(&hall);
+        assert_eq!(code, 200, "owed receipts use the reserve: {out}");
+        acked.push(out["execution"]["receipt"]["seq"].as_u64().unwrap());
+        (s, health) = hall.call(Method::GET, "/wcp/health", None);
+        if s != 200 {
+            break;
+        }
+    }
+    assert_eq!(s, 503, "{health}");
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["receipts"]["state"], "degraded", "{health}");
+    assert_eq!(health["receipts"]["cause"], "resource", "{health}");
+    assert_eq!(health["receipts"]["errno"], "ENOSPC", "{health}");
+    assert!(health["receipts"]["since"].is_string(), "{health}");
+    assert_eq!(health["receipts"]["reserve_bytes"], 0, "{health}");
+    // The reserve's space is taken too: now nothing can be recorded, and nothing is answered
+    // as if it had been.
+    fill(&log_dir.join("fill-2"));
+    let mut refused = 0;
+    for _ in 0..20 {
+        let (s, out) = deny(&hall);
+        if s == 200 {
+            acked.push(out["execution"]["receipt"]["seq"].as_u64().unwrap());
+        } else {
+            assert_eq!(s, 503, "{out}");
+            assert_eq!(out["code"], "receipt_log_unavailable", "{out}");
+            refused += 1;
+        }
+    }
+    assert!(refused >= 15, "{refused} refused");
+    let (_, metrics) = hall.call(Method::GET, "/metrics", None);
+    let text = metrics.as_str().unwrap_or("");
+    assert!(text.contains("wcp_hall_receipt_log_degraded 1"), "{text}");
+    assert!(
+        text.contains("wcp_hall_dispatch_refused_total{code=\"receipt_log_unavailable\"}"),
+        "{text}"
+    );
+    // Space returns: the Hall serves again by itself, within seconds.
+    std::fs::remove_file(log_dir.join("fill-1")).unwrap();
+    std::fs::remove_file(log_dir.join("fill-2")).unwrap();
+    let freed = Instant::now();
+    loop {
+        let (s, health) = hall.call(Method::GET, "/wcp/health", None);
+        if s == 200 {
+            assert_eq!(health["receipts"]["state"], "ok", "{health}");
+            assert_eq!(health["receipts"]["reserve_bytes"], 262144, "{health}");
+            break;
+        }
+        assert!(
+            freed.elapsed() < Duration::from_secs(5),
+            "not recovered: {health}\n{}",
+            hall.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for _ in 0..5 {
+        let (s, out) = deny(&hall);
+        assert_eq!(s, 200, "{out}");
+        acked.push(out["execution"]["receipt"]["seq"].as_u64().unwrap());
+    }
+    // Each state change was logged once, with its reason.
+    let log = hall.log();
+    assert_eq!(log.matches("DEGRADED (resource)").count(), 1, "{log}");
+    assert!(log.contains("No space left on device"), "{log}");
+    assert_eq!(log.matches("RECOVERED").count(), 1, "{log}");
+    assert!(log.contains("refusing appends"), "{log}");
+    // Nothing acknowledged was lost, and the log verifies.
+    hall.stop_and_verify_log();
+    for seq in &acked {
+        let o = Command::new(BIN)
+            .args(["--json", "receipts", "show", &seq.to_string(), "--log"])
+            .arg(&log_dir)
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "acknowledged receipt {seq} is missing: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(String::from_utf8_lossy(&o.stdout).contains("DENY_NO_MATCHING_RULE"));
+    }
+    drop(mount);
 }

@@ -532,7 +532,15 @@ pub fn receipt_error(e: crate::receipt::LogError, what: &str) -> ApiError {
             "receipt_invalid",
             format!("{what}: the Hall built a receipt it cannot record (a bug): {e}"),
         ),
-        other => ApiError::unavailable("receipt_log_unavailable", format!("{what}: {other}")),
+        other => {
+            let mut e =
+                ApiError::unavailable("receipt_log_unavailable", format!("{what}: {other}"));
+            // A missing resource comes back by itself; an integrity failure does not.
+            if matches!(other, crate::receipt::LogError::Unavailable { .. }) {
+                e.retry_after = Some(1);
+            }
+            e
+        }
     }
 }
 
