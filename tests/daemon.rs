@@ -2358,3 +2358,63 @@ fn a_full_receipt_disk_refuses_work_and_the_hall_recovers_by_itself_when_space_r
     }
     drop(mount);
 }
+
+#[test]
+fn records_removed_from_the_end_after_a_clean_stop_are_found_by_verify_and_at_start() {
+    let mut hall = TestHall::start("");
+    // An orderly stop ends the log with its final checkpoint record.
+    denials_then_stop(&mut hall, 6);
+    let log = hall.dir.path().join("state/receipts");
+    let seg = log.join("receipts-00000000000000000000.jsonl");
+    let data = std::fs::read(&seg).unwrap();
+    // Remove the final record(s): only the last line (the checkpoint record), then three.
+    for remove in [1, 3] {
+        let mut lines: Vec<&[u8]> = data.split_inclusive(|b| *b == b'\n').collect();
+        lines.truncate(lines.len() - remove);
+        std::fs::write(&seg, lines.concat()).unwrap();
+        let o = Command::new(BIN)
+            .args(["receipts", "verify", "--log"])
+            .arg(&log)
+            .arg("--pubkey")
+            .arg(hall.dir.path().join("keys/receipts.key.pub"))
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(1), "removed {remove}: {out}");
+        assert!(out.contains("missing"), "removed {remove}: {out}");
+        assert!(
+            out.lines().last().unwrap_or("").starts_with("FAILED"),
+            "{out}"
+        );
+        // The Hall does not start on it.
+        let mut child = Command::new(BIN)
+            .args(["serve", "-c"])
+            .arg(hall.config_path())
+            .arg("-s")
+            .arg(&hall.socket)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the Hall started on a truncated log");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert_eq!(status.code(), Some(78), "{err}");
+        assert!(err.contains("sev1") && err.contains("missing"), "{err}");
+    }
+}

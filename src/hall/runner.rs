@@ -305,7 +305,7 @@ impl Runner for HallRunner {
                     execution: json!({
                         "error": {"code": e.code, "message": e.message},
                         "envelope": envelope_report,
-                        "receipt": {"seq": appended.seq, "receipt_hash": appended.receipt_hash_string()},
+                        "receipt": {"seq": appended.seq, "receipt_hash": appended.receipt_hash_string(), "checkpoint_size": self.receipts.saved_checkpoint_size()},
                         "package": package_json(&package, &report.store_path),
                         "hall_phases_us": phases_json,
                     }),
@@ -351,7 +351,7 @@ impl Runner for HallRunner {
         let mut execution = json!({
                 "worker_id": record.worker_id,
                 "summary": summary_json,
-                "receipt": {"seq": appended.seq, "receipt_hash": appended.receipt_hash_string()},
+                "receipt": {"seq": appended.seq, "receipt_hash": appended.receipt_hash_string(), "checkpoint_size": self.receipts.saved_checkpoint_size()},
                 "package": package_json(&package, &report.store_path),
                 "attestation": {"code": report.code.map(|c| c.as_str()), "cached": report.cached, "protections": report.protections},
                 "stderr_tail": String::from_utf8_lossy(&outcome.stderr[outcome.stderr.len().saturating_sub(2048)..]),

@@ -315,7 +315,13 @@ pub struct SavedCheckpoint {
     /// Tree size (also the seq of its checkpoint record).
     pub size: u64,
     pub root: Hash,
+    /// The note in the checkpoint record.
     pub note: String,
+    /// What was saved to `<dir>/checkpoint` and the copy: a checkpoint of the tree that
+    /// includes the checkpoint record itself (`size + 1` records), so that removing that
+    /// record, or any before it, makes the log shorter than its saved checkpoint.
+    pub saved_size: u64,
+    pub saved_note: String,
 }
 
 /// What the open found and did.
@@ -1275,10 +1281,29 @@ impl ReceiptLog {
         }
     }
 
+    /// Test seam: forgets the injected errors not consumed yet.
+    #[cfg(test)]
+    pub(crate) fn clear_faults(&self) {
+        if let Ok(mut f) = self.inner.faults.lock() {
+            f.clear();
+        }
+    }
+
     /// Runs one recovery attempt now (what the checkpoint thread does while degraded).
     /// `true` when the log is `Ok` afterwards.
     pub fn try_recover(&self) -> bool {
         self.inner.recover()
+    }
+
+    /// The tree size of the newest checkpoint saved to `<dir>/checkpoint` (and the copy);
+    /// `None` before the first. Echoed in every answer's receipt info, so clients can hold the
+    /// smallest size the log may ever have again (see ARCHITECTURE.md, "Truncation").
+    pub fn saved_checkpoint_size(&self) -> Option<u64> {
+        let saved = match self.inner.saved.lock() {
+            Ok(g) => *g,
+            Err(p) => *p.into_inner(),
+        };
+        (saved > 0).then_some(saved)
     }
 
     /// The options the log was opened with.
@@ -1542,12 +1567,11 @@ impl Inner {
                 .and_then(|(g, a)| self.wait_durable(g, a.seq + 1).map(|g| (g, a)));
             match result {
                 Ok((_g, a)) => return Ok(a),
-                Err(e @ LogError::Unavailable { .. }) if attempts > 0 => {
+                // Retried after the repair (by this thread, or the recovery meanwhile).
+                Err(LogError::Unavailable { .. }) if attempts > 0 => {
                     st = self.lock()?;
                     if st.reserve_held > 0 && st.out_of_space {
                         self.release_reserve(&mut st);
-                    } else if !st.needs_repair {
-                        return Err(e);
                     }
                 }
                 Err(e) => {
@@ -2071,12 +2095,10 @@ impl Inner {
         loop {
             attempts -= 1;
             match self.checkpoint_once(even_if_current) {
-                Err(e @ LogError::Unavailable { .. }) if attempts > 0 => {
+                Err(LogError::Unavailable { .. }) if attempts > 0 => {
                     let mut st = self.lock()?;
                     if st.reserve_held > 0 && st.out_of_space {
                         self.release_reserve(&mut st);
-                    } else if !st.needs_repair {
-                        return Err(e);
                     }
                 }
                 other => return other,
@@ -2101,7 +2123,22 @@ impl Inner {
         let note = Checkpoint::new(&self.opts.origin, size, root)
             .sign(&st.key)
             .map_err(|e| LogError::Usage(e.to_string()))?;
-        // The resume snapshot at this size, signed now (with the key that signs the note).
+        let record = CheckpointRecord {
+            size,
+            root: hex(&root),
+            note: note.clone(),
+        };
+        let appended = self.append_locked(&mut st, Body::Checkpoint(record), None)?;
+        st.last_checkpoint = Some(appended.seq);
+        st.last_checkpoint_time = Instant::now();
+        st.checkpoint_wanted = false;
+        // What is saved covers the checkpoint record too: the log's last record after a clean
+        // shutdown is then inside the saved tree, and cannot be removed unnoticed.
+        let saved_size = st.next_seq;
+        let saved_note = Checkpoint::new(&self.opts.origin, saved_size, st.frontier.root())
+            .sign(&st.key)
+            .map_err(|e| LogError::Usage(e.to_string()))?;
+        // The resume snapshot at that size, signed now (with the key that signs the note).
         let snapshot = st.prev_hash.and_then(|head| {
             let snap = resume::Snapshot::new(
                 &self.opts.origin,
@@ -2121,18 +2158,15 @@ impl Inner {
                 }
             }
         });
-        let record = CheckpointRecord {
-            size,
-            root: hex(&root),
-            note: note.clone(),
-        };
-        let appended = self.append_locked(&mut st, Body::Checkpoint(record), None)?;
-        st.last_checkpoint = Some(appended.seq);
-        st.last_checkpoint_time = Instant::now();
-        st.checkpoint_wanted = false;
         drop(self.wait_durable(st, appended.seq + 1)?);
-        self.save_checkpoint(size, &note, snapshot.as_deref())?;
-        Ok(Some(SavedCheckpoint { size, root, note }))
+        self.save_checkpoint(saved_size, &saved_note, snapshot.as_deref())?;
+        Ok(Some(SavedCheckpoint {
+            size,
+            root,
+            note,
+            saved_size,
+            saved_note,
+        }))
     }
 
     /// Saves a checkpoint note to both locations, never replacing a newer one, then its resume
@@ -2477,10 +2511,14 @@ mod tests {
         let cp = log.shutdown().unwrap().unwrap();
         assert_eq!(cp.size, 2);
         let copy = fs::read_to_string(dir.path().join("copy.checkpoint")).unwrap();
-        assert_eq!(copy, cp.note);
+        assert_eq!(copy, cp.saved_note);
+        assert_eq!(
+            cp.saved_size, 3,
+            "the saved checkpoint covers its own record"
+        );
         assert_eq!(
             fs::read_to_string(dir.path().join(store::CHECKPOINT_FILE)).unwrap(),
-            cp.note
+            cp.saved_note
         );
         let r = verify(dir.path(), &key());
         assert!(r.ok() && r.open_intents.is_empty(), "{:?}", r.failures);
@@ -2631,7 +2669,8 @@ mod tests {
         o.checkpoint_copy = Some(dir.path().join("copy.checkpoint"));
         let (log, _) = ReceiptLog::open(o.clone(), key()).unwrap();
         log.append_denied(denied("c-1")).unwrap();
-        for _ in 0..OWED_ATTEMPTS {
+        // The disk stays full for a while (the recovery keeps failing too).
+        for _ in 0..1000 {
             log.inject_fault(FaultPoint::SaveCheckpoint, ENOSPC);
         }
         assert!(matches!(
@@ -2640,7 +2679,12 @@ mod tests {
         ));
         assert_eq!(log.status().state.name(), "degraded");
         assert!(!dir.path().join(store::CHECKPOINT_FILE).exists());
-        // The checkpoint thread recovers by itself.
+        assert!(matches!(
+            log.append_intent(dispatch("c-refused")),
+            Err(LogError::Unavailable { .. })
+        ));
+        // Space returns: the checkpoint thread recovers by itself.
+        log.clear_faults();
         wait_ok(&log);
         let note = fs::read_to_string(dir.path().join(store::CHECKPOINT_FILE)).unwrap();
         assert_eq!(
