@@ -92,6 +92,12 @@ pub const DEFAULT_RESERVE_BYTES: u64 = 16 * 1024 * 1024;
 /// The reserve file's name in the log directory.
 pub const RESERVE_FILE: &str = "reserve";
 
+/// The file the recovery allocates (and removes) to see whether the resource is back.
+const PROBE_FILE: &str = ".space-probe";
+
+/// How much the recovery's probe allocates beyond the reserve.
+const PROBE_BYTES: u64 = 256 * 1024;
+
 /// How long the log waits between attempts to recover from a resource failure, at most.
 const RECOVERY_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -544,6 +550,24 @@ impl State {
             (None, None) => LogState::Ok,
         }
     }
+}
+
+/// Creates (or keeps) `path` with `bytes` allocated from offset 0, synced.
+fn allocate(path: &Path, bytes: u64) -> std::io::Result<File> {
+    use std::os::fd::AsRawFd as _;
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    // SAFETY: fallocate on a descriptor we own; no pointers.
+    let r = unsafe { nix::libc::fallocate(f.as_raw_fd(), 0, 0, bytes as nix::libc::off_t) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    f.sync_all()?;
+    Ok(f)
 }
 
 /// Where a segment's last line starts, and its SHA-256.
@@ -1767,50 +1791,51 @@ impl Inner {
         }
     }
 
-    /// Creates or completes the reserve file (`fallocate`), unless it is held already.
+    /// Checks that the resource is back and takes the reserve: a probe file is created,
+    /// allocated (`fallocate`), synced and removed in the log directory (a descriptor, space
+    /// past the reserve, a working sync), then the reserve file is created or completed unless
+    /// it is held already.
     fn ensure_reserve(&self) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd as _;
+        self.fault(FaultPoint::Reserve)?;
+        let probe = self.opts.dir.join(PROBE_FILE);
+        let probed = allocate(&probe, PROBE_BYTES);
+        let _ = fs::remove_file(&probe);
+        probed?;
         let want = self.opts.reserve_bytes;
-        let path = self.opts.dir.join(RESERVE_FILE);
-        {
+        let held = {
             let st = self
                 .state
                 .lock()
                 .map_err(|_| std::io::Error::other("poisoned"))?;
-            if want > 0 && st.reserve_held >= want {
-                return Ok(());
+            st.reserve_held
+        };
+        if want == 0 || held >= want {
+            return Ok(());
+        }
+        let path = self.opts.dir.join(RESERVE_FILE);
+        let f = match allocate(&path, want) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                return Err(e);
             }
-        }
-        self.fault(FaultPoint::Reserve)?;
-        // Without a reserve, the same call on a probe file says whether space is back.
-        let (target, size) = if want > 0 {
-            (path.clone(), want)
-        } else {
-            (self.opts.dir.join(".space-probe"), 1 << 20)
         };
-        let f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&target)?;
-        // SAFETY: fallocate on a descriptor we own; no pointers.
-        let r = unsafe { nix::libc::fallocate(f.as_raw_fd(), 0, 0, size as nix::libc::off_t) };
-        let result = if r == 0 {
-            f.sync_all()
-        } else {
-            Err(std::io::Error::last_os_error())
-        };
-        if want == 0 || result.is_err() {
-            let _ = fs::remove_file(&target);
-        }
-        result?;
-        if want > 0
-            && let Ok(mut st) = self.state.lock()
-        {
+        let mut st = self
+            .state
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?;
+        // An appender may have given the reserve up (unlinked it) meanwhile: only a file
+        // still in place is held.
+        use std::os::unix::fs::MetadataExt as _;
+        let ours = f.metadata()?.ino();
+        if fs::metadata(&path).is_ok_and(|m| m.ino() == ours) {
             st.reserve_held = want;
+            Ok(())
+        } else {
+            Err(std::io::Error::other(
+                "the reserve was released while it was made",
+            ))
         }
-        Ok(())
     }
 
     /// Gives the reserve's space back to the filesystem, so owed receipts can be written.
