@@ -2748,4 +2748,83 @@ mod tests {
             Err(LogError::Failed { .. })
         ));
     }
+
+    /// Writes `path` until the filesystem is full.
+    fn fill(path: &Path) {
+        let mut f = File::create(path).unwrap();
+        for chunk in [1 << 20, 4096, 64] {
+            let buf = vec![0xa5u8; chunk];
+            while f.write_all(&buf).is_ok() {}
+        }
+        let _ = f.sync_all();
+    }
+
+    #[test]
+    fn a_real_full_disk_refuses_intents_without_flapping_and_recovers() {
+        use std::process::Command;
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("receipts");
+        fs::create_dir(&dir).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipped: cannot mount a tmpfs (not root?)");
+            return;
+        }
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(self.0)
+                    .status();
+            }
+        }
+        let _unmount = Unmount(&dir);
+        let mut o = opts(&dir);
+        o.reserve_bytes = 128 * 1024;
+        let (log, _) = ReceiptLog::open(o.clone(), key()).unwrap();
+        let running = log.append_intent(dispatch("c-running")).unwrap();
+        fill(&dir.join("fill"));
+        // Intents until one hits ENOSPC (the segment's last page may hold a few lines); they
+        // stay open and are aborted at shutdown.
+        let mut open = Vec::new();
+        let err = loop {
+            match log.append_intent(dispatch(&format!("c-{}", open.len()))) {
+                Ok(h) => open.push(h),
+                Err(e) => break e,
+            }
+            assert!(open.len() < 100, "the disk never filled");
+        };
+        assert!(matches!(err, LogError::Unavailable { .. }), "{err:?}");
+        // The reserve is still held (an intent is not owed), but the recovery's probe finds no
+        // space: the log stays degraded instead of flapping back to ok.
+        std::thread::sleep(Duration::from_millis(300));
+        let st = log.status();
+        assert!(matches!(st.state, LogState::Degraded { .. }), "{st:?}");
+        assert_eq!(st.reserve_bytes, 128 * 1024);
+        assert!(!log.try_recover());
+        // The outcome the log owes uses the reserve.
+        log.append_outcome(running, Outcome::Executed(execution()))
+            .unwrap();
+        assert_eq!(log.status().reserve_bytes, 0);
+        assert!(log.append_intent(dispatch("c-refused")).is_err());
+        // Space returns: the checkpoint thread recovers by itself, the reserve is back.
+        fs::remove_file(dir.join("fill")).unwrap();
+        wait_ok(&log);
+        assert_eq!(log.status().reserve_bytes, 128 * 1024);
+        let h = log.append_intent(dispatch("c-after")).unwrap();
+        log.append_outcome(h, Outcome::Executed(execution()))
+            .unwrap();
+        drop(open);
+        log.shutdown().unwrap();
+        let r = verify(&dir, &key());
+        assert!(r.ok(), "{:?}", r.failures);
+        assert!(r.open_intents.is_empty());
+        let (_log, report) = ReceiptLog::open(o, key()).unwrap();
+        assert!(report.recovered.is_none());
+    }
 }
