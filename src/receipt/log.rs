@@ -472,6 +472,8 @@ struct Degraded {
     started: Instant,
     /// Appends refused since it began.
     refused: u64,
+    /// Repairs of the tail since it began (the first is logged, the others counted).
+    repairs: u64,
 }
 
 struct State {
@@ -1667,6 +1669,7 @@ impl Inner {
                 since: SystemTime::now(),
                 started: Instant::now(),
                 refused: 0,
+                repairs: 0,
             });
         }
         self.durable.notify_all();
@@ -1760,14 +1763,27 @@ impl Inner {
                 st.checkpoint_wanted = false;
                 st.needs_repair = false;
                 st.repair_floors.push(m.next_seq);
-                tracing::warn!(
-                    records = m.next_seq,
-                    dropped_unacknowledged = dropped,
-                    segment = %path.display(),
-                    bytes = m.segment_len,
-                    "receipt log: cut back to the last durable record and verified its tail \
-                     from disk"
-                );
+                let first = st.degraded.as_mut().is_none_or(|d| {
+                    d.repairs += 1;
+                    d.repairs == 1
+                });
+                if first {
+                    tracing::warn!(
+                        records = m.next_seq,
+                        dropped_unacknowledged = dropped,
+                        segment = %path.display(),
+                        bytes = m.segment_len,
+                        "receipt log: cut back to the last durable record and verified its \
+                         tail from disk (further repairs until it recovers are counted, not \
+                         logged)"
+                    );
+                } else {
+                    tracing::debug!(
+                        records = m.next_seq,
+                        dropped_unacknowledged = dropped,
+                        "receipt log: tail repaired again"
+                    );
+                }
                 self.durable.notify_all();
                 Ok(())
             }
@@ -1886,6 +1902,7 @@ impl Inner {
             tracing::warn!(
                 after_ms = d.started.elapsed().as_millis() as u64,
                 refused = d.refused,
+                repairs = d.repairs,
                 reason = %d.reason,
                 "receipt log: RECOVERED: the resource is back, the tail verified; accepting \
                  new dispatches"
