@@ -2339,7 +2339,10 @@ fn a_full_receipt_disk_refuses_work_and_the_hall_recovers_by_itself_when_space_r
     assert_eq!(log.matches("DEGRADED (resource)").count(), 1, "{log}");
     assert!(log.contains("No space left on device"), "{log}");
     assert_eq!(log.matches("RECOVERED").count(), 1, "{log}");
-    assert!(log.matches("cut back to the last durable record").count() <= 1, "{log}");
+    assert!(
+        log.matches("cut back to the last durable record").count() <= 1,
+        "{log}"
+    );
     if std::env::var_os("WCP_SHOW_LOG").is_some() {
         eprintln!("{log}");
     }

@@ -566,7 +566,19 @@ fn allocate(path: &Path, bytes: u64) -> std::io::Result<File> {
     // SAFETY: fallocate on a descriptor we own; no pointers.
     let r = unsafe { nix::libc::fallocate(f.as_raw_fd(), 0, 0, bytes as nix::libc::off_t) };
     if r != 0 {
-        return Err(std::io::Error::last_os_error());
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(nix::libc::EOPNOTSUPP) {
+            return Err(e);
+        }
+        // A filesystem without fallocate: the same space, written.
+        use std::os::unix::fs::FileExt as _;
+        let zeros = vec![0u8; 64 * 1024];
+        let mut at = 0;
+        while at < bytes {
+            let n = zeros.len().min((bytes - at) as usize);
+            f.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
     }
     f.sync_all()?;
     Ok(f)
