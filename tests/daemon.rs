@@ -43,13 +43,24 @@ struct TestHall {
 
 impl TestHall {
     fn start(extra_toml: &str) -> Self {
-        let mut hall = Self::prepare(extra_toml);
+        Self::start_with(extra_toml, "", |_| {})
+    }
+
+    /// [`Self::start`] with more lines in `[receipts]` and a hook that runs on the test
+    /// directory before the daemon starts.
+    fn start_with(extra_toml: &str, receipts_toml: &str, before: impl FnOnce(&Path)) -> Self {
+        let mut hall = Self::prepare_with(extra_toml, receipts_toml, before);
         hall.spawn();
         hall
     }
 
     /// The Hall's directory and configuration, not started yet.
     fn prepare(extra_toml: &str) -> Self {
+        Self::prepare_with(extra_toml, "", |_| {})
+    }
+
+    /// [`Self::prepare`] with more lines in `[receipts]` and a hook on the test directory.
+    fn prepare_with(extra_toml: &str, receipts_toml: &str, before: impl FnOnce(&Path)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         // Traversable by other uids (the nobody tests); the socket mode is the real gate.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -87,6 +98,7 @@ profiles_dir = "profiles"
 
 [receipts]
 signing_key = "keys/receipts.key"
+{receipts_toml}
 
 [identity]
 operator_uids = [0]
@@ -101,6 +113,7 @@ tenants = ["mcp.my-app"]
 "#
         );
         std::fs::write(dir.path().join("hall.toml"), config).unwrap();
+        before(dir.path());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -2574,5 +2587,226 @@ fn connection_caps_that_do_not_fit_the_descriptor_limit_stop_the_start() {
             "{stderr}"
         );
         assert!(!hall.socket.exists(), "no socket left behind");
+    }
+}
+
+/// A size-limited tmpfs, lazily unmounted when dropped (the Hall may still hold files on it).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(at).unwrap();
+        let o = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        Tmpfs(at.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Writes `path` until the filesystem is full.
+fn fill(path: &Path) {
+    let mut f = std::fs::File::create(path).unwrap();
+    for chunk in [1 << 20, 4096, 64] {
+        let buf = vec![0xa5u8; chunk];
+        while f.write_all(&buf).is_ok() {}
+    }
+    let _ = f.sync_all();
+}
+
+#[test]
+fn a_full_receipt_disk_refuses_work_and_the_hall_recovers_by_itself_when_space_returns() {
+    let state = std::cell::RefCell::new(None);
+    let mut hall = TestHall::start_with("", "reserve_bytes = 262144", |dir| {
+        let state_dir = dir.join("state");
+        std::fs::create_dir(&state_dir).unwrap();
+        std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        *state.borrow_mut() = Some(Tmpfs::mount(&state_dir.join("receipts"), "4m"));
+    });
+    let mount = state.into_inner().unwrap();
+    let log_dir = mount.0.clone();
+    assert!(log_dir.join("reserve").exists(), "{}", hall.log());
+    let deny = |hall: &TestHall| {
+        hall.call(
+            Method::POST,
+            "/wcp/dispatch",
+            Some(&input("cap.none.here", "acme-corp")),
+        )
+    };
+    let mut acked = Vec::new();
+    for _ in 0..5 {
+        let (s, out) = deny(&hall);
+        assert_eq!(s, 200, "{out}");
+        acked.push(out["execution"]["receipt"]["seq"].as_u64().unwrap());
+    }
+    // The disk fills up (not through a worker): the next receipt hits ENOSPC. A denial is a
+    // receipt the log owes: the reserve is given up to write it, the log is degraded.
+    // (The segment's last page may still hold a few lines.)
+    fill(&log_dir.join("fill-1"));
+    let (mut s, mut health) = (200, Value::Null);
+    for _ in 0..50 {
+        let (code, out) = deny(&hall);
+        assert_eq!(code, 200, "owed receipts use the reserve: {out}");
+        acked.push(out["execution"]["receipt"]["seq"].as_u64().unwrap());
+        (s, health) = hall.call(Method::GET, "/wcp/health", None);
+        if s != 200 {
+            break;
+        }
+    }
+    assert_eq!(s, 503, "{health}");
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["receipts"]["state"], "degraded", "{health}");
+    assert_eq!(health["receipts"]["cause"], "resource", "{health}");
+    assert_eq!(health["receipts"]["errno"], "ENOSPC", "{health}");
+    assert!(health["receipts"]["since"].is_string(), "{health}");
+    assert_eq!(health["receipts"]["reserve_bytes"], 0, "{health}");
+    // The reserve's space is taken too: now nothing can be recorded, and nothing is answered
+    // as if it had been.
+    fill(&log_dir.join("fill-2"));
+    let mut refused = 0;
+    for _ in 0..20 {
+        let (s, out) = deny(&hall);
+        if s == 200 {
+            acked.push(out["execution"]["receipt"]["seq"].as_u64().unwrap());
+        } else {
+            assert_eq!(s, 503, "{out}");
+            assert_eq!(out["code"], "receipt_log_unavailable", "{out}");
+            refused += 1;
+        }
+    }
+    assert!(refused >= 15, "{refused} refused");
+    let (_, metrics) = hall.call(Method::GET, "/metrics", None);
+    let text = metrics.as_str().unwrap_or("");
+    assert!(text.contains("wcp_hall_receipt_log_degraded 1"), "{text}");
+    assert!(
+        text.contains("wcp_hall_dispatch_refused_total{code=\"receipt_log_unavailable\"}"),
+        "{text}"
+    );
+    // Space returns: the Hall serves again by itself, within seconds.
+    std::fs::remove_file(log_dir.join("fill-1")).unwrap();
+    std::fs::remove_file(log_dir.join("fill-2")).unwrap();
+    let freed = Instant::now();
+    loop {
+        let (s, health) = hall.call(Method::GET, "/wcp/health", None);
+        if s == 200 {
+            assert_eq!(health["receipts"]["state"], "ok", "{health}");
+            assert_eq!(health["receipts"]["reserve_bytes"], 262144, "{health}");
+            break;
+        }
+        assert!(
+            freed.elapsed() < Duration::from_secs(5),
+            "not recovered: {health}\n{}",
+            hall.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for _ in 0..5 {
+        let (s, out) = deny(&hall);
+        assert_eq!(s, 200, "{out}");
+        acked.push(out["execution"]["receipt"]["seq"].as_u64().unwrap());
+    }
+    // Each state change was logged once, with its reason.
+    let log = hall.log();
+    assert_eq!(log.matches("DEGRADED (resource)").count(), 1, "{log}");
+    assert!(log.contains("No space left on device"), "{log}");
+    assert_eq!(log.matches("RECOVERED").count(), 1, "{log}");
+    assert!(
+        log.matches("cut back to the last durable record").count() <= 1,
+        "{log}"
+    );
+    if std::env::var_os("WCP_SHOW_LOG").is_some() {
+        eprintln!("{log}");
+    }
+    assert!(log.contains("refusing appends"), "{log}");
+    // Nothing acknowledged was lost, and the log verifies.
+    hall.stop_and_verify_log();
+    for seq in &acked {
+        let o = Command::new(BIN)
+            .args(["--json", "receipts", "show", &seq.to_string(), "--log"])
+            .arg(&log_dir)
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "acknowledged receipt {seq} is missing: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(String::from_utf8_lossy(&o.stdout).contains("DENY_NO_MATCHING_RULE"));
+    }
+    drop(mount);
+}
+
+#[test]
+fn records_removed_from_the_end_after_a_clean_stop_are_found_by_verify_and_at_start() {
+    let mut hall = TestHall::start("");
+    // An orderly stop ends the log with its final checkpoint record.
+    denials_then_stop(&mut hall, 6);
+    let log = hall.dir.path().join("state/receipts");
+    let seg = log.join("receipts-00000000000000000000.jsonl");
+    let data = std::fs::read(&seg).unwrap();
+    // Remove the final record(s): only the last line (the checkpoint record), then three.
+    for remove in [1, 3] {
+        let mut lines: Vec<&[u8]> = data.split_inclusive(|b| *b == b'\n').collect();
+        lines.truncate(lines.len() - remove);
+        std::fs::write(&seg, lines.concat()).unwrap();
+        let o = Command::new(BIN)
+            .args(["receipts", "verify", "--log"])
+            .arg(&log)
+            .arg("--pubkey")
+            .arg(hall.dir.path().join("keys/receipts.key.pub"))
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(1), "removed {remove}: {out}");
+        assert!(out.contains("missing"), "removed {remove}: {out}");
+        assert!(
+            out.lines().last().unwrap_or("").starts_with("FAILED"),
+            "{out}"
+        );
+        // The Hall does not start on it.
+        let mut child = Command::new(BIN)
+            .args(["serve", "-c"])
+            .arg(hall.config_path())
+            .arg("-s")
+            .arg(&hall.socket)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the Hall started on a truncated log");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert_eq!(status.code(), Some(78), "{err}");
+        assert!(err.contains("sev1") && err.contains("missing"), "{err}");
     }
 }

@@ -350,7 +350,7 @@ fn the_second_checkpoint_location_catches_what_the_first_lost() {
     match open_err(dir.path(), opts) {
         OpenError::Sev1 { reason } => {
             assert!(reason.contains("receipts.checkpoint"), "{reason}");
-            assert!(reason.contains("seq 4..=11 are missing"), "{reason}");
+            assert!(reason.contains("seq 4..=12 are missing"), "{reason}");
         }
         other => panic!("{other}"),
     }

@@ -429,7 +429,7 @@ fn consistency_and_verify_consistency_round_trip() {
         s(&proof),
     ]);
     assert_eq!(code(&made), 0);
-    assert!(fs::read_to_string(&proof).unwrap().starts_with("old 23\n"));
+    assert!(fs::read_to_string(&proof).unwrap().starts_with("old 24\n"));
     let ok = run(&[
         "receipts",
         "verify-consistency",
@@ -440,13 +440,13 @@ fn consistency_and_verify_consistency_round_trip() {
     ]);
     assert_eq!(code(&ok), 0);
     assert!(
-        stdout(&ok).contains("grew from 23 to 25 records"),
+        stdout(&ok).contains("grew from 24 to 25 records"),
         "{}",
         stdout(&ok)
     );
     let text = fs::read_to_string(&proof)
         .unwrap()
-        .replacen("old 23", "old 22", 1);
+        .replacen("old 24", "old 22", 1);
     fs::write(&proof, text).unwrap();
     let bad = run(&[
         "receipts",

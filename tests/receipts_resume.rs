@@ -65,23 +65,15 @@ fn assert_full_scan_fallback(dir: &Path, records: u64, why: &str) {
 fn a_fast_open_reads_only_the_records_after_the_snapshot() {
     let (dir, records) = built();
     let snap = snapshot(dir.path());
-    // The shutdown checkpoint is the last record; the snapshot is at its size.
-    assert_eq!(snap.size, records - 1);
+    // The shutdown checkpoint is the last record; the snapshot (like the saved checkpoint) covers it.
+    assert_eq!(snap.size, records);
     assert_eq!(snap.format, resume::FORMAT);
     let (log, report) = open(options(dir.path()), 1);
-    assert_eq!(report.resumed_at, Some(records - 1));
+    assert_eq!(report.resumed_at, Some(records));
     assert_eq!(report.resume_refused, None);
     assert_eq!(report.records, records);
-    assert_eq!(
-        report.records_read, 1,
-        "only the checkpoint record was read"
-    );
-    assert_eq!(
-        log.background_check(),
-        BackgroundCheck::Pending {
-            records: records - 1
-        }
-    );
+    assert_eq!(report.records_read, 0, "nothing after the snapshot to read");
+    assert_eq!(log.background_check(), BackgroundCheck::Pending { records });
     // Appends continue the chain and the tree; then a crash (no shutdown checkpoint).
     for i in 0..5 {
         let h = log.append_intent(dispatch(&format!("n-{i}"))).unwrap();
@@ -92,15 +84,15 @@ fn a_fast_open_reads_only_the_records_after_the_snapshot() {
     assert!(log.start_background_check());
     assert!(!log.start_background_check(), "started once");
     match log.wait_background_check() {
-        BackgroundCheck::Passed { records: n, .. } => assert_eq!(n, records - 1),
+        BackgroundCheck::Passed { records: n, .. } => assert_eq!(n, records),
         other => panic!("{other:?}"),
     }
     assert_eq!(log.status().background_check.unverified(), 0);
     drop(log);
 
     let (log, report) = open(options(dir.path()), 1);
-    assert_eq!(report.resumed_at, Some(records - 1));
-    assert_eq!(report.records_read, 1 + 11);
+    assert_eq!(report.resumed_at, Some(records));
+    assert_eq!(report.records_read, 11);
     assert_eq!(report.aborted, vec![(open_intent.seq(), records + 11)]);
     log.start_background_check();
     assert!(matches!(
@@ -141,8 +133,8 @@ fn open_intents_in_the_snapshot_are_aborted_at_recovery() {
     data.extend_from_slice(b"{\"envelope\":{\"pay");
     fs::write(&seg, data).unwrap();
     let (log, report) = open(options(dir.path()), 1);
-    assert_eq!(report.resumed_at, Some(3));
-    assert_eq!(report.records_read, 1);
+    assert_eq!(report.resumed_at, Some(4));
+    assert_eq!(report.records_read, 0);
     assert_eq!(report.recovered.as_ref().map(|r| r.0), Some(4));
     assert_eq!(report.aborted, vec![(a.seq(), 5)]);
     log.start_background_check();
@@ -247,7 +239,7 @@ fn tampering_before_the_snapshot_is_caught_in_the_background_and_stops_appends()
     write_lines(dir.path(), &all);
     // Not seen at the fast open: the Hall starts and appends.
     let (log, report) = open(options(dir.path()), 1);
-    assert_eq!(report.resumed_at, Some(records - 1));
+    assert_eq!(report.resumed_at, Some(records));
     log.append_denied(denied("before the check")).unwrap();
     assert!(log.start_background_check());
     match log.wait_background_check() {
@@ -283,7 +275,7 @@ fn a_snapshot_that_lies_about_open_intents_is_caught_in_the_background() {
     snap.open_intents.clear();
     resume::write(dir.path(), &snap, &key(1)).unwrap();
     let (log, report) = open(options(dir.path()), 1);
-    assert_eq!(report.resumed_at, Some(1));
+    assert_eq!(report.resumed_at, Some(2));
     assert!(report.aborted.is_empty());
     log.start_background_check();
     match log.wait_background_check() {
@@ -315,7 +307,7 @@ fn key_rotations_before_and_after_a_snapshot() {
         other => panic!("{other:?}"),
     }
     let (log, report) = open(options(dir.path()), 2);
-    assert_eq!(report.resumed_at, Some(3));
+    assert_eq!(report.resumed_at, Some(4));
     log.start_background_check();
     assert!(matches!(
         log.wait_background_check(),
@@ -367,7 +359,7 @@ fn snapshots_across_segments() {
         let (next, report) = open(o.clone(), 1);
         let snap = snapshot(dir.path());
         assert_eq!(report.resumed_at, Some(snap.size), "round {round}");
-        assert_eq!(report.records_read, 1, "round {round}");
+        assert_eq!(report.records_read, 0, "round {round}");
         next.start_background_check();
         assert!(
             matches!(next.wait_background_check(), BackgroundCheck::Passed { .. }),
@@ -386,7 +378,7 @@ fn a_tool_can_check_the_skipped_records_itself_at_its_own_priority() {
     // Clean: the records the fast open skipped pass, on the calling thread.
     let (dir, records) = built();
     let (log, report) = open(options(dir.path()), 1);
-    assert_eq!(report.resumed_at, Some(records - 1));
+    assert_eq!(report.resumed_at, Some(records));
     assert!(
         matches!(log.check_skipped_now(), BackgroundCheck::Passed { .. }),
         "{:?}",

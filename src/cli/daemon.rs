@@ -125,9 +125,16 @@ pub fn status(args: StatusArgs, out: &mut Out) -> Result<u8, CliError> {
             "receipt log: {} records, background check {}{}",
             r["records"],
             r["background_check"].as_str().unwrap_or("unknown"),
-            match r["failed"].as_str() {
-                Some(why) => format!("; FAILED, refusing every append: {why}"),
-                None => String::new(),
+            match (r["failed"].as_str(), r["state"].as_str()) {
+                (Some(why), _) => format!("; FAILED (integrity), refusing every append: {why}"),
+                (None, Some("degraded")) => format!(
+                    "; DEGRADED (resource: {}) since {}, refusing new dispatches until it \
+                     recovers: {}",
+                    r["errno"].as_str().unwrap_or("-"),
+                    r["since"].as_str().unwrap_or("?"),
+                    r["reason"].as_str().unwrap_or("")
+                ),
+                _ => String::new(),
             }
         ))?;
         let you = &b["you"];
@@ -161,7 +168,7 @@ pub fn status(args: StatusArgs, out: &mut Out) -> Result<u8, CliError> {
         }
     }
     // Reached: 69 would say otherwise. A failed receipt log needs an operator (70); a Hall
-    // that is stopping will be back, or replaced (75).
+    // that is stopping or degraded will be back, or replaced (75).
     Ok(if answer.status.is_success() {
         exit::OK
     } else if b["status"] == "failed" {

@@ -515,5 +515,9 @@ async fn append(
     .await
     .map_err(|e| ApiError::internal(format!("receipt writer panicked: {e}")))?
     .map_err(|e| runner::receipt_error(e, "the denial could not be recorded"))?;
-    Ok(json!({"seq": appended.seq, "receipt_hash": appended.receipt_hash_string()}))
+    Ok(json!({
+        "seq": appended.seq,
+        "receipt_hash": appended.receipt_hash_string(),
+        "checkpoint_size": hall.receipts.saved_checkpoint_size(),
+    }))
 }

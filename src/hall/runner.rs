@@ -305,7 +305,7 @@ impl Runner for HallRunner {
                     execution: json!({
                         "error": {"code": e.code, "message": e.message},
                         "envelope": envelope_report,
-                        "receipt": {"seq": appended.seq, "receipt_hash": appended.receipt_hash_string()},
+                        "receipt": {"seq": appended.seq, "receipt_hash": appended.receipt_hash_string(), "checkpoint_size": self.receipts.saved_checkpoint_size()},
                         "package": package_json(&package, &report.store_path),
                         "hall_phases_us": phases_json,
                     }),
@@ -351,7 +351,7 @@ impl Runner for HallRunner {
         let mut execution = json!({
                 "worker_id": record.worker_id,
                 "summary": summary_json,
-                "receipt": {"seq": appended.seq, "receipt_hash": appended.receipt_hash_string()},
+                "receipt": {"seq": appended.seq, "receipt_hash": appended.receipt_hash_string(), "checkpoint_size": self.receipts.saved_checkpoint_size()},
                 "package": package_json(&package, &report.store_path),
                 "attestation": {"code": report.code.map(|c| c.as_str()), "cached": report.cached, "protections": report.protections},
                 "stderr_tail": String::from_utf8_lossy(&outcome.stderr[outcome.stderr.len().saturating_sub(2048)..]),
@@ -532,7 +532,15 @@ pub fn receipt_error(e: crate::receipt::LogError, what: &str) -> ApiError {
             "receipt_invalid",
             format!("{what}: the Hall built a receipt it cannot record (a bug): {e}"),
         ),
-        other => ApiError::unavailable("receipt_log_unavailable", format!("{what}: {other}")),
+        other => {
+            let mut e =
+                ApiError::unavailable("receipt_log_unavailable", format!("{what}: {other}"));
+            // A missing resource comes back by itself; an integrity failure does not.
+            if matches!(other, crate::receipt::LogError::Unavailable { .. }) {
+                e.retry_after = Some(1);
+            }
+            e
+        }
     }
 }
 

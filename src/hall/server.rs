@@ -101,19 +101,43 @@ async fn health(State(hall): State<Arc<Hall>>, Extension(peer): Extension<Peer>)
     let shutting_down = hall.is_shutting_down();
     let log = hall.receipts.status();
     let check = &log.background_check;
-    // A log that refuses appends (write error, or a problem found by the background
-    // verification) means nothing can run: the Hall has failed until it is restarted.
-    let status = if log.failed.is_some() {
-        "failed"
-    } else if shutting_down {
-        "stopping"
-    } else {
-        "ok"
+    // A log that failed its integrity (a record or checkpoint that does not verify, found by a
+    // repair or the background verification) refuses every append until a human restarts
+    // the Hall; a degraded one (a resource is missing: disk space, descriptors, an I/O error)
+    // refuses new dispatches and recovers by itself.
+    use crate::receipt::LogState;
+    let status = match &log.state {
+        LogState::Failed { .. } => "failed",
+        _ if shutting_down => "stopping",
+        LogState::Degraded { .. } => "degraded",
+        LogState::Ok => "ok",
+    };
+    let (cause, reason, errno, since) = match &log.state {
+        LogState::Ok => (None, None, None, None),
+        LogState::Degraded {
+            reason,
+            errno,
+            since,
+        } => (
+            Some("resource"),
+            Some(reason.clone()),
+            errno.clone(),
+            Some(crate::receipt::model::rfc3339_millis(*since)),
+        ),
+        LogState::Failed { reason } => (Some("integrity"), Some(reason.clone()), None, None),
     };
     let body = json!({
         "status": status,
         "receipts": {
+            "state": log.state.name(),
+            "cause": cause,
+            "reason": reason,
+            "errno": errno,
+            "since": since,
+            "refused": log.refusals,
+            "reserve_bytes": log.reserve_bytes,
             "records": log.records,
+            "last_checkpoint_size": log.last_checkpoint,
             "failed": log.failed,
             "background_check": check.name(),
             "unverified_records": check.unverified(),
@@ -144,7 +168,7 @@ async fn health(State(hall): State<Arc<Hall>>, Extension(peer): Extension<Peer>)
         "cgroup": hall.cgroup,
         "you": you,
     });
-    let code = if shutting_down || log.failed.is_some() {
+    let code = if shutting_down || log.state != LogState::Ok {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
@@ -313,7 +337,16 @@ async fn dispatch_handler(
         ));
     }
     let (input, raw) = read_input(&hall, body).await?;
-    let out = dispatch::dispatch(hall, peer, input, raw).await?;
+    let out = dispatch::dispatch(hall.clone(), peer, input, raw)
+        .await
+        .inspect_err(|e| {
+            if e.code == "receipt_log_unavailable" {
+                hall.metrics.inc(
+                    "wcp_hall_dispatch_refused_total",
+                    &[("code", "receipt_log_unavailable")],
+                );
+            }
+        })?;
     Ok(Json(out).into_response())
 }
 
@@ -497,8 +530,27 @@ async fn metrics(State(hall): State<Arc<Hall>>) -> Response {
         ),
         (
             "wcp_hall_receipt_log_failed",
-            "1 when the receipt log refuses every append (nothing can run until restart).",
+            "1 when the receipt log failed its integrity and refuses every append (nothing can run until restart).",
             if log.failed.is_some() { 1.0 } else { 0.0 },
+        ),
+        (
+            "wcp_hall_receipt_log_degraded",
+            "1 while a resource the receipt log needs is missing (new dispatches are refused; it recovers by itself).",
+            if matches!(log.state, crate::receipt::LogState::Degraded { .. }) {
+                1.0
+            } else {
+                0.0
+            },
+        ),
+        (
+            "wcp_hall_receipt_appends_refused",
+            "Receipt appends refused or failed since start because the log was degraded or failed (a count).",
+            log.refusals as f64,
+        ),
+        (
+            "wcp_hall_receipt_reserve_bytes",
+            "Bytes held in the receipt log's space reserve (0 while it is given up).",
+            log.reserve_bytes as f64,
         ),
         (
             "wcp_hall_receipt_background_check_failed",

@@ -10,6 +10,7 @@
 //! # origin = "hall.<host id>/receipts"        # default from the host id
 //! # host_id = "…"                             # default: /etc/machine-id, else the hostname
 //! segment_max_bytes = 67108864
+//! reserve_bytes = 16777216                    # space kept for the receipts the log owes; 0 = none
 //! ```
 //!
 //! The private key is read from a file (never from the environment) and refused if group or
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::log::{DEFAULT_SEGMENT_MAX_BYTES, LogOptions, default_origin};
+use super::log::{DEFAULT_RESERVE_BYTES, DEFAULT_SEGMENT_MAX_BYTES, LogOptions, default_origin};
 use crate::crypto::{KeyError, KeyPair};
 
 /// The `[receipts]` table.
@@ -38,6 +39,9 @@ pub struct ReceiptsSection {
     pub origin: Option<String>,
     pub host_id: Option<String>,
     pub segment_max_bytes: u64,
+    /// Bytes kept preallocated in `<log_dir>/reserve` and given up on `ENOSPC` so the
+    /// receipts the log owes can still be written (0: no reserve).
+    pub reserve_bytes: u64,
 }
 
 impl Default for ReceiptsSection {
@@ -51,6 +55,7 @@ impl Default for ReceiptsSection {
             origin: None,
             host_id: None,
             segment_max_bytes: DEFAULT_SEGMENT_MAX_BYTES,
+            reserve_bytes: DEFAULT_RESERVE_BYTES,
         }
     }
 }
@@ -139,6 +144,7 @@ impl ReceiptsSection {
             .then(|| Duration::from_secs(self.checkpoint_interval_secs));
         o.checkpoint_copy.clone_from(&self.checkpoint_copy);
         o.segment_max_bytes = self.segment_max_bytes;
+        o.reserve_bytes = self.reserve_bytes;
         o
     }
 }

@@ -16,11 +16,21 @@
 //! N (see `benches/receipts.rs`).
 //!
 //! **Fail closed.** Every error an append returns means "this was not recorded: run nothing,
-//! answer with an error". After a write or sync error the log *poisons* itself: what reached
-//! the disk is unknown (a failed `fdatasync` may have dropped dirty pages, so retrying proves
-//! nothing), and every later append fails until the Hall restarts and recovery re-reads the
-//! log. Failing to save a checkpoint poisons it too: without saved checkpoints truncation
-//! would go unnoticed.
+//! answer with an error".
+//!
+//! **Resource failures degrade; integrity failures stop.** After a write or sync error (or a
+//! checkpoint that cannot be saved) the log is *degraded* ([`LogState::Degraded`]): new intents
+//! are refused, the receipts the log owes (outcomes, denials, aborts, checkpoints) are still
+//! attempted, giving up the space reserve (`<dir>/reserve`) on `ENOSPC`. What reached the disk
+//! is unknown (a failed `fdatasync` may have dropped dirty pages, and a second `fdatasync` can
+//! report success for them), so no waiter is told "durable" and nothing is appended until
+//! the writer has *repaired*: cut the segment back to the last record it made durable, synced
+//! the cut, re-read that record's line from a fresh descriptor and found it byte for byte as
+//! written; then the in-memory chain head, frontier and open intents return to that record.
+//! The checkpoint thread retries with backoff until the tail is repaired, the checkpoint
+//! saved and the reserve re-created, and returns the log to [`LogState::Ok`]. A tail that does
+//! not verify, like a problem found by the background check, *poisons* the log
+//! ([`LogState::Failed`]): every later append fails until the Hall restarts.
 //!
 //! **Recovery at open.** The log is scanned (see [`super::verify`]): a torn final line (bytes
 //! after the last newline of the last segment: a crash mid-write, never acknowledged) is saved
@@ -76,6 +86,28 @@ pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Default segment size before a new one is started.
 pub const DEFAULT_SEGMENT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Default size of the space reserve kept in the log directory.
+pub const DEFAULT_RESERVE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The reserve file's name in the log directory.
+pub const RESERVE_FILE: &str = "reserve";
+
+/// The file the recovery allocates (and removes) to see whether the resource is back.
+const PROBE_FILE: &str = ".space-probe";
+
+/// How much the recovery's probe allocates beyond the reserve.
+const PROBE_BYTES: u64 = 256 * 1024;
+
+/// How long the log waits between attempts to recover from a resource failure, at most.
+const RECOVERY_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// How often refused appends are reported in the log, at most.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Attempts at writing a receipt the log owes (an outcome, a denial, a checkpoint) before
+/// giving up on it.
+const OWED_ATTEMPTS: usize = 3;
+
 /// How the writer is set up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogOptions {
@@ -94,6 +126,9 @@ pub struct LogOptions {
     pub segment_max_bytes: u64,
     /// How often a long scan at open reports progress ([`ReceiptLog::open_with_progress`]).
     pub progress_every: Duration,
+    /// Size of the preallocated `reserve` file kept in the log directory and given up on
+    /// `ENOSPC` so the receipts the log owes can still be written (0: no reserve).
+    pub reserve_bytes: u64,
 }
 
 impl LogOptions {
@@ -110,6 +145,7 @@ impl LogOptions {
             checkpoint_copy: None,
             segment_max_bytes: DEFAULT_SEGMENT_MAX_BYTES,
             progress_every: PROGRESS_EVERY,
+            reserve_bytes: DEFAULT_RESERVE_BYTES,
         }
     }
 }
@@ -167,6 +203,68 @@ pub enum LogError {
     UnknownIntent { seq: u64 },
     #[error("{0}")]
     Usage(String),
+    #[error(
+        "the receipt log cannot record now (a resource it needs is missing; it recovers by \
+         itself when the resource returns): {reason}"
+    )]
+    Unavailable { reason: String },
+}
+
+/// The log's state, as health reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogState {
+    Ok,
+    /// A resource the log needs is missing (disk space, descriptors, memory, an I/O error):
+    /// new intents are refused, the receipts the log owes are still attempted, and the log
+    /// returns to `Ok` by itself once it has re-read and verified its tail and the resource
+    /// is back.
+    Degraded {
+        reason: String,
+        /// `ENOSPC`, `EMFILE`, … when the cause was a system call's error.
+        errno: Option<String>,
+        since: SystemTime,
+    },
+    /// An integrity failure (a record or checkpoint that does not verify): every append is
+    /// refused until a human has looked and the Hall is restarted.
+    Failed {
+        reason: String,
+    },
+}
+
+impl LogState {
+    /// `ok`, `degraded`, `failed`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            LogState::Ok => "ok",
+            LogState::Degraded { .. } => "degraded",
+            LogState::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// The errno name of an I/O error (`ENOSPC`), if it has one.
+fn errno_name(e: &std::io::Error) -> Option<String> {
+    e.raw_os_error()
+        .map(|n| format!("{:?}", nix::errno::Errno::from_raw(n)))
+}
+
+/// Whether giving up the space reserve can help.
+fn is_out_of_space(e: &std::io::Error) -> bool {
+    use nix::libc;
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+}
+
+/// Where the test seam can inject an error ([`ReceiptLog::inject_fault`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultPoint {
+    /// The record's `write(2)` (half the line is written first, as a short write would).
+    Write,
+    /// The group `fdatasync`.
+    Sync,
+    /// Saving the checkpoint note.
+    SaveCheckpoint,
+    /// Re-creating the reserve (also the recovery's probe for space).
+    Reserve,
 }
 
 /// A record on disk.
@@ -223,7 +321,13 @@ pub struct SavedCheckpoint {
     /// Tree size (also the seq of its checkpoint record).
     pub size: u64,
     pub root: Hash,
+    /// The note in the checkpoint record.
     pub note: String,
+    /// What was saved to `<dir>/checkpoint` and the copy: a checkpoint of the tree that
+    /// includes the checkpoint record itself (`size + 1` records), so that removing that
+    /// record, or any before it, makes the log shorter than its saved checkpoint.
+    pub saved_size: u64,
+    pub saved_note: String,
 }
 
 /// What the open found and did.
@@ -333,8 +437,43 @@ pub struct LogStatus {
     /// Seq (= tree size) of the newest checkpoint record.
     pub last_checkpoint: Option<u64>,
     pub fdatasyncs: u64,
+    /// The integrity failure, if any (same as `state` = `Failed`).
     pub failed: Option<String>,
+    pub state: LogState,
+    /// Appends refused because the log was degraded or failed, since open.
+    pub refusals: u64,
+    /// Bytes held in the reserve file (0 while it is given up or not configured).
+    pub reserve_bytes: u64,
     pub background_check: BackgroundCheck,
+}
+
+/// What a failed append or sync leaves behind: the state at the last durable record, to
+/// which the writer returns after truncating whatever came after it.
+#[derive(Debug, Clone)]
+struct Mark {
+    next_seq: u64,
+    prev_hash: Option<Hash>,
+    frontier: Frontier,
+    segment_len: u64,
+    segment_first_seq: u64,
+    open_intents: BTreeMap<u64, Dispatch>,
+    last_checkpoint: Option<u64>,
+    epochs: usize,
+    /// Offset and SHA-256 of the segment's last line (`None`: the segment is empty).
+    last_line: Option<(u64, [u8; 32])>,
+}
+
+/// A resource failure in progress.
+#[derive(Debug, Clone)]
+struct Degraded {
+    reason: String,
+    errno: Option<String>,
+    since: SystemTime,
+    started: Instant,
+    /// Appends refused since it began.
+    refused: u64,
+    /// Repairs of the tail since it began (the first is logged, the others counted).
+    repairs: u64,
 }
 
 struct State {
@@ -350,6 +489,25 @@ struct State {
     synced: u64,
     syncing: bool,
     failed: Option<String>,
+    degraded: Option<Degraded>,
+    /// A write or sync failed: the file may hold bytes after `mark` (a partial line, records
+    /// never acknowledged); nothing is appended before [`Inner::repair`] has cut them.
+    needs_repair: bool,
+    /// The state at the last durable record.
+    mark: Mark,
+    /// Offset and SHA-256 of the current segment's last line.
+    last_line: Option<(u64, [u8; 32])>,
+    /// For each repair so far, the record count it returned to (a waiter uses it to know
+    /// whether its record was kept).
+    repair_floors: Vec<u64>,
+    /// A checkpoint recorded in the log whose note could not be saved yet.
+    unsaved: Option<(u64, String, Option<Vec<u8>>)>,
+    refusals: u64,
+    refusals_logged: u64,
+    last_refusal_log: Option<Instant>,
+    reserve_held: u64,
+    /// The last I/O error was `ENOSPC`/`EDQUOT` (giving up the reserve can help).
+    out_of_space: bool,
     open_intents: BTreeMap<u64, Dispatch>,
     last_checkpoint: Option<u64>,
     last_checkpoint_time: Instant,
@@ -366,6 +524,101 @@ impl State {
     fn since_checkpoint(&self) -> u64 {
         self.next_seq - self.last_checkpoint.map_or(0, |c| c + 1)
     }
+
+    fn mark_now(&self) -> Mark {
+        Mark {
+            next_seq: self.next_seq,
+            prev_hash: self.prev_hash,
+            frontier: self.frontier.clone(),
+            segment_len: self.segment_len,
+            segment_first_seq: self.segment_first_seq,
+            open_intents: self.open_intents.clone(),
+            last_checkpoint: self.last_checkpoint,
+            epochs: self.epochs.len(),
+            last_line: self.last_line,
+        }
+    }
+
+    fn state(&self) -> LogState {
+        match (&self.failed, &self.degraded) {
+            (Some(reason), _) => LogState::Failed {
+                reason: reason.clone(),
+            },
+            (None, Some(d)) => LogState::Degraded {
+                reason: d.reason.clone(),
+                errno: d.errno.clone(),
+                since: d.since,
+            },
+            (None, None) => LogState::Ok,
+        }
+    }
+}
+
+/// Creates (or keeps) `path` with `bytes` allocated from offset 0, synced.
+fn allocate(path: &Path, bytes: u64) -> std::io::Result<File> {
+    use std::os::fd::AsRawFd as _;
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    // SAFETY: fallocate on a descriptor we own; no pointers.
+    let r = unsafe { nix::libc::fallocate(f.as_raw_fd(), 0, 0, bytes as nix::libc::off_t) };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(nix::libc::EOPNOTSUPP) {
+            return Err(e);
+        }
+        // A filesystem without fallocate: the same space, written.
+        use std::os::unix::fs::FileExt as _;
+        let zeros = vec![0u8; 64 * 1024];
+        let mut at = 0;
+        while at < bytes {
+            let n = zeros.len().min((bytes - at) as usize);
+            f.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+    }
+    f.sync_all()?;
+    Ok(f)
+}
+
+/// Where a segment's last line starts, and its SHA-256.
+type LineMark = (u64, [u8; 32]);
+
+/// Offset and SHA-256 of the last line of the first `len` bytes of `file` (`None` when
+/// `len` is 0). The bytes must end with a newline.
+fn last_line_of(file: &File, len: u64) -> std::io::Result<Option<(u64, [u8; 32])>> {
+    use std::os::unix::fs::FileExt as _;
+    if len == 0 {
+        return Ok(None);
+    }
+    let mut end_byte = [0u8; 1];
+    file.read_exact_at(&mut end_byte, len - 1)?;
+    if end_byte[0] != b'\n' {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the segment does not end with a newline at {len}"),
+        ));
+    }
+    // Back from the final newline to the one before it.
+    let mut start = 0;
+    let mut pos = len - 1;
+    let mut buf = vec![0u8; 64 * 1024];
+    'find: while pos > 0 {
+        let from = pos.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(pos - from) as usize];
+        file.read_exact_at(chunk, from)?;
+        if let Some(i) = chunk.iter().rposition(|b| *b == b'\n') {
+            start = from + i as u64 + 1;
+            break 'find;
+        }
+        pos = from;
+    }
+    let mut line = vec![0u8; (len - start) as usize];
+    file.read_exact_at(&mut line, start)?;
+    Ok(Some((start, Sha256::digest(&line).into())))
 }
 
 struct Inner {
@@ -378,6 +631,8 @@ struct Inner {
     check: Mutex<BackgroundCheck>,
     pending: Mutex<Option<PendingCheck>>,
     cancel: AtomicBool,
+    /// Test seam: errors to return at the next matching [`FaultPoint`] (empty in production).
+    faults: Mutex<Vec<(FaultPoint, i32)>>,
     _lock: File,
 }
 
@@ -686,6 +941,7 @@ impl ReceiptLog {
             None => (dir.join(store::segment_name(0)), 0),
         };
         let file = OpenOptions::new()
+            .read(true)
             .append(true)
             .create(true)
             .mode(0o640)
@@ -713,7 +969,9 @@ impl ReceiptLog {
             .last()
             .map(|c| c.seq)
             .or(resumed.as_ref().and_then(|r| r.1));
-        let state = State {
+        // The segment's last line, which a repair after a failed write re-reads from disk.
+        let last_line = last_line_of(&file, seg_len).map_err(io_err(&seg_path))?;
+        let mut state = State {
             key,
             next_seq: scan.size,
             prev_hash: scan.last_hash,
@@ -724,6 +982,27 @@ impl ReceiptLog {
             synced: scan.size,
             syncing: false,
             failed: None,
+            degraded: None,
+            needs_repair: false,
+            mark: Mark {
+                next_seq: 0,
+                prev_hash: None,
+                frontier: Frontier::default(),
+                segment_len: 0,
+                segment_first_seq: 0,
+                open_intents: BTreeMap::new(),
+                last_checkpoint: None,
+                epochs: 0,
+                last_line: None,
+            },
+            last_line,
+            repair_floors: Vec::new(),
+            unsaved: None,
+            refusals: 0,
+            refusals_logged: 0,
+            last_refusal_log: None,
+            reserve_held: 0,
+            out_of_space: false,
             open_intents: scan
                 .open_intents
                 .iter()
@@ -737,6 +1016,7 @@ impl ReceiptLog {
             epochs,
             segment_first_seq: scan.segments.last().map_or(0, |s| s.first_seq),
         };
+        state.mark = state.mark_now();
         let (check, pending) = match resumed {
             Some((expected, last_checkpoint)) => (
                 BackgroundCheck::Pending {
@@ -763,8 +1043,22 @@ impl ReceiptLog {
             check: Mutex::new(check),
             pending: Mutex::new(pending),
             cancel: AtomicBool::new(false),
+            faults: Mutex::new(Vec::new()),
             _lock: lock,
         });
+        // The space reserve. Not getting it is a resource failure, not a reason to stop:
+        // the log starts degraded (refusing new work) and takes it when the space returns.
+        if let Err(e) = inner.ensure_reserve() {
+            let mut st = inner.lock().map_err(|e| OpenError::Io {
+                path: dir.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            inner.degrade(
+                &mut st,
+                format!("cannot preallocate the space reserve: {e}"),
+                errno_name(&e),
+            );
+        }
         let mut report = OpenReport {
             records,
             signatures_checked: scan.signatures_checked,
@@ -802,8 +1096,8 @@ impl ReceiptLog {
                 .map_err(recover_err)?;
             report.aborted.push((seq, a.seq));
         }
-        let ticker = if inner.opts.checkpoint_every > 0 || inner.opts.checkpoint_interval.is_some()
-        {
+        // Checkpoints by count and time, and recovery from resource failures.
+        let ticker = {
             let i = Arc::clone(&inner);
             Some(
                 std::thread::Builder::new()
@@ -811,8 +1105,6 @@ impl ReceiptLog {
                     .spawn(move || i.ticker())
                     .map_err(io_err(&dir))?,
             )
-        } else {
-            None
         };
         Ok((
             ReceiptLog {
@@ -971,7 +1263,10 @@ impl ReceiptLog {
     /// key, after which the new key signs. Durable when it returns.
     pub fn rotate_key(&self, new: KeyPair) -> Result<Appended, LogError> {
         let inner = &self.inner;
-        let mut st = inner.lock()?;
+        let mut st = inner.ready(inner.lock()?)?;
+        if st.degraded.is_some() {
+            return Err(inner.refuse(&mut st));
+        }
         if st.key.id() == new.id() {
             return Err(LogError::Usage(
                 "the new key is the current key; generate a fresh one".into(),
@@ -1009,8 +1304,44 @@ impl ReceiptLog {
             last_checkpoint: st.last_checkpoint,
             fdatasyncs: st.fdatasyncs,
             failed: st.failed.clone(),
+            state: st.state(),
+            refusals: st.refusals,
+            reserve_bytes: st.reserve_held,
             background_check: self.inner.check_state(),
         }
+    }
+
+    /// Test seam: the next operation at `point` fails with `errno` (once per call).
+    #[cfg(test)]
+    pub(crate) fn inject_fault(&self, point: FaultPoint, errno: i32) {
+        if let Ok(mut f) = self.inner.faults.lock() {
+            f.push((point, errno));
+        }
+    }
+
+    /// Test seam: forgets the injected errors not consumed yet.
+    #[cfg(test)]
+    pub(crate) fn clear_faults(&self) {
+        if let Ok(mut f) = self.inner.faults.lock() {
+            f.clear();
+        }
+    }
+
+    /// Runs one recovery attempt now (what the checkpoint thread does while degraded).
+    /// `true` when the log is `Ok` afterwards.
+    pub fn try_recover(&self) -> bool {
+        self.inner.recover()
+    }
+
+    /// The tree size of the newest checkpoint saved to `<dir>/checkpoint` (and the copy);
+    /// `None` before the first. Echoed in every answer's receipt info, so clients can hold the
+    /// smallest size the log may ever have again (see ARCHITECTURE.md, "Truncation").
+    pub fn saved_checkpoint_size(&self) -> Option<u64> {
+        let saved = match self.inner.saved.lock() {
+            Ok(g) => *g,
+            Err(p) => *p.into_inner(),
+        };
+        (saved > 0).then_some(saved)
     }
 
     /// The options the log was opened with.
@@ -1229,16 +1560,102 @@ impl Inner {
         })
     }
 
-    /// Appends one record and waits until it is durable.
-    fn append(&self, body: Body, extra_key: Option<&KeyPair>) -> Result<Appended, LogError> {
-        let mut st = self.lock()?;
-        let appended = self.append_locked(&mut st, body, extra_key)?;
-        let _st = self.wait_durable(st, appended.seq + 1)?;
-        Ok(appended)
+    /// The test seam: an injected error for `point`, if one is queued.
+    fn fault(&self, point: FaultPoint) -> std::io::Result<()> {
+        let mut f = match self.faults.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        match f.iter().position(|(p, _)| *p == point) {
+            Some(i) => {
+                let (_, errno) = f.remove(i);
+                Err(std::io::Error::from_raw_os_error(errno))
+            }
+            None => Ok(()),
+        }
     }
 
+    /// Appends one record and waits until it is durable. A receipt the log owes (anything
+    /// but an intent) is attempted even while the log is degraded, giving up the space reserve
+    /// on `ENOSPC`; a new intent is refused then.
+    fn append(&self, body: Body, extra_key: Option<&KeyPair>) -> Result<Appended, LogError> {
+        let owed = !matches!(body, Body::Intent(_));
+        let mut st = self.lock()?;
+        if !owed && st.degraded.is_some() && st.failed.is_none() {
+            return Err(self.refuse(&mut st));
+        }
+        let mut attempts = if owed { OWED_ATTEMPTS } else { 1 };
+        let mut body = Some(body);
+        loop {
+            attempts -= 1;
+            let this = if attempts == 0 {
+                body.take()
+            } else {
+                body.clone()
+            };
+            let Some(this) = this else {
+                return Err(LogError::Usage("no receipt to append".into()));
+            };
+            let result = self
+                .ready(st)
+                .and_then(|mut g| {
+                    let a = self.append_locked(&mut g, this, extra_key)?;
+                    Ok((g, a))
+                })
+                .and_then(|(g, a)| self.wait_durable(g, a.seq + 1).map(|g| (g, a)));
+            match result {
+                Ok((_g, a)) => return Ok(a),
+                // Retried after the repair (by this thread, or the recovery meanwhile).
+                Err(LogError::Unavailable { .. }) if attempts > 0 => {
+                    st = self.lock()?;
+                    if st.reserve_held > 0 && st.out_of_space {
+                        self.release_reserve(&mut st);
+                    }
+                }
+                Err(e) => {
+                    if matches!(e, LogError::Failed { .. } | LogError::Unavailable { .. }) {
+                        let mut st = self.lock()?;
+                        self.refuse(&mut st);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Waits for a sync in flight and repairs the file when a write or sync failed, so the
+    /// next append starts from a verified tail.
+    fn ready<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+    ) -> Result<MutexGuard<'a, State>, LogError> {
+        loop {
+            if let Some(reason) = &st.failed {
+                return Err(LogError::Failed {
+                    reason: reason.clone(),
+                });
+            }
+            if !st.needs_repair {
+                return Ok(st);
+            }
+            if st.syncing {
+                st = self.durable.wait(st).map_err(|_| LogError::Failed {
+                    reason: "a thread panicked while appending".into(),
+                })?;
+                continue;
+            }
+            self.repair(&mut st)?;
+        }
+    }
+
+    /// Integrity failure: every later append fails until restart.
     fn poison(&self, st: &mut State, reason: String) -> LogError {
         if st.failed.is_none() {
+            tracing::error!(
+                reason = %reason,
+                "receipt log: FAILED (integrity): every append is refused until the log is \
+                 investigated (`wcp-hall receipts verify`) and the Hall restarted"
+            );
             st.failed = Some(reason);
         }
         self.durable.notify_all();
@@ -1246,6 +1663,269 @@ impl Inner {
         LogError::Failed {
             reason: st.failed.clone().unwrap_or_default(),
         }
+    }
+
+    /// Resource failure: new work is refused until the recovery (on the checkpoint thread)
+    /// finds the resource back. Logged once per episode.
+    fn degrade(&self, st: &mut State, reason: String, errno: Option<String>) -> LogError {
+        if st.failed.is_none() && st.degraded.is_none() {
+            tracing::error!(
+                reason = %reason,
+                errno = errno.as_deref().unwrap_or("-"),
+                "receipt log: DEGRADED (resource): new dispatches are refused until the log \
+                 recovers; it retries by itself"
+            );
+            st.degraded = Some(Degraded {
+                reason: reason.clone(),
+                errno,
+                since: SystemTime::now(),
+                started: Instant::now(),
+                refused: 0,
+                repairs: 0,
+            });
+        }
+        self.durable.notify_all();
+        self.tick.notify_all();
+        LogError::Unavailable { reason }
+    }
+
+    /// An I/O error while appending: the file may now hold bytes after the mark.
+    fn io_failed(&self, st: &mut State, what: &str, e: &std::io::Error) -> LogError {
+        st.needs_repair = true;
+        st.out_of_space = is_out_of_space(e);
+        self.degrade(st, format!("{what}: {e}"), errno_name(e))
+    }
+
+    /// Counts a refused append (and reports refusals, at most every ten seconds).
+    fn refuse(&self, st: &mut State) -> LogError {
+        st.refusals += 1;
+        if let Some(d) = &mut st.degraded {
+            d.refused += 1;
+        }
+        let due = st
+            .last_refusal_log
+            .is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY);
+        if due {
+            tracing::warn!(
+                refused = st.refusals - st.refusals_logged,
+                total = st.refusals,
+                state = st.state().name(),
+                "receipt log: refusing appends (reported at most every 10 s)"
+            );
+            st.refusals_logged = st.refusals;
+            st.last_refusal_log = Some(Instant::now());
+        }
+        match (&st.failed, &st.degraded) {
+            (Some(reason), _) => LogError::Failed {
+                reason: reason.clone(),
+            },
+            (None, Some(d)) => LogError::Unavailable {
+                reason: d.reason.clone(),
+            },
+            (None, None) => LogError::Unavailable {
+                reason: "a write or sync failed; the log is recovering".into(),
+            },
+        }
+    }
+
+    /// Returns the writer to the last durable record: cuts what follows it in the segment
+    /// (a partial line, records never acknowledged), syncs the cut, re-reads the segment's
+    /// last line from a fresh descriptor and checks it is the one the writer last made
+    /// durable. A mismatch is an integrity failure; an I/O error leaves the repair pending.
+    fn repair(&self, st: &mut State) -> Result<(), LogError> {
+        let m = st.mark.clone();
+        if st.epochs.len() != m.epochs {
+            return Err(self.poison(
+                st,
+                "a key rotation could not be made durable; restart the Hall to recover".into(),
+            ));
+        }
+        let path = self.opts.dir.join(store::segment_name(m.segment_first_seq));
+        let attempt = || -> std::io::Result<(File, Option<LineMark>)> {
+            let f = OpenOptions::new().read(true).append(true).open(&path)?;
+            f.set_len(m.segment_len)?;
+            f.sync_all()?;
+            let len = f.metadata()?.len();
+            if len != m.segment_len {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "the segment is {len} bytes after the cut to {}",
+                        m.segment_len
+                    ),
+                ));
+            }
+            let last = last_line_of(&f, len)?;
+            Ok((f, last))
+        };
+        match attempt() {
+            Ok((f, last)) if last == m.last_line => {
+                let dropped = st.next_seq - m.next_seq;
+                st.file = Arc::new(f);
+                st.next_seq = m.next_seq;
+                st.written = m.next_seq;
+                st.synced = m.next_seq;
+                st.prev_hash = m.prev_hash;
+                st.frontier = m.frontier;
+                st.segment_len = m.segment_len;
+                st.segment_first_seq = m.segment_first_seq;
+                st.open_intents = m.open_intents;
+                st.last_checkpoint = m.last_checkpoint;
+                st.last_line = m.last_line;
+                st.checkpoint_wanted = false;
+                st.needs_repair = false;
+                st.repair_floors.push(m.next_seq);
+                let first = st.degraded.as_mut().is_none_or(|d| {
+                    d.repairs += 1;
+                    d.repairs == 1
+                });
+                if first {
+                    tracing::warn!(
+                        records = m.next_seq,
+                        dropped_unacknowledged = dropped,
+                        segment = %path.display(),
+                        bytes = m.segment_len,
+                        "receipt log: cut back to the last durable record and verified its \
+                         tail from disk (further repairs until it recovers are counted, not \
+                         logged)"
+                    );
+                } else {
+                    tracing::debug!(
+                        records = m.next_seq,
+                        dropped_unacknowledged = dropped,
+                        "receipt log: tail repaired again"
+                    );
+                }
+                self.durable.notify_all();
+                Ok(())
+            }
+            Ok(_) => Err(self.poison(
+                st,
+                format!(
+                    "after a failed write, the last line of {} is not the last record made \
+                     durable (seq {})",
+                    path.display(),
+                    m.next_seq.saturating_sub(1)
+                ),
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                Err(self.poison(st, format!("after a failed write, {}: {e}", path.display())))
+            }
+            Err(e) => Err(self.degrade(
+                st,
+                format!("cannot repair {} after a failed write: {e}", path.display()),
+                errno_name(&e),
+            )),
+        }
+    }
+
+    /// Checks that the resource is back and takes the reserve: a probe file is created,
+    /// allocated (`fallocate`), synced and removed in the log directory (a descriptor, space
+    /// past the reserve, a working sync), then the reserve file is created or completed unless
+    /// it is held already.
+    fn ensure_reserve(&self) -> std::io::Result<()> {
+        self.fault(FaultPoint::Reserve)?;
+        let probe = self.opts.dir.join(PROBE_FILE);
+        let probed = allocate(&probe, PROBE_BYTES);
+        let _ = fs::remove_file(&probe);
+        probed?;
+        let want = self.opts.reserve_bytes;
+        let held = {
+            let st = self
+                .state
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?;
+            st.reserve_held
+        };
+        if want == 0 || held >= want {
+            return Ok(());
+        }
+        let path = self.opts.dir.join(RESERVE_FILE);
+        let f = match allocate(&path, want) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                return Err(e);
+            }
+        };
+        let mut st = self
+            .state
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?;
+        // An appender may have given the reserve up (unlinked it) meanwhile: only a file
+        // still in place is held.
+        use std::os::unix::fs::MetadataExt as _;
+        let ours = f.metadata()?.ino();
+        if fs::metadata(&path).is_ok_and(|m| m.ino() == ours) {
+            st.reserve_held = want;
+            Ok(())
+        } else {
+            Err(std::io::Error::other(
+                "the reserve was released while it was made",
+            ))
+        }
+    }
+
+    /// Gives the reserve's space back to the filesystem, so owed receipts can be written.
+    fn release_reserve(&self, st: &mut State) {
+        let path = self.opts.dir.join(RESERVE_FILE);
+        match fs::remove_file(&path) {
+            Ok(()) => tracing::warn!(
+                bytes = st.reserve_held,
+                "receipt log: out of space; released the reserve to write the receipts the log \
+                 owes"
+            ),
+            Err(e) => tracing::warn!(error = %e, "receipt log: cannot release the reserve"),
+        }
+        st.reserve_held = 0;
+    }
+
+    /// One recovery attempt (checkpoint thread, while degraded): repair, save the checkpoint
+    /// that could not be saved, take the reserve back. `true` when the log is `Ok` again.
+    fn recover(&self) -> bool {
+        let Ok(st) = self.lock() else { return false };
+        if st.failed.is_some() {
+            return false;
+        }
+        let st = match self.ready(st) {
+            Ok(g) => g,
+            Err(_) => return false,
+        };
+        let unsaved = st.unsaved.clone();
+        drop(st);
+        if let Some((size, note, snapshot)) = unsaved
+            && self
+                .save_checkpoint(size, &note, snapshot.as_deref())
+                .is_err()
+        {
+            return false;
+        }
+        if let Err(e) = self.ensure_reserve() {
+            tracing::debug!(error = %e, "receipt log: the resource is still missing");
+            return false;
+        }
+        let Ok(mut st) = self.lock() else {
+            return false;
+        };
+        if st.failed.is_some() || st.needs_repair || st.unsaved.is_some() {
+            return false;
+        }
+        if let Some(d) = st.degraded.take() {
+            tracing::warn!(
+                after_ms = d.started.elapsed().as_millis() as u64,
+                refused = d.refused,
+                repairs = d.repairs,
+                reason = %d.reason,
+                "receipt log: RECOVERED: the resource is back, the tail verified; accepting \
+                 new dispatches"
+            );
+            // Records may have piled up without a checkpoint meanwhile.
+            if self.opts.checkpoint_every > 0 && st.since_checkpoint() >= self.opts.checkpoint_every
+            {
+                st.checkpoint_wanted = true;
+            }
+        }
+        true
     }
 
     /// Builds, signs and writes one record (not yet durable).
@@ -1258,6 +1938,11 @@ impl Inner {
         if let Some(reason) = &st.failed {
             return Err(LogError::Failed {
                 reason: reason.clone(),
+            });
+        }
+        if st.needs_repair {
+            return Err(LogError::Unavailable {
+                reason: "a write or sync failed; the log is recovering".into(),
             });
         }
         // Intent bookkeeping is checked before anything is written.
@@ -1314,9 +1999,14 @@ impl Inner {
         {
             self.new_segment(st, seq)?;
         }
-        if let Err(e) = (&*st.file).write_all(&sealed.line) {
-            return Err(self.poison(st, format!("cannot write the receipt log: {e}")));
+        let written = self.fault(FaultPoint::Write).inspect_err(|_| {
+            // As a short write would: part of the line reaches the file.
+            let _ = (&*st.file).write_all(&sealed.line[..sealed.line.len() / 2]);
+        });
+        if let Err(e) = written.and_then(|()| (&*st.file).write_all(&sealed.line)) {
+            return Err(self.io_failed(st, "cannot write the receipt log", &e));
         }
+        st.last_line = Some((st.segment_len, Sha256::digest(&sealed.line).into()));
         st.segment_len += sealed.line.len() as u64;
         st.next_seq += 1;
         st.written = st.next_seq;
@@ -1344,11 +2034,15 @@ impl Inner {
 
     /// Starts segment `first_seq`: the old one is synced first, the directory after.
     fn new_segment(&self, st: &mut State, first_seq: u64) -> Result<(), LogError> {
-        if let Err(e) = st.file.sync_data() {
-            return Err(self.poison(st, format!("cannot sync the receipt log: {e}")));
+        if let Err(e) = self
+            .fault(FaultPoint::Sync)
+            .and_then(|()| st.file.sync_data())
+        {
+            return Err(self.io_failed(st, "cannot sync the receipt log", &e));
         }
         st.fdatasyncs += 1;
         st.synced = st.written;
+        st.mark = st.mark_now();
         let path = self.opts.dir.join(store::segment_name(first_seq));
         let file = OpenOptions::new()
             .append(true)
@@ -1361,10 +2055,17 @@ impl Inner {
                 st.file = Arc::new(f);
                 st.segment_len = 0;
                 st.segment_first_seq = first_seq;
+                st.last_line = None;
+                st.mark = st.mark_now();
                 self.durable.notify_all();
                 Ok(())
             }
-            Err(e) => Err(self.poison(st, format!("cannot start segment {}: {e}", path.display()))),
+            Err(e) => {
+                // A segment file that was created but not made durable stays empty; the
+                // writer keeps appending to the old one after the repair.
+                let _ = fs::remove_file(&path);
+                Err(self.io_failed(st, &format!("cannot start segment {}", path.display()), &e))
+            }
         }
     }
 
@@ -1375,7 +2076,18 @@ impl Inner {
         mut st: MutexGuard<'a, State>,
         target: u64,
     ) -> Result<MutexGuard<'a, State>, LogError> {
+        // A repair after this point cuts the log back to its floor: a record past it was
+        // not kept, even if another record with the same seq becomes durable later.
+        let repairs = st.repair_floors.len();
         loop {
+            if let Some(&floor) = st.repair_floors.get(repairs) {
+                if target <= floor {
+                    return Ok(st);
+                }
+                return Err(LogError::Unavailable {
+                    reason: "a write or sync failed before this record was durable".into(),
+                });
+            }
             if st.synced >= target {
                 return Ok(st);
             }
@@ -1390,18 +2102,36 @@ impl Inner {
                 })?;
                 continue;
             }
+            // After a failed write or sync, a new fdatasync can report success for pages the
+            // kernel already dropped: only the repair can tell what is on disk.
+            if st.needs_repair {
+                return Err(LogError::Unavailable {
+                    reason: st.degraded.as_ref().map_or_else(
+                        || "a write or sync failed; the log is recovering".into(),
+                        |d| d.reason.clone(),
+                    ),
+                });
+            }
             st.syncing = true;
             let file = Arc::clone(&st.file);
             let upto = st.written;
+            let candidate = st.mark_now();
             drop(st);
-            let result = file.sync_data();
+            let result = self.fault(FaultPoint::Sync).and_then(|()| file.sync_data());
             st = self.lock()?;
             st.syncing = false;
             st.fdatasyncs += 1;
             match result {
-                Ok(()) => st.synced = st.synced.max(upto),
+                Ok(()) => {
+                    st.synced = st.synced.max(upto);
+                    if candidate.next_seq >= st.mark.next_seq
+                        && candidate.segment_first_seq == st.segment_first_seq
+                    {
+                        st.mark = candidate;
+                    }
+                }
                 Err(e) => {
-                    let err = self.poison(&mut st, format!("cannot sync the receipt log: {e}"));
+                    let err = self.io_failed(&mut st, "cannot sync the receipt log", &e);
                     self.durable.notify_all();
                     return Err(err);
                 }
@@ -1412,12 +2142,31 @@ impl Inner {
 
     /// A checkpoint of everything so far; with `even_if_current`, also when nothing but the
     /// last checkpoint record was appended since the last one (never on an empty log).
+    /// A checkpoint is a receipt the log owes: attempted while degraded, retried after a
+    /// repair, with the reserve given up on `ENOSPC`.
     fn checkpoint(&self, even_if_current: bool) -> Result<Option<SavedCheckpoint>, LogError> {
-        let mut st = self.lock()?;
-        if let Some(reason) = &st.failed {
-            return Err(LogError::Failed {
-                reason: reason.clone(),
-            });
+        let mut attempts = OWED_ATTEMPTS;
+        loop {
+            attempts -= 1;
+            match self.checkpoint_once(even_if_current) {
+                Err(LogError::Unavailable { .. }) if attempts > 0 => {
+                    let mut st = self.lock()?;
+                    if st.reserve_held > 0 && st.out_of_space {
+                        self.release_reserve(&mut st);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn checkpoint_once(&self, even_if_current: bool) -> Result<Option<SavedCheckpoint>, LogError> {
+        let mut st = self.ready(self.lock()?)?;
+        // A checkpoint recorded earlier whose note could not be saved: save it first.
+        if let Some((size, note, snapshot)) = st.unsaved.clone() {
+            drop(st);
+            self.save_checkpoint(size, &note, snapshot.as_deref())?;
+            st = self.ready(self.lock()?)?;
         }
         if st.since_checkpoint() == 0 && !(even_if_current && st.next_seq > 0) {
             st.checkpoint_wanted = false;
@@ -1428,7 +2177,22 @@ impl Inner {
         let note = Checkpoint::new(&self.opts.origin, size, root)
             .sign(&st.key)
             .map_err(|e| LogError::Usage(e.to_string()))?;
-        // The resume snapshot at this size, signed now (with the key that signs the note).
+        let record = CheckpointRecord {
+            size,
+            root: hex(&root),
+            note: note.clone(),
+        };
+        let appended = self.append_locked(&mut st, Body::Checkpoint(record), None)?;
+        st.last_checkpoint = Some(appended.seq);
+        st.last_checkpoint_time = Instant::now();
+        st.checkpoint_wanted = false;
+        // What is saved covers the checkpoint record too: the log's last record after a clean
+        // shutdown is then inside the saved tree, and cannot be removed unnoticed.
+        let saved_size = st.next_seq;
+        let saved_note = Checkpoint::new(&self.opts.origin, saved_size, st.frontier.root())
+            .sign(&st.key)
+            .map_err(|e| LogError::Usage(e.to_string()))?;
+        // The resume snapshot at that size, signed now (with the key that signs the note).
         let snapshot = st.prev_hash.and_then(|head| {
             let snap = resume::Snapshot::new(
                 &self.opts.origin,
@@ -1448,18 +2212,15 @@ impl Inner {
                 }
             }
         });
-        let record = CheckpointRecord {
-            size,
-            root: hex(&root),
-            note: note.clone(),
-        };
-        let appended = self.append_locked(&mut st, Body::Checkpoint(record), None)?;
-        st.last_checkpoint = Some(appended.seq);
-        st.last_checkpoint_time = Instant::now();
-        st.checkpoint_wanted = false;
         drop(self.wait_durable(st, appended.seq + 1)?);
-        self.save_checkpoint(size, &note, snapshot.as_deref())?;
-        Ok(Some(SavedCheckpoint { size, root, note }))
+        self.save_checkpoint(saved_size, &saved_note, snapshot.as_deref())?;
+        Ok(Some(SavedCheckpoint {
+            size,
+            root,
+            note,
+            saved_size,
+            saved_note,
+        }))
     }
 
     /// Saves a checkpoint note to both locations, never replacing a newer one, then its resume
@@ -1479,15 +2240,31 @@ impl Inner {
         let targets = std::iter::once(self.opts.dir.join(store::CHECKPOINT_FILE))
             .chain(self.opts.checkpoint_copy.clone());
         for path in targets {
-            if let Err(e) = store::write_atomic(&path, note.as_bytes(), 0o644) {
+            let written = self
+                .fault(FaultPoint::SaveCheckpoint)
+                .and_then(|()| store::write_atomic(&path, note.as_bytes(), 0o644));
+            if let Err(e) = written {
+                // The checkpoint is in the log; its note is saved again by the recovery.
+                // Until then new work is refused, as without saved checkpoints a truncation
+                // of the log could not be noticed.
                 let mut st = self.lock()?;
-                return Err(self.poison(
+                st.out_of_space = is_out_of_space(&e);
+                if st.unsaved.as_ref().is_none_or(|u| u.0 < size) {
+                    st.unsaved = Some((size, note.to_owned(), snapshot.map(<[u8]>::to_vec)));
+                }
+                return Err(self.degrade(
                     &mut st,
                     format!("cannot save the checkpoint to {}: {e}", path.display()),
+                    errno_name(&e),
                 ));
             }
         }
         *saved = size;
+        if let Ok(mut st) = self.lock()
+            && st.unsaved.as_ref().is_some_and(|u| u.0 <= size)
+        {
+            st.unsaved = None;
+        }
         let resume_path = self.opts.dir.join(store::RESUME_FILE);
         let written = match snapshot {
             Some(bytes) => store::write_atomic(&resume_path, bytes, 0o600),
@@ -1512,10 +2289,30 @@ impl Inner {
         let Ok(mut st) = self.state.lock() else {
             return;
         };
+        let mut backoff = Duration::from_millis(25);
         loop {
             if st.stopping || st.failed.is_some() {
                 return;
             }
+            // Degraded: try to recover, with a growing pause (checkpoints wait for it).
+            if st.degraded.is_some() {
+                backoff = (backoff * 2).min(RECOVERY_BACKOFF_MAX);
+                st = match self.tick.wait_timeout(st, backoff) {
+                    Ok((g, _)) => g,
+                    Err(_) => return,
+                };
+                if st.stopping || st.failed.is_some() {
+                    return;
+                }
+                drop(st);
+                self.recover();
+                st = match self.state.lock() {
+                    Ok(g) => g,
+                    Err(_) => return,
+                };
+                continue;
+            }
+            backoff = Duration::from_millis(25);
             let pending = st.since_checkpoint() > 0;
             let deadline = self
                 .opts
@@ -1525,7 +2322,8 @@ impl Inner {
             let due = st.checkpoint_wanted || (pending && deadline.is_some_and(|d| now >= d));
             if due {
                 drop(st);
-                // An error poisons the log (appenders see it); nothing more to do here.
+                // An error poisons or degrades the log (appenders see it, the recovery
+                // above takes over).
                 let _ = self.checkpoint(false);
                 st = match self.state.lock() {
                     Ok(g) => g,
@@ -1560,6 +2358,7 @@ mod tests {
         let mut o = LogOptions::new(dir, "test");
         o.checkpoint_every = 0;
         o.checkpoint_interval = None;
+        o.reserve_bytes = 64 * 1024;
         o
     }
 
@@ -1766,10 +2565,14 @@ mod tests {
         let cp = log.shutdown().unwrap().unwrap();
         assert_eq!(cp.size, 2);
         let copy = fs::read_to_string(dir.path().join("copy.checkpoint")).unwrap();
-        assert_eq!(copy, cp.note);
+        assert_eq!(copy, cp.saved_note);
+        assert_eq!(
+            cp.saved_size, 3,
+            "the saved checkpoint covers its own record"
+        );
         assert_eq!(
             fs::read_to_string(dir.path().join(store::CHECKPOINT_FILE)).unwrap(),
-            cp.note
+            cp.saved_note
         );
         let r = verify(dir.path(), &key());
         assert!(r.ok() && r.open_intents.is_empty(), "{:?}", r.failures);
@@ -1831,5 +2634,226 @@ mod tests {
         let r = verify(dir.path(), &key());
         assert!(r.ok(), "{:?}", r.failures);
         assert_eq!(r.passed, 160);
+    }
+
+    fn denied(c: &str) -> Dispatch {
+        let mut d = dispatch(c);
+        d.decision.denied = true;
+        d.decision.deny_code = Some("DENY_X".into());
+        d
+    }
+
+    fn wait_ok(log: &ReceiptLog) {
+        for _ in 0..500 {
+            if log.status().state == LogState::Ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the log did not recover: {:?}", log.status());
+    }
+
+    #[test]
+    fn a_failed_write_degrades_then_recovers_with_an_intact_chain() {
+        use nix::libc::{EMFILE, ENOSPC};
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = ReceiptLog::open(opts(dir.path()), key()).unwrap();
+        assert_eq!(log.status().reserve_bytes, 64 * 1024);
+        assert!(dir.path().join(RESERVE_FILE).exists());
+        let running = log.append_intent(dispatch("c-run")).unwrap();
+        // A short write of a new intent: refused, nothing runs, the log is degraded.
+        log.inject_fault(FaultPoint::Write, ENOSPC);
+        // Recovery must not succeed before the test looks.
+        log.inject_fault(FaultPoint::Reserve, ENOSPC);
+        let err = log.append_intent(dispatch("c-new")).unwrap_err();
+        assert!(matches!(err, LogError::Unavailable { .. }), "{err:?}");
+        let st = log.status();
+        match &st.state {
+            LogState::Degraded { errno, .. } => assert_eq!(errno.as_deref(), Some("ENOSPC")),
+            other => panic!("{other:?}"),
+        }
+        // New intents are refused while degraded; the outcome the log owes is written (the
+        // partial line is cut first, the reserve given up if needed).
+        assert!(matches!(
+            log.append_intent(dispatch("c-new2")),
+            Err(LogError::Unavailable { .. })
+        ));
+        let out = log
+            .append_outcome(running, Outcome::Executed(execution()))
+            .unwrap();
+        assert_eq!(out.seq, 1);
+        log.append_denied(denied("c-denied")).unwrap();
+        assert!(log.status().refusals >= 2);
+        // A failed sync (EMFILE-like): the record it covered is cut and, being owed, written
+        // again after the repair, under the same seq.
+        log.inject_fault(FaultPoint::Sync, EMFILE);
+        let again = log.append_denied(denied("c-owed")).unwrap();
+        assert_eq!(again.seq, 3);
+        assert_eq!(log.status().records, 4);
+        // The space comes back: the checkpoint thread's recovery (here: called directly).
+        let mut tries = 0;
+        while !log.try_recover() {
+            tries += 1;
+            assert!(tries < 10, "{:?}", log.status());
+        }
+        assert_eq!(log.status().state, LogState::Ok);
+        assert_eq!(log.status().reserve_bytes, 64 * 1024);
+        let h = log.append_intent(dispatch("c-after")).unwrap();
+        log.append_outcome(h, Outcome::Executed(execution()))
+            .unwrap();
+        log.checkpoint_now().unwrap().unwrap();
+        let records = log.status().records;
+        drop(log);
+        let r = verify(dir.path(), &key());
+        assert!(r.ok(), "{:?}", r.failures);
+        assert_eq!(r.records, records);
+        // The partial line and the unacknowledged record are gone; the reopen finds no torn
+        // tail and every acknowledged record.
+        let (log, report) = ReceiptLog::open(opts(dir.path()), key()).unwrap();
+        assert!(report.recovered.is_none(), "{report:?}");
+        assert_eq!(report.records, records);
+        drop(log);
+    }
+
+    #[test]
+    fn a_checkpoint_that_cannot_be_saved_is_saved_by_the_recovery() {
+        use nix::libc::ENOSPC;
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = opts(dir.path());
+        o.checkpoint_copy = Some(dir.path().join("copy.checkpoint"));
+        let (log, _) = ReceiptLog::open(o.clone(), key()).unwrap();
+        log.append_denied(denied("c-1")).unwrap();
+        // The disk stays full for a while (the recovery keeps failing too).
+        for _ in 0..1000 {
+            log.inject_fault(FaultPoint::SaveCheckpoint, ENOSPC);
+        }
+        assert!(matches!(
+            log.checkpoint_now(),
+            Err(LogError::Unavailable { .. })
+        ));
+        assert_eq!(log.status().state.name(), "degraded");
+        assert!(!dir.path().join(store::CHECKPOINT_FILE).exists());
+        assert!(matches!(
+            log.append_intent(dispatch("c-refused")),
+            Err(LogError::Unavailable { .. })
+        ));
+        // Space returns: the checkpoint thread recovers by itself.
+        log.clear_faults();
+        wait_ok(&log);
+        let note = fs::read_to_string(dir.path().join(store::CHECKPOINT_FILE)).unwrap();
+        assert_eq!(
+            note,
+            fs::read_to_string(dir.path().join("copy.checkpoint")).unwrap()
+        );
+        log.append_denied(denied("c-2")).unwrap();
+        log.shutdown().unwrap();
+        let r = verify(dir.path(), &key());
+        assert!(r.ok(), "{:?}", r.failures);
+        let (_log, report) = ReceiptLog::open(o, key()).unwrap();
+        assert_eq!(report.saved_checkpoints.len(), 2);
+    }
+
+    #[test]
+    fn a_tail_that_changed_under_the_writer_is_an_integrity_failure() {
+        use nix::libc::ENOSPC;
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = ReceiptLog::open(opts(dir.path()), key()).unwrap();
+        log.append_denied(denied("c-1")).unwrap();
+        log.append_denied(denied("c-2")).unwrap();
+        let seg = dir.path().join(store::segment_name(0));
+        let n = fs::metadata(&seg).unwrap().len() as usize;
+        log.inject_fault(FaultPoint::Write, ENOSPC);
+        log.inject_fault(FaultPoint::Reserve, ENOSPC);
+        assert!(log.append_intent(dispatch("c-3")).is_err());
+        // Someone rewrites the last durable line while the writer is degraded.
+        let mut bytes = fs::read(&seg).unwrap();
+        assert!(bytes.len() > n, "half a line was written");
+        bytes[n - 10] ^= 1;
+        fs::write(&seg, &bytes).unwrap();
+        assert!(!log.try_recover());
+        assert!(matches!(log.status().state, LogState::Failed { .. }));
+        assert!(matches!(
+            log.append_denied(denied("c-4")),
+            Err(LogError::Failed { .. })
+        ));
+    }
+
+    /// Writes `path` until the filesystem is full.
+    fn fill(path: &Path) {
+        let mut f = File::create(path).unwrap();
+        for chunk in [1 << 20, 4096, 64] {
+            let buf = vec![0xa5u8; chunk];
+            while f.write_all(&buf).is_ok() {}
+        }
+        let _ = f.sync_all();
+    }
+
+    #[test]
+    fn a_real_full_disk_refuses_intents_without_flapping_and_recovers() {
+        use std::process::Command;
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("receipts");
+        fs::create_dir(&dir).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipped: cannot mount a tmpfs (not root?)");
+            return;
+        }
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(self.0)
+                    .status();
+            }
+        }
+        let _unmount = Unmount(&dir);
+        let mut o = opts(&dir);
+        o.reserve_bytes = 128 * 1024;
+        let (log, _) = ReceiptLog::open(o.clone(), key()).unwrap();
+        let running = log.append_intent(dispatch("c-running")).unwrap();
+        fill(&dir.join("fill"));
+        // Intents until one hits ENOSPC (the segment's last page may hold a few lines); they
+        // stay open and are aborted at shutdown.
+        let mut open = Vec::new();
+        let err = loop {
+            match log.append_intent(dispatch(&format!("c-{}", open.len()))) {
+                Ok(h) => open.push(h),
+                Err(e) => break e,
+            }
+            assert!(open.len() < 100, "the disk never filled");
+        };
+        assert!(matches!(err, LogError::Unavailable { .. }), "{err:?}");
+        // The reserve is still held (an intent is not owed), but the recovery's probe finds no
+        // space: the log stays degraded instead of flapping back to ok.
+        std::thread::sleep(Duration::from_millis(300));
+        let st = log.status();
+        assert!(matches!(st.state, LogState::Degraded { .. }), "{st:?}");
+        assert_eq!(st.reserve_bytes, 128 * 1024);
+        assert!(!log.try_recover());
+        // The outcome the log owes uses the reserve.
+        log.append_outcome(running, Outcome::Executed(execution()))
+            .unwrap();
+        assert_eq!(log.status().reserve_bytes, 0);
+        assert!(log.append_intent(dispatch("c-refused")).is_err());
+        // Space returns: the checkpoint thread recovers by itself, the reserve is back.
+        fs::remove_file(dir.join("fill")).unwrap();
+        wait_ok(&log);
+        assert_eq!(log.status().reserve_bytes, 128 * 1024);
+        let h = log.append_intent(dispatch("c-after")).unwrap();
+        log.append_outcome(h, Outcome::Executed(execution()))
+            .unwrap();
+        drop(open);
+        log.shutdown().unwrap();
+        let r = verify(&dir, &key());
+        assert!(r.ok(), "{:?}", r.failures);
+        assert!(r.open_intents.is_empty());
+        let (_log, report) = ReceiptLog::open(o, key()).unwrap();
+        assert!(report.recovered.is_none());
     }
 }

@@ -48,7 +48,7 @@ pub use log::{
     Appended, IntentHandle, LogError, LogOptions, OpenError, OpenReport, Outcome, ReceiptLog,
     SavedCheckpoint,
 };
-pub use log::{BackgroundCheck, OpenProgress};
+pub use log::{BackgroundCheck, FaultPoint, LogState, OpenProgress};
 pub use model::{
     Approval, Body, Caller, DecisionSummary, Dispatch, Execution, Kind, PAYLOAD_TYPE, PackageRef,
     ReceiptPayload, Timings,

@@ -23,6 +23,7 @@ pub fn options(dir: &Path) -> LogOptions {
     o.origin = ORIGIN.into();
     o.checkpoint_every = 0;
     o.checkpoint_interval = None;
+    o.reserve_bytes = 256 * 1024;
     o
 }
 
