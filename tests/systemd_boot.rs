@@ -162,6 +162,9 @@ r install $?
 r socket_active "$(systemctl is-active wcp-hall.socket)"
 r service_before "$(systemctl is-active wcp-hall.service)"
 r socket_owner "$(stat -c %U:%G:%a /run/wcp-hall/hall.sock)"
+# init would make a second Hall in the package's state directory: refused with a hint.
+wcp-hall init --namespace org.acme > /out/init.txt 2>&1
+r init_beside_package $?
 
 # A new login of alice (a member of wcp now) asks for the status: socket activation.
 su - alice -c 'wcp-hall status -s /run/wcp-hall/hall.sock' > /out/status.txt 2>&1
@@ -316,6 +319,8 @@ fn the_readme_install_runs_a_worker_under_a_real_systemd() {
     is("socket_active", "active");
     is("service_before", "inactive");
     is("socket_owner", "root:wcp:660");
+    is("init_beside_package", "2");
+    assert!(read("init.txt").contains("packaged Hall"), "{context}");
     is("status", "0");
     is("service_after", "active");
     is("enroll", "0");

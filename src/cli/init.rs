@@ -98,6 +98,9 @@ fn env_dir(var: &str) -> Option<PathBuf> {
     p.is_absolute().then_some(p)
 }
 
+/// The configuration of the Debian package's systemd service.
+const PACKAGED_CONFIG: &str = "/etc/wcp-hall/hall.toml";
+
 /// `$STATE_DIRECTORY`, else `/var/lib/wcp-hall` as root, else `$XDG_STATE_HOME/wcp-hall`
 /// (`~/.local/state/wcp-hall`).
 pub fn default_dir() -> Option<PathBuf> {
@@ -402,6 +405,26 @@ fn ensure_copy(report: &mut Report, from: &Path, to: &Path, what: &str) -> Resul
 
 pub fn run(args: InitArgs, out: &mut Out) -> Result<u8, CliError> {
     let tenant = check_namespace(&args.namespace)?;
+    // The packaged systemd service keeps its configuration in /etc/wcp-hall and owns
+    // /var/lib/wcp-hall: a self-contained directory there would be a second, conflicting Hall.
+    if args.dir.is_none()
+        && std::env::var_os("STATE_DIRECTORY").is_none()
+        && nix::unistd::geteuid().is_root()
+        && Path::new(PACKAGED_CONFIG).exists()
+    {
+        return Err(CliError::new(
+            exit::USAGE,
+            "packaged_hall",
+            format!(
+                "this host runs the packaged Hall ({PACKAGED_CONFIG}, state in /var/lib/wcp-hall); \
+                 init sets up a separate, self-contained Hall directory"
+            ),
+        )
+        .hint(
+            "configure the packaged Hall in /etc/wcp-hall (README: \"Run a worker under the \
+             installed Hall\"), or pass --dir DIR for a separate Hall",
+        ));
+    }
     let dir = match args.dir.clone().or_else(default_dir) {
         Some(d) => d,
         None => {
