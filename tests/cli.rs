@@ -528,6 +528,10 @@ fn config_show_and_check_describe_the_configured_hall() {
     // Whether a per-run memory bound is enforceable on this host.
     let per_run = v["memory_bound"]["per_run"].as_bool().unwrap();
     assert_eq!(v["memory_bound"]["reason"].is_null(), per_run, "{v}");
+    // And what else it can bound per run: the Hall's socket, scratch, persistent data, groups.
+    for key in ["hall_socket", "scratch", "persistent_data", "groups"] {
+        assert!(v["run_limits"][key].is_string(), "{key}: {v}");
+    }
     let human = run(&["config", "show", "-c", cfg.to_str().unwrap()], None);
     assert!(
         stdout(&human).contains("python:    cpython 3."),

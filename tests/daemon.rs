@@ -2810,3 +2810,61 @@ fn records_removed_from_the_end_after_a_clean_stop_are_found_by_verify_and_at_st
         assert!(err.contains("sev1") && err.contains("missing"), "{err}");
     }
 }
+
+/// A worker that forks and allocates in every child (issue: six children held 448 MiB each
+/// under a 512 MiB limit and the report said 480 MB). Through a real Hall, as root and as an
+/// ordinary user: the run's memory bound in the answer's envelope report is the true one —
+/// `memory.max` for the whole run where the cgroup enforces it, otherwise per process with the
+/// run's bound stated as RLIMIT_AS × the process limit — and the peak is never passed off as
+/// the run's total.
+fn fork_and_allocate(as_uid: Option<u32>) {
+    let mut hall = TestHall::start("");
+    hall.as_uid = as_uid;
+    restart_attested(&mut hall, |dir| {
+        let pkg = dir.join("packages/memory_fork");
+        copy_dir(&repo("tests/hostile/memory_fork"), &pkg);
+        sign_and_enroll(dir, &pkg, &read_record(&repo("workers/hello/record.json")));
+    });
+    let mut req = input("cap.hello.greet", "acme-corp");
+    req["request"] = json!({"children": 3, "each_mib": 64});
+    let (s, out) = hall.call(Method::POST, "/wcp/dispatch", Some(&req));
+    assert_eq!(s, 200, "{out}; {}", hall.log());
+    assert_eq!(out["status"], "completed", "{out}");
+    assert_eq!(out["result"]["holding"], 3, "{out}");
+    let summary = &out["execution"]["summary"];
+    let report = &summary["envelope"];
+    let m = &report["memory"];
+    let per_process = m["per_process_bytes"].as_u64().unwrap();
+    let held = 3 * (64u64 << 20);
+    if m["scope"] == "run" {
+        assert_eq!(m["run_bound_bytes"], report["cgroup"]["memory_max"], "{m}");
+        assert_eq!(summary["peak_memory_source"], "cgroup", "{summary}");
+    } else {
+        assert_eq!(m["scope"], "per_process", "{m}");
+        assert_eq!(m["enforced"], "per_process_only", "{m}");
+        let processes = m["processes_max"].as_u64().unwrap();
+        assert_eq!(
+            m["run_bound_bytes"].as_u64(),
+            Some(per_process * processes),
+            "{m}"
+        );
+        assert!(per_process * processes > held, "{m}");
+        assert!(!m["reason"].as_str().unwrap().is_empty(), "{m}");
+        // The peak is one process's, and says so.
+        assert_eq!(
+            summary["peak_memory_source"], "largest_process_rss",
+            "{summary}"
+        );
+    }
+    hall.stop_and_verify_log();
+}
+
+#[test]
+fn a_root_halls_fork_and_allocate_worker_is_reported_with_its_true_bound() {
+    fork_and_allocate(None);
+}
+
+#[test]
+fn an_ordinary_users_fork_and_allocate_worker_is_reported_with_its_true_bound() {
+    fork_and_allocate(Some(NOBODY));
+}

@@ -218,7 +218,7 @@ fn probe(args: ProbeArgs, out: &mut Out) -> Result<u8, CliError> {
 /// What this host lets the Hall enforce per run beyond the kernel features above: hiding the
 /// Hall's socket from workers, bounding a run's scratch space, telling its own workers apart
 /// as peers, and whether workers inherit supplementary groups.
-fn run_limits(p: &Probe) -> Vec<(&'static str, String)> {
+pub(crate) fn run_limits(p: &Probe) -> Vec<(&'static str, String)> {
     let root = p.hall_uid == 0;
     let mnt = p.namespaces.mnt && (root || p.namespaces.user);
     vec![
@@ -264,7 +264,7 @@ fn run_limits(p: &Probe) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn run_limits_json(p: &Probe) -> serde_json::Value {
+pub(crate) fn run_limits_json(p: &Probe) -> serde_json::Value {
     serde_json::Value::Object(
         run_limits(p)
             .into_iter()

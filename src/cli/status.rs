@@ -96,10 +96,10 @@ pub fn run(cmd: ConfigCommand, out: &mut Out) -> Result<u8, CliError> {
     // Whether this host can bound a run's memory as a whole (probed here, in this process's
     // cgroup; a Hall under systemd probes its delegated subtree: `wcp-hall envelope probe
     // --cgroup-parent DIR` asks about that one).
-    let memory = crate::envelope::Probe::run(&crate::envelope::HostConfig::new(
+    let probe = crate::envelope::Probe::run(&crate::envelope::HostConfig::new(
         config.state_dir().join("runs"),
-    ))
-    .memory_bound();
+    ));
+    let memory = probe.memory_bound();
     if out.json {
         out.json_line(&json!({
             "config": args.config.config,
@@ -109,6 +109,7 @@ pub fn run(cmd: ConfigCommand, out: &mut Out) -> Result<u8, CliError> {
             "registry": {"path": config.paths.registry_dir, "summary": summary},
             "python": hall.python,
             "memory_bound": memory,
+            "run_limits": super::envelope::run_limits_json(&probe),
         }))?;
         return Ok(exit::OK);
     }
@@ -191,5 +192,8 @@ pub fn run(cmd: ConfigCommand, out: &mut Out) -> Result<u8, CliError> {
             .trim_start_matches("memory bound")
             .trim_start()
     ))?;
+    for (what, line) in super::envelope::run_limits(&probe) {
+        out.line(format!("{what}: {line}"))?;
+    }
     Ok(exit::OK)
 }
