@@ -210,6 +210,16 @@ r journal_ansi "$(journalctl -u wcp-hall.service -o cat --no-pager | grep -c $'\
 r journal_identifier "$(journalctl -u wcp-hall.service -o json --no-pager | grep -c '"SYSLOG_IDENTIFIER":"wcp-hall"')"
 r man "$(test -e /usr/share/man/man1/wcp-hall-serve.1.gz && echo yes || echo no)"
 
+# Upgrade (a reinstall runs the same maintainer scripts): the key is kept, the Hall restarts
+# cleanly and serves.
+key_before="$(sha256sum /etc/wcp-hall/keys/receipts.key)"
+su - alice -c 'wcp-hall status -s /run/wcp-hall/hall.sock' >/dev/null 2>&1
+(cd /src && apt-get install -y --reinstall ./target/debian/wcp-hall_*.deb) > /out/upgrade.txt 2>&1
+r upgrade $?
+r upgrade_key "$(test "$key_before" = "$(sha256sum /etc/wcp-hall/keys/receipts.key)" && echo kept || echo changed)"
+su - alice -c 'wcp-hall status -s /run/wcp-hall/hall.sock' >> /out/status.txt 2>&1
+r status_after_upgrade $?
+
 # Purge: the package goes, the evidence and the keys stay.
 apt-get purge -y wcp-hall > /out/purge.txt 2>&1
 r purge $?
@@ -340,6 +350,9 @@ fn the_readme_install_runs_a_worker_under_a_real_systemd() {
     is("journal_ansi", "0");
     assert_ne!(results["journal_identifier"], "0", "{context}");
     is("man", "yes");
+    is("upgrade", "0");
+    is("upgrade_key", "kept");
+    is("status_after_upgrade", "0");
     is("purge", "0");
     is("purged_binary", "gone");
     is("kept_state", "kept");
