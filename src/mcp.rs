@@ -168,22 +168,61 @@ fn decision_summary(body: &Value) -> Value {
     })
 }
 
+/// The `_meta` key of a tool result that carries the Hall's side of a dispatch (status,
+/// capability, correlation id, receipt, decision summary, and the error or pending approval).
+pub const META_DISPATCH: &str = "wcp-hall/dispatch";
+
+/// The `_meta` key of a tool error the bridge or the Hall's HTTP layer produced (`{code,
+/// message}`).
+pub const META_ERROR: &str = "wcp-hall/error";
+
+/// `text` with WCP §5.8's tool names (`wcp.approval.resolve`, …, which the router's own deny
+/// messages use) replaced by the names this bridge lists them under, so every message the
+/// model reads names a tool it can call.
+pub fn as_listed(text: &str, dotted: bool) -> String {
+    let mut text = text.to_owned();
+    if !dotted {
+        for id in [
+            TOOL_APPROVALS_LIST,
+            TOOL_APPROVAL_RESOLVE,
+            TOOL_APPROVAL_ESCALATE,
+        ] {
+            text = text.replace(id, &tool_name(id, dotted));
+        }
+    }
+    text
+}
+
+fn meta_with(key: &str, value: Value) -> rmcp::model::MetaObject {
+    let mut m = JsonObject::new();
+    m.insert(key.into(), value);
+    rmcp::model::MetaObject(m)
+}
+
 /// Turns the Hall's answer to `POST /wcp/dispatch` (HTTP 200) into an MCP tool result.
 ///
-/// `completed`: the worker's result as JSON text (or a notice when it exceeds `max_bytes`);
-/// `pending_approval`: not an error, the approval id, level and expiry; `denied`: a tool error
-/// with the WCP deny code and message; `failed`: a tool error naming the Hall's error code and
-/// message (`execution.error`, also in structured content as `error`) and the worker's own
-/// output when it printed one JSON value. Structured content always holds
-/// `{status, capability_id, correlation_id, receipt, decision}`.
+/// The result is the worker's: on `completed`, `structuredContent` is the worker's result when
+/// it is a JSON object, and the text block is exactly its JSON serialisation (MCP: the text
+/// SHOULD be the serialisation of the structured content), so a client that prefers either one
+/// gives the model the same answer. The Hall's metadata is in the result's `_meta` under
+/// [`META_DISPATCH`]: `{status, capability_id, correlation_id, receipt, decision}` plus `error`,
+/// `pending_approval` or `truncated`.
+///
+/// Everything else is a tool error (`isError: true`) whose text starts with a stable code and
+/// carries no structured content: `denied`: the WCP deny code and message (an input the
+/// worker's schema refuses is `DENY_INVALID_INPUT`, naming the field); `failed`: the Hall's
+/// code (`execution.error.code`), its message and the worker's own output when it printed one
+/// JSON value; `pending_approval`: the approval id, level and expiry and the approval tool as
+/// listed (`dotted` as in [`tool_name`]); a result over `max_bytes`: `result_too_large`.
 pub fn outcome_to_result(
     body: &Value,
     capability_id: &str,
     correlation_id: &str,
     max_bytes: usize,
+    dotted: bool,
 ) -> CallToolResult {
     let status = body["status"].as_str().unwrap_or("unknown").to_owned();
-    let mut structured = json!({
+    let mut hall = json!({
         "status": status,
         "capability_id": capability_id,
         "correlation_id": correlation_id,
@@ -191,22 +230,27 @@ pub fn outcome_to_result(
         "decision": decision_summary(body),
     });
     let decision = &body["decision"];
+    let mut structured = None;
     let (text, is_error) = match status.as_str() {
         "completed" | "dry_run" => {
             let value = body.get("result").cloned().unwrap_or(Value::Null);
             let text = value.to_string();
             if text.len() > max_bytes {
-                structured["truncated"] = json!({"result_bytes": text.len(), "limit": max_bytes});
+                hall["truncated"] = json!({"result_bytes": text.len(), "limit": max_bytes});
                 (
                     format!(
-                        "the worker's result is {} bytes, over this bridge's limit of {max_bytes} \
-                         (wcp-hall mcp --max-result-bytes); it was not passed on. Correlation id \
-                         {correlation_id}; the evidence receipt records the run.",
+                        "result_too_large: the worker's result is {} bytes, over this bridge's \
+                         limit of {max_bytes} (wcp-hall mcp --max-result-bytes); it was not \
+                         passed on. Correlation id {correlation_id}; the evidence receipt \
+                         records the run.",
                         text.len()
                     ),
-                    false,
+                    true,
                 )
             } else {
+                if value.is_object() {
+                    structured = Some(value);
+                }
                 (text, false)
             }
         }
@@ -216,20 +260,21 @@ pub fn outcome_to_result(
                 "supervisor_level": body.get("supervisor_level"),
                 "approval_expires_at": body.get("approval_expires_at"),
             });
-            structured["pending_approval"] = pending.clone();
+            hall["pending_approval"] = pending.clone();
             (
                 format!(
-                    "{capability_id} needs human approval ({}): approval {} at level {}, expires {}. \
-                     An operator approves or denies it (wcp-hall approvals approve ID, or the \
-                     wcp.approval.resolve tool); call again after that.",
+                    "pending_approval: {capability_id} needs human approval ({}): approval {} at \
+                     level {}, expires {}. Nothing ran. An operator approves or denies it \
+                     (wcp-hall approvals approve ID, or the {} tool); call again after that.",
                     decision["deny_reason_if_denied"]["message"]
                         .as_str()
                         .unwrap_or("REQUIRE_HUMAN"),
                     pending["pending_approval_id"].as_str().unwrap_or("?"),
                     pending["supervisor_level"].as_str().unwrap_or("?"),
                     pending["approval_expires_at"].as_str().unwrap_or("?"),
+                    tool_name(TOOL_APPROVAL_RESOLVE, dotted),
                 ),
-                false,
+                true,
             )
         }
         "denied" => {
@@ -253,7 +298,7 @@ pub fn outcome_to_result(
                 None => "the run failed (the Hall gave no reason)".to_owned(),
             };
             if error.is_object() {
-                structured["error"] = error.clone();
+                hall["error"] = error.clone();
             }
             if let Some(result) = body.get("result").filter(|v| !v.is_null()) {
                 let result = result.to_string();
@@ -271,19 +316,25 @@ pub fn outcome_to_result(
         other => (format!("the Hall answered with status {other:?}"), true),
     };
     let mut r = if is_error {
-        CallToolResult::error(vec![ContentBlock::text(text)])
+        // Messages from the Hall (deny reasons) may name the WCP tools by their ids.
+        CallToolResult::error(vec![ContentBlock::text(as_listed(&text, dotted))])
     } else {
         CallToolResult::success(vec![ContentBlock::text(text)])
     };
-    r.structured_content = Some(structured);
+    r.structured_content = structured;
+    r.meta = Some(meta_with(META_DISPATCH, hall));
     r
 }
 
-/// A tool error (isError: true) with a text and a `{status: "error", code, message}` structure.
+/// A tool error (isError: true): the text `code: message`, and `{code, message}` in `_meta`
+/// under [`META_ERROR`].
 fn tool_error(code: &str, message: impl Into<String>) -> CallToolResult {
     let message = message.into();
     let mut r = CallToolResult::error(vec![ContentBlock::text(format!("{code}: {message}"))]);
-    r.structured_content = Some(json!({"status": "error", "code": code, "message": message}));
+    r.meta = Some(meta_with(
+        META_ERROR,
+        json!({"status": "error", "code": code, "message": message}),
+    ));
     r
 }
 
@@ -344,8 +395,8 @@ pub fn tools_from_listing(listing: &Value, dotted: bool) -> (Vec<Tool>, BTreeMap
         let human = if routing == "requires_human" {
             format!(
                 " For this tenant and context it needs human approval first (supervisor level \
-                 {}: {}): a call returns status pending_approval with the approval id, and runs \
-                 once an operator approves.",
+                 {}: {}): a call is a tool error naming pending_approval and the approval id, \
+                 and runs once an operator approves.",
                 text("supervisor_level"),
                 text("approval_reason"),
             )
@@ -372,14 +423,18 @@ pub fn tools_from_listing(listing: &Value, dotted: bool) -> (Vec<Tool>, BTreeMap
             ("wcp/worker_id", "worker_id"),
             ("wcp/input_schema_source", "input_schema_source"),
             ("wcp/input_schema_note", "input_schema_note"),
+            ("wcp/output_schema_note", "output_schema_note"),
         ] {
             if let Some(v) = cap.get(field).filter(|v| !v.is_null()) {
                 meta.insert(key.into(), v.clone());
             }
         }
-        let tool = Tool::new(name.clone(), description, schema)
+        let mut tool = Tool::new(name.clone(), description, schema)
             .with_title(id.to_owned())
             .with_meta(rmcp::model::MetaObject(meta));
+        if let Value::Object(output) = &cap["output_schema"] {
+            tool = tool.with_raw_output_schema(Arc::new(output.clone()));
+        }
         names.insert(name, id.to_owned());
         tools.push(tool);
     }
@@ -554,6 +609,7 @@ impl HallBridge {
                 capability_id,
                 &correlation_id,
                 self.cfg.max_result_bytes,
+                self.cfg.dotted_names,
             ),
             Ok(a) => http_error(a.status.as_u16(), &a.body),
             Err(e) => tool_error(client_error_code(&e), e.to_string()),
@@ -638,8 +694,11 @@ impl HallBridge {
             .with_instructions(
                 "Each tool is a WCP capability governed by the Hall: calls are routed under its \
                  rules and policy, run attested workers in privilege envelopes and are receipted. \
-                 A denial is a tool error carrying the WCP deny code; a call needing a human \
-                 returns status pending_approval with the approval id.",
+                 A tool's result is the worker's (the Hall's receipt and decision are in the \
+                 result's _meta under wcp-hall/dispatch). A denial is a tool error carrying the \
+                 WCP deny code (DENY_INVALID_INPUT names the request field the worker's schema \
+                 refuses); a call needing a human is a tool error naming pending_approval and \
+                 the approval id.",
             )
     }
 
@@ -1020,38 +1079,55 @@ mod tests {
                "execution": {"worker_id": "org.x.1", "receipt": {"seq": 3, "receipt_hash": "h"}}})
     }
 
+    /// The Hall's side of a result (`_meta["wcp-hall/dispatch"]`).
+    fn hall_meta(r: &CallToolResult) -> Value {
+        r.meta.as_ref().unwrap().0[META_DISPATCH].clone()
+    }
+
+    fn text_of(r: &CallToolResult) -> String {
+        let v = serde_json::to_value(&r.content[0]).unwrap();
+        v["text"].as_str().unwrap().to_owned()
+    }
+
     #[test]
-    fn a_completed_dispatch_is_the_result_with_receipt_and_decision() {
+    fn a_completed_dispatch_is_the_workers_result_with_the_hall_in_meta() {
         let r = outcome_to_result(
             &completed(json!({"greeting": "Hello, Ada!"})),
             "cap.x",
             "c1",
             1000,
+            false,
         );
         assert_eq!(r.is_error, Some(false));
-        let s = r.structured_content.unwrap();
-        assert_eq!(s["status"], "completed");
-        assert_eq!(s["receipt"]["seq"], 3);
-        assert_eq!(s["decision"]["matched_rule_id"], "rr");
-        assert_eq!(s["decision"]["worker_id"], "org.x.1");
-        let text = serde_json::to_value(&r.content[0]).unwrap();
-        assert_eq!(text["text"], r#"{"greeting":"Hello, Ada!"}"#);
+        let s = r.structured_content.clone().unwrap();
+        assert_eq!(s, json!({"greeting": "Hello, Ada!"}));
+        // The text block is exactly the serialisation of structuredContent.
+        assert_eq!(text_of(&r), serde_json::to_string(&s).unwrap());
+        let m = hall_meta(&r);
+        assert_eq!(m["status"], "completed");
+        assert_eq!(m["correlation_id"], "c1");
+        assert_eq!(m["receipt"]["seq"], 3);
+        assert_eq!(m["decision"]["matched_rule_id"], "rr");
+        assert_eq!(m["decision"]["worker_id"], "org.x.1");
+        let wire = serde_json::to_value(&r).unwrap();
+        assert_eq!(wire["_meta"]["wcp-hall/dispatch"]["receipt"]["seq"], 3);
+        // A result that is not an object is text only: structuredContent must be an object.
+        let r = outcome_to_result(&completed(json!([1, 2])), "cap.x", "c1", 1000, false);
+        assert_eq!(r.structured_content, None);
+        assert_eq!(text_of(&r), "[1,2]");
     }
 
     #[test]
-    fn an_oversized_result_is_replaced_by_a_notice() {
+    fn an_oversized_result_is_a_tool_error_not_passed_on() {
         let big = json!({"blob": "x".repeat(5000)});
-        let r = outcome_to_result(&completed(big), "cap.x", "c1", 1000);
-        let s = r.structured_content.unwrap();
-        assert_eq!(s["truncated"]["limit"], 1000);
-        let text = serde_json::to_value(&r.content[0]).unwrap();
-        assert!(
-            text["text"]
-                .as_str()
-                .unwrap()
-                .contains("over this bridge's limit")
-        );
-        assert!(text["text"].as_str().unwrap().len() < 1000);
+        let r = outcome_to_result(&completed(big), "cap.x", "c1", 1000, false);
+        assert_eq!(r.is_error, Some(true));
+        assert_eq!(r.structured_content, None);
+        assert_eq!(hall_meta(&r)["truncated"]["limit"], 1000);
+        let text = text_of(&r);
+        assert!(text.starts_with("result_too_large: "), "{text}");
+        assert!(text.contains("over this bridge's limit"));
+        assert!(text.len() < 1000);
     }
 
     #[test]
@@ -1060,12 +1136,15 @@ mod tests {
             "decision": {"matched_rule_id": "NO_MATCH", "deny_reason_if_denied":
                 {"code": "DENY_NO_MATCHING_RULE", "message": "no rule"}},
             "execution": {"receipt": {"seq": 1, "receipt_hash": "h"}}});
-        let r = outcome_to_result(&body, "cap.y", "c1", 1000);
+        let r = outcome_to_result(&body, "cap.y", "c1", 1000, false);
         assert_eq!(r.is_error, Some(true));
-        let s = r.structured_content.unwrap();
-        assert_eq!(s["decision"]["deny_code"], "DENY_NO_MATCHING_RULE");
-        let text = serde_json::to_value(&r.content[0]).unwrap();
-        assert_eq!(text["text"], "DENY_NO_MATCHING_RULE: no rule");
+        assert_eq!(r.structured_content, None);
+        assert_eq!(
+            hall_meta(&r)["decision"]["deny_code"],
+            "DENY_NO_MATCHING_RULE"
+        );
+        assert_eq!(hall_meta(&r)["receipt"]["seq"], 1);
+        assert_eq!(text_of(&r), "DENY_NO_MATCHING_RULE: no rule");
     }
 
     #[test]
@@ -1074,41 +1153,66 @@ mod tests {
             "decision": {"matched_rule_id": "rr", "deny_reason_if_denied": null},
             "execution": {"receipt": {"seq": 4, "receipt_hash": "h"},
                           "error": {"code": "not_json", "message": "the worker's stdout is not exactly one JSON value: expected value"}}});
-        let r = outcome_to_result(&body, "cap.y", "c1", 1000);
+        let r = outcome_to_result(&body, "cap.y", "c1", 1000, false);
         assert_eq!(r.is_error, Some(true));
-        let s = r.structured_content.unwrap();
-        assert_eq!(s["error"]["code"], "not_json");
-        assert_eq!(s["receipt"]["seq"], 4);
-        let text = serde_json::to_value(&r.content[0]).unwrap();
+        assert_eq!(r.structured_content, None);
+        let m = hall_meta(&r);
+        assert_eq!(m["error"]["code"], "not_json");
+        assert_eq!(m["receipt"]["seq"], 4);
         assert_eq!(
-            text["text"],
+            text_of(&r),
             "the run failed: not_json: the worker's stdout is not exactly one JSON value: expected value"
         );
         // A worker that exited non-zero with its own error object: both are named.
         let mut body = body;
         body["execution"]["error"] = json!({"code": "exit_status", "message": "the worker exited with status 2: bad_input: no"});
         body["result"] = json!({"error": {"code": "bad_input", "message": "no"}});
-        let r = outcome_to_result(&body, "cap.y", "c1", 1000);
-        let text = serde_json::to_value(&r.content[0]).unwrap();
-        let text = text["text"].as_str().unwrap();
+        let r = outcome_to_result(&body, "cap.y", "c1", 1000, false);
+        let text = text_of(&r);
         assert!(text.starts_with("the run failed: exit_status: "), "{text}");
         assert!(text.contains(r#"the worker's output: {"error""#), "{text}");
-        let r = outcome_to_result(&body, "cap.y", "c1", 10);
-        let text = serde_json::to_value(&r.content[0]).unwrap();
-        assert!(text["text"].as_str().unwrap().contains("is omitted"));
+        let r = outcome_to_result(&body, "cap.y", "c1", 10, false);
+        assert!(text_of(&r).contains("is omitted"));
     }
 
     #[test]
-    fn a_pending_approval_is_not_an_error() {
+    fn a_pending_approval_names_the_approval_tool_as_listed() {
         let body = json!({"status": "pending_approval", "denied": false, "supervisor_required": true,
             "supervisor_level": "L2", "pending_approval_id": "ap-1", "approval_expires_at": "2030-01-01T00:00:00Z",
-            "decision": {"deny_reason_if_denied": {"code": "DENY_REQUIRES_HUMAN", "message": "blast"}}});
-        let r = outcome_to_result(&body, "cap.y", "c1", 1000);
-        assert_eq!(r.is_error, Some(false));
-        let s = r.structured_content.unwrap();
-        assert_eq!(s["status"], "pending_approval");
-        assert_eq!(s["pending_approval"]["pending_approval_id"], "ap-1");
-        assert_eq!(s["pending_approval"]["supervisor_level"], "L2");
+            "decision": {"deny_reason_if_denied": {"code": "DENY_REQUIRES_HUMAN",
+                "message": "Submit the pending approval via wcp.approval.resolve."}}});
+        for dotted in [false, true] {
+            let r = outcome_to_result(&body, "cap.y", "c1", 1000, dotted);
+            // Not the tool's output (nothing ran), so not a success an output schema could
+            // describe.
+            assert_eq!(r.is_error, Some(true));
+            assert_eq!(r.structured_content, None);
+            let m = hall_meta(&r);
+            assert_eq!(m["status"], "pending_approval");
+            assert_eq!(m["pending_approval"]["pending_approval_id"], "ap-1");
+            assert_eq!(m["pending_approval"]["supervisor_level"], "L2");
+            let text = text_of(&r);
+            assert!(text.starts_with("pending_approval: "), "{text}");
+            let listed = tool_name(TOOL_APPROVAL_RESOLVE, dotted);
+            assert!(text.contains(&format!("the {listed} tool")), "{text}");
+            if !dotted {
+                // Not even where the router's own message names the WCP tool.
+                assert!(!text.contains(TOOL_APPROVAL_RESOLVE), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_declared_output_schema_becomes_the_tools_output_schema() {
+        let listing = json!({"capabilities": [
+            {"capability_id": "cap.hello.greet", "routing": "allowed",
+             "input_schema": {"type": "object", "required": ["name"]},
+             "output_schema": {"type": "object", "required": ["greeting"]}},
+            {"capability_id": "cap.other", "routing": "allowed", "output_schema": "junk"}]});
+        let (tools, _) = tools_from_listing(&listing, false);
+        let wire = serde_json::to_value(&tools).unwrap();
+        assert_eq!(wire[0]["outputSchema"]["required"], json!(["greeting"]));
+        assert!(wire[1].get("outputSchema").is_none(), "{wire}");
     }
 
     #[test]
@@ -1119,7 +1223,7 @@ mod tests {
             json!({"status": 5}),
             json!([1, 2]),
         ] {
-            let r = outcome_to_result(&body, "cap.y", "c1", 1000);
+            let r = outcome_to_result(&body, "cap.y", "c1", 1000, false);
             assert_eq!(r.is_error, Some(true), "{body}");
         }
     }

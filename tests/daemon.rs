@@ -1290,6 +1290,87 @@ fn an_attested_worker_runs_in_the_envelope_and_every_step_is_receipted() {
     );
 }
 
+#[test]
+fn a_request_the_workers_schema_refuses_is_a_receipted_denial_and_nothing_runs() {
+    let mut hall = TestHall::start("");
+    let mut enrolled = None;
+    restart_attested(&mut hall, |dir| enrolled = Some(signed_hello(dir)));
+    let (_, worker_id) = enrolled.unwrap();
+    let dispatch = |request: Value| {
+        let mut i = input("cap.hello.greet", "acme-corp");
+        i["request"] = request;
+        let (s, out) = hall.call(Method::POST, "/wcp/dispatch", Some(&i));
+        assert_eq!(s, 200, "{out}");
+        out
+    };
+
+    // hello's config.schema.json requires "name" and allows nothing else.
+    let out = dispatch(json!({"nam": "Ada"}));
+    assert_eq!(out["status"], "denied", "{out}");
+    assert_eq!(out["denied"], true);
+    assert_eq!(deny_code(&out), "DENY_INVALID_INPUT", "{out}");
+    let reason = &out["decision"]["deny_reason_if_denied"];
+    let message = reason["message"].as_str().unwrap();
+    assert!(
+        message.contains("\"name\" is a required property") && message.contains("'nam'"),
+        "{out}"
+    );
+    assert_eq!(reason["hall_code"], "input_invalid", "{out}");
+    assert_eq!(
+        reason["input_errors"].as_array().unwrap().len(),
+        2,
+        "{reason}"
+    );
+    // Nothing ran: no worker, no envelope, no result; only the denial's receipt.
+    assert!(out.get("result").is_none(), "{out}");
+    assert_eq!(
+        out["execution"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["receipt"],
+        "{out}"
+    );
+    let refused = out["execution"]["receipt"]["seq"].as_u64().unwrap();
+
+    // A value of the wrong type: the field is named by its JSON Pointer.
+    let out = dispatch(json!({"name": 5}));
+    assert_eq!(deny_code(&out), "DENY_INVALID_INPUT", "{out}");
+    let message = out["decision"]["deny_reason_if_denied"]["message"]
+        .as_str()
+        .unwrap();
+    assert!(message.contains("/name: 5 is not of type"), "{out}");
+    let typed = out["execution"]["receipt"]["seq"].as_u64().unwrap();
+    assert_eq!(
+        typed,
+        refused + 1,
+        "no intent was written for the first refusal"
+    );
+
+    // A valid request still runs: its intent directly follows the refusals.
+    let out = dispatch(json!({"name": "Ada"}));
+    assert_eq!(out["status"], "completed", "{out}");
+    let outcome = out["execution"]["receipt"]["seq"].as_u64().unwrap();
+    assert_eq!(outcome, typed + 2, "intent then outcome: {out}");
+
+    hall.stop_and_verify_log();
+    let (_, shown, _) = hall.show_receipt(refused);
+    let payload = &shown["payload"];
+    assert_eq!(payload["kind"], "denied", "{shown}");
+    let d = &payload["dispatch"];
+    assert_eq!(d["decision"]["deny_code"], "DENY_INVALID_INPUT", "{shown}");
+    assert!(
+        d["decision"]["deny_detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("input_invalid: "),
+        "{shown}"
+    );
+    assert_eq!(d["worker_id"], worker_id.as_str(), "{shown}");
+    assert!(d["envelope"].is_null(), "{shown}");
+}
+
 /// The failure kinds a worker can cause, the request that causes each (tests/hostile/misbehave)
 /// and the code every answer must carry.
 const MISBEHAVIOURS: [(&str, &str); 7] = [
@@ -1573,9 +1654,15 @@ fn a_native_worker_runs_from_its_store_copy_and_odd_entrypoints_are_refused() {
         "{text}"
     );
 
-    // A bad request is the worker's own refusal (exit 2), not the Hall's.
+    // A request the package's schema refuses is the Hall's refusal: nothing starts.
     let mut bad = input("cap.hello.greet", "acme-corp");
     bad["request"] = json!({"name": "Ada", "extra": 1});
+    let (_, out) = hall.call(Method::POST, "/wcp/dispatch", Some(&bad));
+    assert_eq!(out["status"], "denied", "{out}");
+    assert_eq!(deny_code(&out), "DENY_INVALID_INPUT", "{out}");
+    // One the schema allows but the logic refuses (a blank name) is the worker's own refusal
+    // (exit 2).
+    bad["request"] = json!({"name": "   "});
     let (_, out) = hall.call(Method::POST, "/wcp/dispatch", Some(&bad));
     assert_eq!(out["status"], "failed", "{out}");
     assert_eq!(out["result"]["error"]["code"], "invalid_request", "{out}");

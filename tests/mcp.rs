@@ -240,6 +240,13 @@ fn the_python_mcp_sdk_lists_calls_and_is_denied_through_the_bridge() {
     let hello = &tools["cap_hello_greet"];
     assert_eq!(hello["title"], "cap.hello.greet");
     assert_eq!(hello["inputSchema"]["required"], json!(["name"]));
+    // hello's package declares its result's shape (output.schema.json); the chunker's does not.
+    assert_eq!(
+        hello["outputSchema"]["required"],
+        json!(["greeting", "correlation_id"]),
+        "{hello}"
+    );
+    assert!(tools["cap_doc_chunk"]["outputSchema"].is_null(), "{tools}");
     assert_eq!(hello["meta"]["wcp/routing"], "allowed", "{hello}");
     assert_eq!(hello["meta"]["wcp/input_schema_source"], "verified_package");
     assert_eq!(hello["meta"]["wcp/worker_id"], "org.wcp-hall.hello.1");
@@ -263,13 +270,21 @@ fn the_python_mcp_sdk_lists_calls_and_is_denied_through_the_bridge() {
         assert!(tools[t].is_object(), "operator tool {t} listed: {tools}");
     }
 
-    // The hello worker ran, attested, with a receipt and the decision summary.
+    // The hello worker ran, attested: structuredContent is the worker's result (its greeting
+    // object), the text block exactly its serialisation, and the Hall's receipt and decision
+    // summary are in the result's _meta.
     let h = &out["hello"];
     assert_eq!(h["is_error"], false, "{h}");
-    let result: Value = serde_json::from_str(h["text"][0].as_str().unwrap()).unwrap();
+    let result = &h["structured"];
     assert_eq!(result["greeting"], "Hello, Ada!", "{h}");
-    let s = &h["structured"];
-    assert_eq!(s["status"], "completed");
+    let mut keys: Vec<_> = result.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["correlation_id", "greeting"], "{h}");
+    assert_eq!(h["text_is_structured"], true, "{h}");
+    let text: Value = serde_json::from_str(h["text"][0].as_str().unwrap()).unwrap();
+    assert_eq!(&text, result, "{h}");
+    let s = &h["meta"]["wcp-hall/dispatch"];
+    assert_eq!(s["status"], "completed", "{h}");
     assert_eq!(s["decision"]["matched_rule_id"], "rr_hello");
     assert_eq!(
         s["decision"]["selected_worker_species_id"],
@@ -284,24 +299,25 @@ fn the_python_mcp_sdk_lists_calls_and_is_denied_through_the_bridge() {
     // A correlation id from _meta is used.
     let hm = &out["hello_meta"];
     assert_eq!(
-        hm["structured"]["correlation_id"], "mcp-test-corr-1",
+        hm["meta"]["wcp-hall/dispatch"]["correlation_id"], "mcp-test-corr-1",
         "{hm}"
     );
-    let result: Value = serde_json::from_str(hm["text"][0].as_str().unwrap()).unwrap();
+    let result = &hm["structured"];
     assert_eq!(result["greeting"], "Hello, Grace!");
     assert_eq!(result["correlation_id"], "mcp-test-corr-1");
 
     // The pipeline's chunker ran.
     let c = &out["chunk"];
     assert_eq!(c["is_error"], false, "{c}");
-    let result: Value = serde_json::from_str(c["text"][0].as_str().unwrap()).unwrap();
+    assert_eq!(c["text_is_structured"], true, "{c}");
+    let result = &c["structured"];
     assert!(result["count"].as_u64().unwrap() >= 2, "{result}");
     assert_eq!(
         result["chunks"][0],
         "First paragraph. It has two sentences."
     );
     assert_eq!(
-        c["structured"]["decision"]["worker_id"],
+        c["meta"]["wcp-hall/dispatch"]["decision"]["worker_id"],
         "org.wcp-hall.doc-chunker.1"
     );
 
@@ -309,11 +325,10 @@ fn the_python_mcp_sdk_lists_calls_and_is_denied_through_the_bridge() {
     // carrying the WCP deny code; receipted.
     let d = &out["chunk_tampered"];
     assert_eq!(d["is_error"], true, "{d}");
-    assert_eq!(d["structured"]["status"], "denied");
-    assert_eq!(
-        d["structured"]["decision"]["deny_code"],
-        "DENY_WORKER_TAMPERED"
-    );
+    assert!(d["structured"].is_null(), "{d}");
+    let dm = &d["meta"]["wcp-hall/dispatch"];
+    assert_eq!(dm["status"], "denied");
+    assert_eq!(dm["decision"]["deny_code"], "DENY_WORKER_TAMPERED");
     assert!(
         d["text"][0]
             .as_str()
@@ -321,19 +336,24 @@ fn the_python_mcp_sdk_lists_calls_and_is_denied_through_the_bridge() {
             .starts_with("DENY_WORKER_TAMPERED: "),
         "{d}"
     );
-    assert!(d["structured"]["receipt"]["seq"].is_u64(), "{d}");
+    assert!(dm["receipt"]["seq"].is_u64(), "{d}");
 
-    // A request the worker's schema refuses is an error result, not a crash: the worker exits 2
-    // with its own error object, and the text names the Hall's code, its message and that object.
+    // A request the worker's schema refuses ({"nam": "Ada"}; hello requires "name") is refused
+    // by the Hall before anything runs: a receipted DENY_INVALID_INPUT naming the fields, no run
+    // error, a tool error.
     let bad = &out["invalid_request"];
     assert_eq!(bad["is_error"], true, "{bad}");
-    assert_eq!(bad["structured"]["error"]["code"], "exit_status", "{bad}");
+    let bm = &bad["meta"]["wcp-hall/dispatch"];
+    assert_eq!(bm["status"], "denied", "{bad}");
+    assert_eq!(bm["decision"]["deny_code"], "DENY_INVALID_INPUT", "{bad}");
+    assert!(bm.get("error").is_none(), "nothing ran: {bad}");
+    assert!(bm["receipt"]["seq"].is_u64(), "{bad}");
     let text = bad["text"][0].as_str().unwrap();
+    assert!(text.starts_with("DENY_INVALID_INPUT: "), "{bad}");
     assert!(
-        text.starts_with("the run failed: exit_status: the worker exited with status 2: "),
+        text.contains("\"name\" is a required property") && text.contains("'nam'"),
         "{bad}"
     );
-    assert!(text.contains("the worker's output: {"), "{bad}");
 
     // Operator tools reach the approval endpoints.
     let a = &out["approvals"];
@@ -372,10 +392,17 @@ fn the_python_mcp_sdk_lists_calls_and_is_denied_through_the_bridge() {
     assert_eq!(rh["inputSchema"]["required"], json!(["name"]));
     // The tampered chunker is not offered any more.
     assert!(rt.get("cap_doc_chunk").is_none(), "{rt}");
+    // Nothing ran yet, so it is not the tool's output: a tool error naming pending_approval,
+    // the approval id and the resolve tool exactly as it is listed.
     let p = &out["restricted_hello"];
-    assert_eq!(p["is_error"], false, "{p}");
-    assert_eq!(p["structured"]["status"], "pending_approval", "{p}");
-    let pending = &p["structured"]["pending_approval"];
+    assert_eq!(p["is_error"], true, "{p}");
+    let pm = &p["meta"]["wcp-hall/dispatch"];
+    assert_eq!(pm["status"], "pending_approval", "{p}");
+    let ptext = p["text"][0].as_str().unwrap();
+    assert!(ptext.starts_with("pending_approval: "), "{p}");
+    assert!(ptext.contains("the wcp_approval_resolve tool"), "{p}");
+    assert!(!ptext.contains("wcp.approval.resolve"), "{p}");
+    let pending = &pm["pending_approval"];
     assert_eq!(pending["supervisor_level"], "gatekeeper");
     let approval_id = pending["pending_approval_id"].as_str().unwrap();
     uuid::Uuid::parse_str(approval_id).expect("an approval id");
@@ -412,7 +439,10 @@ fn the_python_mcp_sdk_lists_calls_and_is_denied_through_the_bridge() {
     );
     let dc = &out["down_call"];
     assert_eq!(dc["is_error"], true);
-    assert_eq!(dc["structured"]["code"], "hall_unreachable", "{dc}");
+    assert_eq!(
+        dc["meta"]["wcp-hall/error"]["code"], "hall_unreachable",
+        "{dc}"
+    );
     assert_eq!(out["down_ping"], true);
 
     // stdout carried only protocol (the SDK parsed it); the bridge logged on stderr.
@@ -479,6 +509,15 @@ fn the_hall_lists_what_a_tenant_may_route_with_schemas_from_verified_packages() 
     assert_eq!(hello["input_schema_source"], "verified_package");
     assert_eq!(hello["input_schema"]["required"], json!(["name"]));
     assert!(hello.get("input_schema_note").is_none(), "{hello}");
+    // hello's package declares its result's shape; the chunker's does not (nothing is listed).
+    assert_eq!(
+        hello["output_schema"]["required"],
+        json!(["greeting", "correlation_id"]),
+        "{hello}"
+    );
+    let chunk = by_id(caps, "cap.doc.chunk");
+    assert!(chunk.get("output_schema").is_none(), "{chunk}");
+    assert!(chunk.get("output_schema_note").is_none(), "{chunk}");
     assert_eq!(
         by_id(caps, "cap.doc.chunk")["input_schema"]["required"],
         json!(["text"])
@@ -814,9 +853,10 @@ fn the_bridge_works_on_calls_concurrently_and_honours_cancellation() {
     for (answer, name) in [(fast, "fast"), (slow, "slow")] {
         assert_eq!(answer["result"]["isError"], false, "{answer}");
         assert_eq!(
-            answer["result"]["structuredContent"]["status"], "completed",
+            answer["result"]["_meta"]["wcp-hall/dispatch"]["status"], "completed",
             "{answer}"
         );
+        assert_eq!(answer["result"]["structuredContent"]["echo"], name);
         let text = answer["result"]["content"][0]["text"].as_str().unwrap();
         assert_eq!(serde_json::from_str::<Value>(text).unwrap()["echo"], name);
     }

@@ -26,6 +26,7 @@ def tool_info(t):
         "title": t.title,
         "description": t.description,
         "inputSchema": get(t, "input_schema", "inputSchema"),
+        "outputSchema": get(t, "output_schema", "outputSchema"),
         "meta": meta if isinstance(meta, dict) else None,
     }
 
@@ -35,10 +36,18 @@ def content_text(result):
 
 
 def summary(result):
+    structured = get(result, "structured_content", "structuredContent")
+    text = content_text(result)
+    meta = getattr(result, "meta", None)
     return {
         "is_error": bool(get(result, "is_error", "isError")),
-        "text": content_text(result),
-        "structured": get(result, "structured_content", "structuredContent"),
+        "text": text,
+        "structured": structured,
+        # The Hall's side of the call (receipt, decision, error, pending approval).
+        "meta": meta if isinstance(meta, dict) else None,
+        # MCP: the text block SHOULD be the serialisation of structuredContent.
+        "text_is_structured": structured is not None
+        and text == [json.dumps(structured, separators=(",", ":"), ensure_ascii=False)],
     }
 
 
@@ -72,7 +81,8 @@ async def main():
         )
         text = "First paragraph. It has two sentences.\n\nSecond paragraph here."
         out["chunk"] = summary(await s.call_tool("cap_doc_chunk", {"text": text, "max_chars": 50}))
-        out["invalid_request"] = summary(await s.call_tool("cap_hello_greet", {"nom": "Ada"}))
+        # The worker's schema requires "name": refused by the Hall before anything runs.
+        out["invalid_request"] = summary(await s.call_tool("cap_hello_greet", {"nam": "Ada"}))
         out["approvals"] = summary(await s.call_tool("wcp_approvals_list", {}))
         out["resolve_missing"] = summary(
             await s.call_tool("wcp_approval_resolve", {"id": "no-such-approval", "action": "approve"})
@@ -99,7 +109,8 @@ async def main():
         pending = summary(await s.call_tool("cap_hello_greet", {"name": "Lin"}))
         out["restricted_hello"] = pending
         out["restricted_approvals"] = summary(await s.call_tool("wcp_approvals_list", {}))
-        approval_id = ((pending["structured"] or {}).get("pending_approval") or {}).get("pending_approval_id")
+        hall = (pending["meta"] or {}).get("wcp-hall/dispatch") or {}
+        approval_id = (hall.get("pending_approval") or {}).get("pending_approval_id")
         if approval_id:
             out["restricted_resolve"] = summary(
                 await s.call_tool(

@@ -713,6 +713,15 @@ fn example_requests_run_through_real_processes() {
         let out = run.ok();
         run.assert_logs(&cid);
         assert_eq!(out["correlation_id"], cid.as_str(), "{}", w.dir);
+        // A package that declares its result's shape (output.schema.json) keeps to it.
+        let output_schema = workers_dir().join(w.dir).join("output.schema.json");
+        if output_schema.is_file() {
+            let schema: Value =
+                serde_json::from_str(&read(&output_schema)).expect("output.schema.json is JSON");
+            let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+            let errors: Vec<String> = validator.iter_errors(&out).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{}: {errors:?} in {out}", w.dir);
+        }
         match w.dir {
             "hello" => assert_eq!(out["greeting"], "Hello, Ada!"),
             "web_fetcher" => {

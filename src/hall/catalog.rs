@@ -61,6 +61,10 @@ pub const MAX_SCHEMA_BYTES: u64 = 256 * 1024;
 /// The schema file name in a worker package (PyHall layout).
 pub const SCHEMA_FILE: &str = "config.schema.json";
 
+/// The optional output schema file of a worker package: the JSON Schema of the object the
+/// worker prints on success (served as the MCP tool's `outputSchema`).
+pub const OUTPUT_SCHEMA_FILE: &str = "output.schema.json";
+
 /// The marker the second, "as if approved" route carries (the router only tests its presence).
 const LISTING_APPROVAL: &str = "capability-listing";
 
@@ -190,9 +194,12 @@ pub fn routable(hall: &Hall, loaded: &Loaded, peer: &Peer, template: &RouteInput
             .as_deref()
             .and_then(|s| loaded.registry.records_of(s).next())
             .map(|r| r.worker_id.clone());
-        let schema = match species.as_deref() {
-            Some(s) => schema_for(loaded, s),
-            None => InputSchema::permissive("none", "no worker species was selected"),
+        let (schema, output) = match species.as_deref() {
+            Some(s) => (schema_for(loaded, s), output_schema_for(loaded, s)),
+            None => (
+                InputSchema::permissive("none", "no worker species was selected"),
+                OutputSchema::default(),
+            ),
         };
         let mut entry = json!({
             "capability_id": capability_id,
@@ -205,6 +212,12 @@ pub fn routable(hall: &Hall, loaded: &Loaded, peer: &Peer, template: &RouteInput
         });
         if let Some(note) = schema.note {
             entry["input_schema_note"] = Value::from(note);
+        }
+        if let Some(output_schema) = output.schema {
+            entry["output_schema"] = Value::Object(output_schema);
+        }
+        if let Some(note) = output.note {
+            entry["output_schema_note"] = Value::from(note);
         }
         if let Some(h) = &human {
             // What a pending approval would record (the same reading as request_approval's).
@@ -252,8 +265,9 @@ impl InputSchema {
     }
 }
 
-/// The input schema of the package the Hall would run for `species`.
-pub fn schema_for(loaded: &Loaded, species: &str) -> InputSchema {
+/// The package directory the Hall would run for `species` and its source label
+/// (`verified_package` or `package_root`, see [`InputSchema::source`]), or why there is none.
+fn package_dir(loaded: &Loaded, species: &str) -> Result<(PathBuf, &'static str), String> {
     let Some(attested) = &loaded.attested else {
         let root = loaded
             .registry
@@ -262,32 +276,22 @@ pub fn schema_for(loaded: &Loaded, species: &str) -> InputSchema {
             .and_then(|r| r.attestation.as_ref())
             .and_then(|a| a.package_root.as_deref());
         return match root {
-            Some(root) => {
-                let mut s = read_schema(Path::new(root), "package_root");
-                if s.note.is_none() {
-                    s.note = Some(
-                        "read from the enrolled package_root, unverified: [attestation] is not configured"
-                            .into(),
-                    );
-                }
-                s
-            }
-            None => InputSchema::permissive(
-                "none",
-                format!("{species} has no enrolled package (attestation.package_root)"),
-            ),
+            Some(root) => Ok((PathBuf::from(root), "package_root")),
+            None => Err(format!(
+                "{species} has no enrolled package (attestation.package_root)"
+            )),
         };
     };
     // The copy of the last successful verification (the route just verified it when
     // require_worker_attestation is on); otherwise verify now, as the runner would.
-    let dir: Result<PathBuf, String> = match attested.run_root(species) {
-        Some(dir) => Ok(dir),
+    match attested.run_root(species) {
+        Some(dir) => Ok((dir, "verified_package")),
         None => match attested.verify(species) {
             None => Err(format!(
                 "{species} has no enrolled package (attestation.package_root)"
             )),
             Some(r) => match (&r.store_path, r.ok) {
-                (Some(p), true) => Ok(p.clone()),
+                (Some(p), true) => Ok((p.clone(), "verified_package")),
                 _ => Err(format!(
                     "{species}'s package failed verification ({}): {}",
                     r.code.map(|c| c.as_str().to_owned()).unwrap_or_default(),
@@ -295,69 +299,197 @@ pub fn schema_for(loaded: &Loaded, species: &str) -> InputSchema {
                 )),
             },
         },
-    };
-    match dir {
-        Ok(dir) => read_schema(&dir, "verified_package"),
+    }
+}
+
+/// The input schema of the package the Hall would run for `species`.
+pub fn schema_for(loaded: &Loaded, species: &str) -> InputSchema {
+    match package_dir(loaded, species) {
+        Ok((dir, "package_root")) => {
+            let mut s = read_schema(&dir, "package_root");
+            if s.note.is_none() {
+                s.note = Some(
+                    "read from the enrolled package_root, unverified: [attestation] is not configured"
+                        .into(),
+                );
+            }
+            s
+        }
+        Ok((dir, source)) => read_schema(&dir, source),
         Err(note) => InputSchema::permissive("none", note),
+    }
+}
+
+/// Why a request does not match its worker's `config.schema.json`: one entry per mismatch
+/// (at most [`MAX_INPUT_ERRORS`]), each naming the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputMismatch {
+    /// `(field, message)`: `field` is the JSON Pointer of the offending value in the request
+    /// (`/name`; empty for the request object itself, e.g. a missing required property).
+    pub errors: Vec<(String, String)>,
+}
+
+/// At most this many mismatches are reported (and each message at most 300 bytes).
+pub const MAX_INPUT_ERRORS: usize = 8;
+
+impl InputMismatch {
+    /// `"name" is a required property; /name: 5 is not of type "string"` and so on.
+    pub fn summary(&self) -> String {
+        self.errors
+            .iter()
+            .map(|(field, message)| {
+                if field.is_empty() {
+                    message.clone()
+                } else {
+                    format!("{field}: {message}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// Validates `request` against the `config.schema.json` of the verified package the Hall would
+/// run for `species`, before anything runs. Only a schema read from the verified store copy
+/// is applied; without one (no schema, no attestation, an unusable file, or a schema the
+/// validator cannot compile) the request is passed on, and the worker's own bootstrap still
+/// validates it. References are never fetched (the crate is built without its HTTP and file
+/// resolvers). Blocking: the package may be verified.
+pub fn check_request(
+    loaded: &Loaded,
+    species: &str,
+    request: &Map<String, Value>,
+) -> Result<(), InputMismatch> {
+    let schema = schema_for(loaded, species);
+    if schema.source != "verified_package" || schema.note.is_some() {
+        return Ok(());
+    }
+    let schema = Value::Object(schema.schema);
+    let validator = match jsonschema::validator_for(&schema) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(species, error = %e, "{SCHEMA_FILE} does not compile; the request is not checked by the Hall");
+            return Ok(());
+        }
+    };
+    let instance = Value::Object(request.clone());
+    let errors: Vec<(String, String)> = validator
+        .iter_errors(&instance)
+        .take(MAX_INPUT_ERRORS)
+        .map(|e| {
+            let mut message = e.to_string();
+            if message.len() > 300 {
+                let mut end = 297;
+                while !message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                message.truncate(end);
+                message.push_str("...");
+            }
+            (e.instance_path().to_string(), message)
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(InputMismatch { errors })
+    }
+}
+
+/// A package's optional output schema (`output.schema.json`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OutputSchema {
+    /// The schema, when the package has a usable one.
+    pub schema: Option<Map<String, Value>>,
+    /// Why a present file was not used (a missing file is not noted: the schema is optional).
+    pub note: Option<String>,
+}
+
+/// The output schema of the package the Hall would run for `species`, read like the input
+/// schema (same source, same limits and checks).
+pub fn output_schema_for(loaded: &Loaded, species: &str) -> OutputSchema {
+    match package_dir(loaded, species) {
+        Ok((dir, _)) => read_output_schema(&dir),
+        Err(_) => OutputSchema::default(),
+    }
+}
+
+/// Reads `<dir>/output.schema.json` defensively (as [`read_schema`]); absent is not an error.
+pub fn read_output_schema(dir: &Path) -> OutputSchema {
+    match read_object_schema(dir, OUTPUT_SCHEMA_FILE) {
+        Ok(Some(schema)) => OutputSchema {
+            schema: Some(schema),
+            note: None,
+        },
+        Ok(None) => OutputSchema::default(),
+        Err(why) => OutputSchema {
+            schema: None,
+            note: Some(why),
+        },
     }
 }
 
 /// Reads `<dir>/config.schema.json` defensively (see the module's threat model).
 pub fn read_schema(dir: &Path, source: &'static str) -> InputSchema {
-    let path = dir.join(SCHEMA_FILE);
-    let fail = |why: String| InputSchema::permissive(source, format!("{}: {why}", path.display()));
+    match read_object_schema(dir, SCHEMA_FILE) {
+        Ok(Some(schema)) => InputSchema {
+            schema,
+            source,
+            note: None,
+        },
+        Ok(None) => InputSchema::permissive(
+            source,
+            format!("the package has no {SCHEMA_FILE}; any JSON object is passed on"),
+        ),
+        Err(why) => InputSchema::permissive(source, why),
+    }
+}
+
+/// Reads `<dir>/<file>` as a JSON Schema for a JSON object: `Ok(None)` when absent, `Err` (a
+/// note naming the file) when it cannot be used. Opened without following symbolic links and
+/// without blocking; a regular file of at most [`MAX_SCHEMA_BYTES`]; a JSON object whose
+/// `type`, if present, is `"object"`.
+fn read_object_schema(dir: &Path, file_name: &str) -> Result<Option<Map<String, Value>>, String> {
+    let path = dir.join(file_name);
+    let fail = |why: String| format!("{}: {why}", path.display());
     let file = match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(&path)
     {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return InputSchema::permissive(
-                source,
-                format!("the package has no {SCHEMA_FILE}; any JSON object is passed on"),
-            );
-        }
-        Err(e) => return fail(format!("cannot open: {e}")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(fail(format!("cannot open: {e}"))),
     };
-    let meta = match file.metadata() {
-        Ok(m) => m,
-        Err(e) => return fail(format!("cannot stat: {e}")),
-    };
+    let meta = file
+        .metadata()
+        .map_err(|e| fail(format!("cannot stat: {e}")))?;
     if !meta.is_file() {
-        return fail("not a regular file".into());
+        return Err(fail("not a regular file".into()));
     }
     if meta.len() > MAX_SCHEMA_BYTES {
-        return fail(format!(
+        return Err(fail(format!(
             "{} bytes, over the {MAX_SCHEMA_BYTES}-byte limit",
             meta.len()
-        ));
+        )));
     }
     let mut bytes = Vec::new();
     if let Err(e) = file.take(MAX_SCHEMA_BYTES + 1).read_to_end(&mut bytes) {
-        return fail(format!("cannot read: {e}"));
+        return Err(fail(format!("cannot read: {e}")));
     }
     if bytes.len() as u64 > MAX_SCHEMA_BYTES {
-        return fail(format!("over the {MAX_SCHEMA_BYTES}-byte limit"));
+        return Err(fail(format!("over the {MAX_SCHEMA_BYTES}-byte limit")));
     }
     match crate::json::parse_slice(&bytes) {
         Ok(Value::Object(schema)) => match schema.get("type") {
-            None => InputSchema {
-                schema,
-                source,
-                note: None,
-            },
-            Some(Value::String(t)) if t == "object" => InputSchema {
-                schema,
-                source,
-                note: None,
-            },
-            Some(other) => fail(format!(
-                "its top-level \"type\" is {other}, but a request is a JSON object"
-            )),
+            None => Ok(Some(schema)),
+            Some(Value::String(t)) if t == "object" => Ok(Some(schema)),
+            Some(other) => Err(fail(format!(
+                "its top-level \"type\" is {other}, but a request or result is a JSON object"
+            ))),
         },
-        Ok(_) => fail("not a JSON object".into()),
-        Err(e) => fail(format!("not valid JSON: {e}")),
+        Ok(_) => Err(fail("not a JSON object".into())),
+        Err(e) => Err(fail(format!("not valid JSON: {e}"))),
     }
 }
 
@@ -423,6 +555,36 @@ mod tests {
         .unwrap();
         let s = read_schema(d, "package_root");
         assert!(note(&s).contains("not a regular file"), "{s:?}");
+    }
+
+    #[test]
+    fn an_output_schema_is_optional_and_read_like_the_input_schema() {
+        let s = read_output_schema(&bundled("hello"));
+        assert_eq!(s.note, None);
+        assert_eq!(
+            s.schema.unwrap()["required"],
+            json!(["greeting", "correlation_id"])
+        );
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_output_schema(dir.path()), OutputSchema::default());
+        std::fs::write(dir.path().join(OUTPUT_SCHEMA_FILE), r#"{"type": "string"}"#).unwrap();
+        let s = read_output_schema(dir.path());
+        assert_eq!(s.schema, None);
+        assert!(s.note.unwrap().contains("top-level"));
+    }
+
+    #[test]
+    fn an_input_mismatch_names_the_fields() {
+        let m = InputMismatch {
+            errors: vec![
+                (String::new(), "\"name\" is a required property".into()),
+                ("/name".into(), "5 is not of type \"string\"".into()),
+            ],
+        };
+        assert_eq!(
+            m.summary(),
+            "\"name\" is a required property; /name: 5 is not of type \"string\""
+        );
     }
 
     #[test]

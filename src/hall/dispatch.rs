@@ -20,7 +20,7 @@ use crate::policy::request::CallerIdentity;
 use crate::receipt::Dispatch;
 use crate::receipt::model::{Approval as ReceiptApproval, DecisionSummary};
 use crate::router::{self, PolicyGate, Router};
-use crate::wcp::{DenyCode, RouteDecision, RouteInput};
+use crate::wcp::{DenyCode, DenyReason, RouteDecision, RouteInput};
 
 /// The answer to `POST /wcp/dispatch` (and to a poll of a resolved approval).
 #[derive(Debug, Clone, Serialize)]
@@ -214,6 +214,21 @@ async fn run(
             "this Hall has no worker runner configured; only dry runs and routing are available",
         ));
     };
+    // The request must match the verified package's config.schema.json before anything runs
+    // (and before the intent receipt): a mismatch is a receipted DENY_INVALID_INPUT.
+    if let Some(species) = routed.decision.selected_worker_species_id.clone()
+        && loaded.attested.is_some()
+    {
+        let (l, request) = (loaded.clone(), input.request.clone());
+        let checked = tokio::task::spawn_blocking(move || {
+            super::catalog::check_request(&l, &species, &request).map_err(|m| (species, m))
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("input validation panicked: {e}")))?;
+        if let Err((species, mismatch)) = checked {
+            return refuse_input(hall, loaded, &peer, routed, &species, &mismatch).await;
+        }
+    }
     let request = RunRequest {
         peer,
         input,
@@ -261,6 +276,66 @@ async fn run(
         }
         Err(e) => Err(e),
     }
+}
+
+/// The Hall code of a request refused by its worker's input schema (in the receipt's
+/// `deny_detail` and the deny reason's `hall_code`).
+pub const INPUT_INVALID: &str = "input_invalid";
+
+/// Refuses an allowed decision whose request does not match the worker's input schema: the
+/// decision becomes a `DENY_INVALID_INPUT` denial naming the fields, receipted like a routing
+/// denial (no intent, nothing runs), with `deny_detail` `input_invalid: …`.
+async fn refuse_input(
+    hall: &Arc<Hall>,
+    loaded: &Arc<Loaded>,
+    peer: &Peer,
+    routed: Routed,
+    species: &str,
+    mismatch: &super::catalog::InputMismatch,
+) -> Result<DispatchResponse, ApiError> {
+    let summary = mismatch.summary();
+    let mut decision = routed.decision;
+    decision.denied = true;
+    let mut extra = serde_json::Map::new();
+    extra.insert("hall_code".into(), Value::from(INPUT_INVALID));
+    extra.insert(
+        "input_errors".into(),
+        Value::Array(
+            mismatch
+                .errors
+                .iter()
+                .map(|(field, message)| json!({"field": field, "message": message}))
+                .collect(),
+        ),
+    );
+    decision.deny_reason_if_denied = Some(DenyReason {
+        code: DenyCode::DenyInvalidInput,
+        message: format!(
+            "the request does not match {species}'s {}: {summary}",
+            super::catalog::SCHEMA_FILE
+        ),
+        extra,
+    });
+    let routed = Routed {
+        decision,
+        policy: routed.policy,
+    };
+    let worker_id = loaded
+        .registry
+        .records_of(species)
+        .next()
+        .map(|r| r.worker_id.clone());
+    let receipt = receipt_denial_detailed(
+        hall,
+        peer,
+        &routed,
+        worker_id,
+        Some(format!("{INPUT_INVALID}: {summary}")),
+    )
+    .await?;
+    let mut r = response("denied", routed);
+    r.execution = Some(json!({"receipt": receipt}));
+    Ok(r)
 }
 
 /// Creates a pending approval and waits (up to `[approvals] wait_ms`) for its resolution.
@@ -449,13 +524,35 @@ pub async fn complete_approval(hall: Arc<Hall>, approval: Approval) -> Result<Va
 
 /// Receipts a denial (durable before the caller is answered); the answer carries its reference.
 async fn receipt_denial(hall: &Arc<Hall>, peer: &Peer, routed: &Routed) -> Result<Value, ApiError> {
+    receipt_denial_detailed(hall, peer, routed, None, None).await
+}
+
+/// [`receipt_denial`] with the worker that was selected and the Hall's own detail (at most
+/// 1,000 bytes), when the Hall refused after routing.
+async fn receipt_denial_detailed(
+    hall: &Arc<Hall>,
+    peer: &Peer,
+    routed: &Routed,
+    worker_id: Option<String>,
+    detail: Option<String>,
+) -> Result<Value, ApiError> {
     let mut d = Dispatch::from_decision(
         &routed.decision,
-        None,
+        worker_id,
         runner::caller(peer),
         rfc3339_ms(now_ms()),
     );
     d.decision.policy_version = routed.policy.as_ref().map(|p| p.policy_version.clone());
+    if let Some(mut detail) = detail {
+        if detail.len() > 1000 {
+            let mut end = 1000;
+            while !detail.is_char_boundary(end) {
+                end -= 1;
+            }
+            detail.truncate(end);
+        }
+        d.decision.deny_detail = Some(detail);
+    }
     append(hall, d, None).await
 }
 
