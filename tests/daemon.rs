@@ -1290,6 +1290,31 @@ fn an_attested_worker_runs_in_the_envelope_and_every_step_is_receipted() {
     );
 }
 
+/// A signed package whose input schema the Hall cannot use is refused, never run unchecked.
+#[test]
+fn a_package_with_an_unusable_input_schema_runs_nothing() {
+    let mut hall = TestHall::start("");
+    restart_attested(&mut hall, |dir| {
+        let pkg = dir.join("packages/hello");
+        copy_dir(&repo("workers/hello"), &pkg);
+        std::fs::write(pkg.join("config.schema.json"), r#"{"type": "nonsense"}"#).unwrap();
+        sign_and_enroll(dir, &pkg, &read_record(&pkg.join("record.json")));
+    });
+    let mut i = input("cap.hello.greet", "acme-corp");
+    i["request"] = json!({"name": "Ada"});
+    let (s, out) = hall.call(Method::POST, "/wcp/dispatch", Some(&i));
+    assert_eq!(s, 200, "{out}");
+    assert_eq!(deny_code(&out), "DENY_INVALID_INPUT", "{out}");
+    assert!(
+        out["decision"]["deny_reason_if_denied"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be used"),
+        "{out}"
+    );
+    assert!(out.get("result").is_none(), "{out}");
+}
+
 #[test]
 fn a_request_the_workers_schema_refuses_is_a_receipted_denial_and_nothing_runs() {
     let mut hall = TestHall::start("");
@@ -1335,12 +1360,13 @@ fn a_request_the_workers_schema_refuses_is_a_receipted_denial_and_nothing_runs()
     let refused = out["execution"]["receipt"]["seq"].as_u64().unwrap();
 
     // A value of the wrong type: the field is named by its JSON Pointer.
-    let out = dispatch(json!({"name": 5}));
+    // The caller is told its value; the receipt keeps the field and the rule, never the value.
+    let out = dispatch(json!({"name": 424242}));
     assert_eq!(deny_code(&out), "DENY_INVALID_INPUT", "{out}");
     let message = out["decision"]["deny_reason_if_denied"]["message"]
         .as_str()
         .unwrap();
-    assert!(message.contains("/name: 5 is not of type"), "{out}");
+    assert!(message.contains("/name: 424242 is not of type"), "{out}");
     let typed = out["execution"]["receipt"]["seq"].as_u64().unwrap();
     assert_eq!(
         typed,
@@ -1369,6 +1395,14 @@ fn a_request_the_workers_schema_refuses_is_a_receipted_denial_and_nothing_runs()
     );
     assert_eq!(d["worker_id"], worker_id.as_str(), "{shown}");
     assert!(d["envelope"].is_null(), "{shown}");
+    let (_, shown, _) = hall.show_receipt(typed);
+    let detail = shown["payload"]["dispatch"]["decision"]["deny_detail"]
+        .as_str()
+        .unwrap();
+    assert!(
+        detail.contains("/name") && !shown.to_string().contains("424242"),
+        "{shown}"
+    );
 }
 
 /// The failure kinds a worker can cause, the request that causes each (tests/hostile/misbehave)

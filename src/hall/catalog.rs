@@ -326,7 +326,11 @@ pub fn schema_for(loaded: &Loaded, species: &str) -> InputSchema {
 pub struct InputMismatch {
     /// `(field, message)`: `field` is the JSON Pointer of the offending value in the request
     /// (`/name`; empty for the request object itself, e.g. a missing required property).
+    /// Messages may quote the caller's values: they go back to the caller only.
     pub errors: Vec<(String, String)>,
+    /// The same mismatches without the request's values (`masked`), for the evidence receipt:
+    /// a request may carry data the log must not keep.
+    pub masked: Vec<(String, String)>,
 }
 
 /// At most this many mismatches are reported (and each message at most 300 bytes).
@@ -335,7 +339,16 @@ pub const MAX_INPUT_ERRORS: usize = 8;
 impl InputMismatch {
     /// `"name" is a required property; /name: 5 is not of type "string"` and so on.
     pub fn summary(&self) -> String {
-        self.errors
+        Self::join(&self.errors)
+    }
+
+    /// [`Self::summary`] without the request's values (what the receipt records).
+    pub fn masked_summary(&self) -> String {
+        Self::join(&self.masked)
+    }
+
+    fn join(errors: &[(String, String)]) -> String {
+        errors
             .iter()
             .map(|(field, message)| {
                 if field.is_empty() {
@@ -351,48 +364,65 @@ impl InputMismatch {
 
 /// Validates `request` against the `config.schema.json` of the verified package the Hall would
 /// run for `species`, before anything runs. Only a schema read from the verified store copy
-/// is applied; without one (no schema, no attestation, an unusable file, or a schema the
-/// validator cannot compile) the request is passed on, and the worker's own bootstrap still
-/// validates it. References are never fetched (the crate is built without its HTTP and file
-/// resolvers). Blocking: the package may be verified.
+/// is applied; without one (no schema file, or no attestation) the request is passed on and
+/// the worker's own bootstrap validates it. A verified package whose schema is present but
+/// unusable (too large, not JSON, not an object) or does not compile is refused: fail closed,
+/// the package must be fixed and signed again. References are never fetched (the crate is
+/// built without its HTTP and file resolvers). Blocking: the package may be verified.
 pub fn check_request(
     loaded: &Loaded,
     species: &str,
     request: &Map<String, Value>,
 ) -> Result<(), InputMismatch> {
     let schema = schema_for(loaded, species);
-    if schema.source != "verified_package" || schema.note.is_some() {
+    if schema.source != "verified_package" {
         return Ok(());
     }
-    let schema = Value::Object(schema.schema);
-    let validator = match jsonschema::validator_for(&schema) {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::warn!(species, error = %e, "{SCHEMA_FILE} does not compile; the request is not checked by the Hall");
-            return Ok(());
+    let unusable = |why: String| {
+        let e = vec![(
+            String::new(),
+            format!(
+                "the package's {SCHEMA_FILE} cannot be used ({why}): nothing runs until it is \
+                 fixed and the package signed again"
+            ),
+        )];
+        InputMismatch {
+            errors: e.clone(),
+            masked: e,
         }
     };
+    if let Some(note) = schema.note {
+        return Err(unusable(note));
+    }
+    let schema = Value::Object(schema.schema);
+    let validator = jsonschema::validator_for(&schema).map_err(|e| unusable(e.to_string()))?;
     let instance = Value::Object(request.clone());
-    let errors: Vec<(String, String)> = validator
+    let bounded = |mut message: String| {
+        if message.len() > 300 {
+            let mut end = 297;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push_str("...");
+        }
+        message
+    };
+    let (errors, masked): (Vec<_>, Vec<_>) = validator
         .iter_errors(&instance)
         .take(MAX_INPUT_ERRORS)
         .map(|e| {
-            let mut message = e.to_string();
-            if message.len() > 300 {
-                let mut end = 297;
-                while !message.is_char_boundary(end) {
-                    end -= 1;
-                }
-                message.truncate(end);
-                message.push_str("...");
-            }
-            (e.instance_path().to_string(), message)
+            let field = e.instance_path().to_string();
+            (
+                (field.clone(), bounded(e.to_string())),
+                (field, bounded(e.masked().to_string())),
+            )
         })
-        .collect();
+        .unzip();
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(InputMismatch { errors })
+        Err(InputMismatch { errors, masked })
     }
 }
 
@@ -580,7 +610,15 @@ mod tests {
                 (String::new(), "\"name\" is a required property".into()),
                 ("/name".into(), "5 is not of type \"string\"".into()),
             ],
+            masked: vec![
+                (String::new(), "\"name\" is a required property".into()),
+                ("/name".into(), "value is not of type \"string\"".into()),
+            ],
         };
+        assert_eq!(
+            m.masked_summary(),
+            "\"name\" is a required property; /name: value is not of type \"string\""
+        );
         assert_eq!(
             m.summary(),
             "\"name\" is a required property; /name: 5 is not of type \"string\""

@@ -330,7 +330,8 @@ async fn refuse_input(
         peer,
         &routed,
         worker_id,
-        Some(format!("{INPUT_INVALID}: {summary}")),
+        // The receipt keeps which fields failed and why, never the request's values.
+        Some(format!("{INPUT_INVALID}: {}", mismatch.masked_summary())),
     )
     .await?;
     let mut r = response("denied", routed);
