@@ -1205,6 +1205,21 @@ fn restart_attested(hall: &mut TestHall, enroll: impl FnOnce(&Path)) {
     hall.spawn();
 }
 
+/// A Hall (as root, or as `as_uid`) running the hostile package `tests/hostile/<name>` as the
+/// hello worker, attested; `writes` are its record's persistent `filesystem_writes`.
+fn hostile_hall(extra_toml: &str, as_uid: Option<u32>, name: &str, writes: Value) -> TestHall {
+    let mut hall = TestHall::start(extra_toml);
+    hall.as_uid = as_uid;
+    restart_attested(&mut hall, |dir| {
+        let pkg = dir.join("packages").join(name);
+        copy_dir(&repo(&format!("tests/hostile/{name}")), &pkg);
+        let mut record = read_record(&repo("workers/hello/record.json"));
+        record["privilege_envelope"]["filesystem_writes"] = writes;
+        sign_and_enroll(dir, &pkg, &record);
+    });
+    hall
+}
+
 #[test]
 fn an_attested_worker_runs_in_the_envelope_and_every_step_is_receipted() {
     // Start once to create the directory layout, then enroll a signed package and restart.
@@ -2170,13 +2185,12 @@ fn an_ordinary_users_worker_cannot_widen_its_grant_through_a_planted_symlink() {
 /// (connect fails), and through a second name the mount namespace does not know (a hard link
 /// to the socket) the Hall itself refuses the peer as one of its workers.
 fn worker_calls_its_hall(as_uid: Option<u32>) {
-    let mut hall = TestHall::start("[server]\nsocket_mode = \"0666\"\n");
-    hall.as_uid = as_uid;
-    restart_attested(&mut hall, |dir| {
-        let pkg = dir.join("packages/hall_client");
-        copy_dir(&repo("tests/hostile/hall_client"), &pkg);
-        sign_and_enroll(dir, &pkg, &read_record(&repo("workers/hello/record.json")));
-    });
+    let mut hall = hostile_hall(
+        "[server]\nsocket_mode = \"0666\"\n",
+        as_uid,
+        "hall_client",
+        json!([]),
+    );
     let (_, health) = hall.call(Method::GET, "/wcp/health", None);
     let generation = health["generation"].clone();
     let alias = hall.dir.path().join("alias.sock");
@@ -2254,16 +2268,12 @@ fn an_ordinary_users_worker_cannot_call_the_hall() {
 /// an ordinary-user Hall cannot mount one and the report says so), and a worker at or over its
 /// persistent quota is refused before it runs again, while the Hall goes on writing receipts.
 fn disk_filling_worker(as_uid: Option<u32>) {
-    let mut hall =
-        TestHall::start("[envelope]\nscratch_bytes = 4194304\ndata_quota_bytes = 3145728\n");
-    hall.as_uid = as_uid;
-    restart_attested(&mut hall, |dir| {
-        let pkg = dir.join("packages/disk_filler");
-        copy_dir(&repo("tests/hostile/disk_filler"), &pkg);
-        let mut record = read_record(&repo("workers/hello/record.json"));
-        record["privilege_envelope"]["filesystem_writes"] = json!(["keep/"]);
-        sign_and_enroll(dir, &pkg, &record);
-    });
+    let mut hall = hostile_hall(
+        "[envelope]\nscratch_bytes = 4194304\ndata_quota_bytes = 3145728\n",
+        as_uid,
+        "disk_filler",
+        json!(["keep/"]),
+    );
     let fill = |scratch: u64, persistent: u64| {
         let mut req = input("cap.hello.greet", "acme-corp");
         // Paced (2 ms a MiB), so even a very fast disk cannot outrun the 100 ms guard.
@@ -2939,13 +2949,7 @@ fn records_removed_from_the_end_after_a_clean_stop_are_found_by_verify_and_at_st
 /// run's bound stated as RLIMIT_AS × the process limit — and the peak is never passed off as
 /// the run's total.
 fn fork_and_allocate(as_uid: Option<u32>) {
-    let mut hall = TestHall::start("");
-    hall.as_uid = as_uid;
-    restart_attested(&mut hall, |dir| {
-        let pkg = dir.join("packages/memory_fork");
-        copy_dir(&repo("tests/hostile/memory_fork"), &pkg);
-        sign_and_enroll(dir, &pkg, &read_record(&repo("workers/hello/record.json")));
-    });
+    let mut hall = hostile_hall("", as_uid, "memory_fork", json!([]));
     let mut req = input("cap.hello.greet", "acme-corp");
     req["request"] = json!({"children": 3, "each_mib": 64});
     let (s, out) = hall.call(Method::POST, "/wcp/dispatch", Some(&req));
