@@ -1389,6 +1389,18 @@ fn a_request_the_workers_schema_refuses_is_a_receipted_denial_and_nothing_runs()
         "no intent was written for the first refusal"
     );
 
+    // Both refusals are counted by the Hall's code.
+    let (_, metrics) = hall.call(Method::GET, "/metrics", None);
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    assert_eq!(
+        metric(
+            &metrics,
+            "wcp_hall_dispatch_refused_total{code=\"input_invalid\"}"
+        ),
+        2.0,
+        "{metrics}"
+    );
+
     // A valid request still runs: its intent directly follows the refusals.
     let out = dispatch(json!({"name": "Ada"}));
     assert_eq!(out["status"], "completed", "{out}");

@@ -293,6 +293,12 @@ async fn refuse_input(
     species: &str,
     mismatch: &super::catalog::InputMismatch,
 ) -> Result<DispatchResponse, ApiError> {
+    // Routing allowed it (and counted it so in wcp_hall_decisions_total); the Hall then refused
+    // it before anything ran: counted here, by the Hall's code.
+    hall.metrics.inc(
+        "wcp_hall_dispatch_refused_total",
+        &[("code", INPUT_INVALID)],
+    );
     let summary = mismatch.summary();
     let mut decision = routed.decision;
     decision.denied = true;
