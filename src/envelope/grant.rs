@@ -29,7 +29,7 @@
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat};
@@ -151,32 +151,17 @@ pub struct Owners {
     pub worker_gid: u32,
 }
 
-/// The components of a declared relative entry (`a/b/` → `[a, b]`), or why it is refused.
+/// The components of a declared relative entry (`a/b/` → `[a, b]`), or why it is refused
+/// ([`crate::registry::record::plain_relative_write`] is the rule).
 pub fn relative_components(entry: &str) -> Result<Vec<&OsStr>, GrantError> {
-    let clean = entry.trim_end_matches('/');
-    let bad = || {
-        GrantError::Invalid(format!(
-            "filesystem_writes entry {entry:?} is not a plain relative path (no leading /, no \
-             empty, . or .. components)"
-        ))
-    };
-    if clean.is_empty() || clean.starts_with('/') {
-        return Err(bad());
-    }
-    let mut out = Vec::new();
-    for c in Path::new(clean).components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            _ => return Err(bad()),
-        }
-    }
-    if clean
-        .split('/')
-        .any(|c| c.is_empty() || c == "." || c == "..")
-    {
-        return Err(bad());
-    }
-    Ok(out)
+    crate::registry::record::plain_relative_write(entry)
+        .map(|parts| parts.into_iter().map(OsStr::new).collect())
+        .ok_or_else(|| {
+            GrantError::Invalid(format!(
+                "filesystem_writes entry {entry:?} is not a plain relative path (no leading /, \
+                 no empty, . or .. components)"
+            ))
+        })
 }
 
 /// Refuses entries of which one is the other or inside the other (the record's own validation,

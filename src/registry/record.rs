@@ -333,6 +333,10 @@ pub enum RecordError {
     #[error("{field}: {value:?} is not an absolute path")]
     RelativePath { field: String, value: String },
     #[error(
+        "{field}: {value:?} is not a plain relative path; a persistent write directory is named like \"out/\" or \"cache/models/\", without empty, \".\" or \"..\" components"
+    )]
+    WritePath { field: String, value: String },
+    #[error(
         "{field}: {first:?} and {second:?} {problem}: a worker could replace the inner directory between runs and widen its own grant; declare separate directories"
     )]
     NestedWrites {
@@ -341,6 +345,22 @@ pub enum RecordError {
         second: String,
         problem: &'static str,
     },
+}
+
+/// The components of a relative `filesystem_writes` entry (a persistent directory,
+/// `a/b/` → `a`, `b`), or `None` when it is not a plain relative path: empty, or with an empty,
+/// `.` or `..` component. The one rule for record validation and for the Hall that opens the
+/// directory (`envelope::grant`).
+pub fn plain_relative_write(entry: &str) -> Option<Vec<&str>> {
+    let clean = entry.trim_end_matches('/');
+    if clean.is_empty() || clean.starts_with('/') {
+        return None;
+    }
+    let parts: Vec<&str> = clean.split('/').collect();
+    parts
+        .iter()
+        .all(|c| !c.is_empty() && *c != "." && *c != "..")
+        .then_some(parts)
 }
 
 /// The components of a `filesystem_writes` entry (`/a//b/` → `a`, `b`).
@@ -396,7 +416,8 @@ impl RecordError {
             | RecordError::NetworkEgress { field, .. }
             | RecordError::ControlCharacter { field, .. }
             | RecordError::RelativePath { field, .. }
-            | RecordError::NestedWrites { field, .. } => field,
+            | RecordError::NestedWrites { field, .. }
+            | RecordError::WritePath { field, .. } => field,
         }
     }
 }
@@ -551,6 +572,14 @@ impl RegistryRecord {
                 "privilege_envelope.filesystem_writes",
                 &env.filesystem_writes,
             );
+            for (i, w) in env.filesystem_writes.iter().enumerate() {
+                if !w.starts_with('/') && plain_relative_write(w).is_none() {
+                    out.push(RecordError::WritePath {
+                        field: format!("privilege_envelope.filesystem_writes[{i}]"),
+                        value: w.clone(),
+                    });
+                }
+            }
             if let Some((a, b)) = overlapping_writes(&env.filesystem_writes) {
                 out.push(RecordError::NestedWrites {
                     field: format!("privilege_envelope.filesystem_writes[{b}]"),

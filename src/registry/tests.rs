@@ -325,10 +325,20 @@ mod record_tests {
             "\"out/\" and \"out/x/\" are nested",
         );
         one_problem(
-            with(sample(), &writes, json!(["a/b", "log/", "a//b/"])),
+            with(sample(), &writes, json!(["a/b", "log/", "a/b/"])),
             "privilege_envelope.filesystem_writes[2]",
             "name the same directory",
         );
+        // What the Hall would refuse at dispatch is refused when the record loads.
+        for bad in ["a//b/", "./out", "out/../etc", ""] {
+            let ps = problems(&with(sample(), &writes, json!(["log/", bad])));
+            assert!(
+                ps.iter()
+                    .any(|p| p.field() == "privilege_envelope.filesystem_writes[1]"
+                        && p.to_string().contains("plain relative path")),
+                "{bad}: {ps:#?}"
+            );
+        }
         // Separate directories, and a relative and an absolute entry, are fine.
         RegistryRecord::from_value(&with(sample(), &writes, json!(["out/", "outx/", "/out/x"])))
             .expect("separate directories");
