@@ -86,6 +86,19 @@ fn main() {
         .ok();
     let env_tmpfs = shm.as_ref().map(|d| host_at(d.path().join("runs")));
     let probe = env.probe();
+    // What the daemon adds per run: a mount namespace hiding its socket, and (root) a
+    // size-limited tmpfs on the run directory.
+    let socket = root.path().join("hall.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).expect("socket");
+    let daemon_like = |scratch: Option<u64>| {
+        let mut host = HostConfig::new(root.path().join("runs-daemon"));
+        host.cgroup_parent = cg.clone();
+        host.hidden_paths = vec![socket.clone()];
+        host.scratch_bytes = scratch;
+        Envelope::new(host).expect("envelope")
+    };
+    let env_hidden = daemon_like(None);
+    let env_daemon = daemon_like(Some(256 << 20));
 
     let req = |minimums: Minimums| RunRequest {
         package_dir: pkg.clone(),
@@ -146,6 +159,14 @@ fn main() {
         (
             "full envelope, per-run dirs on the disk (full/disk)",
             Some((req(full), &env)),
+        ),
+        (
+            "  + mount namespace hiding the Hall's socket (disk)",
+            Some((req(full), &env_hidden)),
+        ),
+        (
+            "  + scratch tmpfs = what the daemon runs (daemon)",
+            Some((req(full), &env_daemon)),
         ),
     ];
     let configs: Vec<_> = configs
