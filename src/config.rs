@@ -337,8 +337,13 @@ pub struct ApprovalsSection {
     /// How long a pending approval stays open before it expires (denied, with a receipt).
     pub timeout_ms: u64,
     /// How long `POST /wcp/dispatch` waits for a resolution before answering "pending" (the
-    /// caller then polls `GET /wcp/approvals/{id}`).
+    /// caller then polls `GET /wcp/approvals/{id}`). A caller may ask for less with
+    /// `?approval_wait_ms=`.
     pub wait_ms: u64,
+    /// How long the outcome of a closed approval (the approved run's result, or the denial) is
+    /// kept for the requester to collect, counted from the resolution or expiry. The receipts
+    /// stay in the log regardless.
+    pub outcome_retention_ms: u64,
 }
 
 impl Default for ApprovalsSection {
@@ -346,6 +351,7 @@ impl Default for ApprovalsSection {
         ApprovalsSection {
             timeout_ms: 15 * 60 * 1000,
             wait_ms: 30_000,
+            outcome_retention_ms: 24 * 60 * 60 * 1000,
         }
     }
 }

@@ -1164,6 +1164,145 @@ fn the_cedar_gate_decides_with_reasons_and_its_level_reaches_the_approval() {
     assert_eq!(polled["response"]["status"], "dry_run", "{polled}");
 }
 
+/// Runs the CLI as `uid` and parses its `--json` output.
+fn cli_json(hall: &TestHall, args: &[&str], uid: Option<u32>) -> (Option<i32>, Value) {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let o = hall.cli(&all, uid);
+    let out = serde_json::from_slice(&o.stdout)
+        .or_else(|_| serde_json::from_slice(&o.stderr))
+        .unwrap_or_else(|_| {
+            json!({"stdout": String::from_utf8_lossy(&o.stdout), "stderr": String::from_utf8_lossy(&o.stderr)})
+        });
+    (o.status.code(), out)
+}
+
+#[test]
+fn the_requester_collects_an_approved_result_that_the_operator_never_sees() {
+    let mut hall = TestHall::start(
+        "[server]\nsocket_mode = \"0666\"\n[profiles]\ndev = \"prof.dev.permissive\"\nprod = \"prof.prod.strict\"\n\
+         [approvals]\nwait_ms = 100\noutcome_retention_ms = 3000\n",
+    );
+    restart_attested(&mut hall, |dir| {
+        signed_hello(dir);
+        // The dev rule asks the policy gate too.
+        let mut r = rules();
+        r["rules"][0]["decision"]["escalation"] = json!({"policy_gate": true});
+        std::fs::write(dir.join("rules.json"), r.to_string()).unwrap();
+    });
+    // nobody (tenant mcp.my-app) asks for hello on RESTRICTED data: the Cedar gate wants a
+    // gatekeeper (pol.nonprod.restricted-review).
+    let ask = |name: &str| {
+        cli_json(
+            &hall,
+            &[
+                "dispatch",
+                "--capability",
+                "cap.hello.greet",
+                "--data-label",
+                "RESTRICTED",
+                "--tenant-id",
+                "mcp.my-app",
+                "--correlation-id",
+                "agent-call-1",
+                "--input",
+                &json!({"name": name}).to_string(),
+            ],
+            Some(NOBODY),
+        )
+    };
+    let (code, out) = ask("Ada");
+    assert_eq!(code, Some(75), "{out}");
+    assert_eq!(out["status"], "pending_approval", "{out}");
+    let id = out["pending_approval_id"].as_str().unwrap().to_owned();
+    // The identical call again (same correlation id): the same approval, not a second one.
+    let (_, again) = ask("Ada");
+    assert_eq!(again["pending_approval_id"], id.as_str(), "{again}");
+    let (_, pending) = hall.call(Method::GET, "/wcp/approvals/pending", None);
+    assert_eq!(pending["pending"].as_array().unwrap().len(), 1, "{pending}");
+    // The same key for a different request is refused: an approval covers what a human saw.
+    let (code, other) = ask("Mallory");
+    assert_ne!(code, Some(0), "{other}");
+    let message = other["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("409): correlation_id_reused"), "{other}");
+
+    // The operator approves: the worker runs, and the operator is told so, without its result.
+    let (code, approved) = cli_json(&hall, &["approvals", "approve", &id], None);
+    assert_eq!(code, Some(0), "{approved}");
+    assert_eq!(approved["approval"]["status"], "approved", "{approved}");
+    assert_eq!(approved["response"]["status"], "completed", "{approved}");
+    assert!(approved["response"]["result"].is_null(), "{approved}");
+    assert!(
+        approved["response"]["result_withheld"].is_string(),
+        "{approved}"
+    );
+    assert!(!approved.to_string().contains("Hello, Ada"), "{approved}");
+    assert!(approved["approval"].get("outcome").is_none(), "{approved}");
+    // Nor does the operator see it when looking later, whatever tenant it names.
+    for path in [
+        format!("/wcp/approvals/{id}"),
+        format!("/wcp/approvals/{id}?tenant_id=mcp.my-app"),
+    ] {
+        let (s, seen) = hall.call(Method::GET, &path, None);
+        assert_eq!(s, 200, "{seen}");
+        assert_eq!(seen["response"]["status"], "completed", "{seen}");
+        assert!(!seen.to_string().contains("Hello, Ada"), "{seen}");
+    }
+    // The requester, as the tenant it asked as, collects the result.
+    let (code, mine) = cli_json(
+        &hall,
+        &["approvals", "show", &id, "--tenant-id", "mcp.my-app"],
+        Some(NOBODY),
+    );
+    assert_eq!(code, Some(0), "{mine}");
+    assert_eq!(
+        mine["response"]["result"]["greeting"], "Hello, Ada!",
+        "{mine}"
+    );
+    let seq = mine["response"]["execution"]["receipt"]["seq"].clone();
+    assert!(seq.is_u64(), "{mine}");
+    // Without naming its tenant it is nobody in particular: no such approval.
+    let (code, anon) = cli_json(&hall, &["approvals", "show", &id], Some(NOBODY));
+    assert_eq!(code, Some(1), "{anon}");
+    let message = anon["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("404): not_found"), "{anon}");
+    // Calling again with the same correlation id returns the kept outcome; nothing runs again.
+    let (code, repeat) = ask("Ada");
+    assert_eq!(code, Some(0), "{repeat}");
+    assert_eq!(repeat["result"]["greeting"], "Hello, Ada!", "{repeat}");
+    assert_eq!(repeat["execution"]["receipt"]["seq"], seq, "{repeat}");
+    // A malformed query is a JSON 400, not a silent default.
+    let (s, bad) = hall.call(
+        Method::GET,
+        &format!("/wcp/approvals/{id}?wait_ms=soon"),
+        None,
+    );
+    assert_eq!(s, 400, "{bad}");
+    assert!(bad["code"].is_string(), "{bad}");
+
+    // After [approvals] outcome_retention_ms the outcome is gone (the receipts are not).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (code, gone) = cli_json(
+            &hall,
+            &["approvals", "show", &id, "--tenant-id", "mcp.my-app"],
+            Some(NOBODY),
+        );
+        if code != Some(0) {
+            let message = gone["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains("404): not_found"), "{gone}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the outcome was never forgotten: {gone}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (code, shown, _) = hall.show_receipt(seq.as_u64().unwrap());
+    assert_eq!(code, Some(0), "{shown}");
+}
+
 /// A signed copy of the bundled hello worker, enrolled with its package, and a trust policy.
 /// Signs `pkg` with `<dir>`'s package key and makes `record` the only enrolled record.
 fn sign_and_enroll(dir: &Path, pkg: &Path, record: &Value) -> String {

@@ -428,8 +428,9 @@ pub fn dispatch(args: DispatchArgs, out: &mut Out) -> Result<u8, CliError> {
 pub enum ApprovalsCommand {
     /// Pending approvals (all of them for an operator, your own otherwise).
     List(ApprovalsListArgs),
-    /// Show one approval and its outcome.
-    Show(ApprovalIdArgs),
+    /// Show one approval and its outcome. The requester (your uid, `--tenant-id` the tenant you
+    /// dispatched as) sees the approved run's result; an operator sees everything but the result.
+    Show(ApprovalShowArgs),
     /// Approve: the request is re-routed with the approval and runs (operators only).
     Approve(ApprovalIdArgs),
     /// Deny: the request is denied with a receipt (operators only).
@@ -456,6 +457,21 @@ pub struct ApprovalIdArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct ApprovalShowArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// The pending_approval_id.
+    pub id: String,
+    /// The tenant the request was dispatched as (needed to see the result; also
+    /// `WCP_TENANT_ID`).
+    #[arg(long, env = "WCP_TENANT_ID")]
+    pub tenant_id: Option<String>,
+    /// Wait up to this many seconds (at most 60) for an operator to act.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60))]
+    pub wait: u64,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct ApprovalEscalateArgs {
     #[command(flatten)]
     pub socket: SocketArg,
@@ -470,12 +486,14 @@ pub struct ApprovalEscalateArgs {
 pub fn approvals(cmd: ApprovalsCommand, out: &mut Out) -> Result<u8, CliError> {
     let answer = match &cmd {
         ApprovalsCommand::List(a) => call(&a.socket, Method::GET, "/wcp/approvals/pending", None)?,
-        ApprovalsCommand::Show(a) => call(
-            &a.socket,
-            Method::GET,
-            &format!("/wcp/approvals/{}", a.id),
-            None,
-        )?,
+        ApprovalsCommand::Show(a) => {
+            let mut path = format!("/wcp/approvals/{}?wait_ms={}", a.id, a.wait * 1000);
+            if let Some(t) = &a.tenant_id {
+                path.push_str("&tenant_id=");
+                path.extend(form_urlencoded::byte_serialize(t.as_bytes()));
+            }
+            call(&a.socket, Method::GET, &path, None)?
+        }
         ApprovalsCommand::Approve(a) | ApprovalsCommand::Deny(a) => {
             let action = if matches!(cmd, ApprovalsCommand::Approve(_)) {
                 "approve"
@@ -539,6 +557,14 @@ pub fn approvals(cmd: ApprovalsCommand, out: &mut Out) -> Result<u8, CliError> {
             ))?;
             if let Some(r) = answer.body.get("response") {
                 out.line(format!("outcome: {}", r["status"].as_str().unwrap_or("?")))?;
+                if let Some(result) = r.get("result").filter(|v| !v.is_null()) {
+                    out.line(format!("result: {result}"))?;
+                } else if r.get("result_withheld").is_some() {
+                    out.line(
+                        "result: withheld (it goes to the requester: `wcp-hall approvals show \
+                         ID --tenant-id TENANT` as the uid that dispatched)",
+                    )?;
+                }
             }
         }
     }

@@ -1724,15 +1724,29 @@ fn run_steps(
             format!("`approvals approve --json` printed no JSON: {e}"),
         )
     })?;
-    let response = &answer["response"];
+    // The operator's answer says what happened, never the worker's result: that belongs to the
+    // agent that asked, which collects it as the requester (its uid, its tenant).
+    if answer["approval"]["status"] != "approved" || answer["response"]["status"] != "completed" {
+        let d = Dispatched {
+            body: answer["response"].clone(),
+            elapsed,
+        };
+        return Err(not_completed("approved", &d));
+    }
+    let collected = hall
+        .call(
+            Method::GET,
+            &format!("/wcp/approvals/{approval_id}?tenant_id={TENANT}&wait_ms=10000"),
+            None,
+        )
+        .map_err(|e| failed("approved", e))?;
+    let elapsed = t.elapsed();
+    let response = &collected.body["response"];
     let greeting = response["result"]["greeting"]
         .as_str()
         .unwrap_or("")
         .to_owned();
-    if answer["approval"]["status"] != "approved"
-        || response["status"] != "completed"
-        || greeting.is_empty()
-    {
+    if !collected.status.is_success() || response["status"] != "completed" || greeting.is_empty() {
         let d = Dispatched {
             body: response.clone(),
             elapsed,
@@ -1742,7 +1756,7 @@ fn run_steps(
     pr.step(
         "approved",
         &format!(
-            "                      `wcp-hall approvals approve {approval_id}` → approved; ran: {greeting:?}"
+            "                      `wcp-hall approvals approve {approval_id}` → approved; the agent collected: {greeting:?}"
         ),
         json!({
             "pending_approval_id": approval_id, "approval_status": answer["approval"]["status"],

@@ -66,6 +66,33 @@ pub struct Approval {
     pub resolutions: Vec<Resolution>,
     /// The dispatch outcome once an approved request ran (or the final denial).
     pub outcome: Option<Value>,
+    /// When the approval stopped being pending (resolved or expired), in ms since the epoch.
+    /// The outcome is kept `[approvals] outcome_retention_ms` after this. (Files written before
+    /// this field existed count from the expiry.)
+    #[serde(default)]
+    pub closed_at_ms: Option<u64>,
+}
+
+impl Approval {
+    /// When the approval closed, for retention.
+    pub fn closed_at(&self) -> u64 {
+        self.closed_at_ms.unwrap_or(self.expires_at_ms)
+    }
+
+    /// Whether `other` names the same request as this approval: same requesting uid, tenant,
+    /// capability and correlation id (the caller's idempotency key).
+    pub fn same_key(
+        &self,
+        uid: u32,
+        tenant_id: &str,
+        capability_id: &str,
+        correlation_id: &str,
+    ) -> bool {
+        self.peer.uid == uid
+            && self.tenant_id == tenant_id
+            && self.capability_id == capability_id
+            && self.correlation_id == correlation_id
+    }
 }
 
 /// Why an approvals operation failed.
@@ -137,6 +164,7 @@ impl ApprovalStore {
         for a in map.values_mut() {
             if a.status == ApprovalStatus::Pending && a.expires_at_ms <= now {
                 a.status = ApprovalStatus::Expired;
+                a.closed_at_ms = Some(now);
                 expired.push(a.clone());
             }
         }
@@ -248,6 +276,7 @@ impl ApprovalStore {
             } else {
                 ApprovalStatus::Denied
             };
+            a.closed_at_ms = Some(now_ms());
             a.resolutions.push(Resolution {
                 by_uid: by.uid,
                 at: rfc3339_ms(now_ms()),
@@ -306,6 +335,7 @@ impl ApprovalStore {
         for id in &due {
             if let Some(a) = map.get_mut(id) {
                 a.status = ApprovalStatus::Expired;
+                a.closed_at_ms = Some(now);
                 out.push(a.clone());
             }
         }
@@ -316,6 +346,48 @@ impl ApprovalStore {
         drop(map);
         self.notify();
         Ok(out)
+    }
+
+    /// The newest approval for the same request key (see [`Approval::same_key`]), in any state.
+    pub fn find_repeat(
+        &self,
+        uid: u32,
+        tenant_id: &str,
+        capability_id: &str,
+        correlation_id: &str,
+    ) -> Option<Approval> {
+        self.lock()
+            .values()
+            .filter(|a| a.same_key(uid, tenant_id, capability_id, correlation_id))
+            .max_by(|a, b| a.created_at.cmp(&b.created_at))
+            .cloned()
+    }
+
+    /// Forgets closed approvals whose outcome is known and was kept `retention_ms` (their
+    /// receipts stay in the log). Returns how many were removed.
+    pub fn prune_closed(&self, now: u64, retention_ms: u64) -> Result<usize, ApprovalError> {
+        let mut map = self.lock();
+        let due: Vec<String> = map
+            .values()
+            .filter(|a| {
+                a.status != ApprovalStatus::Pending
+                    && a.outcome.is_some()
+                    && a.closed_at().saturating_add(retention_ms) <= now
+            })
+            .map(|a| a.id.clone())
+            .collect();
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let before = map.clone();
+        for id in &due {
+            map.remove(id);
+        }
+        if let Err(e) = self.persist(&map) {
+            *map = before;
+            return Err(e);
+        }
+        Ok(due.len())
     }
 
     /// Records the final outcome of a resolved approval (any status but pending).
@@ -379,6 +451,7 @@ mod tests {
             },
             resolutions: vec![],
             outcome: None,
+            closed_at_ms: None,
         }
     }
 
@@ -460,5 +533,51 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(store.pending().len(), 1);
         assert_eq!(rfc3339_ms(1_795_548_961_274), "2026-11-24T19:36:01.274Z");
+    }
+
+    #[test]
+    fn closed_outcomes_are_kept_for_the_retention_then_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = ApprovalStore::open(dir.path()).unwrap();
+        store.create(approval("a", u64::MAX)).unwrap();
+        store.create(approval("b", u64::MAX)).unwrap();
+        let op = Peer {
+            uid: 0,
+            gid: 0,
+            pid: None,
+        };
+        let a = store.resolve("a", true, &op, None).unwrap();
+        let closed = a.closed_at_ms.expect("resolving closes");
+        // No outcome yet: kept whatever the time (the run may still be going).
+        assert_eq!(store.prune_closed(u64::MAX, 0).unwrap(), 0);
+        store
+            .set_outcome("a", json!({"status": "completed"}))
+            .unwrap();
+        assert_eq!(store.prune_closed(closed + 999, 1000).unwrap(), 0);
+        assert!(store.get("a").is_some());
+        assert_eq!(store.prune_closed(closed + 1000, 1000).unwrap(), 1);
+        assert!(store.get("a").is_none());
+        // Pending ones are never pruned, and the pruning is durable.
+        assert!(store.get("b").is_some());
+        drop(store);
+        let (store, _) = ApprovalStore::open(dir.path()).unwrap();
+        assert!(store.get("a").is_none() && store.get("b").is_some());
+    }
+
+    #[test]
+    fn a_repeat_is_found_by_uid_tenant_capability_and_correlation_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = ApprovalStore::open(dir.path()).unwrap();
+        store.create(approval("a", u64::MAX)).unwrap();
+        let a = store.get("a").unwrap();
+        let (t, c, k) = (&a.tenant_id, &a.capability_id, &a.correlation_id);
+        assert_eq!(store.find_repeat(1000, t, c, k).unwrap().id, "a");
+        assert!(store.find_repeat(1001, t, c, k).is_none(), "another uid");
+        assert!(
+            store.find_repeat(1000, "other", c, k).is_none(),
+            "another tenant"
+        );
+        assert!(store.find_repeat(1000, t, "cap.other", k).is_none());
+        assert!(store.find_repeat(1000, t, c, "other").is_none());
     }
 }

@@ -166,11 +166,16 @@ fn response(status: &'static str, routed: Routed) -> DispatchResponse {
 }
 
 /// `POST /wcp/dispatch`: the whole governed request.
+///
+/// `approval_wait_ms` (the caller's `?approval_wait_ms=`) shortens how long a request that
+/// needs a human waits for the resolution before answering `pending_approval`; it never
+/// lengthens `[approvals] wait_ms`.
 pub async fn dispatch(
     hall: Arc<Hall>,
     peer: Peer,
     input: RouteInput,
     raw: Value,
+    approval_wait_ms: Option<u64>,
 ) -> Result<DispatchResponse, ApiError> {
     let started = Instant::now();
     let loaded = hall.current.get();
@@ -184,7 +189,12 @@ pub async fn dispatch(
     let out = if needs_human(&routed.decision) {
         // Waiting for a human must not hold an execution slot.
         drop(permit);
-        request_approval(&hall, &loaded, peer, input, raw, routed).await?
+        let wait = loaded
+            .config
+            .approvals
+            .wait_ms
+            .min(approval_wait_ms.unwrap_or(u64::MAX));
+        request_approval(&hall, &loaded, peer, input, raw, routed, wait).await?
     } else if routed.decision.denied {
         let receipt = receipt_denial(&hall, &peer, &routed).await?;
         let mut r = response("denied", routed);
@@ -345,7 +355,14 @@ async fn refuse_input(
     Ok(r)
 }
 
-/// Creates a pending approval and waits (up to `[approvals] wait_ms`) for its resolution.
+/// Creates a pending approval and waits (up to `wait_ms`) for its resolution.
+///
+/// A repeat of a request that already has an approval — same requesting uid, tenant,
+/// capability and correlation id (the caller's idempotency key) — opens no new one: it answers
+/// with that approval (pending, or its kept outcome: the approved run's result or the denial),
+/// so an agent that calls again after an operator acted collects its result instead of asking
+/// for a second approval. The same key with a different request is refused (409
+/// `correlation_id_reused`): an approval covers exactly the request a human saw.
 async fn request_approval(
     hall: &Arc<Hall>,
     loaded: &Arc<Loaded>,
@@ -353,7 +370,29 @@ async fn request_approval(
     input: RouteInput,
     raw: Value,
     routed: Routed,
+    wait_ms: u64,
 ) -> Result<DispatchResponse, ApiError> {
+    let wait = Duration::from_millis(wait_ms);
+    if let Some(existing) = hall.approvals.find_repeat(
+        peer.uid,
+        &input.tenant_id,
+        &input.capability_id,
+        &input.correlation_id,
+    ) {
+        if existing.input != raw {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "correlation_id_reused",
+                format!(
+                    "correlation id {:?} already names approval {} for a different request of \
+                     {}; hint: send a fresh correlation id for a new request",
+                    input.correlation_id, existing.id, input.capability_id
+                ),
+            ));
+        }
+        hall.metrics.inc("wcp_hall_approval_repeats_total", &[]);
+        return Ok(wait_for(hall, existing, wait).await);
+    }
     let decision = &routed.decision;
     let (reason, level) = human_request(decision);
     let (reason, level) = (reason.to_owned(), level.to_owned());
@@ -383,18 +422,30 @@ async fn request_approval(
         peer,
         resolutions: Vec::new(),
         outcome: None,
+        closed_at_ms: None,
     };
     let approval = hall
         .approvals
         .create(approval)
         .map_err(|e| ApiError::unavailable("approvals_unavailable", e.to_string()))?;
-    let wait = Duration::from_millis(loaded.config.approvals.wait_ms);
-    if let Some(done) = hall.approvals.wait_outcome(&approval.id, wait).await
+    Ok(wait_for(hall, approval, wait).await)
+}
+
+/// The approval's final answer if it has one within `wait`, else the pending answer.
+pub async fn wait_for(hall: &Hall, approval: Approval, wait: Duration) -> DispatchResponse {
+    if approval.outcome.is_some() {
+        return pending_or_final(&approval, approval.outcome.clone());
+    }
+    if !wait.is_zero()
+        && let Some(done) = hall.approvals.wait_outcome(&approval.id, wait).await
         && let Some(outcome) = done.outcome.clone()
     {
-        return Ok(pending_or_final(&done, Some(outcome)));
+        return pending_or_final(&done, Some(outcome));
     }
-    Ok(pending_or_final(&approval, None))
+    // The latest state (an escalation may have raised the level meanwhile).
+    let current = hall.approvals.get(&approval.id).unwrap_or(approval);
+    let outcome = current.outcome.clone();
+    pending_or_final(&current, outcome)
 }
 
 /// The pending answer, or the final one when the approval's outcome is known.

@@ -580,7 +580,8 @@ async fn wait_for_signals(hall: Arc<Hall>, handlers: Handlers) {
     hall.begin_shutdown();
 }
 
-/// Expires due approvals every second and records their denial.
+/// Expires due approvals every second and records their denial; forgets closed approvals
+/// whose outcome was kept `[approvals] outcome_retention_ms`.
 async fn expire_approvals(hall: Arc<Hall>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -595,6 +596,15 @@ async fn expire_approvals(hall: Arc<Hall>) {
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot expire approvals"),
+        }
+        let retention = hall.current.get().config.approvals.outcome_retention_ms;
+        match hall.approvals.prune_closed(now_ms(), retention) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                approvals = n,
+                "forgot closed approvals past [approvals] outcome_retention_ms"
+            ),
+            Err(e) => tracing::error!(error = %e, "cannot prune closed approvals"),
         }
     }
 }

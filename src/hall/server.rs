@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -28,7 +28,7 @@ use tower::ServiceExt as _;
 
 use super::Hall;
 use super::api::{API_VERSION, ApiError};
-use super::approvals::{ApprovalError, ApprovalStatus};
+use super::approvals::{Approval, ApprovalError, ApprovalStatus};
 use super::catalog;
 use super::conn;
 use super::dispatch;
@@ -323,9 +323,18 @@ async fn route(
     Ok(Json(body).into_response())
 }
 
+/// `POST /wcp/dispatch` query parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DispatchQuery {
+    /// Wait at most this long for a human's resolution (never more than `[approvals] wait_ms`).
+    approval_wait_ms: Option<u64>,
+}
+
 async fn dispatch_handler(
     State(hall): State<Arc<Hall>>,
     Extension(peer): Extension<Peer>,
+    Query(query): Query<DispatchQuery>,
     body: Body,
 ) -> Result<Response, ApiError> {
     hall.metrics
@@ -337,7 +346,7 @@ async fn dispatch_handler(
         ));
     }
     let (input, raw) = read_input(&hall, body).await?;
-    let out = dispatch::dispatch(hall.clone(), peer, input, raw)
+    let out = dispatch::dispatch(hall.clone(), peer, input, raw, query.approval_wait_ms)
         .await
         .inspect_err(|e| {
             if e.code == "receipt_log_unavailable" {
@@ -350,19 +359,73 @@ async fn dispatch_handler(
     Ok(Json(out).into_response())
 }
 
-fn approval_visible(hall: &Hall, peer: &Peer, approval_peer: &Peer) -> bool {
-    hall.current.get().identity.is_operator(peer) || peer.uid == approval_peer.uid
+/// Who is asking about an approval, and so what they may see of it.
+///
+/// Threat model: an approved run's result belongs to the agent that asked for it, not to the
+/// operator who approved it and not to another tenant on the same uid. The requester is the
+/// approval's uid acting as its tenant (`?tenant_id=`, a tenant `[identity]` still grants that
+/// peer); it sees the outcome with the worker's result. An operator sees the approval and the
+/// outcome's status, decision and receipt, never the result. Anybody else is told there is no
+/// such approval (404), so ids cannot be probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ApprovalView {
+    Requester,
+    Operator,
+}
+
+fn approval_view(
+    hall: &Hall,
+    peer: &Peer,
+    approval: &Approval,
+    tenant_id: Option<&str>,
+) -> Option<ApprovalView> {
+    let identity = &hall.current.get().identity;
+    if peer.uid == approval.peer.uid
+        && tenant_id == Some(approval.tenant_id.as_str())
+        && identity.tenants_for(peer).contains(&approval.tenant_id)
+    {
+        Some(ApprovalView::Requester)
+    } else if identity.is_operator(peer) {
+        Some(ApprovalView::Operator)
+    } else {
+        None
+    }
+}
+
+/// An approval as JSON without its stored outcome (the answer's `response` carries it).
+fn approval_json(approval: &Approval) -> Value {
+    let mut v = serde_json::to_value(approval).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.remove("outcome");
+    }
+    v
+}
+
+/// A dispatch answer with the worker's result withheld (what an operator sees).
+fn without_result(response: Value) -> Value {
+    let mut response = response;
+    if let Value::Object(m) = &mut response
+        && m.get("result").is_some_and(|r| !r.is_null())
+    {
+        m.insert("result".into(), Value::Null);
+        m.insert(
+            "result_withheld".into(),
+            Value::from("the worker's result goes to the requesting peer and tenant only"),
+        );
+    }
+    response
 }
 
 async fn pending_approvals(
     State(hall): State<Arc<Hall>>,
     Extension(peer): Extension<Peer>,
 ) -> Json<Value> {
+    let operator = hall.current.get().identity.is_operator(&peer);
     let list: Vec<Value> = hall
         .approvals
         .pending()
         .into_iter()
-        .filter(|a| approval_visible(&hall, &peer, &a.peer))
+        .filter(|a| operator || a.peer.uid == peer.uid)
         .map(|a| {
             json!({
                 "pending_approval_id": a.id,
@@ -381,18 +444,44 @@ async fn pending_approvals(
     Json(json!({"pending": list}))
 }
 
+/// `GET /wcp/approvals/{id}` query parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApprovalQuery {
+    /// The tenant the requester asked as; needed to see the outcome's result.
+    tenant_id: Option<String>,
+    /// Long poll: wait up to this long (at most [`MAX_APPROVAL_POLL_MS`]) for the outcome.
+    wait_ms: Option<u64>,
+}
+
+/// The longest `GET /wcp/approvals/{id}?wait_ms=` waits.
+pub const MAX_APPROVAL_POLL_MS: u64 = 60_000;
+
 async fn get_approval(
     State(hall): State<Arc<Hall>>,
     Extension(peer): Extension<Peer>,
     Path(id): Path<String>,
+    Query(query): Query<ApprovalQuery>,
 ) -> Result<Response, ApiError> {
-    let a = hall
-        .approvals
-        .get(&id)
-        .filter(|a| approval_visible(&hall, &peer, &a.peer))
-        .ok_or_else(|| ApiError::not_found(format!("no approval with id {id:?}")))?;
-    let response = dispatch::pending_or_final(&a, a.outcome.clone());
-    Ok(Json(json!({"approval": a, "response": response})).into_response())
+    let not_found = || {
+        ApiError::not_found(format!(
+            "no approval with id {id:?} for this peer; hint: the requester asks with \
+             ?tenant_id= (the tenant it dispatched as); outcomes are kept [approvals] \
+             outcome_retention_ms after the resolution"
+        ))
+    };
+    let a = hall.approvals.get(&id).ok_or_else(not_found)?;
+    let view = approval_view(&hall, &peer, &a, query.tenant_id.as_deref()).ok_or_else(not_found)?;
+    let wait = Duration::from_millis(query.wait_ms.unwrap_or(0).min(MAX_APPROVAL_POLL_MS));
+    let response = dispatch::wait_for(&hall, a, wait).await;
+    let a = hall.approvals.get(&id).ok_or_else(not_found)?;
+    let response =
+        serde_json::to_value(&response).map_err(|e| ApiError::internal(e.to_string()))?;
+    let response = match view {
+        ApprovalView::Requester => response,
+        ApprovalView::Operator => without_result(response),
+    };
+    Ok(Json(json!({"approval": approval_json(&a), "response": response})).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -459,11 +548,11 @@ async fn resolve_approval(
     };
     debug_assert_ne!(approval.status, ApprovalStatus::Pending);
     let response = dispatch::complete_approval(hall.clone(), approval.clone()).await?;
+    // The operator learns what happened, not the worker's result: that goes to the requester.
+    let approval = hall.approvals.get(&id).unwrap_or(approval);
     Ok(
-        Json(
-            json!({"approval": hall.approvals.get(&id).unwrap_or(approval), "response": response}),
-        )
-        .into_response(),
+        Json(json!({"approval": approval_json(&approval), "response": without_result(response)}))
+            .into_response(),
     )
 }
 
