@@ -9,7 +9,8 @@
 //! - [`conn`]: the descriptor limit and the caps on open connections (total, per uid, idle).
 //! - [`approvals`]: WCP §5.8 pending approvals, persisted.
 //! - [`dispatch`]: the one orchestrator of a request's steps.
-//! - [`catalog`]: what a tenant may route (dry-run routes, worker input schemas), for agent hosts.
+//! - [`catalog`]: what a tenant may route (each capability routed, never acted on; worker input
+//!   schemas), for agent hosts.
 //! - [`runner`]: verify → intent receipt → bootstrap → privilege envelope → outcome receipt.
 //! - [`cgroup`]: the Hall's own delegated cgroup under systemd, beside which worker runs get theirs.
 //! - [`server`]: routes, handlers and the accept loop.
