@@ -74,7 +74,7 @@ pub struct AttestationSection {
     pub recheck_seconds: u64,
 }
 
-/// `[envelope]`: how the Hall runs workers (see the privilege envelope in README.md).
+/// `[envelope]`: how the Hall runs workers (see docs/envelope.md and docs/configuration.md).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct EnvelopeSection {

@@ -2,9 +2,11 @@
 //!
 //! The pipeline is visible in the module list: a request is a [`wcp::RouteInput`], routed by
 //! [`router`] over the compiled [`rules`] and a [`registry`] snapshot under the [`config`] floors,
-//! producing a [`wcp::RouteDecision`]. [`conformance`] replays PyHall's vectors through the same
-//! router. The binary (`src/main.rs`) is a thin [`cli`] over this library.
-//! See ARCHITECTURE.md for the map and the invariants.
+//! with the [`policy`] gate and the package hashes of [`attest`], producing a
+//! [`wcp::RouteDecision`]. The daemon ([`hall`]) runs an allowed request's verified package
+//! inside the [`envelope`] and records it in the [`receipt`] log. [`conformance`] replays
+//! PyHall's vectors through the same router. The binary (`src/main.rs`) is a thin [`cli`] over
+//! this library. See ARCHITECTURE.md for the map and the invariants.
 
 pub mod attest;
 pub mod cli;

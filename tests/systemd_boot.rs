@@ -1,5 +1,5 @@
 //! The systemd-managed Hall, for real: a minimal Debian 12 (systemd 252) booted with
-//! `systemd-nspawn -b`, README's "Install as a systemd service" steps run literally by an
+//! `systemd-nspawn -b`, the install steps of docs/operations/systemd.md run literally by an
 //! ordinary user with sudo, then the socket-activated, hardened service is driven the way an
 //! operator would: status as a member of `wcp`, a signed worker dispatched through it, good and
 //! bad reloads, stop and re-activation, the journal.
@@ -88,16 +88,19 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// The shell lines of README's `<!-- NAME:begin -->` … `<!-- NAME:end -->` block.
-fn readme_block(name: &str) -> Vec<String> {
-    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
-    let start = readme
+/// The page whose install and operator blocks this test runs.
+const INSTALL_DOC: &str = "docs/operations/systemd.md";
+
+/// The shell lines of the install page's `<!-- NAME:begin -->` … `<!-- NAME:end -->` block.
+fn doc_block(name: &str) -> Vec<String> {
+    let doc = std::fs::read_to_string(repo(INSTALL_DOC)).unwrap();
+    let start = doc
         .find(&format!("<!-- {name}:begin"))
-        .unwrap_or_else(|| panic!("README has the {name} block"));
-    let end = readme
+        .unwrap_or_else(|| panic!("{INSTALL_DOC} has the {name} block"));
+    let end = doc
         .find(&format!("<!-- {name}:end -->"))
-        .unwrap_or_else(|| panic!("README's {name} block ends"));
-    readme[start..end]
+        .unwrap_or_else(|| panic!("{INSTALL_DOC}'s {name} block ends"));
+    doc[start..end]
         .lines()
         .skip(1)
         .filter(|l| !l.starts_with("```"))
@@ -105,10 +108,10 @@ fn readme_block(name: &str) -> Vec<String> {
         .collect()
 }
 
-/// README's install block, as written, without the two build lines (the test builds the
-/// package on the host from the binary under test, with the same script).
-fn readme_install_steps() -> String {
-    let lines = readme_block("install");
+/// The install block, as written, without the two build lines (the test builds the package on
+/// the host from the binary under test, with the same script).
+fn install_steps() -> String {
+    let lines = doc_block("install");
     assert!(
         lines[0].starts_with("cargo install cargo-deb")
             && lines[1].starts_with("packaging/build-deb"),
@@ -156,7 +159,7 @@ useradd -m -s /bin/bash alice
 echo 'alice ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/alice
 chown -R alice:alice /src
 
-# README's steps, as alice.
+# The documented install steps, as alice.
 su - alice -c 'cd /src && set -e && . ./install.sh' > /out/install.txt 2>&1
 r install $?
 r socket_active "$(systemctl is-active wcp-hall.socket)"
@@ -171,7 +174,7 @@ su - alice -c 'wcp-hall status -s /run/wcp-hall/hall.sock' > /out/status.txt 2>&
 r status $?
 r service_after "$(systemctl is-active wcp-hall.service)"
 
-# README's path to a running worker (sign, enroll, trust, attestation on, reload, dispatch),
+# The documented path to a running worker (sign, enroll, trust, attestation on, reload, dispatch),
 # as alice; then the same dispatch once more with --json for the report.
 su - alice -c 'cd /src && . ./enroll.sh' > /out/enroll.txt 2>&1
 r enroll $?
@@ -238,7 +241,7 @@ ExecStart=/usr/local/bin/wcp-boot-checks
 ";
 
 #[test]
-fn the_readme_install_runs_a_worker_under_a_real_systemd() {
+fn the_documented_install_runs_a_worker_under_a_real_systemd() {
     require_tool("systemd-nspawn", "systemd-container");
     assert!(
         nix::unistd::geteuid().is_root(),
@@ -258,13 +261,13 @@ fn the_readme_install_runs_a_worker_under_a_real_systemd() {
             .arg(&tar),
         "unpacking the root file system",
     );
-    // The source tree the README's steps run in, with the package already built.
+    // The source tree the documented steps run in, with the package already built.
     let src = root.join("src");
     build_deb(&src.join("target/debian"));
-    std::fs::write(src.join("install.sh"), readme_install_steps()).unwrap();
+    std::fs::write(src.join("install.sh"), install_steps()).unwrap();
     std::fs::write(
         src.join("enroll.sh"),
-        format!("set -e\n{}\n", readme_block("operator").join("\n")),
+        format!("set -e\n{}\n", doc_block("operator").join("\n")),
     )
     .unwrap();
     let checks = root.join("usr/local/bin/wcp-boot-checks");

@@ -1,5 +1,4 @@
-//! `wcp-hall mcp`: the MCP stdio bridge to a running Hall (see `crate::mcp` and README.md,
-//! "The MCP bridge").
+//! `wcp-hall mcp`: the MCP stdio bridge to a running Hall (see `crate::mcp` and docs/mcp.md).
 
 use std::time::Duration;
 

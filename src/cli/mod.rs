@@ -11,11 +11,12 @@
 //! | 2 | bad command-line usage |
 //! | 65 | malformed input data (RouteInput, registry record, test fixture, vector file) |
 //! | 66 | an input file does not exist or cannot be read |
-//! | 69 | the running Hall cannot be reached, or is unhealthy |
+//! | 69 | the running Hall cannot be reached (nothing else) |
+//! | 70 | the Hall answered but has failed on its side (a 5xx other than 503, or `status` while its receipt log refuses appends) |
 //! | 74 | an output could not be written |
-//! | 75 | try again later: the Hall is overloaded, or a dispatch awaits human approval |
+//! | 75 | try again later: the Hall is overloaded, shutting down or degraded, or a dispatch awaits human approval |
 //! | 77 | the Hall refused: the caller is not an operator |
-//! | 78 | bad configuration (`hall.toml`, the configured rules or registry) |
+//! | 78 | bad configuration (`hall.toml`, the configured rules or registry; also a reload the Hall refused) |
 
 mod attest;
 mod conformance;

@@ -25,7 +25,8 @@
 //!
 //! # Using it
 //! Build one [`Envelope`] at start-up (it probes the kernel once), then call [`Envelope::run`]
-//! from any thread (it blocks; the forks themselves happen on a dedicated spawner thread).
+//! from any thread (it blocks: it clones on the calling thread and supervises there until init
+//! is reaped, so no dedicated spawner thread is needed; see `spawner`).
 
 pub mod cgroup;
 mod child;

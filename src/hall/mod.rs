@@ -1,7 +1,7 @@
 //! The Hall daemon (`wcp-hall serve`): the only part of the crate that owns sockets, threads and
-//! async. Everything it decides comes from the pure library (router, rules, registry); this
-//! module adds identity from the kernel, admission control, human approvals, the HTTP API,
-//! reload and shutdown.
+//! async. Everything it decides comes from the library (router, rules, registry, the policy
+//! gate, attestation); this module adds identity from the kernel, admission control, human
+//! approvals, running the worker and recording it, the HTTP API, reload and shutdown.
 //!
 //! - [`state`]: the immutable snapshot requests route with, and its atomic reload.
 //! - [`identity`]: `SO_PEERCRED` peers → tenants and operators.
@@ -9,7 +9,10 @@
 //! - [`conn`]: the descriptor limit and the caps on open connections (total, per uid, idle).
 //! - [`approvals`]: WCP §5.8 pending approvals, persisted.
 //! - [`dispatch`]: the one orchestrator of a request's steps.
-//! - [`catalog`]: what a tenant may route (dry-run routes, worker input schemas), for agent hosts.
+//! - [`catalog`]: what a tenant may route (each capability routed, never acted on; worker input
+//!   schemas), for agent hosts.
+//! - [`runner`]: verify → intent receipt → bootstrap → privilege envelope → outcome receipt.
+//! - [`cgroup`]: the Hall's own delegated cgroup under systemd, beside which worker runs get theirs.
 //! - [`server`]: routes, handlers and the accept loop.
 //! - [`lifecycle`]: socket binding or activation, signals, readiness and watchdog notification.
 

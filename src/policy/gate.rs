@@ -8,11 +8,14 @@
 //! with [`Outcome::combine`]: DENY from either wins, then REQUIRE_HUMAN at the higher level, then
 //! ALLOW. An env with no selected profile is denied (fail closed).
 //!
-//! `HallGate` implements the router's `PolicyGate` over today's `GateContext` (tenant,
-//! capability, env, label, risk, QoS): no worker is selected at that step, so the blast check is
-//! "not assessed" and the supervisor level travels in the reason text (`"gatekeeper review
-//! required by …"`) until the router carries it as a field. [`HallGate::decide`] is the full
-//! API for a router that passes the selected worker, the caller and the chain total.
+//! Two router adapters: `HallGate` itself implements the router's `PolicyGate` from the
+//! `GateContext`'s RouteInput facts alone (tenant, capability, env, label, risk, QoS, dry run,
+//! PyHall's blast score): it has no registry to look up the selected worker, so there the WCP
+//! blast check is "not assessed". [`RequestGate`], what the daemon routes with, adds the
+//! caller's kernel identity, the selected worker's registry facts and the chain's blast so far,
+//! and keeps the full [`GateDecision`] for the decision and the receipt. Both hand the
+//! supervisor level to the router as `GateAnswer::supervisor_level`. [`HallGate::decide`] is
+//! the full API.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -303,7 +306,8 @@ impl PolicyRequest {
         req
     }
 
-    /// The facts today's router `GateContext` carries.
+    /// The facts the router's `GateContext` carries (`RequestGate` adds the caller, the
+    /// worker's registry facts and the chain's blast).
     pub fn from_gate_context(ctx: &GateContext<'_>) -> Self {
         let mut req = PolicyRequest::new(
             ctx.tenant_id,

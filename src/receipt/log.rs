@@ -1335,7 +1335,7 @@ impl ReceiptLog {
 
     /// The tree size of the newest checkpoint saved to `<dir>/checkpoint` (and the copy);
     /// `None` before the first. Echoed in every answer's receipt info, so clients can hold the
-    /// smallest size the log may ever have again (see ARCHITECTURE.md, "Truncation").
+    /// smallest size the log may ever have again (see docs/receipts.md, "Truncation").
     pub fn saved_checkpoint_size(&self) -> Option<u64> {
         let saved = match self.inner.saved.lock() {
             Ok(g) => *g,

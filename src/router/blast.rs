@@ -1,7 +1,7 @@
 //! PyHall's 0–100 blast heuristic (pyhall-spec §1.4), kept for decision compatibility.
 //!
 //! It scores the *request* from its labels and four payload flags; it is unrelated to WCP §7's
-//! five-dimension 0–5 worker score (the policy-gate issue adds that one). Flags use Python
+//! five-dimension 0–5 worker score (that one is `policy::blast::WcpBlast`). Flags use Python
 //! truthiness: `"false"` is truthy, `0`, `""`, `[]`, `{}` and `null` are not.
 
 use crate::pyjson::py_truthy;

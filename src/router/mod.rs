@@ -4,7 +4,9 @@
 //! the [`RouterConfig`] floors, the policy gate, the worker-hash lookups, the privilege check and
 //! a [`DecisionContext`] carrying the id and timestamp the caller minted. It does no I/O, reads no
 //! clock and takes no locks; collaborators come in as traits so the daemon, the CLI and the
-//! conformance runner plug in their own (a live registry, a fixed vector answer, Cedar later).
+//! conformance runner plug in their own (the daemon: the live registry, the Cedar gate
+//! `policy::gate::RequestGate` and the verified packages `attest::AttestedWorkers`, which do
+//! take locks and, for attestation, file I/O; the conformance runner: fixed vector answers).
 //!
 //! Step order (first failure returns): signatory tenant → tenant id → blast score range → shadow
 //! rules (prod/edge) → rule match → correlation id → required controls → blast gate → policy gate

@@ -5,7 +5,7 @@
 //! lookup is a hash probe plus an array read whatever the rule count, and PyHall's
 //! per-request O(n²) shadow scan becomes a precomputed list.
 //!
-//! # Deliberate divergences from PyHall (documented in README.md)
+//! # Deliberate divergences from PyHall (documented in docs/pyhall-compat.md)
 //! A condition must be an exact string, `{"in": [strings]}` (non-empty), `{"any": true}`, or the
 //! key must be absent. PyHall silently accepts forms that do something nobody meant, and each
 //! of these is a load error here, naming the rule and the JSON path:
