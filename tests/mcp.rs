@@ -157,37 +157,77 @@ tenants = ["acme-corp"]
 "#;
         std::fs::write(d.join("hall.toml"), config).unwrap();
         let socket = d.join("hall.sock");
-        let log = std::fs::File::create(d.join("hall.log")).unwrap();
-        let child = Command::new(BIN)
+        let child = Hall::spawn(d, &socket);
+        let mut hall = Hall { dir, socket, child };
+        hall.wait_ready();
+        hall
+    }
+
+    fn spawn(dir: &Path, socket: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("hall.log"))
+            .unwrap();
+        Command::new(BIN)
             .args(["serve", "-c"])
-            .arg(d.join("hall.toml"))
+            .arg(dir.join("hall.toml"))
             .arg("-s")
-            .arg(&socket)
+            .arg(socket)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap();
-        let mut hall = Hall { dir, socket, child };
+            .unwrap()
+    }
+
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let o = Command::new(BIN)
                 .args(["status", "-s"])
-                .arg(&hall.socket)
+                .arg(&self.socket)
                 .output()
                 .unwrap();
             if o.status.success() {
-                return hall;
+                return;
             }
-            if let Ok(Some(s)) = hall.child.try_wait() {
-                panic!("wcp-hall serve exited early ({s}): {}", hall.log());
+            if let Ok(Some(s)) = self.child.try_wait() {
+                panic!("wcp-hall serve exited early ({s}): {}", self.log());
             }
             assert!(
                 Instant::now() < deadline,
                 "the Hall did not come up: {}",
-                hall.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Stops the Hall (SIGTERM, as systemd would) and starts it again on the same state.
+    fn restart(&mut self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "the Hall stopped with {status}: {}",
+            self.log()
+        );
+        self.child = Hall::spawn(self.dir.path(), &self.socket);
+        self.wait_ready();
+    }
+
+    /// Runs the CLI against this Hall as root (an operator).
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .unwrap()
     }
 
     fn log(&self) -> String {
@@ -205,13 +245,13 @@ impl Drop for Hall {
 #[test]
 fn the_python_mcp_sdk_lists_calls_and_is_denied_through_the_bridge() {
     let python = mcp_python();
-    let hall = Hall::start();
+    let mut hall = Hall::start();
     let tamper = hall
         .dir
         .path()
         .join("packages/doc_chunker/code/worker_logic.py");
     // `timeout` turns a hung bridge into a failure instead of a stuck test.
-    let o = Command::new("timeout")
+    let mut client = Command::new("timeout")
         .arg("300")
         .arg(&python)
         .arg(repo("tests/mcp_client.py"))
@@ -219,16 +259,49 @@ fn the_python_mcp_sdk_lists_calls_and_is_denied_through_the_bridge() {
         .arg(&hall.socket)
         .arg("acme-corp")
         .arg(&tamper)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
+    let stderr_pipe = client.stderr.take().unwrap();
+    let stderr_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut { stderr_pipe }, &mut s).unwrap();
+        s
+    });
+    // The script asks for a Hall restart mid-call (`RESTART <approval id>`): restart it, then
+    // approve, while the bridge keeps the agent's call open.
+    let mut last = String::new();
+    let mut restarted = Vec::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(client.stdout.take().unwrap())) {
+        let line = line.unwrap();
+        if let Some(id) = line.strip_prefix("RESTART ") {
+            hall.restart();
+            let o = hall.cli(&["approvals", "approve", id]);
+            assert!(
+                o.status.success(),
+                "approve after the restart: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            restarted.push(id.to_owned());
+        } else {
+            last = line;
+        }
+    }
+    let status = client.wait().unwrap();
+    let stderr = stderr_reader.join().unwrap();
     assert!(
-        o.status.success(),
+        status.success(),
         "the MCP client failed: {stderr}\nHall log: {}",
         hall.log()
     );
-    let out: Value = serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)));
+    let out: Value =
+        serde_json::from_str(&last).unwrap_or_else(|e| panic!("{e}: {last}\n{stderr}"));
+    assert_eq!(
+        restarted.len(),
+        1,
+        "the script asked for one restart: {out}"
+    );
 
     // initialize
     assert_eq!(out["server_name"], "wcp-hall");
@@ -376,8 +449,7 @@ fn the_python_mcp_sdk_lists_calls_and_is_denied_through_the_bridge() {
     );
     assert_eq!(out["ping_after"], true);
 
-    // RESTRICTED data in dev: hello is offered as needing a gatekeeper; the call reports the
-    // pending approval; the operator tools list and approve it, and the worker then runs.
+    // RESTRICTED data in dev: hello is offered as needing a gatekeeper.
     let rt = &out["restricted_tools"];
     let rh = &rt["cap_hello_greet"];
     assert_eq!(rh["meta"]["wcp/routing"], "requires_human", "{rt}");
@@ -390,41 +462,119 @@ fn the_python_mcp_sdk_lists_calls_and_is_denied_through_the_bridge() {
         "{rh}"
     );
     assert_eq!(rh["inputSchema"]["required"], json!(["name"]));
+    assert!(rt["wcp_approval_outcome"].is_object(), "{rt}");
     // The tampered chunker is not offered any more.
     assert!(rt.get("cap_doc_chunk").is_none(), "{rt}");
-    // Nothing ran yet, so it is not the tool's output: a tool error naming pending_approval,
-    // the approval id and the resolve tool exactly as it is listed.
+    // With --approval-wait 0 the call answers at once. Nothing ran, so it is not the tool's
+    // output: a tool error naming pending_approval, the approval id and the outcome tool
+    // exactly as it is listed.
     let p = &out["restricted_hello"];
     assert_eq!(p["is_error"], true, "{p}");
     let pm = &p["meta"]["wcp-hall/dispatch"];
     assert_eq!(pm["status"], "pending_approval", "{p}");
+    assert_eq!(pm["correlation_id"], "mcp-approval-1", "{p}");
     let ptext = p["text"][0].as_str().unwrap();
     assert!(ptext.starts_with("pending_approval: "), "{p}");
-    assert!(ptext.contains("the wcp_approval_resolve tool"), "{p}");
-    assert!(!ptext.contains("wcp.approval.resolve"), "{p}");
+    assert!(ptext.contains("call the wcp_approval_outcome tool"), "{p}");
+    assert!(!ptext.contains("wcp.approval"), "{p}");
     let pending = &pm["pending_approval"];
     assert_eq!(pending["supervisor_level"], "gatekeeper");
     let approval_id = pending["pending_approval_id"].as_str().unwrap();
     uuid::Uuid::parse_str(approval_id).expect("an approval id");
-    assert!(p["text"][0].as_str().unwrap().contains(approval_id), "{p}");
-    let listed = &out["restricted_approvals"]["structured"]["pending"];
+    assert!(ptext.contains(approval_id), "{p}");
+    // Before a decision: the outcome tool says it is still pending; the same call again is the
+    // same approval, not a second one.
+    let before = &out["outcome_before"];
+    assert_eq!(before["is_error"], true, "{before}");
     assert!(
-        listed
-            .as_array()
+        before["text"][0]
+            .as_str()
             .unwrap()
-            .iter()
-            .any(|a| a["pending_approval_id"] == approval_id
-                && a["capability_id"] == "cap.hello.greet"),
-        "{listed}"
+            .starts_with("pending_approval: "),
+        "{before}"
     );
+    let repeat = &out["restricted_repeat"];
+    assert_eq!(
+        repeat["meta"]["wcp-hall/dispatch"]["pending_approval"]["pending_approval_id"], approval_id,
+        "{repeat}"
+    );
+    let listed = &out["restricted_approvals"]["structured"]["pending"];
+    let mine: Vec<&Value> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["correlation_id"] == "mcp-approval-1")
+        .collect();
+    assert_eq!(
+        mine.len(),
+        1,
+        "one approval for the repeated call: {listed}"
+    );
+    assert_eq!(mine[0]["pending_approval_id"], approval_id);
+    // The operator approves; its answer says the worker ran, without the worker's result.
     let resolved = &out["restricted_resolve"];
     assert_eq!(resolved["is_error"], false, "{resolved}");
     let rs = &resolved["structured"];
     assert_eq!(rs["approval"]["status"], "approved", "{rs}");
     assert_eq!(rs["response"]["status"], "completed", "{rs}");
-    // The operator's answer never carries the worker's result: that goes to the agent.
     assert!(rs["response"]["result"].is_null(), "{rs}");
     assert!(!rs.to_string().contains("Hello, Lin"), "{rs}");
+    // The agent receives it: from the outcome tool, and by repeating its call (nothing runs
+    // twice: the same receipt).
+    let after = &out["outcome_after"];
+    assert_eq!(after["is_error"], false, "{after}");
+    assert_eq!(after["structured"]["greeting"], "Hello, Lin!", "{after}");
+    assert_eq!(after["text_is_structured"], true, "{after}");
+    let am = &after["meta"]["wcp-hall/dispatch"];
+    assert_eq!(am["status"], "completed", "{after}");
+    assert_eq!(am["correlation_id"], "mcp-approval-1", "{after}");
+    let again = &out["repeat_after"];
+    assert_eq!(again["structured"]["greeting"], "Hello, Lin!", "{again}");
+    assert_eq!(
+        again["meta"]["wcp-hall/dispatch"]["receipt"], am["receipt"],
+        "{again}"
+    );
+
+    // With --approval-wait the call stays open, with progress notifications naming the
+    // approval, and answers with the worker's result once the operator approved.
+    let w = &out["waited"];
+    assert_eq!(w["is_error"], false, "{w}");
+    assert_eq!(w["structured"]["greeting"], "Hello, Wu!", "{w}");
+    let progress = out["waited_progress"].as_array().unwrap();
+    assert!(!progress.is_empty(), "{out}");
+    assert!(
+        progress[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("waiting for a human to decide approval"),
+        "{progress:?}"
+    );
+    // A denial reaches the agent as a denial.
+    let d = &out["waited_denied"];
+    assert_eq!(d["is_error"], true, "{d}");
+    let dtext = d["text"][0].as_str().unwrap();
+    assert!(dtext.starts_with("approval_denied: "), "{d}");
+    assert!(dtext.contains("an operator denied it"), "{d}");
+    assert_eq!(d["meta"]["wcp-hall/dispatch"]["status"], "denied", "{d}");
+    assert!(
+        d["meta"]["wcp-hall/dispatch"]["receipt"]["seq"].is_u64(),
+        "{d}"
+    );
+    // The Hall restarted while the call waited; approved after the restart, the result still
+    // reached the waiting call.
+    let r = &out["restarted"];
+    assert_eq!(r["is_error"], false, "{r}");
+    assert_eq!(r["structured"]["greeting"], "Hello, Kim!", "{r}");
+
+    // The current protocol revision, negotiated by the SDK's default client (server/discover).
+    assert_eq!(out["modern_version"], "2026-07-28", "{out}");
+    assert_eq!(
+        out["modern_tools"]["cap_hello_greet"]["outputSchema"]["required"],
+        json!(["greeting", "correlation_id"])
+    );
+    let m = &out["modern_hello"];
+    assert_eq!(m["is_error"], false, "{m}");
+    assert_eq!(m["structured"]["greeting"], "Hello, Mo!", "{m}");
 
     // A tenant this uid may not act as: tools/list is an MCP error naming the Hall's code.
     let wt = out["wrong_tenant_list"].as_str().unwrap();
@@ -656,8 +806,9 @@ impl ScriptedHall {
                             .find('/')
                             .map_or("/", |j| &target[i + 3 + j..]),
                         None => target,
-                    }
-                    .to_owned();
+                    };
+                    // The query (`?approval_wait_ms=0`) is not part of the route.
+                    let path = path.split('?').next().unwrap_or(path).to_owned();
                     let (status, answer) = ScriptedHall::answer(&state, &path, &body);
                     let text = answer.to_string();
                     let _ = write!(
@@ -700,7 +851,8 @@ impl ScriptedHall {
             "/wcp/capabilities/routable" => (
                 200,
                 json!({"capabilities": [{"capability_id": "cap.test.echo", "routing": "allowed",
-                    "worker_species_id": "wrk.test.echo", "input_schema": {"type": "object"}}],
+                    "worker_species_id": "wrk.test.echo", "input_schema": {"type": "object"},
+                    "output_schema": {"type": "object", "required": ["echo"]}}],
                     "not_routable": []}),
             ),
             "/wcp/dispatch" => {
@@ -799,6 +951,13 @@ impl RawBridge {
         stdin.flush().unwrap();
     }
 
+    fn send_raw(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
     /// The next message the bridge writes (each must be one JSON object on one line).
     fn next(&self) -> Value {
         let line = self
@@ -885,4 +1044,323 @@ fn the_bridge_works_on_calls_concurrently_and_honours_cancellation() {
     assert_eq!(ids, [&json!(6)], "{rest:?}");
     let status = bridge.child.wait().unwrap();
     assert!(status.success(), "{status}");
+}
+
+#[test]
+fn each_protocol_version_gets_only_its_fields_and_bad_input_is_answered_not_fatal() {
+    let hall = ScriptedHall::start();
+    let init = |version: &str| {
+        json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": {"protocolVersion": version, "capabilities": {},
+                       "clientInfo": {"name": "raw", "version": "0"}}})
+    };
+    // 2024-11-05: no tool title, output schema, _meta or annotations; no structuredContent
+    // (the text block carries the result).
+    let mut old = RawBridge::start(&hall.socket);
+    old.send(init("2024-11-05"));
+    let answer = old.next();
+    assert_eq!(
+        answer["result"]["protocolVersion"], "2024-11-05",
+        "{answer}"
+    );
+    assert!(
+        answer["result"]["serverInfo"].get("title").is_none(),
+        "{answer}"
+    );
+    old.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    old.send(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}));
+    let list = old.next();
+    let tools = list["result"]["tools"].as_array().unwrap();
+    assert!(!tools.is_empty(), "{list}");
+    for tool in tools {
+        for key in ["title", "outputSchema", "_meta", "annotations", "icons"] {
+            assert!(
+                tool.get(key).is_none(),
+                "{key} sent to a 2024-11-05 client: {tool}"
+            );
+        }
+    }
+    assert!(list["result"].get("resultType").is_none(), "{list}");
+    old.send(RawBridge::call(2, "fast"));
+    // (`fast` waits for `slow`; send `slow` too so both answer.)
+    old.send(RawBridge::call(3, "slow"));
+    for _ in 0..2 {
+        let call = old.next();
+        assert!(call["result"].get("structuredContent").is_none(), "{call}");
+        assert!(call["result"].get("resultType").is_none(), "{call}");
+        let text = call["result"]["content"][0]["text"].as_str().unwrap();
+        assert!(serde_json::from_str::<Value>(text).unwrap()["echo"].is_string());
+    }
+
+    // 2025-06-18: the same tool with its title, output schema and _meta.
+    let mut new = RawBridge::start(&hall.socket);
+    new.send(init("2025-06-18"));
+    assert_eq!(new.next()["result"]["protocolVersion"], "2025-06-18");
+    new.send(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}));
+    let list = new.next();
+    let echo = &list["result"]["tools"][0];
+    assert_eq!(echo["name"], "cap_test_echo", "{list}");
+    assert_eq!(echo["title"], "cap.test.echo", "{echo}");
+    assert_eq!(echo["outputSchema"]["required"], json!(["echo"]), "{echo}");
+    // An unknown revision is answered with a version the bridge speaks.
+    let mut future = RawBridge::start(&hall.socket);
+    future.send(init("2099-01-01"));
+    assert_eq!(future.next()["result"]["protocolVersion"], "2025-11-25");
+
+    // What is not a message is answered, and the session goes on: a duplicate key (one strict
+    // reading), a line that is not JSON, a JSON value that is not JSON-RPC, an unknown method.
+    new.send_raw(r#"{"jsonrpc": "2.0", "id": 7, "method": "ping", "method": "tools/list"}"#);
+    let dup = new.next();
+    assert_eq!(dup["error"]["code"], -32700, "{dup}");
+    assert!(
+        dup["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate"),
+        "{dup}"
+    );
+    new.send_raw("not json");
+    assert_eq!(new.next()["error"]["code"], -32700);
+    new.send_raw("[1, 2]");
+    assert_eq!(new.next()["error"]["code"], -32600);
+    new.send(json!({"jsonrpc": "2.0", "id": 8, "method": "no/such"}));
+    let unknown = new.next();
+    assert_eq!(
+        (&unknown["id"], &unknown["error"]["code"]),
+        (&json!(8), &json!(-32601)),
+        "{unknown}"
+    );
+    new.send(json!({"jsonrpc": "2.0", "id": 9, "method": "ping"}));
+    assert_eq!(new.next(), json!({"jsonrpc": "2.0", "id": 9, "result": {}}));
+}
+
+/// The official MCP Inspector's CLI (npm `@modelcontextprotocol/inspector`, pinned in
+/// tests/mcp-inspector), installed once into target/mcp-inspector. Fails loudly (never skips)
+/// when it cannot be installed, e.g. without Node.js or the npm registry.
+fn inspector() -> PathBuf {
+    let o = Command::new("bash")
+        .arg(repo("tests/mcp-inspector/install"))
+        .output()
+        .expect("bash runs tests/mcp-inspector/install");
+    assert!(
+        o.status.success(),
+        "cannot install the MCP Inspector (tests/mcp-inspector/install; needs Node.js, npm and \
+         the npm registry; .ci/run installs them): {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    repo("target/mcp-inspector/node_modules/.bin/mcp-inspector")
+}
+
+/// The Inspector CLI against `wcp-hall mcp` on `hall`: `bridge` are extra bridge arguments,
+/// `method` the Inspector's (`--method …`). Returns the exit code and the JSON it printed.
+fn inspect(
+    cli: &Path,
+    hall: &Hall,
+    tenant: &str,
+    bridge: &[&str],
+    method: &[&str],
+) -> (Option<i32>, Value) {
+    inspect_command(cli, hall, tenant, bridge, method)
+        .output()
+        .map(|o| inspected(&o))
+        .unwrap()
+}
+
+fn inspect_command(
+    cli: &Path,
+    hall: &Hall,
+    tenant: &str,
+    bridge: &[&str],
+    method: &[&str],
+) -> Command {
+    let mut c = Command::new("timeout");
+    c.arg("120")
+        .arg(cli)
+        .arg("--cli")
+        .args(["-e", "RUST_LOG=error"])
+        .arg(BIN)
+        .args(["mcp", "--timeout", "30", "--tenant-id", tenant, "--socket"])
+        .arg(&hall.socket)
+        .args(bridge)
+        .args(method)
+        // The Inspector keeps a catalog under $HOME; keep it in the test's directory.
+        .env("HOME", hall.dir.path())
+        .stdin(Stdio::null());
+    c
+}
+
+fn inspected(o: &std::process::Output) -> (Option<i32>, Value) {
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    // The Inspector prints one (pretty) JSON document; errors go to stderr as one.
+    let value = serde_json::from_str::<Value>(&stdout)
+        .ok()
+        .or_else(|| serde_json::from_slice(&o.stderr).ok())
+        .or_else(|| {
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            stderr
+                .lines()
+                .rev()
+                .find_map(|l| serde_json::from_str::<Value>(l).ok())
+        })
+        .unwrap_or_else(|| json!({"stdout": stdout, "stderr": String::from_utf8_lossy(&o.stderr)}));
+    (o.status.code(), value)
+}
+
+/// The text of a tool result's first content block.
+fn first_text(result: &Value) -> &str {
+    result["content"][0]["text"].as_str().unwrap_or("")
+}
+
+#[test]
+fn the_mcp_inspector_cli_gets_governed_results_and_approvals_through_the_bridge() {
+    let cli = inspector();
+    let mut hall = Hall::start();
+    fn call(tool: &str) -> Vec<&str> {
+        vec!["--method", "tools/call", "--tool-name", tool]
+    }
+
+    // List: the capabilities acme-corp may route in dev, with the schemas of the verified
+    // packages, and the outcome tool.
+    let (code, list) = inspect(&cli, &hall, "acme-corp", &[], &["--method", "tools/list"]);
+    assert_eq!(code, Some(0), "{list}");
+    let tools = list["tools"].as_array().unwrap_or_else(|| panic!("{list}"));
+    let hello = tools
+        .iter()
+        .find(|t| t["name"] == "cap_hello_greet")
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(hello["inputSchema"]["required"], json!(["name"]), "{hello}");
+    assert_eq!(
+        hello["outputSchema"]["required"],
+        json!(["greeting", "correlation_id"])
+    );
+    assert!(
+        tools.iter().any(|t| t["name"] == "wcp_approval_outcome"),
+        "{list}"
+    );
+
+    // A call that completes: structuredContent is the worker's result.
+    let mut args = call("cap_hello_greet");
+    args.extend(["--tool-arg", "name=Ada"]);
+    let (code, done) = inspect(&cli, &hall, "acme-corp", &[], &args);
+    assert_eq!(code, Some(0), "{done}");
+    assert_eq!(done["isError"], false, "{done}");
+    assert_eq!(
+        done["structuredContent"]["greeting"], "Hello, Ada!",
+        "{done}"
+    );
+    let text: Value = serde_json::from_str(first_text(&done)).unwrap();
+    assert_eq!(text, done["structuredContent"], "{done}");
+    assert_eq!(done["_meta"]["wcp-hall/dispatch"]["status"], "completed");
+
+    // Bad arguments: refused by the Hall before anything runs (a receipted denial).
+    let mut args = call("cap_hello_greet");
+    args.extend(["--tool-arg", "nam=Ada"]);
+    let (_, bad) = inspect(&cli, &hall, "acme-corp", &[], &args);
+    assert_eq!(bad["isError"], true, "{bad}");
+    assert!(
+        first_text(&bad).starts_with("DENY_INVALID_INPUT: "),
+        "{bad}"
+    );
+    let m = &bad["_meta"]["wcp-hall/dispatch"];
+    assert_eq!(m["status"], "denied", "{bad}");
+    assert!(m.get("error").is_none(), "nothing ran: {bad}");
+    assert!(m["receipt"]["seq"].is_u64(), "{bad}");
+
+    // REQUIRE_HUMAN (RESTRICTED data): the call answers pending with the approval id; an
+    // operator approves; the agent collects the worker's result with the outcome tool.
+    let restricted = ["--data-label", "RESTRICTED", "--approval-wait", "0"];
+    let mut args = call("cap_hello_greet");
+    args.extend(["--tool-arg", "name=Lin"]);
+    let (_, pending) = inspect(&cli, &hall, "acme-corp", &restricted, &args);
+    assert_eq!(pending["isError"], true, "{pending}");
+    assert!(
+        first_text(&pending).starts_with("pending_approval: "),
+        "{pending}"
+    );
+    let id = pending["_meta"]["wcp-hall/dispatch"]["pending_approval"]["pending_approval_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{pending}"))
+        .to_owned();
+    let o = hall.cli(&["approvals", "approve", &id]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let outcome_id = format!("id={id}");
+    let mut args = call("wcp_approval_outcome");
+    args.extend(["--tool-arg", &outcome_id]);
+    let (_, collected) = inspect(&cli, &hall, "acme-corp", &restricted, &args);
+    assert_eq!(collected["isError"], false, "{collected}");
+    assert_eq!(
+        collected["structuredContent"]["greeting"], "Hello, Lin!",
+        "{collected}"
+    );
+
+    // A denied approval: the agent sees it denied.
+    let mut args = call("cap_hello_greet");
+    args.extend(["--tool-arg", "name=Eve"]);
+    let (_, pending) = inspect(&cli, &hall, "acme-corp", &restricted, &args);
+    let id = pending["_meta"]["wcp-hall/dispatch"]["pending_approval"]["pending_approval_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{pending}"))
+        .to_owned();
+    let o = hall.cli(&["approvals", "deny", &id]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let outcome_id = format!("id={id}");
+    let mut args = call("wcp_approval_outcome");
+    args.extend(["--tool-arg", &outcome_id]);
+    let (_, denied) = inspect(&cli, &hall, "acme-corp", &restricted, &args);
+    assert_eq!(denied["isError"], true, "{denied}");
+    assert!(
+        first_text(&denied).starts_with("approval_denied: "),
+        "{denied}"
+    );
+
+    // A wrong tenant: the listing is refused with the Hall's code.
+    let (code, wrong) = inspect(&cli, &hall, "globex", &[], &["--method", "tools/list"]);
+    assert_ne!(code, Some(0), "{wrong}");
+    assert!(wrong.to_string().contains("tenant_not_allowed"), "{wrong}");
+
+    // The Hall restarts while the Inspector's call waits for a human: approved after the
+    // restart, the result reaches the same call.
+    let mut args = call("cap_hello_greet");
+    args.extend(["--tool-arg", "name=Kim"]);
+    let waiting = inspect_command(
+        &cli,
+        &hall,
+        "acme-corp",
+        &["--data-label", "RESTRICTED", "--approval-wait", "45"],
+        &args,
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let id = loop {
+        let o = hall.cli(&["--json", "approvals", "list"]);
+        let listed: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        let mine = listed["pending"].as_array().and_then(|p| {
+            p.iter()
+                .find(|a| a["capability_id"] == "cap.hello.greet")
+                .and_then(|a| a["pending_approval_id"].as_str())
+                .map(str::to_owned)
+        });
+        if let Some(id) = mine {
+            break id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no approval was asked for: {listed}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    hall.restart();
+    let o = hall.cli(&["approvals", "approve", &id]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (code, result) = inspected(&waiting.wait_with_output().unwrap());
+    assert_eq!(code, Some(0), "{result}");
+    assert_eq!(result["isError"], false, "{result}");
+    assert_eq!(
+        result["structuredContent"]["greeting"], "Hello, Kim!",
+        "{result}"
+    );
 }

@@ -5,13 +5,18 @@ usage: mcp_client.py WCP_HALL_BIN SOCKET TENANT TAMPER_FILE
 
 TAMPER_FILE is a file of the enrolled doc_chunker package: the script appends to it after calling
 the chunker once, to show that a worker tampered with after tools/list is denied at call time.
+
+Lines before the last one are requests to the test: `RESTART <approval id>` asks it to restart
+the Hall and then approve that approval, while a call waiting for it stays open. The last line is
+the JSON result.
 """
 
 import asyncio
 import json
+import re
 import sys
 
-from mcp import ClientSession, StdioServerParameters
+from mcp import Client, ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
 
@@ -64,7 +69,7 @@ async def main():
     def server(sock, *extra, tenant_id=tenant):
         return StdioServerParameters(
             command=binary,
-            args=["mcp", "--socket", sock, "--tenant-id", tenant_id, "--timeout", "60", *extra],
+            args=["mcp", "--socket", sock, "--tenant-id", tenant_id, "--timeout", "30", *extra],
             env={"RUST_LOG": "info", "PATH": "/usr/bin:/bin"},
         )
 
@@ -103,22 +108,85 @@ async def main():
 
     async def restricted(s):
         # RESTRICTED data in dev: the Cedar gate asks a gatekeeper (pol.nonprod.restricted-review).
+        # This bridge answers pending at once (--approval-wait 0): the agent collects later.
         await s.initialize()
         tools = await s.list_tools()
         out["restricted_tools"] = {t.name: tool_info(t) for t in tools.tools}
-        pending = summary(await s.call_tool("cap_hello_greet", {"name": "Lin"}))
+        key = {"correlation_id": "mcp-approval-1"}
+        pending = summary(await s.call_tool("cap_hello_greet", {"name": "Lin"}, meta=key))
         out["restricted_hello"] = pending
-        out["restricted_approvals"] = summary(await s.call_tool("wcp_approvals_list", {}))
         hall = (pending["meta"] or {}).get("wcp-hall/dispatch") or {}
         approval_id = (hall.get("pending_approval") or {}).get("pending_approval_id")
-        if approval_id:
-            out["restricted_resolve"] = summary(
-                await s.call_tool(
-                    "wcp_approval_resolve", {"id": approval_id, "action": "approve", "note": "mcp test"}
-                )
-            )
+        if not approval_id:
+            return
+        # Nobody decided yet: the outcome tool says so, and the same call again is the same
+        # approval (no second one).
+        out["outcome_before"] = summary(await s.call_tool("wcp_approval_outcome", {"id": approval_id}))
+        out["restricted_repeat"] = summary(await s.call_tool("cap_hello_greet", {"name": "Lin"}, meta=key))
+        out["restricted_approvals"] = summary(await s.call_tool("wcp_approvals_list", {}))
+        out["restricted_resolve"] = summary(
+            await s.call_tool("wcp_approval_resolve", {"id": approval_id, "action": "approve", "note": "mcp test"})
+        )
+        # The agent collects the worker's result: by id, and by repeating its call.
+        out["outcome_after"] = summary(await s.call_tool("wcp_approval_outcome", {"id": approval_id}))
+        out["repeat_after"] = summary(await s.call_tool("cap_hello_greet", {"name": "Lin"}, meta=key))
 
-    await session(server(socket, "--data-label", "RESTRICTED"), restricted)
+    await session(server(socket, "--data-label", "RESTRICTED", "--approval-wait", "0"), restricted)
+
+    async def run_cli(*args):
+        proc = await asyncio.create_subprocess_exec(
+            binary, *args, "--socket", socket, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        )
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"wcp-hall {' '.join(args)} failed: {err.decode()}")
+
+    def waiter(progress, act):
+        """A progress callback: on the first notification naming an approval, `act(id)`."""
+        started = []
+
+        async def on_progress(value, total, message):
+            progress.append({"progress": value, "message": message})
+            m = re.search(r"approval ([0-9a-f-]{36})", message or "")
+            if m and not started:
+                started.append(asyncio.ensure_future(act(m.group(1))))
+
+        return on_progress, started
+
+    async def waiting(s):
+        # The call stays open while a human decides; progress notifications name the approval.
+        await s.initialize()
+        await s.list_tools()
+        progress = []
+        cb, acts = waiter(progress, lambda aid: run_cli("approvals", "approve", aid))
+        out["waited"] = summary(await s.call_tool("cap_hello_greet", {"name": "Wu"}, progress_callback=cb))
+        out["waited_progress"] = progress
+        if acts:
+            await acts[0]
+        progress = []
+        cb, acts = waiter(progress, lambda aid: run_cli("approvals", "deny", aid, "--note", "not today"))
+        out["waited_denied"] = summary(await s.call_tool("cap_hello_greet", {"name": "Eve"}, progress_callback=cb))
+        if acts:
+            await acts[0]
+
+        # The Hall restarts while the call waits; the test approves after the restart, and the
+        # answer still reaches this call.
+        async def restart(aid):
+            print(f"RESTART {aid}", flush=True)
+
+        progress = []
+        cb, acts = waiter(progress, restart)
+        out["restarted"] = summary(await s.call_tool("cap_hello_greet", {"name": "Kim"}, progress_callback=cb))
+        out["restarted_progress"] = progress
+
+    await session(server(socket, "--data-label", "RESTRICTED", "--approval-wait", "120"), waiting)
+
+    # The current protocol: the SDK's default client probes server/discover (2026-07-28).
+    async with Client(server(socket)) as c:
+        out["modern_version"] = c.protocol_version
+        tools = await c.list_tools()
+        out["modern_tools"] = {t.name: tool_info(t) for t in tools.tools}
+        out["modern_hello"] = summary(await c.call_tool("cap_hello_greet", {"name": "Mo"}))
 
     async def wrong_tenant(s):
         await s.initialize()

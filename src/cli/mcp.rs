@@ -21,6 +21,14 @@ pub struct McpArgs {
     /// underscores, which every model API accepts.
     #[arg(long)]
     pub dotted_names: bool,
+    /// How many seconds a call that needs a human approval is kept open waiting for the
+    /// operator's decision, with progress notifications when the host asks for them; then it
+    /// answers with the worker's result (or the denial). Past it the call answers
+    /// pending_approval with the approval id, which the wcp_approval_outcome tool collects
+    /// later. 0 answers pending at once. Keep it under the host's request timeout (many MCP
+    /// clients default to 60 s).
+    #[arg(long, default_value_t = mcp::DEFAULT_APPROVAL_WAIT.as_secs(), value_name = "SECONDS")]
+    pub approval_wait: u64,
 }
 
 /// Runs the bridge until the MCP host closes stdin. Everything it prints goes to stderr.
@@ -51,6 +59,7 @@ pub fn run(args: McpArgs) -> Result<u8, CliError> {
         timeout: Duration::from_secs(args.socket.timeout),
         max_result_bytes: args.max_result_bytes,
         dotted_names: args.dotted_names,
+        approval_wait: Duration::from_secs(args.approval_wait),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -66,7 +75,7 @@ pub fn run(args: McpArgs) -> Result<u8, CliError> {
 /// Logs go to stderr only: stdout belongs to the MCP protocol.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,wcp_hall=info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rmcp=error,wcp_hall=info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -486,6 +486,11 @@ pub struct FinalOutcome {
     pub policy: Option<Value>,
     pub result: Option<Value>,
     pub execution: Option<Value>,
+    /// For a closed approval's denial: `{approval_status, reason}` (absent in older files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation_context: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_approval_id: Option<String>,
 }
 
 impl FinalOutcome {
@@ -501,9 +506,9 @@ impl FinalOutcome {
             denied: self.denied,
             supervisor_required: false,
             supervisor_level: None,
-            pending_approval_id: None,
+            pending_approval_id: self.pending_approval_id,
             approval_expires_at: None,
-            escalation_context: None,
+            escalation_context: self.escalation_context,
             decision: self.decision,
             policy: self.policy,
             result: self.result,
@@ -519,6 +524,8 @@ impl FinalOutcome {
             policy: r.policy.clone(),
             result: r.result.clone(),
             execution: r.execution.clone(),
+            escalation_context: r.escalation_context.clone(),
+            pending_approval_id: r.pending_approval_id.clone(),
         }
     }
 }

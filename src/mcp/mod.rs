@@ -2,45 +2,60 @@
 //!
 //! Agent hosts (Claude Desktop, Claude Code, Codex, …) launch MCP servers as child processes and
 //! talk JSON-RPC 2.0 over their stdin/stdout. This bridge is such a server, built on rmcp (the
-//! official Rust MCP SDK). It holds no authority of its own: every call becomes one HTTP request
-//! to the Hall's Unix socket, and the Hall identifies the caller by `SO_PEERCRED`, which is this
-//! process's uid/gid, inherited from the host that launched it.
+//! official Rust MCP SDK), whose server runs the protocol ([`server`]) over a strict line
+//! transport of our own ([`transport`]). It holds no authority of its own: every call becomes
+//! HTTP requests to the Hall's Unix socket, and the Hall identifies the caller by
+//! `SO_PEERCRED`, which is this process's uid/gid, inherited from the host that launched it.
 //!
 //! - `tools/list`: one tool per capability the Hall says this peer may route as the configured
 //!   tenant in the configured context (`POST /wcp/capabilities/routable`, see
 //!   `crate::hall::catalog`), with the input schema the Hall read from the worker package it would
-//!   run. Capabilities that need a human approval first are listed and say so. When the peer is an
-//!   operator (probed, see [`HallBridge::probe_operator`]) the WCP §5.8 approval tools are listed
-//!   too.
+//!   run (and its output schema when the package declares one). Capabilities that need a human
+//!   approval first are listed and say so. The approval-outcome tool is listed for everyone;
+//!   when the peer is an operator (probed) the WCP §5.8 approval tools are listed too.
 //! - `tools/call`: the arguments are the RouteInput's `request`; the route context (tenant, env,
 //!   data label, tenant risk, QoS class) comes from the command line; the correlation id is fresh
-//!   (UUIDv4) unless the call's `_meta` carries one (see [`correlation_from_meta`]).
-//!   [`outcome_to_result`] turns the Hall's answer into the tool result.
-//! - Requests are worked on concurrently (bounded), answered by one writer, and cancellable
-//!   (see [`serve`]).
+//!   (UUIDv4) unless the call's `_meta` carries one (see [`correlation_from_meta`]); a repeated
+//!   call with the same correlation id is the same request to the Hall (an approval it already
+//!   has is not asked for again). [`outcome_to_result`] turns the Hall's answer into the tool
+//!   result.
+//! - A call that needs a human stays open up to `--approval-wait` while the bridge asks the
+//!   Hall, as the requester, for the approval's outcome (with progress notifications when the
+//!   host asked for them), then answers with the worker's result or the denial; past the bound
+//!   it answers `pending_approval` with the id, and the outcome tool collects it later.
 //!
 //! Threat model. The MCP host is the principal: it is trusted exactly as far as the Hall trusts
 //! its uid, and the bridge cannot widen that (the tenant it claims is checked by the Hall against
-//! the kernel identity). What the bridge must not trust: the tool arguments and `_meta` from the
-//! model (passed through as data, correlation ids validated), the Hall's answers and the worker's
-//! results (parsed defensively, never `unwrap`ped, capped at `max_result_bytes` so a huge result
-//! cannot flood the host), and the Hall's availability (unreachable, restarting or slow Halls give
-//! MCP errors, never a crash). stdout carries only protocol messages; logs go to stderr.
+//! the kernel identity; an approval's result is given only to the uid that asked, acting as the
+//! tenant it asked as). What the bridge must not trust: the tool arguments and `_meta` from the
+//! model (passed through as data, correlation ids and approval ids validated), the Hall's
+//! answers and the worker's results (parsed defensively, never `unwrap`ped, capped at
+//! `max_result_bytes` so a huge result cannot flood the host), the host's input (one strict
+//! parser, bounded lines and requests in flight), and the Hall's availability (unreachable,
+//! restarting or slow Halls give MCP errors, never a crash). stdout carries only protocol
+//! messages; logs go to stderr.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::Method;
-use rmcp::model::{
-    CallToolRequestParams, CallToolResult, ContentBlock, ErrorData, Implementation,
-    InitializeResult, JsonObject, ServerCapabilities, Tool, ToolAnnotations,
-};
-use serde_json::{Map, Value, json};
-use tokio::io::AsyncReadExt;
+use rmcp::model::{CallToolResult, ContentBlock, JsonObject, Tool};
+use serde_json::{Value, json};
 
-use crate::client::{self, ClientError};
+pub mod compat;
+pub mod server;
+pub mod transport;
+
+pub use server::HallBridge;
+pub use transport::{MAX_MESSAGE_BYTES, MAX_OUTSTANDING};
+
+/// The bridge's own tool: collect the outcome of an approval the caller asked for.
+pub const TOOL_APPROVAL_OUTCOME: &str = "wcp.approval.outcome";
+
+/// How long a call that needs a human is kept open by default (under the 60 s request timeout
+/// common MCP clients default to).
+pub const DEFAULT_APPROVAL_WAIT: Duration = Duration::from_secs(50);
 
 /// WCP §5.8's names for the operator tools (used as-is with `--dotted-names`).
 pub const TOOL_APPROVALS_LIST: &str = "wcp.approvals.list";
@@ -83,6 +98,9 @@ pub struct BridgeConfig {
     /// Keep dotted names (`cap.hello.greet`, `wcp.approvals.list`) instead of portable ones
     /// (`cap_hello_greet`). MCP allows dots; several model APIs do not.
     pub dotted_names: bool,
+    /// How long a call that needs a human approval is kept open waiting for the decision
+    /// (zero: answer `pending_approval` at once).
+    pub approval_wait: Duration,
 }
 
 /// The MCP tool name for a capability (or WCP tool) id.
@@ -186,6 +204,7 @@ pub fn as_listed(text: &str, dotted: bool) -> String {
             TOOL_APPROVALS_LIST,
             TOOL_APPROVAL_RESOLVE,
             TOOL_APPROVAL_ESCALATE,
+            TOOL_APPROVAL_OUTCOME,
         ] {
             text = text.replace(id, &tool_name(id, dotted));
         }
@@ -261,18 +280,44 @@ pub fn outcome_to_result(
                 "approval_expires_at": body.get("approval_expires_at"),
             });
             hall["pending_approval"] = pending.clone();
+            let id = pending["pending_approval_id"].as_str().unwrap_or("?");
             (
                 format!(
-                    "pending_approval: {capability_id} needs human approval ({}): approval {} at \
-                     level {}, expires {}. Nothing ran. An operator approves or denies it \
-                     (wcp-hall approvals approve ID, or the {} tool); call again after that.",
-                    decision["deny_reason_if_denied"]["message"]
+                    "pending_approval: {capability_id} needs human approval ({}): approval {id} \
+                     at level {}, expires {}. Nothing has run yet. Once an operator has decided \
+                     (wcp-hall approvals approve {id}), call the {} tool with {{\"id\": \"{id}\"}} \
+                     to receive the result, or repeat this call with _meta.correlation_id \
+                     \"{correlation_id}\".",
+                    decision["deny_reason_if_denied"]["reason"]
                         .as_str()
+                        .or(decision["deny_reason_if_denied"]["message"].as_str())
                         .unwrap_or("REQUIRE_HUMAN"),
-                    pending["pending_approval_id"].as_str().unwrap_or("?"),
                     pending["supervisor_level"].as_str().unwrap_or("?"),
                     pending["approval_expires_at"].as_str().unwrap_or("?"),
-                    tool_name(TOOL_APPROVAL_RESOLVE, dotted),
+                    tool_name(TOOL_APPROVAL_OUTCOME, dotted),
+                ),
+                true,
+            )
+        }
+        "denied" if closed_approval(body).is_some() => {
+            // A human denied the approval, or nobody decided in time: say that, not the
+            // router's "submit the pending approval" message that asked for the human.
+            let (status, id) = closed_approval(body).unwrap_or_default();
+            hall["approval"] = json!({"pending_approval_id": id, "status": status});
+            let code = if status == "expired" {
+                "approval_expired"
+            } else {
+                "approval_denied"
+            };
+            let why = if status == "expired" {
+                "nobody decided it before it expired"
+            } else {
+                "an operator denied it"
+            };
+            (
+                format!(
+                    "{code}: {capability_id} did not run: approval {id} was not given ({why}). \
+                     Nothing ran; the Hall's receipt records the denial."
                 ),
                 true,
             )
@@ -326,9 +371,23 @@ pub fn outcome_to_result(
     r
 }
 
+/// `(status, id)` of the approval a final denial closed (denied or expired), if it is one.
+fn closed_approval(body: &Value) -> Option<(String, String)> {
+    let status = body["escalation_context"]["approval_status"].as_str()?;
+    matches!(status, "denied" | "expired").then(|| {
+        (
+            status.to_owned(),
+            body["pending_approval_id"]
+                .as_str()
+                .unwrap_or("?")
+                .to_owned(),
+        )
+    })
+}
+
 /// A tool error (isError: true): the text `code: message`, and `{code, message}` in `_meta`
 /// under [`META_ERROR`].
-fn tool_error(code: &str, message: impl Into<String>) -> CallToolResult {
+pub(crate) fn tool_error(code: &str, message: impl Into<String>) -> CallToolResult {
     let message = message.into();
     let mut r = CallToolResult::error(vec![ContentBlock::text(format!("{code}: {message}"))]);
     r.meta = Some(meta_with(
@@ -339,7 +398,7 @@ fn tool_error(code: &str, message: impl Into<String>) -> CallToolResult {
 }
 
 /// A tool error for an HTTP error answer of the Hall (`{code, message}` bodies).
-fn http_error(status: u16, body: &Value) -> CallToolResult {
+pub(crate) fn http_error(status: u16, body: &Value) -> CallToolResult {
     let code = body["code"].as_str().unwrap_or("hall_error");
     let message = body["message"]
         .as_str()
@@ -441,589 +500,49 @@ pub fn tools_from_listing(listing: &Value, dotted: bool) -> (Vec<Tool>, BTreeMap
     (tools, names)
 }
 
-/// The MCP server: one per stdio session.
-#[derive(Debug)]
-pub struct HallBridge {
-    cfg: Arc<BridgeConfig>,
-    /// Tool name → capability id, from the last `tools/list` (refreshed on a miss).
-    names: Mutex<BTreeMap<String, String>>,
-}
-
-/// What a tool name stands for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Target {
-    Capability(String),
-    ApprovalsList,
-    ApprovalResolve,
-    ApprovalEscalate,
-}
-
-impl HallBridge {
-    pub fn new(cfg: BridgeConfig) -> Self {
-        HallBridge {
-            cfg: Arc::new(cfg),
-            names: Mutex::new(BTreeMap::new()),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<client::Answer, ClientError> {
-        client::call(&self.cfg.socket, method, path, body, self.cfg.timeout).await
-    }
-
-    /// Whether the Hall treats this process's uid as an operator. Probed with a resolve request
-    /// whose body is empty: the Hall checks operator-ness first (403 for everyone else) and then
-    /// refuses the empty body (400), so the probe can never resolve anything.
-    pub async fn probe_operator(&self) -> bool {
-        match self
-            .call(
-                Method::POST,
-                "/wcp/approvals/wcp-mcp-operator-probe/resolve",
-                Some(&json!({})),
-            )
-            .await
-        {
-            Ok(a) => a.status.as_u16() != 403 && a.status.as_u16() != 401,
-            Err(_) => false,
-        }
-    }
-
-    /// The capability tools (and the name table) from `POST /wcp/capabilities/routable`: what
-    /// the Hall says this peer, acting as the configured tenant in the configured route context,
-    /// may dispatch, with each worker's input schema.
-    async fn capability_tools(&self) -> Result<Vec<Tool>, ErrorData> {
-        let d = &self.cfg.defaults;
-        let context = json!({
-            "tenant_id": d.tenant_id,
-            "env": d.env,
-            "data_label": d.data_label,
-            "tenant_risk": d.tenant_risk,
-            "qos_class": d.qos_class,
-        });
-        let answer = self
-            .call(Method::POST, ROUTABLE_PATH, Some(&context))
-            .await
-            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
-        if !answer.status.is_success() {
-            let code = answer.body["code"].as_str().unwrap_or("hall_error");
-            let message = answer.body["message"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| answer.body.to_string());
-            return Err(ErrorData::internal_error(
-                format!(
-                    "the Hall refused to list capabilities (POST {ROUTABLE_PATH}, HTTP {}): \
-                     {code}: {message}",
-                    answer.status.as_u16()
-                ),
-                None,
-            ));
-        }
-        let (tools, names) = tools_from_listing(&answer.body, self.cfg.dotted_names);
-        if let Ok(mut table) = self.names.lock() {
-            *table = names;
-        }
-        Ok(tools)
-    }
-
-    fn operator_tools(&self) -> Vec<Tool> {
-        let obj = |v: Value| match v {
-            Value::Object(m) => m,
-            _ => JsonObject::new(),
-        };
-        let d = self.cfg.dotted_names;
-        vec![
-            Tool::new(
-                tool_name(TOOL_APPROVALS_LIST, d),
-                "WCP §5.8 wcp.approvals.list: the pending human approvals of the Hall \
-                 (id, capability, tenant, supervisor level, expiry, reason).",
-                obj(json!({"type": "object", "properties": {}, "additionalProperties": false})),
-            )
-            .annotate(ToolAnnotations::new().read_only(true)),
-            Tool::new(
-                tool_name(TOOL_APPROVAL_RESOLVE, d),
-                "WCP §5.8 wcp.approval.resolve: approve or deny a pending approval (operators \
-                 only). Approving re-routes the stored request; every other check runs again.",
-                obj(json!({"type": "object",
-                    "properties": {
-                        "id": {"type": "string", "description": "the pending_approval_id"},
-                        "action": {"type": "string", "enum": ["approve", "deny"]},
-                        "note": {"type": "string", "description": "recorded with the resolution"}},
-                    "required": ["id", "action"], "additionalProperties": false})),
-            )
-            .annotate(ToolAnnotations::new().destructive(true)),
-            Tool::new(
-                tool_name(TOOL_APPROVAL_ESCALATE, d),
-                "WCP §5.8 wcp.approval.escalate: hand a pending approval to a higher \
-                 supervisor level (operators only).",
-                obj(json!({"type": "object",
-                    "properties": {
-                        "id": {"type": "string", "description": "the pending_approval_id"},
-                        "level": {"type": "string", "description": "the supervisor level to escalate to"},
-                        "note": {"type": "string"}},
-                    "required": ["id", "level"], "additionalProperties": false})),
-            ),
-        ]
-    }
-
-    fn target_of(&self, name: &str) -> Option<Target> {
-        let d = self.cfg.dotted_names;
-        if name == tool_name(TOOL_APPROVALS_LIST, d) {
-            return Some(Target::ApprovalsList);
-        }
-        if name == tool_name(TOOL_APPROVAL_RESOLVE, d) {
-            return Some(Target::ApprovalResolve);
-        }
-        if name == tool_name(TOOL_APPROVAL_ESCALATE, d) {
-            return Some(Target::ApprovalEscalate);
-        }
-        self.names
-            .lock()
-            .ok()
-            .and_then(|t| t.get(name).cloned())
-            .map(Target::Capability)
-    }
-
-    async fn dispatch(
-        &self,
-        capability_id: &str,
-        arguments: JsonObject,
-        meta: &JsonObject,
-    ) -> CallToolResult {
-        let correlation_id =
-            correlation_from_meta(meta).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let input = route_input(
-            &self.cfg.defaults,
-            capability_id,
-            &correlation_id,
-            arguments,
-        );
-        tracing::info!(capability_id, correlation_id, "dispatching");
-        match self.call(Method::POST, "/wcp/dispatch", Some(&input)).await {
-            Ok(a) if a.status.is_success() => outcome_to_result(
-                &a.body,
-                capability_id,
-                &correlation_id,
-                self.cfg.max_result_bytes,
-                self.cfg.dotted_names,
-            ),
-            Ok(a) => http_error(a.status.as_u16(), &a.body),
-            Err(e) => tool_error(client_error_code(&e), e.to_string()),
-        }
-    }
-
-    async fn approvals(&self, target: Target, args: &JsonObject) -> CallToolResult {
-        let text = |k: &str| args.get(k).and_then(Value::as_str).map(str::to_owned);
-        let (method, path, body) = match target {
-            Target::ApprovalsList => (Method::GET, "/wcp/approvals/pending".to_owned(), None),
-            Target::ApprovalResolve | Target::ApprovalEscalate => {
-                let Some(id) = text("id").filter(|id| {
-                    !id.is_empty()
-                        && id
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                }) else {
-                    return tool_error(
-                        "invalid_arguments",
-                        "\"id\" must be a pending_approval_id (letters, digits, '-', '_')",
-                    );
-                };
-                let mut body = Map::new();
-                if target == Target::ApprovalResolve {
-                    match text("action").as_deref() {
-                        Some(a @ ("approve" | "deny")) => {
-                            body.insert("action".into(), Value::from(a));
-                        }
-                        _ => {
-                            return tool_error(
-                                "invalid_arguments",
-                                "\"action\" must be \"approve\" or \"deny\"",
-                            );
-                        }
-                    }
-                } else {
-                    let Some(level) = text("level").filter(|l| !l.is_empty()) else {
-                        return tool_error("invalid_arguments", "\"level\" is required");
-                    };
-                    body.insert("action".into(), Value::from("escalate"));
-                    body.insert("level".into(), Value::from(level));
-                }
-                if let Some(note) = text("note") {
-                    body.insert("note".into(), Value::from(note));
-                }
-                (
-                    Method::POST,
-                    format!("/wcp/approvals/{id}/resolve"),
-                    Some(Value::Object(body)),
-                )
-            }
-            Target::Capability(_) => return tool_error("internal", "not an approval tool"),
-        };
-        match self.call(method, &path, body.as_ref()).await {
-            Ok(a) if a.status.is_success() => {
-                let text = a.body.to_string();
-                let mut r = CallToolResult::success(vec![ContentBlock::text(text)]);
-                r.structured_content = Some(a.body);
-                r
-            }
-            Ok(a) => http_error(a.status.as_u16(), &a.body),
-            Err(e) => tool_error(client_error_code(&e), e.to_string()),
-        }
-    }
-}
-
-fn client_error_code(e: &ClientError) -> &'static str {
-    match e {
-        ClientError::Unreachable { .. } => "hall_unreachable",
-        ClientError::Timeout { .. } => "hall_timeout",
-        ClientError::Http(_) => "hall_http_error",
-        ClientError::NotJson(_) => "hall_bad_answer",
-    }
-}
-
-impl HallBridge {
-    fn server_info(&self) -> InitializeResult {
-        InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(
-                Implementation::new("wcp-hall", env!("CARGO_PKG_VERSION")).with_title("WCP Hall"),
-            )
-            .with_instructions(
-                "Each tool is a WCP capability governed by the Hall: calls are routed under its \
-                 rules and policy, run attested workers in privilege envelopes and are receipted. \
-                 A tool's result is the worker's (the Hall's receipt and decision are in the \
-                 result's _meta under wcp-hall/dispatch). A denial is a tool error carrying the \
-                 WCP deny code (DENY_INVALID_INPUT names the request field the worker's schema \
-                 refuses); a call needing a human is a tool error naming pending_approval and \
-                 the approval id.",
-            )
-    }
-
-    async fn list_tools(&self) -> Result<Value, ErrorData> {
-        let mut tools = self.capability_tools().await?;
-        if self.probe_operator().await {
-            tools.extend(self.operator_tools());
-        }
-        Ok(json!({"tools": tools}))
-    }
-
-    async fn call_tool(&self, params: Value) -> Result<Value, ErrorData> {
-        let request: CallToolRequestParams = serde_json::from_value(params)
-            .map_err(|e| ErrorData::invalid_params(format!("bad tools/call params: {e}"), None))?;
-        let name = request.name.clone();
-        let mut target = self.target_of(&name);
-        if target.is_none() {
-            // The Hall may have reloaded since the last tools/list (or the host never listed).
-            let _ = self.capability_tools().await?;
-            target = self.target_of(&name);
-        }
-        let Some(target) = target else {
-            return Err(ErrorData::invalid_params(
-                format!(
-                    "unknown tool {name:?}; call tools/list for the capabilities this Hall routes"
-                ),
-                None,
-            ));
-        };
-        let args = request.arguments.clone().unwrap_or_default();
-        let meta = request.meta.map(|m| m.0.0).unwrap_or_default();
-        let mut result = match target {
-            Target::Capability(cap) => self.dispatch(&cap, args, &meta).await,
-            other => self.approvals(other, &args).await,
-        };
-        // Older protocol versions do not know the result type discriminator.
-        result.result_type = None;
-        serde_json::to_value(result).map_err(|e| ErrorData::internal_error(e.to_string(), None))
-    }
-
-    /// Sorts one incoming line: what can be answered at once (parse errors, `initialize`,
-    /// `ping`, unknown methods), work that calls the Hall, cancellations, and the rest.
-    fn classify(&self, message: &str) -> Incoming {
-        let parsed: Value = match crate::json::parse_str(message) {
-            Ok(v) => v,
-            Err(e) => {
-                return Incoming::Answer(json!({"jsonrpc": "2.0", "id": null,
-                    "error": {"code": -32700, "message": format!("parse error: {e}")}}));
-            }
-        };
-        let id = parsed.get("id").cloned();
-        let method = parsed.get("method").and_then(Value::as_str);
-        let params = parsed.get("params").cloned().unwrap_or(Value::Null);
-        let (Some(id), Some(method)) = (id, method) else {
-            if method == Some("notifications/cancelled")
-                && let Some(request_id) = params.get("requestId")
-            {
-                return Incoming::Cancel(request_id.clone());
-            }
-            // Another notification (initialized, progress, …) or a response: nothing to answer.
-            return Incoming::Ignore;
-        };
-        let answer = |outcome| Incoming::Answer(response(id.clone(), outcome));
-        match method {
-            "initialize" => {
-                let requested = params["protocolVersion"].as_str().unwrap_or("");
-                let version = if SUPPORTED_VERSIONS.contains(&requested) {
-                    requested.to_owned()
-                } else {
-                    SUPPORTED_VERSIONS[0].to_owned()
-                };
-                let mut info = serde_json::to_value(self.server_info()).unwrap_or(Value::Null);
-                info["protocolVersion"] = Value::from(version);
-                answer(Ok(info))
-            }
-            "ping" => answer(Ok(json!({}))),
-            "tools/list" => Incoming::Work {
-                id,
-                work: Work::ListTools,
-                params,
-            },
-            "tools/call" => Incoming::Work {
-                id,
-                work: Work::CallTool,
-                params,
-            },
-            other => answer(Err(ErrorData::new(
-                rmcp::model::ErrorCode::METHOD_NOT_FOUND,
-                format!("method {other:?} is not supported by wcp-hall mcp"),
-                None,
-            ))),
-        }
-    }
-
-    async fn work(&self, work: Work, params: Value) -> Result<Value, ErrorData> {
-        match work {
-            Work::ListTools => self.list_tools().await,
-            Work::CallTool => self.call_tool(params).await,
-        }
-    }
-
-    /// Answers one JSON-RPC message completely; `None` for notifications. (The stdio loop
-    /// answers Hall work concurrently instead; this is the same answer, one at a time.)
-    pub async fn handle(&self, message: &str) -> Option<Value> {
-        match self.classify(message) {
-            Incoming::Answer(v) => Some(v),
-            Incoming::Work { id, work, params } => {
-                Some(response(id, self.work(work, params).await))
-            }
-            Incoming::Cancel(_) | Incoming::Ignore => None,
-        }
-    }
-}
-
-/// One incoming message, sorted.
-enum Incoming {
-    /// Answered at once, without the Hall.
-    Answer(Value),
-    /// Answered by a task, because it calls the Hall.
-    Work {
-        id: Value,
-        work: Work,
-        params: Value,
-    },
-    /// `notifications/cancelled` for this request id.
-    Cancel(Value),
-    /// Other notifications and responses.
-    Ignore,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Work {
-    ListTools,
-    CallTool,
-}
-
-/// A JSON-RPC response.
-fn response(id: Value, outcome: Result<Value, ErrorData>) -> Value {
-    match outcome {
-        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
-        Err(e) => json!({"jsonrpc": "2.0", "id": id, "error": e}),
-    }
-}
-
-/// Protocol versions the bridge answers `initialize` with (the client's when listed here).
-pub const SUPPORTED_VERSIONS: [&str; 4] = ["2025-06-18", "2025-11-25", "2025-03-26", "2024-11-05"];
-
-/// Largest incoming message (one line) the bridge reads.
-pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
-
-/// At most this many requests are worked on (talk to the Hall) at once; more wait for a slot.
-pub const MAX_CONCURRENT_CALLS: usize = 16;
-
-/// At most this many requests are accepted and not yet answered; beyond that the bridge stops
-/// reading until one is answered (the host's writes then wait in the pipe).
-pub const MAX_OUTSTANDING: usize = 256;
+/// Protocol versions the bridge speaks, newest first: the `initialize` handshake up to
+/// 2025-11-25, and 2026-07-28's per-request lifecycle (`server/discover`). rmcp negotiates;
+/// [`compat`] sends only the fields the agreed version defines.
+pub const SUPPORTED_VERSIONS: [&str; 5] = [
+    "2026-07-28",
+    "2025-11-25",
+    "2025-06-18",
+    "2025-03-26",
+    "2024-11-05",
+];
 
 /// Runs the bridge on stdin/stdout until the host closes stdin. See [`serve`].
 pub async fn serve_stdio(cfg: BridgeConfig) -> Result<(), BridgeError> {
     serve(cfg, tokio::io::stdin(), tokio::io::stdout()).await
 }
 
-/// Runs the bridge over newline-delimited JSON-RPC 2.0 on `input`/`output` until `input` ends.
+/// Runs the bridge over newline-delimited JSON-RPC 2.0 on `input`/`output` until `input` ends
+/// (and the requests in flight then are answered).
 ///
-/// rmcp provides the MCP model types (tools, results, errors); the loop itself is small and
-/// explicit:
-/// - one message per line, at most [`MAX_MESSAGE_BYTES`] (a longer line is skipped without
-///   being buffered and answered with -32600);
-/// - `initialize`, `ping`, unknown methods (-32601) and parse errors (-32700) are answered at
-///   once by the reader, so a busy bridge still answers pings;
-/// - `tools/list` and `tools/call` each run in their own task, at most [`MAX_CONCURRENT_CALLS`]
-///   at a time and [`MAX_OUTSTANDING`] accepted, and are answered when they finish, in any
-///   order (JSON-RPC matches answers by id);
-/// - `notifications/cancelled` aborts the request's task (its connection to the Hall is
-///   dropped) and no answer is sent for it, as MCP asks. A dispatch the Hall had already started
-///   may still complete there, and its receipt records it;
-/// - one writer task owns `output`: every message is one `write_all` of a whole line followed by
-///   a flush, so messages never interleave;
-/// - at the end of `input` the requests in flight are still answered, then the bridge returns.
+/// rmcp's server runs the protocol over [`transport::LineTransport`]: requests are worked on
+/// concurrently (at most [`server::MAX_CONCURRENT_CALLS`] talk to the Hall at once), answered
+/// in any order (JSON-RPC matches answers by id), and `notifications/cancelled` abandons the
+/// request (its connection to the Hall is dropped) with no answer sent, as MCP asks. Pings are
+/// answered while calls are busy.
 pub async fn serve<R, W>(cfg: BridgeConfig, input: R, output: W) -> Result<(), BridgeError>
 where
-    R: tokio::io::AsyncRead + Unpin,
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
     W: tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    use std::collections::HashMap;
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-
-    let bridge = Arc::new(HallBridge::new(cfg));
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Value>(64);
-    let writer = tokio::spawn(async move {
-        let mut output = output;
-        while let Some(message) = rx.recv().await {
-            let mut bytes = message.to_string().into_bytes();
-            bytes.push(b'\n');
-            output.write_all(&bytes).await?;
-            output.flush().await?;
-        }
-        Ok::<(), std::io::Error>(())
-    });
-    let calls = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_CALLS));
-    // Request id (as JSON text) → (sequence number, the task working on it).
-    type InFlight = Mutex<HashMap<String, (u64, tokio::task::AbortHandle)>>;
-    let in_flight: Arc<InFlight> = Arc::new(Mutex::new(HashMap::new()));
-    fn in_flight_mut(
-        m: &InFlight,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, (u64, tokio::task::AbortHandle)>> {
-        m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut seq: u64 = 0;
-    let mut reader = tokio::io::BufReader::new(input);
-    let mut line = Vec::new();
-    let read_result = loop {
-        while tasks.try_join_next().is_some() {}
-        line.clear();
-        let n = match (&mut reader)
-            .take(MAX_MESSAGE_BYTES as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .await
-        {
-            Ok(n) => n,
-            Err(e) => break Err(BridgeError::Transport(e.to_string())),
-        };
-        if n == 0 {
-            break Ok(());
-        }
-        let incoming = if line.len() > MAX_MESSAGE_BYTES && !line.ends_with(b"\n") {
-            if let Err(e) = skip_line(&mut reader).await {
-                break Err(BridgeError::Transport(e.to_string()));
-            }
-            Incoming::Answer(
-                json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32600,
-                "message": format!("message over {MAX_MESSAGE_BYTES} bytes")}}),
-            )
-        } else {
-            let text = String::from_utf8_lossy(&line);
-            if text.trim().is_empty() {
-                continue;
-            }
-            bridge.classify(text.trim())
-        };
-        match incoming {
-            Incoming::Answer(answer) => {
-                if tx.send(answer).await.is_err() {
-                    // The writer stopped (stdout closed); its error is reported below.
-                    break Ok(());
-                }
-            }
-            Incoming::Ignore => {}
-            Incoming::Cancel(id) => {
-                if let Some((_, task)) = in_flight_mut(&in_flight).remove(&id.to_string()) {
-                    tracing::info!(request_id = %id, "request cancelled by the host");
-                    task.abort();
-                }
-            }
-            Incoming::Work { id, work, params } => {
-                while tasks.len() >= MAX_OUTSTANDING {
-                    tasks.join_next().await;
-                }
-                seq += 1;
-                let my_seq = seq;
-                let key = id.to_string();
-                let inner = tokio::spawn({
-                    let bridge = bridge.clone();
-                    let calls = calls.clone();
-                    async move {
-                        // The semaphore is never closed, so this waits for a slot.
-                        let _slot = calls.acquire_owned().await.ok();
-                        bridge.work(work, params).await
-                    }
-                });
-                in_flight_mut(&in_flight).insert(key.clone(), (my_seq, inner.abort_handle()));
-                let tx = tx.clone();
-                let in_flight = in_flight.clone();
-                tasks.spawn(async move {
-                    let answer = match inner.await {
-                        Ok(outcome) => Some(response(id, outcome)),
-                        Err(e) if e.is_cancelled() => None,
-                        Err(e) => Some(response(
-                            id,
-                            Err(ErrorData::internal_error(
-                                format!("the request failed inside the bridge: {e}"),
-                                None,
-                            )),
-                        )),
-                    };
-                    {
-                        let mut map = in_flight_mut(&in_flight);
-                        if map.get(&key).is_some_and(|(s, _)| *s == my_seq) {
-                            map.remove(&key);
-                        }
-                    }
-                    if let Some(answer) = answer {
-                        let _ = tx.send(answer).await;
-                    }
-                });
-            }
-        }
-    };
-    // Answer what is in flight, then let the writer drain and stop.
-    while tasks.join_next().await.is_some() {}
-    drop(tx);
-    let written = match writer.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(BridgeError::Transport(e.to_string())),
-        Err(e) => Err(BridgeError::Transport(format!("the writer failed: {e}"))),
-    };
-    read_result.and(written)
-}
-
-/// Discards the rest of the current line without buffering it.
-async fn skip_line<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<()> {
-    use tokio::io::AsyncBufReadExt;
-    loop {
-        let buf = reader.fill_buf().await?;
-        if buf.is_empty() {
-            return Ok(());
-        }
-        if let Some(i) = buf.iter().position(|&b| b == b'\n') {
-            reader.consume(i + 1);
-            return Ok(());
-        }
-        let n = buf.len();
-        reader.consume(n);
-    }
+    use rmcp::ServiceExt;
+    // The end of the input waits this long for calls in flight (a call that waits for a human
+    // is bounded by --approval-wait).
+    let drain = cfg.timeout + cfg.approval_wait + Duration::from_secs(5);
+    let transport = transport::LineTransport::new(input, output, drain);
+    let running = server::HallBridge::new(cfg)
+        .serve(transport)
+        .await
+        .map_err(|e| BridgeError::Transport(e.to_string()))?;
+    running
+        .waiting()
+        .await
+        .map_err(|e| BridgeError::Transport(format!("the MCP session failed: {e}")))?;
+    Ok(())
 }
 
 #[cfg(test)]
