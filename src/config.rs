@@ -56,6 +56,9 @@ pub struct Config {
     pub receipts: crate::receipt::ReceiptsSection,
     #[serde(default)]
     pub envelope: EnvelopeSection,
+    /// The optional TCP listener for Prometheus (docs/metrics.md).
+    #[serde(default)]
+    pub metrics: crate::hall::metrics_http::MetricsSection,
 }
 
 /// `[attestation]`: where verified package copies live and who is trusted to sign packages.
@@ -498,6 +501,7 @@ impl Config {
                 "[hall] allowed_tenants contains a blank tenant id {t:?}"
             )));
         }
+        self.metrics.check().map_err(invalid)?;
         Ok(())
     }
 

@@ -1008,7 +1008,8 @@ fn the_bridge_works_on_calls_concurrently_and_honours_cancellation() {
     answers.sort_by_key(|a| a["id"].as_u64());
     assert_eq!(
         (&answers[0]["id"], &answers[1]["id"]),
-        (&json!(2), &json!(3))
+        (&json!(2), &json!(3)),
+        "{answers:?}"
     );
     let [slow, fast] = &answers;
     for (answer, name) in [(fast, "fast"), (slow, "slow")] {

@@ -1,6 +1,7 @@
 //! The systemd integration, checked without systemd as PID 1: the units verify cleanly, their
-//! exposure stays at or below 2.0, socket activation serves requests on the inherited socket,
-//! and readiness, reload, watchdog and stopping are signalled on `NOTIFY_SOCKET`.
+//! exposure stays at or below 2.0, socket activation serves requests on the inherited socket
+//! (and metrics on a second, named one), and readiness, reload, watchdog and stopping are
+//! signalled on `NOTIFY_SOCKET`.
 //! `.ci/run` installs systemd's tools when a machine lacks them.
 
 use std::os::unix::net::UnixDatagram;
@@ -29,14 +30,23 @@ fn units(dir: &Path) -> (PathBuf, PathBuf) {
     (s, k)
 }
 
+/// The optional metrics socket unit, next to the units of [`units`].
+fn metrics_unit(dir: &Path) -> PathBuf {
+    let m = dir.join("wcp-hall-metrics.socket");
+    std::fs::copy(repo("systemd/wcp-hall-metrics.socket"), &m).unwrap();
+    m
+}
+
 #[test]
 fn units_verify_without_any_warning() {
     let dir = tempfile::tempdir().unwrap();
     let (service, socket) = units(dir.path());
+    let metrics = metrics_unit(dir.path());
     let o = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&service)
         .arg(&socket)
+        .arg(&metrics)
         .output()
         .expect("systemd-analyze is installed (.ci/run installs it)");
     let stderr = String::from_utf8_lossy(&o.stderr);
@@ -168,6 +178,115 @@ fn socket_activation_serves_on_the_inherited_socket() {
         state.is_dir(),
         "the Hall creates its state directory from $STATE_DIRECTORY"
     );
+}
+
+/// The metrics socket unit passes what the Hall looks for: a loopback TCP socket named
+/// "metrics" for wcp-hall.service.
+#[test]
+fn the_metrics_socket_unit_names_its_socket_for_the_hall() {
+    let unit = std::fs::read_to_string(repo("systemd/wcp-hall-metrics.socket")).unwrap();
+    let lines: Vec<&str> = unit.lines().map(str::trim).collect();
+    for want in [
+        "ListenStream=127.0.0.1:9464",
+        "FileDescriptorName=metrics",
+        "Service=wcp-hall.service",
+        "Accept=no",
+    ] {
+        assert!(lines.contains(&want), "{want} missing from the unit");
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.0 GET over TCP: (status, body).
+fn tcp_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// systemd passes the API socket and the metrics socket (in whatever order, told apart by
+/// LISTEN_FDNAMES); the Hall serves /metrics, and only that, on the inherited TCP socket even
+/// from its own network namespace (what the service's PrivateNetwork=yes gives it): the socket
+/// was created, and stays, in the namespace of whoever bound it.
+#[test]
+fn socket_activation_serves_metrics_on_a_named_tcp_socket_from_a_private_network_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let socket = dir.path().join("activated.sock");
+    let state = dir.path().join("state");
+    let port = free_port();
+    let unshare = Command::new("unshare")
+        .args(["--net", "true"])
+        .status()
+        .expect("unshare (util-linux) is installed");
+    assert!(
+        unshare.success(),
+        "`unshare --net` must work here (root, or a user namespace): it stands in for PrivateNetwork=yes"
+    );
+    // The metrics socket first: the Hall must not take fd 3 as its API socket.
+    let child = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-l")
+        .arg(&socket)
+        .arg("--fdname=metrics:hall")
+        .arg("-E")
+        .arg(format!("STATE_DIRECTORY={}", state.display()))
+        .args(["unshare", "--net"])
+        .arg(BIN)
+        .args(["serve", "-c"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("systemd-socket-activate is installed");
+    let _guard = Killed(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // The first connection starts the Hall with both sockets.
+    let (status, body) = loop {
+        if let Ok((status, body)) = tcp_get(port, "/metrics")
+            && status != 0
+        {
+            break (status, body);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the activated Hall never answered on the inherited metrics socket"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("# TYPE wcp_hall_dispatches_total counter"),
+        "{body}"
+    );
+    assert!(body.contains("wcp_hall_build_info{"), "{body}");
+    // Only /metrics there; the API is on the inherited Unix socket.
+    assert_eq!(tcp_get(port, "/wcp/health").unwrap().0, 404);
+    assert_eq!(tcp_get(port, "/_ping").unwrap().0, 404);
+    let health = health(&socket).expect("the API answers on the inherited Unix socket");
+    assert_eq!(health["status"], "ok");
 }
 
 /// Reads notify datagrams until one contains `want`.

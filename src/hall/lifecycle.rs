@@ -265,15 +265,36 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
             soft
         }
     };
-    // Taken first, while single-threaded: systemd socket activation.
-    let activated = listenfd::ListenFd::from_env()
-        .take_unix_listener(0)
-        .map_err(|e| {
+    // Taken first, while single-threaded: systemd socket activation. The API socket, and the
+    // metrics socket when wcp-hall-metrics.socket passes one too (named "metrics").
+    let mut fds = listenfd::ListenFd::from_env();
+    let names = std::env::var("LISTEN_FDNAMES").ok();
+    let (api_fd, metrics_fd) = activation_roles(names.as_deref(), fds.len());
+    let activated = match api_fd {
+        Some(i) => fds.take_unix_listener(i).map_err(|e| {
             fail(
                 exit::CONFIG,
-                format!("LISTEN_FDS is set but fd 3 is not a Unix socket: {e}"),
+                format!(
+                    "LISTEN_FDS is set but fd {} is not a Unix socket: {e}",
+                    3 + i
+                ),
             )
-        })?;
+        })?,
+        None => None,
+    };
+    let activated_metrics = match metrics_fd {
+        Some(i) => fds.take_tcp_listener(i).map_err(|e| {
+            fail(
+                exit::CONFIG,
+                format!(
+                    "the socket systemd passed as \"metrics\" (fd {}) is not a TCP socket: {e}\n\
+                     hint: ListenStream= in wcp-hall-metrics.socket must be an IP address and port, e.g. 127.0.0.1:9464",
+                    3 + i
+                ),
+            )
+        })?,
+        None => None,
+    };
     let cgroup = super::cgroup::prepare_at_startup();
     let mut loaded =
         Loaded::load(&options.config, 1).map_err(|e| fail(exit::CONFIG, e.to_string()))?;
@@ -340,6 +361,9 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
     listener
         .set_nonblocking(true)
         .map_err(|e| fail(exit::IOERR, format!("cannot configure the socket: {e}")))?;
+    // The optional TCP listener for Prometheus, bound (or taken from systemd) before READY.
+    let metrics_listener = super::metrics_http::open(&loaded.config.metrics, activated_metrics)
+        .map_err(|e| fail(exit::CONFIG, e))?;
     // The receipt log: opened (and recovered) before anything can run; a sev1 finding stops the
     // Hall here with exit 78 so systemd does not restart it in a loop.
     // A full scan of a large log can outlast TimeoutStartSec: each progress report (every few
@@ -416,6 +440,19 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
         if let Some(interval) = sd_notify::watchdog_enabled() {
             tokio::spawn(watchdog(hall.clone(), interval / 2));
         }
+        let metrics_task = match metrics_listener {
+            Some(m) => {
+                let l = tokio::net::TcpListener::from_std(m.listener).map_err(|e| {
+                    fail(
+                        exit::IOERR,
+                        format!("cannot register the metrics listener: {e}"),
+                    )
+                })?;
+                tracing::info!(listen = %m.describe, "metrics listener: GET /metrics only");
+                Some(tokio::spawn(super::metrics_http::serve(hall.clone(), l)))
+            }
+            None => None,
+        };
         let shutdown = signals(hall.clone());
         // Started: from here on the socket is the serving Hall's.
         if let Some(b) = bound.take() {
@@ -428,6 +465,9 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
         // poisons the log (dispatches fail with receipt_log_unavailable) and shows in health.
         hall.receipts.start_background_check();
         super::server::serve(hall.clone(), listener, shutdown, grace).await;
+        if let Some(task) = metrics_task {
+            task.abort();
+        }
         notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
         // A final checkpoint, so the log's last state is signed and saved.
         if let Err(e) = hall.receipts.checkpoint_now() {
@@ -438,6 +478,23 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
     });
     runtime.shutdown_timeout(grace);
     result
+}
+
+/// Which inherited descriptor is which, by index: (the API socket, the metrics socket). With
+/// `LISTEN_FDNAMES` (one name per descriptor, `:`-separated, in order), the one named `metrics`
+/// is the metrics socket and the first other one the API socket, whatever order systemd passes
+/// them in; without names (or with a count that does not match), the first is the API socket.
+fn activation_roles(names: Option<&str>, count: usize) -> (Option<usize>, Option<usize>) {
+    if count == 0 {
+        return (None, None);
+    }
+    let names: Vec<&str> = names.map(|n| n.split(':').collect()).unwrap_or_default();
+    if names.len() != count {
+        return (Some(0), None);
+    }
+    let metrics = names.iter().position(|n| *n == "metrics");
+    let api = (0..count).find(|i| Some(*i) != metrics);
+    (api, metrics)
 }
 
 /// Says which Python runtime workers get (and what its grant lets through).
@@ -618,5 +675,29 @@ async fn watchdog(hall: Arc<Hall>, every: Duration) {
         let _ = hall.current.get();
         let _ = hall.approvals.pending();
         notify(&[NotifyState::Watchdog]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::activation_roles;
+
+    #[test]
+    fn inherited_sockets_are_told_apart_by_name_in_any_order() {
+        assert_eq!(activation_roles(None, 0), (None, None));
+        assert_eq!(activation_roles(None, 1), (Some(0), None));
+        assert_eq!(activation_roles(Some("hall"), 1), (Some(0), None));
+        assert_eq!(
+            activation_roles(Some("wcp-hall.socket:metrics"), 2),
+            (Some(0), Some(1))
+        );
+        assert_eq!(
+            activation_roles(Some("metrics:wcp-hall.socket"), 2),
+            (Some(1), Some(0))
+        );
+        // Only the metrics socket: no API socket inherited (the Hall binds its path).
+        assert_eq!(activation_roles(Some("metrics"), 1), (None, Some(0)));
+        // Names that do not match the count are not trusted.
+        assert_eq!(activation_roles(Some("metrics"), 2), (Some(0), None));
     }
 }

@@ -15,6 +15,7 @@
 //! - [`cgroup`]: the Hall's own delegated cgroup under systemd, beside which worker runs get theirs.
 //! - [`server`]: routes, handlers and the accept loop.
 //! - [`lifecycle`]: socket binding or activation, signals, readiness and watchdog notification.
+//! - [`metrics`], [`metrics_http`]: the Prometheus exposition, and its optional TCP listener.
 
 pub mod api;
 pub mod approvals;
@@ -26,6 +27,7 @@ pub mod identity;
 pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
+pub mod metrics_http;
 pub mod runner;
 pub mod server;
 pub mod state;
@@ -142,6 +144,7 @@ impl Hall {
     /// Reloads configuration, rules and registry; keeps the old snapshot on error.
     pub fn reload(&self) -> Result<u64, String> {
         let before = self.current.get().config.server.clone();
+        let before_metrics = self.current.get().config.metrics.clone();
         match self.current.reload() {
             Ok(loaded) => {
                 // The socket and the admission limits are set up once at start; say so rather
@@ -149,6 +152,11 @@ impl Hall {
                 if loaded.config.server != before {
                     tracing::warn!(
                         "[server] changed: socket and concurrency limits apply after a restart"
+                    );
+                }
+                if loaded.config.metrics != before_metrics {
+                    tracing::warn!(
+                        "[metrics] changed: the metrics listener changes after a restart"
                     );
                 }
                 self.metrics

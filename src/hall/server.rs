@@ -339,14 +339,28 @@ async fn dispatch_handler(
 ) -> Result<Response, ApiError> {
     hall.metrics
         .inc("wcp_hall_requests_total", &[("endpoint", "dispatch")]);
+    // Every answer is counted once in wcp_hall_dispatches_total, by its status or as an error.
+    let answered = dispatch_answer(&hall, peer, body, query.approval_wait_ms).await;
+    let status = answered.as_ref().map_or("error", |out| out.status);
+    hall.metrics
+        .inc("wcp_hall_dispatches_total", &[("status", status)]);
+    Ok(Json(answered?).into_response())
+}
+
+async fn dispatch_answer(
+    hall: &Arc<Hall>,
+    peer: Peer,
+    body: Body,
+    approval_wait_ms: Option<u64>,
+) -> Result<dispatch::DispatchResponse, ApiError> {
     if hall.is_shutting_down() {
         return Err(ApiError::unavailable(
             "shutting_down",
             "the Hall is shutting down",
         ));
     }
-    let (input, raw) = read_input(&hall, body).await?;
-    let out = dispatch::dispatch(hall.clone(), peer, input, raw, query.approval_wait_ms)
+    let (input, raw) = read_input(hall, body).await?;
+    dispatch::dispatch(hall.clone(), peer, input, raw, approval_wait_ms)
         .await
         .inspect_err(|e| {
             if e.code == "receipt_log_unavailable" {
@@ -355,8 +369,7 @@ async fn dispatch_handler(
                     &[("code", "receipt_log_unavailable")],
                 );
             }
-        })?;
-    Ok(Json(out).into_response())
+        })
 }
 
 /// Who is asking about an approval, and so what they may see of it.
@@ -583,7 +596,8 @@ async fn reload(
     }
 }
 
-async fn metrics(State(hall): State<Arc<Hall>>) -> Response {
+/// `GET /metrics`, on the Hall's socket and on the optional TCP listener (`metrics_http`).
+pub(super) async fn metrics(State(hall): State<Arc<Hall>>) -> Response {
     let loaded = hall.current.get();
     let log = hall.receipts.status();
     let text = hall.metrics.render(&[

@@ -122,10 +122,17 @@ pub fn tool_name(id: &str, dotted: bool) -> String {
 }
 
 /// The correlation id a call asks for in its `_meta`, if any: `correlation_id` (or
-/// `wcp/correlation_id`) when it is 1–128 printable ASCII characters without spaces, else the
+/// `wcp/correlation_id`, or an `idempotency_key`: to the Hall the correlation id is the key
+/// that makes a repeated call the same request) when it is 1–128 printable ASCII characters
+/// without spaces, else the
 /// trace id of a well-formed W3C `traceparent`, so the Hall's receipts join the host's trace.
 pub fn correlation_from_meta(meta: &JsonObject) -> Option<String> {
-    for key in ["correlation_id", "wcp/correlation_id"] {
+    for key in [
+        "correlation_id",
+        "wcp/correlation_id",
+        "idempotency_key",
+        "wcp/idempotency_key",
+    ] {
         if let Some(id) = meta.get(key).and_then(Value::as_str)
             && !id.is_empty()
             && id.len() <= 128
@@ -571,6 +578,10 @@ mod tests {
             None
         );
         assert_eq!(
+            correlation_from_meta(&meta(json!({"idempotency_key": "retry-7"}))),
+            Some("retry-7".into())
+        );
+        assert_eq!(
             correlation_from_meta(&meta(json!({"correlation_id": "x".repeat(129)}))),
             None
         );
@@ -695,7 +706,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pending_approval_names_the_approval_tool_as_listed() {
+    fn a_pending_approval_names_the_outcome_tool_as_listed() {
         let body = json!({"status": "pending_approval", "denied": false, "supervisor_required": true,
             "supervisor_level": "L2", "pending_approval_id": "ap-1", "approval_expires_at": "2030-01-01T00:00:00Z",
             "decision": {"deny_reason_if_denied": {"code": "DENY_REQUIRES_HUMAN",
@@ -712,12 +723,36 @@ mod tests {
             assert_eq!(m["pending_approval"]["supervisor_level"], "L2");
             let text = text_of(&r);
             assert!(text.starts_with("pending_approval: "), "{text}");
-            let listed = tool_name(TOOL_APPROVAL_RESOLVE, dotted);
-            assert!(text.contains(&format!("the {listed} tool")), "{text}");
+            let listed = tool_name(TOOL_APPROVAL_OUTCOME, dotted);
+            assert!(text.contains(&format!("call the {listed} tool")), "{text}");
+            assert!(text.contains("ap-1") && text.contains("\"c1\""), "{text}");
             if !dotted {
                 // Not even where the router's own message names the WCP tool.
-                assert!(!text.contains(TOOL_APPROVAL_RESOLVE), "{text}");
+                assert!(!text.contains("wcp.approval"), "{text}");
             }
+        }
+    }
+
+    #[test]
+    fn a_closed_approval_is_a_denial_that_says_so() {
+        for (status, code) in [
+            ("denied", "approval_denied: "),
+            ("expired", "approval_expired: "),
+        ] {
+            let body = json!({"status": "denied", "denied": true, "supervisor_required": false,
+                "pending_approval_id": "ap-9",
+                "escalation_context": {"approval_status": status, "reason": "r"},
+                "decision": {"deny_reason_if_denied": {"code": "DENY_REQUIRES_HUMAN_APPROVAL",
+                    "message": "Submit the pending approval via wcp.approval.resolve."}},
+                "execution": {"receipt": {"seq": 5, "receipt_hash": "h"}}});
+            let r = outcome_to_result(&body, "cap.y", "c1", 1000, false);
+            assert_eq!(r.is_error, Some(true));
+            let text = text_of(&r);
+            assert!(text.starts_with(code), "{text}");
+            assert!(text.contains("ap-9") && !text.contains("Submit"), "{text}");
+            let m = hall_meta(&r);
+            assert_eq!(m["approval"]["status"], status);
+            assert_eq!(m["receipt"]["seq"], 5);
         }
     }
 

@@ -67,7 +67,10 @@ pub struct LineTransport<R, W> {
     reader: tokio::io::BufReader<R>,
     writer: Arc<tokio::sync::Mutex<W>>,
     outstanding: Arc<Outstanding>,
+    /// The line being read (kept across calls: see [`Self::next_message`]).
     line: Vec<u8>,
+    /// The rest of an oversized line is being skipped.
+    skipping: bool,
     /// How long the end of the input waits for requests in flight.
     drain: Duration,
 }
@@ -77,23 +80,50 @@ where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    /// Answers what rmcp never sees (a line that is not a message) with a JSON-RPC error, from
+    /// a task of its own (see [`Self::next_message`]).
+    fn answer_error(&self, id: Value, code: i64, message: String) {
+        let answer =
+            json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
+        let writer = self.writer.clone();
+        tokio::spawn(async move {
+            if let Err(e) = write_line(&writer, &answer).await {
+                tracing::error!(error = %e, "cannot write to the MCP output");
+            }
+        });
+    }
+
     pub fn new(input: R, output: W, drain: Duration) -> Self {
         LineTransport {
             reader: tokio::io::BufReader::new(input),
             writer: Arc::new(tokio::sync::Mutex::new(output)),
             outstanding: Arc::default(),
             line: Vec::new(),
+            skipping: false,
             drain,
         }
     }
 
     /// The next message for rmcp, answering what cannot be one on the way.
+    ///
+    /// Cancel-safe, because rmcp drops this future whenever another event wins its `select!`:
+    /// a partly read line stays in `self.line` and the next call goes on appending to it; a
+    /// skip of an oversized line resumes through `self.skipping`; answers are written by their
+    /// own task, never half-written by a dropped future.
     async fn next_message(&mut self) -> Option<RxJsonRpcMessage<RoleServer>> {
         loop {
             self.outstanding.below(MAX_OUTSTANDING).await;
-            self.line.clear();
+            if self.skipping {
+                if let Err(e) = skip_line(&mut self.reader).await {
+                    tracing::error!(error = %e, "cannot read the MCP input");
+                    return None;
+                }
+                self.skipping = false;
+                continue;
+            }
+            let room = (MAX_MESSAGE_BYTES + 1).saturating_sub(self.line.len()) as u64;
             let n = match (&mut self.reader)
-                .take(MAX_MESSAGE_BYTES as u64 + 1)
+                .take(room)
                 .read_until(b'\n', &mut self.line)
                 .await
             {
@@ -103,26 +133,22 @@ where
                     return None;
                 }
             };
-            if n == 0 {
+            if n == 0 && self.line.is_empty() {
                 // The host closed the input: answer what is in flight, then end.
                 let _ = tokio::time::timeout(self.drain, self.outstanding.below(1)).await;
                 return None;
             }
-            if self.line.len() > MAX_MESSAGE_BYTES && !self.line.ends_with(b"\n") {
-                if let Err(e) = skip_line(&mut self.reader).await {
-                    tracing::error!(error = %e, "cannot read the MCP input");
-                    return None;
-                }
-                answer_error(
-                    &self.writer,
+            let line = std::mem::take(&mut self.line);
+            if line.len() > MAX_MESSAGE_BYTES && !line.ends_with(b"\n") {
+                self.skipping = true;
+                self.answer_error(
                     Value::Null,
                     -32600,
                     format!("message over {MAX_MESSAGE_BYTES} bytes"),
-                )
-                .await;
+                );
                 continue;
             }
-            let text = String::from_utf8_lossy(&self.line);
+            let text = String::from_utf8_lossy(&line);
             let text = text.trim();
             if text.is_empty() {
                 continue;
@@ -130,13 +156,7 @@ where
             let value = match crate::json::parse_str(text) {
                 Ok(v) => v,
                 Err(e) => {
-                    answer_error(
-                        &self.writer,
-                        Value::Null,
-                        -32700,
-                        format!("parse error: {e}"),
-                    )
-                    .await;
+                    self.answer_error(Value::Null, -32700, format!("parse error: {e}"));
                     continue;
                 }
             };
@@ -164,35 +184,19 @@ where
                     // else (a malformed notification or response) is dropped, as JSON-RPC
                     // answers no notification.
                     if let Some(id) = id.clone().filter(|_| method.is_some()) {
-                        answer_error(&self.writer, id, -32600, format!("invalid request: {e}"))
-                            .await;
+                        self.answer_error(id, -32600, format!("invalid request: {e}"));
                     } else if method.is_none() && id.is_none() {
-                        answer_error(
-                            &self.writer,
+                        self.answer_error(
                             Value::Null,
                             -32600,
                             format!("not a JSON-RPC message: {e}"),
-                        )
-                        .await;
+                        );
                     } else {
                         tracing::warn!(error = %e, "dropped a malformed MCP message");
                     }
                 }
             }
         }
-    }
-}
-
-/// Answers what rmcp never sees (a line that is not a message) with a JSON-RPC error.
-async fn answer_error<W: AsyncWrite + Unpin>(
-    writer: &tokio::sync::Mutex<W>,
-    id: Value,
-    code: i64,
-    message: String,
-) {
-    let answer = json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
-    if let Err(e) = write_line(writer, &answer).await {
-        tracing::error!(error = %e, "cannot write to the MCP output");
     }
 }
 

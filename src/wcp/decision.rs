@@ -34,6 +34,64 @@ pub enum DenyCode {
 }
 
 impl DenyCode {
+    /// Every code, in declaration order: the closed vocabulary (the Hall's metrics count each
+    /// one from zero). [`DenyCode::index`] keeps it complete: a new variant does not compile
+    /// until it has a place here.
+    pub const ALL: [DenyCode; 21] = {
+        use DenyCode::*;
+        [
+            DenyUnknownTenant,
+            DenyMissingTenantId,
+            DenyInvalidInput,
+            DenyShadowRulesDetected,
+            DenyNoMatchingRule,
+            DenyMissingCorrelationId,
+            DenyMissingRequiredControls,
+            DenyRequiresHuman,
+            DenyPolicyGateUnconfigured,
+            DenyInternalError,
+            DenyPolicyGate,
+            DenyRequiresHumanApproval,
+            DenyPolicyGateInvalidResponse,
+            DenyNoAvailableWorker,
+            DenyAttestationUnconfigured,
+            DenyWorkerAttestationMissing,
+            DenyWorkerAttestationInvalidHash,
+            DenyWorkerHashUnavailable,
+            DenyWorkerTampered,
+            DenyPrivilegeEnvelopeUnconfigured,
+            DenyPrivilegeEnvelopeViolated,
+        ]
+    };
+
+    /// The code's position in [`DenyCode::ALL`] (an exhaustive match: see the test).
+    pub const fn index(self) -> usize {
+        use DenyCode::*;
+        match self {
+            DenyUnknownTenant => 0,
+            DenyMissingTenantId => 1,
+            DenyInvalidInput => 2,
+            DenyShadowRulesDetected => 3,
+            DenyNoMatchingRule => 4,
+            DenyMissingCorrelationId => 5,
+            DenyMissingRequiredControls => 6,
+            DenyRequiresHuman => 7,
+            DenyPolicyGateUnconfigured => 8,
+            DenyInternalError => 9,
+            DenyPolicyGate => 10,
+            DenyRequiresHumanApproval => 11,
+            DenyPolicyGateInvalidResponse => 12,
+            DenyNoAvailableWorker => 13,
+            DenyAttestationUnconfigured => 14,
+            DenyWorkerAttestationMissing => 15,
+            DenyWorkerAttestationInvalidHash => 16,
+            DenyWorkerHashUnavailable => 17,
+            DenyWorkerTampered => 18,
+            DenyPrivilegeEnvelopeUnconfigured => 19,
+            DenyPrivilegeEnvelopeViolated => 20,
+        }
+    }
+
     /// The wire string, e.g. `DENY_NO_MATCHING_RULE`.
     pub fn as_str(self) -> &'static str {
         use DenyCode::*;
@@ -203,5 +261,27 @@ impl RouteDecision {
     /// The deny code, if denied.
     pub fn deny_code(&self) -> Option<DenyCode> {
         self.deny_reason_if_denied.as_ref().map(|r| r.code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DenyCode;
+
+    #[test]
+    fn all_lists_every_code_once_at_its_index() {
+        for (i, code) in DenyCode::ALL.iter().enumerate() {
+            assert_eq!(code.index(), i, "{code}");
+        }
+        let wire: std::collections::BTreeSet<&str> =
+            DenyCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(wire.len(), DenyCode::ALL.len());
+        // The serde name is the wire string.
+        for code in DenyCode::ALL {
+            assert_eq!(
+                serde_json::to_value(code).unwrap(),
+                serde_json::Value::from(code.as_str())
+            );
+        }
     }
 }
