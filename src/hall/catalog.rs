@@ -39,6 +39,7 @@ use std::collections::BTreeSet;
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
@@ -333,6 +334,39 @@ pub struct InputMismatch {
     pub masked: Vec<(String, String)>,
 }
 
+/// A verified package's compiled input schema: `Ok(None)` when it has none, `Err` (why) when
+/// it is unusable.
+pub type CompiledSchema = Result<Option<Arc<jsonschema::Validator>>, String>;
+
+/// Compiled input schemas by verified store path (see `Loaded::input_schemas`), bounded.
+#[derive(Debug, Default)]
+pub struct SchemaCache(std::sync::Mutex<std::collections::HashMap<PathBuf, CompiledSchema>>);
+
+/// The cache holds at most this many packages' schemas; past it, it starts again empty.
+pub const MAX_CACHED_SCHEMAS: usize = 1024;
+
+impl SchemaCache {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<PathBuf, CompiledSchema>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, dir: &Path) -> Option<CompiledSchema> {
+        self.lock().get(dir).cloned()
+    }
+
+    fn put(&self, dir: PathBuf, compiled: CompiledSchema) {
+        let mut map = self.lock();
+        if map.len() >= MAX_CACHED_SCHEMAS {
+            map.clear();
+        }
+        map.insert(dir, compiled);
+    }
+}
+
 /// At most this many mismatches are reported (and each message at most 300 bytes).
 pub const MAX_INPUT_ERRORS: usize = 8;
 
@@ -390,13 +424,25 @@ pub fn check_request(
             masked: e,
         }
     };
-    let schema = match read_object_schema(&dir, SCHEMA_FILE) {
-        Ok(Some(schema)) => Value::Object(schema),
-        // No schema: the package accepts any object, and its bootstrap validates.
-        Ok(None) => return Ok(()),
-        Err(why) => return Err(unusable(why)),
+    let validator = match loaded.input_schemas.get(&dir) {
+        Some(compiled) => compiled,
+        None => {
+            let compiled = match read_object_schema(&dir, SCHEMA_FILE) {
+                Ok(Some(schema)) => jsonschema::validator_for(&Value::Object(schema))
+                    .map(|v| Some(Arc::new(v)))
+                    .map_err(|e| e.to_string()),
+                Ok(None) => Ok(None),
+                Err(why) => Err(why),
+            };
+            loaded.input_schemas.put(dir.clone(), compiled.clone());
+            compiled
+        }
+    }
+    .map_err(unusable)?;
+    // No schema: the package accepts any object, and its bootstrap validates.
+    let Some(validator) = validator else {
+        return Ok(());
     };
-    let validator = jsonschema::validator_for(&schema).map_err(|e| unusable(e.to_string()))?;
     let instance = Value::Object(request.clone());
     let bounded = |mut message: String| {
         if message.len() > 300 {

@@ -68,6 +68,10 @@ pub struct Loaded {
     pub python: Option<Arc<PythonRuntime>>,
     /// Monotonic generation number, bumped on every successful reload.
     pub generation: u64,
+    /// Input schemas compiled from verified store copies, by store path (content-addressed,
+    /// read-only: a path always holds the same schema), so a dispatch does not read and compile
+    /// the package's `config.schema.json` again. Dropped with the snapshot on reload.
+    pub input_schemas: super::catalog::SchemaCache,
 }
 
 impl Loaded {
@@ -129,6 +133,7 @@ impl Loaded {
             registry,
             python: None,
             generation,
+            input_schemas: Default::default(),
         })
     }
 
