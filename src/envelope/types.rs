@@ -11,20 +11,16 @@ use crate::registry::PrivilegeEnvelope;
 
 use super::error::EnvelopeError;
 
-/// How strongly a profile insists on one protection.
-///
-/// `Required`: the run is refused (a typed [`EnvelopeError::RequirementUnmet`]) when the kernel
-/// or host cannot give it. `BestEffort`: applied when possible; a shortfall is recorded in the
-/// report (`effective` and `reason`) and in [`super::EnvelopeReport::degraded`]. `Off`: not
-/// applied, and the report says so.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Minimum {
-    Required,
-    BestEffort,
-    Off,
-}
+// The profile's types are the envelope's: one definition of what a profile demands of a run
+// (`policy::profile`), used as-is here, so nothing converts between two look-alikes.
+pub use crate::policy::profile::{EnvelopeMinimums as Minimums, Limits, Requirement as Minimum};
 
+// How strongly a profile insists on one protection ([`Minimum`], `policy::profile::Requirement`).
+//
+// `Required`: the run is refused (a typed [`EnvelopeError::RequirementUnmet`]) when the kernel
+// or host cannot give it. `BestEffort`: applied when possible; a shortfall is recorded in the
+// report (`effective` and `reason`) and in [`super::EnvelopeReport::degraded`]. `Off`: not
+// applied, and the report says so.
 impl Minimum {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -43,26 +39,6 @@ impl Minimum {
             _ => None,
         }
     }
-}
-
-/// The minimum a profile requires of each protection (the names are shared with the profile
-/// module; serde spells them `required` / `best_effort` / `off`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Minimums {
-    /// Landlock filesystem (and TCP, and scope) confinement, fully enforced at the pinned ABI.
-    pub landlock: Minimum,
-    /// `network_egress: "none"` → a private network namespace; an allowlist → Landlock TCP ports
-    /// plus a seccomp UDP/raw-socket ban.
-    pub network_isolation: Minimum,
-    /// The seccomp deny-list filter.
-    pub seccomp: Minimum,
-    /// A PID namespace whose init is the Hall's own reaper: the whole tree dies with it.
-    pub pid_namespace: Minimum,
-    /// A per-run cgroup v2 leaf with `cgroup.kill`, `memory.max` and `pids.max`.
-    pub cgroup: Minimum,
-    /// The worker runs under a uid/gid without privileges (never as root).
-    pub unprivileged_user: Minimum,
 }
 
 impl Minimums {
@@ -96,29 +72,6 @@ impl Default for Minimums {
     fn default() -> Self {
         Minimums::production()
     }
-}
-
-/// Resource limits from the profile. Every limit is mandatory (there is no "unlimited"): a
-/// worker without a bound is a worker that can take the host down. All values are integers so
-/// they embed in the canonical receipt profile unchanged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Limits {
-    /// Wall-clock budget; then SIGTERM, a grace period, and a kill of the whole tree.
-    pub wall_timeout_ms: u64,
-    /// `RLIMIT_CPU` per process (soft; the hard limit is one second more): SIGXCPU then SIGKILL.
-    pub cpu_seconds: u64,
-    /// `RLIMIT_AS` per process and, when the cgroup memory controller is delegated, `memory.max`
-    /// for the whole tree.
-    pub memory_bytes: u64,
-    /// `RLIMIT_NPROC` (counted per uid: give concurrent workers distinct uids) and `pids.max`.
-    pub max_processes: u64,
-    /// `RLIMIT_NOFILE`.
-    pub max_open_files: u64,
-    /// `RLIMIT_FSIZE`: the largest file the worker may write.
-    pub max_file_size_bytes: u64,
-    /// Bytes of stdout and, separately, of stderr kept; the rest is drained and counted.
-    pub max_output_bytes: u64,
 }
 
 impl Default for Limits {

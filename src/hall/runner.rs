@@ -225,15 +225,9 @@ impl Runner for HallRunner {
             .as_ref()
             .and_then(|g| g.profile(input.env))
             .cloned();
+        // The profile's own types: nothing to convert, nothing to fall back on.
         let (limits, minimums) = match &profile {
-            Some(p) => (
-                serde_json::to_value(p.limits)
-                    .and_then(serde_json::from_value)
-                    .unwrap_or_default(),
-                serde_json::to_value(p.envelope)
-                    .and_then(serde_json::from_value)
-                    .unwrap_or_default(),
-            ),
+            Some(p) => (p.limits, p.envelope),
             None => (envelope::Limits::default(), envelope::Minimums::default()),
         };
         // No declared envelope: the narrowest one (no egress, no writes, no secrets, no tools).

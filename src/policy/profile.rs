@@ -109,34 +109,53 @@ pub enum Requirement {
     Off,
 }
 
-/// `[envelope]`: the minimum privilege envelope (field names shared with the envelope module).
+/// `[envelope]`: the minimum privilege envelope a profile demands of every run. The envelope
+/// uses this very type (`envelope::Minimums`; its constructors and defaults live there).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnvelopeMinimums {
+    /// Landlock filesystem (and TCP, and scope) confinement, fully enforced at the pinned ABI.
     pub landlock: Requirement,
+    /// `network_egress: "none"` → a private network namespace; an allowlist → Landlock TCP ports
+    /// plus a seccomp UDP/raw-socket ban.
     pub network_isolation: Requirement,
+    /// The seccomp deny-list filter.
     pub seccomp: Requirement,
+    /// A PID namespace whose init is the Hall's own reaper: the whole tree dies with it.
     pub pid_namespace: Requirement,
+    /// A per-run cgroup v2 leaf with `cgroup.kill`, `memory.max` and `pids.max`.
     pub cgroup: Requirement,
+    /// The worker runs under a uid/gid without privileges (never as root).
     pub unprivileged_user: Requirement,
 }
 
-/// `[limits]`: resource limits for a worker run (field names shared with the envelope module).
+/// `[limits]`: resource limits for a worker run. Every limit is mandatory (there is no
+/// "unlimited"): a worker without a bound is a worker that can take the host down. All values
+/// are integers so they embed in the canonical receipt profile unchanged. The envelope uses
+/// this very type (`envelope::Limits`; its default and range checks live there).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
+    /// Wall-clock budget; then SIGTERM, a grace period, and a kill of the whole tree.
     #[serde(deserialize_with = "positive")]
     pub wall_timeout_ms: u64,
+    /// `RLIMIT_CPU` per process (soft; the hard limit is one second more): SIGXCPU then SIGKILL.
     #[serde(deserialize_with = "positive")]
     pub cpu_seconds: u64,
+    /// `RLIMIT_AS` per process and, when the cgroup memory controller is delegated, `memory.max`
+    /// for the whole tree.
     #[serde(deserialize_with = "positive")]
     pub memory_bytes: u64,
+    /// `RLIMIT_NPROC` (counted per uid: give concurrent workers distinct uids) and `pids.max`.
     #[serde(deserialize_with = "positive")]
     pub max_processes: u64,
+    /// `RLIMIT_NOFILE`.
     #[serde(deserialize_with = "positive")]
     pub max_open_files: u64,
+    /// `RLIMIT_FSIZE`: the largest file the worker may write.
     #[serde(deserialize_with = "positive")]
     pub max_file_size_bytes: u64,
+    /// Bytes of stdout and, separately, of stderr kept; the rest is drained and counted.
     #[serde(deserialize_with = "positive")]
     pub max_output_bytes: u64,
 }
