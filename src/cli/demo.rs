@@ -647,19 +647,13 @@ fn dispatch(hall: &HallProcess, step: &'static str, body: &Value) -> Step<Dispat
         let message = answer.body["message"]
             .as_str()
             .map_or_else(|| answer.body.to_string(), str::to_owned);
-        let mut f = failed(
+        return Err(failed(
             step,
             format!(
                 "the Hall answered {} {code}: {message}",
                 answer.status.as_u16()
             ),
-        );
-        if code == "execution_unavailable" {
-            f = f.hint(
-                "this build's Hall routes but cannot execute workers yet (no worker runner is wired into `wcp-hall serve`)",
-            );
-        }
-        return Err(f);
+        ));
     }
     Ok(Dispatched {
         body: answer.body,

@@ -218,12 +218,7 @@ async fn run(
     input: RouteInput,
     routed: Routed,
 ) -> Result<DispatchResponse, ApiError> {
-    let Some(runner) = hall.runner.clone() else {
-        return Err(ApiError::unavailable(
-            "execution_unavailable",
-            "this Hall has no worker runner configured; only dry runs and routing are available",
-        ));
-    };
+    let runner = hall.runner.clone();
     // The request must match the verified package's config.schema.json before anything runs
     // (and before the intent receipt): a mismatch is a receipted DENY_INVALID_INPUT.
     if let Some(species) = routed.decision.selected_worker_species_id.clone()
@@ -284,7 +279,36 @@ async fn run(
             r.execution = Some(done.execution);
             Ok(r)
         }
-        Err(e) => Err(e),
+        Err(e) => Err(run_error(e)),
+    }
+}
+
+/// The HTTP answer for a run that could not produce an outcome (the one place a
+/// [`runner::RunError`] becomes an [`ApiError`]): a refusal is 422 with its code; a receipt
+/// the model refuses is the Hall's own bug (every request that reaches routing is validated so
+/// that its receipts are valid): 500 `receipt_invalid`, nothing retried; a log that cannot
+/// record now is 503 `receipt_log_unavailable` (with `Retry-After`); a broken invariant is 500.
+fn run_error(e: runner::RunError) -> ApiError {
+    use runner::RunError;
+    let code = e.code();
+    match e {
+        RunError::Refused { message, .. } => {
+            ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, code, message)
+        }
+        RunError::Receipt { what, source } => receipt_error(source, what),
+        RunError::Internal(message) => ApiError::internal(message),
+    }
+}
+
+/// The answer when a receipt could not be appended (see [`run_error`]).
+pub fn receipt_error(e: crate::receipt::LogError, what: &str) -> ApiError {
+    match e {
+        crate::receipt::LogError::Invalid(_) => ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "receipt_invalid",
+            format!("{what}: the Hall built a receipt it cannot record (a bug): {e}"),
+        ),
+        other => ApiError::unavailable("receipt_log_unavailable", format!("{what}: {other}")),
     }
 }
 
@@ -676,7 +700,7 @@ async fn append(
     })
     .await
     .map_err(|e| ApiError::internal(format!("receipt writer panicked: {e}")))?
-    .map_err(|e| runner::receipt_error(e, "the denial could not be recorded"))?;
+    .map_err(|e| receipt_error(e, "the denial could not be recorded"))?;
     Ok(json!({
         "seq": appended.seq,
         "receipt_hash": appended.receipt_hash_string(),

@@ -416,10 +416,10 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
         approvals,
         receipts.clone(),
         super::conn::Connections::new(conn_limits),
+        runner,
     );
     tracing::info!(cgroup = %cgroup.note, "cgroup");
     hall.cgroup = cgroup;
-    hall.runner = Some(runner);
     hall.worker_uids.push(worker.uid);
     let hall = Arc::new(hall);
     let runtime = tokio::runtime::Builder::new_multi_thread()

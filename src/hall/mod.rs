@@ -40,7 +40,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::wcp::{RouteDecision, RouteInput};
-use api::ApiError;
 use approvals::ApprovalStore;
 use identity::Peer;
 use limits::Limits;
@@ -70,11 +69,6 @@ pub struct RunOutcome {
     pub phases: Vec<(&'static str, std::time::Duration)>,
 }
 
-/// Executes allowed decisions (attestation, envelope, receipts). Called on a blocking thread.
-pub trait Runner: Send + Sync {
-    fn run(&self, request: RunRequest) -> Result<RunOutcome, ApiError>;
-}
-
 /// The daemon's shared state.
 pub struct Hall {
     pub current: Current,
@@ -89,7 +83,8 @@ pub struct Hall {
     pub started: Instant,
     /// WCP chain blast per correlation id (WCP §7: a chain's dispatches add up).
     pub chains: std::sync::Mutex<crate::policy::blast::ChainBlast>,
-    pub runner: Option<Arc<dyn Runner>>,
+    /// Runs allowed decisions (attestation, envelope, receipts).
+    pub runner: Arc<runner::HallRunner>,
     /// The uids a worker process can have: the Hall's own (a non-root Hall's workers, in a
     /// user namespace) and `[envelope] worker_user` (a root Hall's). A peer with another uid
     /// cannot be a worker (`envelope::peer`).
@@ -106,6 +101,7 @@ impl Hall {
         approvals: ApprovalStore,
         receipts: Arc<crate::receipt::ReceiptLog>,
         connections: Arc<conn::Connections>,
+        runner: Arc<runner::HallRunner>,
     ) -> Self {
         let server = current.get().config.server.clone();
         Hall {
@@ -122,7 +118,7 @@ impl Hall {
             metrics: Metrics::default(),
             started: Instant::now(),
             chains: std::sync::Mutex::new(crate::policy::blast::ChainBlast::new(100_000)),
-            runner: None,
+            runner,
             worker_uids: vec![nix::unistd::geteuid().as_raw()],
             cgroup: cgroup::Delegation {
                 subtree: None,

@@ -14,9 +14,8 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::api::ApiError;
 use super::approvals::{now_ms, rfc3339_ms};
-use super::{RunOutcome, RunRequest, Runner};
+use super::{RunOutcome, RunRequest};
 use crate::envelope::{self, Envelope, Identity};
 use crate::receipt::model::{Caller, Execution, PackageRef, Timings};
 use crate::receipt::{Dispatch, Outcome, ReceiptLog};
@@ -44,8 +43,51 @@ pub fn caller(peer: &super::identity::Peer) -> Caller {
     }
 }
 
-fn failure(code: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, code, message)
+/// Why the runner could not produce a [`RunOutcome`]. Only `hall::dispatch` turns it into an
+/// HTTP answer; [`RunError::code`] is the stable code every client sees.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Refused before anything ran: the package cannot be verified or has no usable
+    /// entrypoint, a persistent write directory is unsafe, … (`code` says which). Before the
+    /// intent receipt the caller gets it as an error; after it, the run ends `aborted` with it.
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
+    /// The receipt log cannot record the intent or the outcome (`what` says which).
+    #[error("{what}: {source}")]
+    Receipt {
+        what: &'static str,
+        source: crate::receipt::LogError,
+    },
+    /// A state the Hall's own checks should have made impossible (a bug).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl RunError {
+    /// The stable code: the refusal's own, `receipt_invalid` (the Hall built a receipt its model
+    /// refuses: a bug), `receipt_log_unavailable`, or `internal_error`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RunError::Refused { code, .. } => code,
+            RunError::Receipt {
+                source: crate::receipt::LogError::Invalid(_),
+                ..
+            } => "receipt_invalid",
+            RunError::Receipt { .. } => "receipt_log_unavailable",
+            RunError::Internal(_) => "internal_error",
+        }
+    }
+}
+
+fn failure(code: &'static str, message: impl Into<String>) -> RunError {
+    RunError::Refused {
+        code,
+        message: message.into(),
+    }
+}
+
+fn receipt_error(source: crate::receipt::LogError, what: &'static str) -> RunError {
+    RunError::Receipt { what, source }
 }
 
 impl HallRunner {
@@ -58,7 +100,7 @@ impl HallRunner {
         &self,
         record: &RegistryRecord,
         declared: &PrivilegeEnvelope,
-    ) -> Result<Vec<Arc<envelope::grant::OpenedWrite>>, ApiError> {
+    ) -> Result<Vec<Arc<envelope::grant::OpenedWrite>>, RunError> {
         let relative: Vec<String> = declared
             .filesystem_writes
             .iter()
@@ -134,8 +176,10 @@ impl HallRunner {
     }
 }
 
-impl Runner for HallRunner {
-    fn run(&self, request: RunRequest) -> Result<RunOutcome, ApiError> {
+impl HallRunner {
+    /// Verifies, receipts and runs one allowed, non-dry-run request. Blocking: called on a
+    /// blocking thread.
+    pub fn run(&self, request: RunRequest) -> Result<RunOutcome, RunError> {
         let RunRequest {
             peer,
             input,
@@ -143,16 +187,15 @@ impl Runner for HallRunner {
             policy,
             loaded,
         } = request;
-        let species = decision
-            .selected_worker_species_id
-            .clone()
-            .ok_or_else(|| ApiError::internal("an allowed decision without a selected worker"))?;
+        let species = decision.selected_worker_species_id.clone().ok_or_else(|| {
+            RunError::Internal("an allowed decision without a selected worker".into())
+        })?;
         let record = loaded
             .registry
             .records_of(&species)
             .next()
             .cloned()
-            .ok_or_else(|| ApiError::internal(format!("no enrolled record for {species}")))?;
+            .ok_or_else(|| RunError::Internal(format!("no enrolled record for {species}")))?;
 
         // Where the Hall's time goes, per phase (µs), returned with the execution.
         let mut phases = Phases::start();
@@ -247,7 +290,7 @@ impl Runner for HallRunner {
             let (bootstrap, runtime) =
                 package_bootstrap(&store_path, loaded.python.as_deref()).map_err(|e| (e, None))?;
             let payload = serde_json::to_vec(&input.request)
-                .map_err(|e| (ApiError::internal(e.to_string()), None))?;
+                .map_err(|e| (RunError::Internal(e.to_string()), None))?;
             let req = envelope::RunRequest {
                 package_dir: store_path.clone(),
                 package_digest: Some(package.digest.clone()),
@@ -283,12 +326,13 @@ impl Runner for HallRunner {
                 if let Some(r) = &envelope_report {
                     intent.dispatch_mut().envelope = Some(Value::clone(r));
                 }
+                let (code, message) = (e.code(), e.to_string());
                 let appended = self
                     .receipts
                     .append_outcome(
                         intent,
                         Outcome::Aborted {
-                            reason: bounded(&format!("{}: {}", e.code, e.message), 1000),
+                            reason: bounded(&format!("{code}: {message}"), 1000),
                         },
                     )
                     .map_err(|le| receipt_error(le, "the outcome could not be recorded"))?;
@@ -297,7 +341,7 @@ impl Runner for HallRunner {
                     succeeded: false,
                     result: None,
                     execution: json!({
-                        "error": {"code": e.code, "message": e.message},
+                        "error": {"code": code, "message": message},
                         "envelope": envelope_report,
                         "receipt": {"seq": appended.seq, "receipt_hash": appended.receipt_hash_string(), "checkpoint_size": self.receipts.saved_checkpoint_size()},
                         "package": package_json(&package, &report.store_path),
@@ -383,7 +427,7 @@ impl Runner for HallRunner {
 pub fn package_bootstrap(
     package: &Path,
     python_runtime: Option<&envelope::PythonRuntime>,
-) -> Result<(envelope::Bootstrap, envelope::RuntimePaths), ApiError> {
+) -> Result<(envelope::Bootstrap, envelope::RuntimePaths), RunError> {
     use std::os::unix::fs::PermissionsExt;
 
     let python = package.join(crate::attest::tree::PYTHON_BOOTSTRAP);
@@ -515,29 +559,6 @@ fn bare_hex(s: &str) -> String {
     s.strip_prefix("sha256:").unwrap_or(s).to_owned()
 }
 
-/// The answer when a receipt could not be appended. A receipt the model refuses is the Hall's
-/// own bug (every request that reaches routing is validated so that its receipts are valid):
-/// 500 `receipt_invalid`, nothing retried. Anything else means the log cannot record now:
-/// 503 `receipt_log_unavailable`.
-pub fn receipt_error(e: crate::receipt::LogError, what: &str) -> ApiError {
-    match e {
-        crate::receipt::LogError::Invalid(_) => ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            "receipt_invalid",
-            format!("{what}: the Hall built a receipt it cannot record (a bug): {e}"),
-        ),
-        other => {
-            let mut e =
-                ApiError::unavailable("receipt_log_unavailable", format!("{what}: {other}"));
-            // A missing resource comes back by itself; an integrity failure does not.
-            if matches!(other, crate::receipt::LogError::Unavailable { .. }) {
-                e.retry_after = Some(1);
-            }
-            e
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
@@ -561,7 +582,7 @@ mod tests {
         let python = crate::envelope::python::debian_fixture();
         package_bootstrap(dir.path(), Some(&python))
             .expect_err("refused")
-            .code
+            .code()
     }
 
     const ELF: &[u8] = b"\x7fELF\x02\x01\x01\0rest";
@@ -575,8 +596,8 @@ mod tests {
         assert_eq!(runtime, python.paths);
         // Without a Python runtime a Python package is refused; a native one still runs.
         let err = package_bootstrap(py.path(), None).expect_err("no runtime");
-        assert_eq!(err.code, "python_runtime_unavailable");
-        assert!(err.message.contains("[envelope] python"), "{}", err.message);
+        assert_eq!(err.code(), "python_runtime_unavailable");
+        assert!(err.to_string().contains("[envelope] python"), "{err}");
 
         // A real program: it runs with the loader its ELF header names.
         let true_bin = std::fs::read("/bin/true").unwrap();
@@ -598,7 +619,7 @@ mod tests {
         // ELF magic but no valid header: refused, not guessed at.
         let broken = package(&[("code/bootstrap", ELF, 0o555)]);
         let err = package_bootstrap(broken.path(), None).expect_err("broken ELF");
-        assert_eq!(err.code, "package_not_elf", "{}", err.message);
+        assert_eq!(err.code(), "package_not_elf", "{err}");
     }
 
     #[test]
@@ -626,7 +647,7 @@ mod tests {
         let dir = package(&[]);
         std::fs::create_dir(dir.path().join("code/bootstrap")).unwrap();
         assert_eq!(
-            package_bootstrap(dir.path(), None).err().unwrap().code,
+            package_bootstrap(dir.path(), None).err().unwrap().code(),
             "package_not_elf"
         );
     }

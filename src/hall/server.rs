@@ -160,7 +160,8 @@ async fn health(State(hall): State<Arc<Hall>>, Extension(peer): Extension<Peer>)
         "rules": loaded.rules.rules().len(),
         "shadowed_rules": loaded.rules.shadows().len(),
         "workers": loaded.registry.records().len(),
-        "runner": hall.runner.is_some(),
+        // Every serving Hall runs workers (kept for clients that read it).
+        "runner": true,
         "python": loaded.python.as_ref().map(|p| json!({
             "interpreter": p.interpreter,
             "runtime": p.describe(),
