@@ -58,7 +58,7 @@ pub struct Config {
     pub envelope: EnvelopeSection,
     /// The optional TCP listener for Prometheus (docs/metrics.md).
     #[serde(default)]
-    pub metrics: crate::hall::metrics_http::MetricsSection,
+    pub metrics: MetricsSection,
 }
 
 /// `[attestation]`: where verified package copies live and who is trusted to sign packages.
@@ -677,3 +677,65 @@ mod tests {
         ));
     }
 }
+
+/// `[metrics]`: the optional TCP listener serving `GET /metrics` only.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Serve the metrics on TCP. Unset: on exactly when `listen` is set.
+    pub enabled: Option<bool>,
+    /// An IP address and port, e.g. `"127.0.0.1:9464"` or `"[::1]:9464"` (default
+    /// 127.0.0.1:9464). Host names are not resolved.
+    pub listen: Option<String>,
+    /// Allow an address other than loopback (the metrics are then readable from other hosts).
+    pub allow_remote: bool,
+}
+
+impl MetricsSection {
+    /// Whether the Hall binds a TCP listener itself.
+    pub fn is_on(&self) -> bool {
+        self.enabled.unwrap_or(self.listen.is_some())
+    }
+
+    /// The configured address (the default when none is set).
+    pub fn address(&self) -> Result<std::net::SocketAddr, String> {
+        let Some(text) = &self.listen else {
+            return Ok(DEFAULT_METRICS_LISTEN);
+        };
+        text.trim().parse().map_err(|_| {
+            format!(
+                "[metrics] listen = {text:?} is not an IP address and port\n\
+                 hint: write it like \"127.0.0.1:9464\" or \"[::1]:9464\" (host names are not resolved)"
+            )
+        })
+    }
+
+    /// The configuration check (`Config::check`): the address parses, and it is loopback unless
+    /// remote scrapes are explicitly allowed.
+    pub fn check(&self) -> Result<(), String> {
+        let addr = self.address()?;
+        if self.is_on() {
+            self.check_reach(&addr, "[metrics] listen")?;
+        }
+        Ok(())
+    }
+
+    /// Refuses an address other hosts can reach unless `allow_remote = true`.
+    pub(crate) fn check_reach(
+        &self,
+        addr: &std::net::SocketAddr,
+        what: &str,
+    ) -> Result<(), String> {
+        if self.allow_remote || addr.ip().to_canonical().is_loopback() {
+            return Ok(());
+        }
+        Err(format!(
+            "{what} {addr} is not a loopback address: the metrics would be readable from other hosts\n\
+             hint: listen on 127.0.0.1 or [::1] and let Prometheus scrape locally, or set [metrics] allow_remote = true to expose them on purpose (and restrict who can connect with a firewall)"
+        ))
+    }
+}
+
+/// Where the listener goes when `[metrics] enabled = true` names no address.
+pub const DEFAULT_METRICS_LISTEN: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);

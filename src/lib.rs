@@ -12,6 +12,7 @@ pub mod attest;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod common;
 pub mod config;
 pub mod conformance;
 pub mod crypto;

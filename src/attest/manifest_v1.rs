@@ -26,8 +26,8 @@ use zeroize::Zeroizing;
 
 use super::namespace_of;
 use super::time::UtcTime;
+use crate::common::hex;
 use crate::pyjson::{self, Separators};
-use crate::router::hex;
 
 /// `schema_version` of awp.v1 manifests.
 pub const SCHEMA_VERSION: &str = "awp.v1";

@@ -60,33 +60,25 @@ impl UtcTime {
         };
         let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
         let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
-        if !(1..=12).contains(&mo)
-            || d < 1
-            || d > days_in_month(y, mo)
-            || h > 23
-            || mi > 59
-            || s > 59
-        {
-            return Err(err());
-        }
-        Ok(UtcTime(
-            days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + s,
-        ))
+        // The calendar (month lengths, leap years) is jiff's.
+        let small = |v: i64| i8::try_from(v).map_err(|_| err());
+        let year = i16::try_from(y).map_err(|_| err())?;
+        crate::common::utc_civil_seconds(
+            year,
+            small(mo)?,
+            small(d)?,
+            small(h)?,
+            small(mi)?,
+            small(s)?,
+        )
+        .map(UtcTime)
+        .ok_or_else(err)
     }
 }
 
 impl fmt::Display for UtcTime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let days = self.0.div_euclid(86_400);
-        let rem = self.0.rem_euclid(86_400);
-        let (y, m, d) = civil_from_days(days);
-        write!(
-            f,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-            rem / 3600,
-            (rem % 3600) / 60,
-            rem % 60
-        )
+        f.write_str(&crate::common::utc_seconds(self.0))
     }
 }
 
@@ -101,36 +93,6 @@ impl<'de> serde::Deserialize<'de> for UtcTime {
         let text = String::deserialize(d)?;
         UtcTime::parse(&text).map_err(serde::de::Error::custom)
     }
-}
-
-fn is_leap(y: i64) -> bool {
-    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if is_leap(y) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// (year, month, day) → days since 1970-01-01 (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Days since 1970-01-01 → (year, month, day) (shared with the rest of the crate).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let (y, m, d) = crate::clock::civil_from_days(z);
-    (y, i64::from(m), i64::from(d))
 }
 
 #[cfg(test)]

@@ -50,7 +50,7 @@ use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat, mkdirat};
 use sha2::{Digest, Sha256};
 
-use crate::router::hex;
+use crate::common::hex;
 
 /// Names excluded wherever they appear as a path component (PyHall's `_HASH_EXCLUDES`).
 pub const EXCLUDED_NAMES: [&str; 6] = [

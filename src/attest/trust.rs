@@ -40,9 +40,9 @@ use sha2::{Digest, Sha256};
 
 use super::report::{AttestCode, PolicyRef};
 use super::time::UtcTime;
+use crate::common::hex;
 use crate::crypto::canonical::parse_strict;
 use crate::crypto::{Envelope, KeyId, PublicKey, pae};
-use crate::router::hex;
 
 /// The `schema` value of trust policy files.
 pub const SCHEMA: &str = "wcp-hall-trust/1";

@@ -39,8 +39,8 @@ use super::store::{IngestState, PackageStore, StoreError};
 use super::time::UtcTime;
 use super::tree::{self, TreeDigest, TreeError, TreeLimits};
 use super::trust::TrustPolicy;
+use crate::common::hex;
 use crate::pyjson::py_truthy;
-use crate::router::hex;
 
 /// What to verify and with what.
 #[derive(Debug, Clone)]

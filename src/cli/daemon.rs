@@ -45,7 +45,7 @@ pub fn serve(args: ServeArgs) -> Result<u8, CliError> {
         log_format: args.log_format,
     })
     .map(|()| exit::OK)
-    .map_err(|e| CliError::new(e.exit, "startup_failed", e.message))
+    .map_err(|e| CliError::new(start_exit(e.kind), "startup_failed", e.message))
 }
 
 fn call(
@@ -592,4 +592,13 @@ pub fn reload(args: ReloadArgs, out: &mut Out) -> Result<u8, CliError> {
         ))?;
     }
     Ok(exit::OK)
+}
+
+/// The exit code of a failed start (78: the configuration; 74: the host refused a resource).
+fn start_exit(kind: crate::hall::lifecycle::StartFailure) -> u8 {
+    use crate::hall::lifecycle::StartFailure;
+    match kind {
+        StartFailure::Config => exit::CONFIG,
+        StartFailure::Io => exit::IOERR,
+    }
 }

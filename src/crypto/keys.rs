@@ -67,7 +67,7 @@ impl KeyId {
         let mut h = Sha256::new();
         h.update([0x01]);
         h.update(key.as_bytes());
-        KeyId(crate::router::hex(&h.finalize()))
+        KeyId(crate::common::hex(&h.finalize()))
     }
 }
 
@@ -312,6 +312,6 @@ mod tests {
         let mut h = Sha256::new();
         h.update([1u8]);
         h.update(key.public().as_bytes());
-        assert_eq!(key.id().0, crate::router::hex(&h.finalize()));
+        assert_eq!(key.id().0, crate::common::hex(&h.finalize()));
     }
 }

@@ -368,7 +368,7 @@ impl RunOutcome {
 
     /// The receipt-ready summary.
     pub fn summary(&self) -> RunSummary {
-        let sha = |b: &[u8]| format!("sha256:{}", crate::router::hex(&Sha256::digest(b)));
+        let sha = |b: &[u8]| format!("sha256:{}", crate::common::hex(&Sha256::digest(b)));
         RunSummary {
             exit: self.exit.clone(),
             timed_out: self.timed_out,

@@ -284,7 +284,7 @@ pub fn trace_id_for(correlation_id: &str) -> String {
     {
         return hex;
     }
-    crate::router::hex(&Sha256::digest(correlation_id.as_bytes())[..16])
+    crate::common::hex(&Sha256::digest(correlation_id.as_bytes())[..16])
 }
 
 /// The environment variable for a declared secret: `WCP_SECRET_` + the name upper-cased with
@@ -1194,7 +1194,7 @@ pub fn plan(
     if span == [0; 8] {
         span[7] = 1;
     }
-    let traceparent = format!("00-{trace_id}-{}-01", crate::router::hex(&span));
+    let traceparent = format!("00-{trace_id}-{}-01", crate::common::hex(&span));
     let write_dirs: Vec<String> = writes.iter().map(|w| s(&w.path)).collect();
     let mut env: Vec<(String, String)> = vec![
         ("PATH".into(), "/usr/bin:/bin".into()),

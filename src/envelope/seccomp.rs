@@ -387,7 +387,7 @@ fn digest(programs: &[BpfProgram]) -> String {
             h.update(ins.k.to_le_bytes());
         }
     }
-    format!("sha256:{}", crate::router::hex(&h.finalize()))
+    format!("sha256:{}", crate::common::hex(&h.finalize()))
 }
 
 /// The compiled filter for `mode`, built on first use and then shared.

@@ -131,20 +131,7 @@ pub struct ApprovalStore {
     changed: tokio::sync::watch::Sender<u64>,
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// RFC 3339 UTC with milliseconds and `Z` (the receipts' format).
-pub fn rfc3339_ms(ms: u64) -> String {
-    crate::receipt::model::rfc3339_millis(
-        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
-    )
-}
+pub use crate::common::{now_ms, rfc3339_ms};
 
 impl ApprovalStore {
     /// Opens (or creates) the store in `state_dir`. Returns the approvals that expired while the

@@ -17,7 +17,6 @@ use sd_notify::NotifyState;
 use super::approvals::{ApprovalStore, now_ms};
 use super::state::{Current, Loaded};
 use super::{Hall, dispatch};
-use crate::cli::exit;
 
 /// How `serve` was asked to run.
 #[derive(Debug, Clone)]
@@ -29,16 +28,25 @@ pub struct ServeOptions {
     pub log_format: String,
 }
 
-/// A startup failure: message and exit code.
+/// What kind of startup failure it was; the command layer maps kinds to exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFailure {
+    /// The configuration, or what it names, cannot be used (fix it and start again).
+    Config,
+    /// The host refused a resource the Hall needs (a runtime, a descriptor, a thread).
+    Io,
+}
+
+/// A startup failure: its kind and message.
 #[derive(Debug)]
 pub struct StartError {
-    pub exit: u8,
+    pub kind: StartFailure,
     pub message: String,
 }
 
-fn fail(exit: u8, message: impl Into<String>) -> StartError {
+fn fail(kind: StartFailure, message: impl Into<String>) -> StartError {
     StartError {
-        exit,
+        kind,
         message: message.into(),
     }
 }
@@ -110,7 +118,7 @@ pub fn bind_socket(
     {
         std::fs::create_dir_all(dir).map_err(|e| {
             fail(
-                exit::CONFIG,
+                StartFailure::Config,
                 format!("cannot create socket directory {}: {e}", dir.display()),
             )
         })?;
@@ -119,7 +127,7 @@ pub fn bind_socket(
         Ok(meta) if meta.file_type().is_socket() => {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 return Err(fail(
-                    exit::CONFIG,
+                    StartFailure::Config,
                     format!(
                         "another process is already listening on {}; stop it or choose another --socket",
                         path.display()
@@ -128,14 +136,14 @@ pub fn bind_socket(
             }
             std::fs::remove_file(path).map_err(|e| {
                 fail(
-                    exit::CONFIG,
+                    StartFailure::Config,
                     format!("cannot remove stale socket {}: {e}", path.display()),
                 )
             })?;
         }
         Ok(_) => {
             return Err(fail(
-                exit::CONFIG,
+                StartFailure::Config,
                 format!(
                     "{} exists and is not a socket; refusing to replace it",
                     path.display()
@@ -147,8 +155,12 @@ pub fn bind_socket(
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
     let bound = std::os::unix::net::UnixListener::bind(path);
     nix::sys::stat::umask(old);
-    let listener =
-        bound.map_err(|e| fail(exit::CONFIG, format!("cannot bind {}: {e}", path.display())))?;
+    let listener = bound.map_err(|e| {
+        fail(
+            StartFailure::Config,
+            format!("cannot bind {}: {e}", path.display()),
+        )
+    })?;
     if let Some(group) = group {
         let gid = match group.parse::<u32>() {
             Ok(g) => nix::unistd::Gid::from_raw(g),
@@ -158,21 +170,21 @@ pub fn bind_socket(
                 .map(|g| g.gid)
                 .ok_or_else(|| {
                     fail(
-                        exit::CONFIG,
+                        StartFailure::Config,
                         format!("[server] socket_group {group:?} does not exist"),
                     )
                 })?,
         };
         nix::unistd::chown(path, None, Some(gid)).map_err(|e| {
             fail(
-                exit::CONFIG,
+                StartFailure::Config,
                 format!("cannot give {} to group {group}: {e}", path.display()),
             )
         })?;
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
         fail(
-            exit::CONFIG,
+            StartFailure::Config,
             format!("cannot set mode of {}: {e}", path.display()),
         )
     })?;
@@ -273,7 +285,7 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
     let activated = match api_fd {
         Some(i) => fds.take_unix_listener(i).map_err(|e| {
             fail(
-                exit::CONFIG,
+                StartFailure::Config,
                 format!(
                     "LISTEN_FDS is set but fd {} is not a Unix socket: {e}",
                     3 + i
@@ -285,7 +297,7 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
     let activated_metrics = match metrics_fd {
         Some(i) => fds.take_tcp_listener(i).map_err(|e| {
             fail(
-                exit::CONFIG,
+                StartFailure::Config,
                 format!(
                     "the socket systemd passed as \"metrics\" (fd {}) is not a TCP socket: {e}\n\
                      hint: ListenStream= in wcp-hall-metrics.socket must be an IP address and port, e.g. 127.0.0.1:9464",
@@ -297,9 +309,9 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
     };
     let cgroup = super::cgroup::prepare_at_startup();
     let mut loaded =
-        Loaded::load(&options.config, 1).map_err(|e| fail(exit::CONFIG, e.to_string()))?;
+        Loaded::load(&options.config, 1).map_err(|e| fail(StartFailure::Config, e.to_string()))?;
     let conn_limits = super::conn::ConnLimits::derive(&loaded.config.server, nofile)
-        .map_err(|e| fail(exit::CONFIG, e))?;
+        .map_err(|e| fail(StartFailure::Config, e))?;
     tracing::info!(
         max_connections = conn_limits.max_connections,
         max_connections_per_uid = conn_limits.max_connections_per_uid,
@@ -313,13 +325,13 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
     let worker = worker_identity(&loaded.config.envelope.worker_user)?;
     loaded
         .probe_python(Some(worker))
-        .map_err(|e| fail(exit::CONFIG, e.to_string()))?;
+        .map_err(|e| fail(StartFailure::Config, e.to_string()))?;
     log_python(&loaded);
     // The receipt signing key, read (and its mode checked) before anything is created, so a
     // missing or unsafe key leaves no state directory and no socket behind.
     let key = loaded.config.receipts.load_key().map_err(|e| {
         fail(
-            exit::CONFIG,
+            StartFailure::Config,
             format!("{e}; create the receipt signing key with `wcp-hall keys generate` (see [receipts] signing_key)"),
         )
     })?;
@@ -333,7 +345,7 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
         .create(&state_dir)
         .map_err(|e| {
             fail(
-                exit::CONFIG,
+                StartFailure::Config,
                 format!(
                     "cannot create the state directory {}: {e}",
                     state_dir.display()
@@ -341,7 +353,7 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
             )
         })?;
     let (approvals, expired_while_down) =
-        ApprovalStore::open(&state_dir).map_err(|e| fail(exit::CONFIG, e.to_string()))?;
+        ApprovalStore::open(&state_dir).map_err(|e| fail(StartFailure::Config, e.to_string()))?;
     let server = loaded.config.server.clone();
     // A socket bound here is removed again if the start fails after this point.
     let mut bound = None;
@@ -358,12 +370,15 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
             (l, path.display().to_string())
         }
     };
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| fail(exit::IOERR, format!("cannot configure the socket: {e}")))?;
+    listener.set_nonblocking(true).map_err(|e| {
+        fail(
+            StartFailure::Io,
+            format!("cannot configure the socket: {e}"),
+        )
+    })?;
     // The optional TCP listener for Prometheus, bound (or taken from systemd) before READY.
     let metrics_listener = super::metrics_http::open(&loaded.config.metrics, activated_metrics)
-        .map_err(|e| fail(exit::CONFIG, e))?;
+        .map_err(|e| fail(StartFailure::Config, e))?;
     // The receipt log: opened (and recovered) before anything can run; a sev1 finding stops the
     // Hall here with exit 78 so systemd does not restart it in a loop.
     // A full scan of a large log can outlast TimeoutStartSec: each progress report (every few
@@ -388,7 +403,7 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
         key,
         &progress,
     )
-    .map_err(|e| fail(exit::CONFIG, e.to_string()))?;
+    .map_err(|e| fail(StartFailure::Config, e.to_string()))?;
     tracing::info!(report = ?opened, "receipt log open");
     // A start that had to read the whole log (no usable resume snapshot) saves a checkpoint,
     // and with it a fresh snapshot, at once: a Hall restarted again before its first periodic
@@ -425,11 +440,16 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| fail(exit::IOERR, format!("cannot start the async runtime: {e}")))?;
+        .map_err(|e| {
+            fail(
+                StartFailure::Io,
+                format!("cannot start the async runtime: {e}"),
+            )
+        })?;
     let grace = Duration::from_millis(server.shutdown_grace_ms);
     let result = runtime.block_on(async {
         let listener = tokio::net::UnixListener::from_std(listener)
-            .map_err(|e| fail(exit::IOERR, format!("cannot register the socket: {e}")))?;
+            .map_err(|e| fail(StartFailure::Io, format!("cannot register the socket: {e}")))?;
         for approval in expired_while_down {
             let hall = hall.clone();
             tokio::spawn(async move {
@@ -444,7 +464,7 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
             Some(m) => {
                 let l = tokio::net::TcpListener::from_std(m.listener).map_err(|e| {
                     fail(
-                        exit::IOERR,
+                        StartFailure::Io,
                         format!("cannot register the metrics listener: {e}"),
                     )
                 })?;
@@ -529,13 +549,13 @@ pub(crate) fn worker_identity(user: &str) -> Result<crate::envelope::Identity, S
     };
     let u = found.ok_or_else(|| {
         fail(
-            exit::CONFIG,
+            StartFailure::Config,
             format!("[envelope] worker_user {user:?} does not exist"),
         )
     })?;
     if u.uid.is_root() {
         return Err(fail(
-            exit::CONFIG,
+            StartFailure::Config,
             "[envelope] worker_user must not be root",
         ));
     }
@@ -573,7 +593,7 @@ fn build_runner(
     host.hidden_paths = hidden_paths;
     host.scratch_bytes = (e.scratch_bytes > 0).then_some(e.scratch_bytes);
     let envelope = crate::envelope::Envelope::new(host)
-        .map_err(|err| fail(exit::CONFIG, format!("privilege envelope: {err}")))?;
+        .map_err(|err| fail(StartFailure::Config, format!("privilege envelope: {err}")))?;
     let swept = envelope.sweep_stale();
     if swept > 0 {
         tracing::warn!(swept, "cleared runs a previous Hall left behind");

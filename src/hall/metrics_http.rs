@@ -9,7 +9,6 @@
 //! network namespace it was created in, and only creating sockets is restricted. The same
 //! loopback rule applies to it. See docs/metrics.md.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,12 +18,10 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use serde::{Deserialize, Serialize};
 
 use super::Hall;
 
-/// Where the listener goes when `[metrics] enabled = true` names no address.
-pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9464);
+pub use crate::config::DEFAULT_METRICS_LISTEN as DEFAULT_LISTEN;
 
 /// Scrape connections open at once; more are closed at once (a scraper needs one).
 pub const MAX_CONNECTIONS: usize = 8;
@@ -36,59 +33,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// it was accepted, so idle connections cannot hold the slots forever.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
-/// `[metrics]`: the optional TCP listener serving `GET /metrics` only.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct MetricsSection {
-    /// Serve the metrics on TCP. Unset: on exactly when `listen` is set.
-    pub enabled: Option<bool>,
-    /// An IP address and port, e.g. `"127.0.0.1:9464"` or `"[::1]:9464"` (default
-    /// 127.0.0.1:9464). Host names are not resolved.
-    pub listen: Option<String>,
-    /// Allow an address other than loopback (the metrics are then readable from other hosts).
-    pub allow_remote: bool,
-}
-
-impl MetricsSection {
-    /// Whether the Hall binds a TCP listener itself.
-    pub fn is_on(&self) -> bool {
-        self.enabled.unwrap_or(self.listen.is_some())
-    }
-
-    /// The configured address (the default when none is set).
-    pub fn address(&self) -> Result<SocketAddr, String> {
-        let Some(text) = &self.listen else {
-            return Ok(DEFAULT_LISTEN);
-        };
-        text.trim().parse().map_err(|_| {
-            format!(
-                "[metrics] listen = {text:?} is not an IP address and port\n\
-                 hint: write it like \"127.0.0.1:9464\" or \"[::1]:9464\" (host names are not resolved)"
-            )
-        })
-    }
-
-    /// The configuration check (`Config::check`): the address parses, and it is loopback unless
-    /// remote scrapes are explicitly allowed.
-    pub fn check(&self) -> Result<(), String> {
-        let addr = self.address()?;
-        if self.is_on() {
-            self.check_reach(&addr, "[metrics] listen")?;
-        }
-        Ok(())
-    }
-
-    /// Refuses an address other hosts can reach unless `allow_remote = true`.
-    fn check_reach(&self, addr: &SocketAddr, what: &str) -> Result<(), String> {
-        if self.allow_remote || addr.ip().to_canonical().is_loopback() {
-            return Ok(());
-        }
-        Err(format!(
-            "{what} {addr} is not a loopback address: the metrics would be readable from other hosts\n\
-             hint: listen on 127.0.0.1 or [::1] and let Prometheus scrape locally, or set [metrics] allow_remote = true to expose them on purpose (and restrict who can connect with a firewall)"
-        ))
-    }
-}
+pub use crate::config::MetricsSection;
 
 /// The listener to serve, and how to name it in the log.
 pub struct Opened {

@@ -276,7 +276,7 @@ impl Profile {
             envelope: spec.envelope,
             limits: spec.limits,
             file: file.to_owned(),
-            digest: crate::router::hex(&Sha256::digest(text.as_bytes()))[..16].to_owned(),
+            digest: crate::common::hex(&Sha256::digest(text.as_bytes()))[..16].to_owned(),
         })
     }
 

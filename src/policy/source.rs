@@ -889,7 +889,7 @@ fn content_hash(src: &PolicySetSources) -> String {
         h.update(b"\n");
         h.update(f.text.as_bytes());
     }
-    crate::router::hex(&h.finalize())
+    crate::common::hex(&h.finalize())
 }
 
 #[cfg(test)]

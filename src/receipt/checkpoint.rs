@@ -79,7 +79,7 @@ pub fn verifier_key(name: &str, key: &PublicKey) -> String {
     raw.extend_from_slice(key.as_bytes());
     format!(
         "{name}+{}+{}",
-        crate::router::hex(&key_hash(name, key)),
+        crate::common::hex(&key_hash(name, key)),
         STANDARD.encode(raw)
     )
 }
@@ -99,7 +99,7 @@ pub fn parse_verifier_key(text: &str) -> Result<(String, PublicKey), NoteError> 
         return Err(bad());
     }
     let key = PublicKey::from_bytes(&raw[1..]).ok_or_else(bad)?;
-    if crate::router::hex(&key_hash(name, &key)) != hash {
+    if crate::common::hex(&key_hash(name, &key)) != hash {
         return Err(bad());
     }
     Ok((name.to_owned(), key))
@@ -330,7 +330,7 @@ pub fn open_checkpoint(
             names: parsed
                 .signatures
                 .iter()
-                .map(|s| format!("{} ({})", s.name, crate::router::hex(&s.key_hash)))
+                .map(|s| format!("{} ({})", s.name, crate::common::hex(&s.key_hash)))
                 .collect::<Vec<_>>()
                 .join(", "),
         })?;

@@ -77,8 +77,8 @@ use super::model::{
 use super::resume;
 use super::store;
 use super::verify::{self, KeyEpoch, ResumeFrom, Scan, ScanOptions, ScanProgress};
+use crate::common::hex;
 use crate::crypto::{KeyId, KeyPair, PublicKey};
-use crate::router::hex;
 
 /// How often a long scan at open reports progress by default (log line and callback).
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);

@@ -38,8 +38,6 @@
 //! | `key_rotation` | `rotation` | signed by the old *and* the new key |
 //! | `checkpoint` | `checkpoint` | the signed C2SP checkpoint of the tree before it |
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
@@ -446,7 +444,7 @@ fn keys_sorted(v: &Value) -> bool {
 
 /// `sha256:<lowercase hex>`.
 pub fn hash_string(h: &Hash) -> String {
-    format!("sha256:{}", crate::router::hex(h))
+    format!("sha256:{}", crate::common::hex(h))
 }
 
 /// Parses `sha256:<64 lowercase hex>`.
@@ -477,20 +475,7 @@ pub fn receipt_hash(payload: &[u8]) -> Hash {
     Sha256::digest(payload).into()
 }
 
-/// `2026-11-24T19:36:01.274Z`: RFC 3339 in UTC with milliseconds (times before 1970 clamp).
-pub fn rfc3339_millis(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (y, m, day) = crate::clock::civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
-}
+pub use crate::common::rfc3339_millis;
 
 // ---- field checks -------------------------------------------------------------------------
 
@@ -563,7 +548,7 @@ fn key_id_b64(field: &str, v: &str) -> Result<String, ModelError> {
     let mut h = Sha256::new();
     h.update([0x01]);
     h.update(&raw);
-    Ok(crate::router::hex(&h.finalize()))
+    Ok(crate::common::hex(&h.finalize()))
 }
 
 fn public_key(field: &str, v: &str) -> Result<PublicKey, ModelError> {
@@ -1108,7 +1093,7 @@ pub fn key_id_of(b64: &str) -> Option<KeyId> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     pub(crate) fn dispatch(correlation: &str) -> Dispatch {
         Dispatch {

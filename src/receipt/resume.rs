@@ -41,9 +41,9 @@ use super::merkle::{Frontier, Hash};
 use super::model::{Dispatch, LogLine, hash_string, parse_hash_string, parse_hex32, receipt_hash};
 use super::store;
 use super::verify::{KeyEpoch, OpenIntent, ResumeFrom};
+use crate::common::hex;
 use crate::crypto::canonical;
 use crate::crypto::{Envelope, KeyPair, PublicKey};
-use crate::router::hex;
 
 /// The snapshot's `format`.
 pub const FORMAT: &str = "wcp-hall-receipt-resume/1";

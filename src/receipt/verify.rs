@@ -40,8 +40,8 @@ use super::model::{
     receipt_hash,
 };
 use super::store::{self, Segment};
+use crate::common::hex;
 use crate::crypto::{Envelope, KeyId, PublicKey};
-use crate::router::hex;
 
 /// Failures kept in a report (the count is always exact).
 pub const MAX_REPORTED_FAILURES: usize = 100;

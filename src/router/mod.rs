@@ -16,6 +16,7 @@ pub mod blast;
 
 use std::collections::BTreeSet;
 
+pub use crate::common::hex;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
@@ -192,17 +193,6 @@ pub fn artifact_hash(input: &RouteInput) -> String {
     let mut text = String::with_capacity(512);
     input.write_pyhall_json(&mut text);
     hex(&Sha256::digest(text.as_bytes()))
-}
-
-/// Lowercase hex encoding.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    s
 }
 
 /// A denial under construction.
