@@ -14,12 +14,11 @@ use super::identity::Peer;
 use super::runner;
 use super::state::Loaded;
 use super::{Hall, RunRequest};
-use crate::clock::{DEFAULT_TASK_ID, mint_context};
-use crate::policy::gate::{GateDecision, RequestGate};
+use crate::clock::DEFAULT_TASK_ID;
+use crate::policy::gate::GateDecision;
 use crate::policy::request::CallerIdentity;
 use crate::receipt::Dispatch;
 use crate::receipt::model::{Approval as ReceiptApproval, DecisionSummary};
-use crate::router::{self, PolicyGate, Router};
 use crate::wcp::{DenyCode, DenyReason, RouteDecision, RouteInput};
 
 /// The answer to `POST /wcp/dispatch` (and to a poll of a resolved approval).
@@ -96,43 +95,28 @@ pub fn route(
     input: &RouteInput,
     approval: Option<&str>,
 ) -> Routed {
-    let mut config = loaded
+    let config = loaded
         .identity
         .router_config_for(&loaded.router_config, peer);
-    let request_gate = loaded.gate.as_ref().map(|gate| {
-        if let Some(profile) = gate.profile(input.env) {
-            config.gate_every_dispatch = gate.gates_every_dispatch(input.env);
-            config.profile_controls = profile.required_controls.clone();
-        }
-        let caller = CallerIdentity {
-            uid: peer.uid,
-            gid: peer.gid,
-            pid: peer.pid.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
-        };
-        let prior = hall
-            .chains
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .prior(&input.correlation_id);
-        RequestGate::new(gate, &loaded.registry, Some(caller), prior)
-    });
-    let router = Router {
-        rules: &loaded.rules,
-        registry: &loaded.registry,
-        config: &config,
-        gate: request_gate.as_ref().map(|g| g as &dyn PolicyGate),
-        hashes: match &loaded.attested {
-            Some(a) => Some(a as &dyn crate::router::WorkerHashes),
-            None => Some(&loaded.registry),
-        },
-        privilege: Some(&loaded.registry),
-        human_approval: approval,
+    let caller = CallerIdentity {
+        uid: peer.uid,
+        gid: peer.gid,
+        pid: peer.pid.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
     };
-    let decision = router::route(&router, input, &mint_context(DEFAULT_TASK_ID));
-    Routed {
-        decision,
-        policy: request_gate.and_then(|g| g.decision()),
-    }
+    let prior = hall
+        .chains
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .prior(&input.correlation_id);
+    let (decision, policy) = loaded.route(
+        input,
+        config,
+        Some(caller),
+        prior,
+        approval,
+        DEFAULT_TASK_ID,
+    );
+    Routed { decision, policy }
 }
 
 fn record_decision(hall: &Hall, decision: &RouteDecision) {

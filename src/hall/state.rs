@@ -17,8 +17,9 @@ use crate::config::Config;
 use crate::envelope::{Identity, PythonError, PythonRuntime};
 use crate::hall::identity::IdentityMap;
 use crate::policy::gate::HallGate;
-use crate::policy::gate::RequestGate;
+use crate::policy::gate::{GateDecision, RequestGate};
 use crate::policy::profile::{EnvProfiles, ProfileSet};
+use crate::policy::request::CallerIdentity;
 use crate::registry::{Registry, RegistryDir, RegistryDirError};
 use crate::router::{self, PolicyGate, Router, RouterConfig, WorkerHashes};
 use crate::rules::{RuleSet, RulesError};
@@ -81,13 +82,31 @@ impl Loaded {
     /// every dispatch is gated; without a selected profile there is no gate, and rules that
     /// require one are denied (fail closed). Nothing runs.
     pub fn route_offline(&self, input: &RouteInput, task_id: &str) -> RouteDecision {
-        let mut config = self.router_config.clone();
+        self.route(input, self.router_config.clone(), None, 0, None, task_id)
+            .0
+    }
+
+    /// Routes `input` on this snapshot: the one place a [`Router`] is assembled. `config` is the
+    /// router configuration for the caller (the snapshot's own, or narrowed to a peer's tenants);
+    /// the env's profile adds its controls and whether every dispatch is gated; the policy gate
+    /// sees `caller` and the chain's blast so far (`chain_blast_prior`); `approval` is the id
+    /// of a human approval this request carries. Returns the decision and the gate's full
+    /// answer when it was asked. Pure apart from minting the decision id and time.
+    pub fn route(
+        &self,
+        input: &RouteInput,
+        mut config: RouterConfig,
+        caller: Option<CallerIdentity>,
+        chain_blast_prior: u32,
+        approval: Option<&str>,
+        task_id: &str,
+    ) -> (RouteDecision, Option<GateDecision>) {
         let gate = self.gate.as_ref().map(|g| {
             if let Some(profile) = g.profile(input.env) {
                 config.gate_every_dispatch = g.gates_every_dispatch(input.env);
                 config.profile_controls = profile.required_controls.clone();
             }
-            RequestGate::new(g, &self.registry, None, 0)
+            RequestGate::new(g, &self.registry, caller, chain_blast_prior)
         });
         let router = Router {
             rules: &self.rules,
@@ -99,9 +118,10 @@ impl Loaded {
                 None => Some(&self.registry),
             },
             privilege: Some(&self.registry),
-            human_approval: None,
+            human_approval: approval,
         };
-        router::route(&router, input, &mint_context(task_id))
+        let decision = router::route(&router, input, &mint_context(task_id));
+        (decision, gate.and_then(|g| g.decision()))
     }
 
     /// Loads the configuration file and everything it names.
