@@ -377,13 +377,13 @@ fn main() {
                 registered_hash: Some(t.digest.clone()),
             });
             assert_eq!(
-                workers.current_hash(SID).as_deref(),
+                workers.dispatch().current_hash(SID).as_deref(),
                 Some(t.digest.as_str())
             );
             if wanted(&label2) {
                 let (med, min, n) = time_n(20_000, || {
                     let s = Instant::now();
-                    black_box(workers.current_hash(black_box(SID)));
+                    black_box(workers.dispatch().current_hash(black_box(SID)));
                     s.elapsed()
                 });
                 rows.push(Row {

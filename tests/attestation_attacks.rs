@@ -980,13 +980,15 @@ fn router_denies_from_real_files_and_signatures() {
         "correlation_id": "6f1c2a7e-3b1d-4c8e-9f2a-1d2e3f4a5b6c", "request": {}
     }))
     .unwrap();
+    // Each decision asks through its own per-dispatch view (one verification per decision).
     let decide = |w: &AttestedWorkers| {
+        let view = w.dispatch();
         let r = Router {
             rules: &rules,
             registry: &registry,
             config: &config,
             gate: None,
-            hashes: Some(w),
+            hashes: Some(&view),
             privilege: None,
             human_approval: None,
         };
@@ -1038,7 +1040,7 @@ fn router_denies_from_real_files_and_signatures() {
         Some(AttestCode::KeyUntrusted)
     );
     // A failed verification never yields the registered hash as "current".
-    assert_eq!(workers.current_hash(SID), None);
+    assert_eq!(workers.dispatch().current_hash(SID), None);
 
     // Without a registered hash, the signed manifest's digest is the registered one.
     fx.sign(WID, &[&k], None);
@@ -1052,7 +1054,7 @@ fn router_denies_from_real_files_and_signatures() {
         ..workers.package(SID).unwrap().clone()
     });
     assert_eq!(
-        no_record.registered_hash(SID).as_deref(),
+        no_record.dispatch().registered_hash(SID).as_deref(),
         Some(digest.as_str())
     );
     assert!(!decide(&no_record).denied);
@@ -1083,8 +1085,8 @@ fn router_denies_from_real_files_and_signatures() {
             .as_deref(),
         Some("DENY_WORKER_TAMPERED")
     );
-    assert_eq!(no_record.registered_hash("wrk.unknown"), None);
-    assert_eq!(no_record.current_hash("wrk.unknown"), None);
+    assert_eq!(no_record.dispatch().registered_hash("wrk.unknown"), None);
+    assert_eq!(no_record.dispatch().current_hash("wrk.unknown"), None);
 }
 
 #[test]

@@ -1380,6 +1380,30 @@ fn an_attested_worker_runs_in_the_envelope_and_every_step_is_receipted() {
     );
     assert_eq!(out["decision"]["worker_attestation_checked"], true);
     assert_eq!(out["execution"]["worker_id"], worker_id.as_str());
+    // One verification per dispatch: the router's, whose store copy the runner then runs
+    // (recheck_seconds = 0, so nothing is reused between dispatches).
+    let verifications = |hall: &TestHall| {
+        let (_, metrics) = hall.call(Method::GET, "/metrics", None);
+        let text = metrics.as_str().unwrap_or("").to_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix("wcp_hall_package_verifications "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no wcp_hall_package_verifications: {text}"))
+    };
+    let before = verifications(&hall);
+    for _ in 0..3 {
+        let (_, again) = hall.call(
+            Method::POST,
+            "/wcp/dispatch",
+            Some(&input("cap.hello.greet", "acme-corp")),
+        );
+        assert_eq!(again["status"], "completed", "{again}");
+    }
+    assert_eq!(
+        verifications(&hall) - before,
+        3,
+        "one verification per dispatch"
+    );
     let report = &out["execution"]["summary"]["envelope"];
     assert!(report.is_object(), "the envelope report comes back: {out}");
     // The worker ran under the Python runtime the Hall probed at start, and the report says so.

@@ -1,5 +1,7 @@
 //! [`AttestedWorkers`]: the router's [`WorkerHashes`] backed by real packages, real manifests
-//! and real signatures, so `require_worker_attestation` denies from what is on disk.
+//! and real signatures, so `require_worker_attestation` denies from what is on disk. A
+//! dispatch asks through a [`DispatchAttestation`], which verifies each species at most once
+//! and hands the same report to the runner: one verification per dispatch.
 //!
 //! Per worker species the Hall knows the package source directory, its manifest, the worker id
 //! the registry enrolled (its namespace selects the trusted keys) and optionally the registered
@@ -58,9 +60,6 @@ pub enum RecheckPolicy {
 struct Last {
     report: VerificationReport,
     at: Instant,
-    /// Produced by `registered_hash` for the `current_hash` call that follows it in the same
-    /// decision (the router asks for both), so one decision sees one verification.
-    for_current: bool,
 }
 
 /// The router's [`WorkerHashes`] over verified packages.
@@ -72,6 +71,8 @@ pub struct AttestedWorkers {
     packages: HashMap<String, SpeciesPackage>,
     recheck: RecheckPolicy,
     last: Mutex<HashMap<String, Last>>,
+    /// Verifications run (a reused report within the recheck interval is not one).
+    verifications: std::sync::atomic::AtomicU64,
 }
 
 impl AttestedWorkers {
@@ -87,6 +88,7 @@ impl AttestedWorkers {
             packages: HashMap::new(),
             recheck: RecheckPolicy::EveryCall,
             last: Mutex::new(HashMap::new()),
+            verifications: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -111,10 +113,6 @@ impl AttestedWorkers {
     /// Verifies `species` now (cached per the recheck policy) and returns the report, or
     /// `None` for an unknown species.
     pub fn verify(&self, species: &str) -> Option<VerificationReport> {
-        self.verify_marked(species, false)
-    }
-
-    fn verify_marked(&self, species: &str, for_current: bool) -> Option<VerificationReport> {
         let pkg = self.packages.get(species)?;
         if let RecheckPolicy::Interval(max_age) = self.recheck
             && let Some(last) = self.last.lock().ok().and_then(|l| l.get(species).cloned())
@@ -122,6 +120,8 @@ impl AttestedWorkers {
         {
             return Some(last.report);
         }
+        self.verifications
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let report = verify_package(&VerifyRequest {
             package_root: &pkg.package_root,
             manifest_path: &pkg.manifest_path,
@@ -159,11 +159,16 @@ impl AttestedWorkers {
                 Last {
                     report: report.clone(),
                     at: Instant::now(),
-                    for_current,
                 },
             );
         }
         Some(report)
+    }
+
+    /// How many verifications ran (not counting reports reused within the recheck interval).
+    pub fn verifications(&self) -> u64 {
+        self.verifications
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The last verification report of `species` (without verifying again).
@@ -181,19 +186,65 @@ impl AttestedWorkers {
             .filter(|r| r.ok)
             .and_then(|r| r.store_path)
     }
+
+    /// A view of these packages for one dispatch (see [`DispatchAttestation`]).
+    pub fn dispatch(&self) -> DispatchAttestation<'_> {
+        DispatchAttestation {
+            workers: self,
+            reports: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
-impl WorkerHashes for AttestedWorkers {
+/// One dispatch's view of the attested packages: each species is verified at most once, and
+/// the router's questions (the registered hash, the current hash, why verification failed) and
+/// the runner's store copy all come from that one verification — never from another
+/// dispatch's report, and never from two verifications that a change between them could make
+/// disagree.
+#[derive(Debug)]
+pub struct DispatchAttestation<'a> {
+    workers: &'a AttestedWorkers,
+    reports: Mutex<HashMap<String, Option<VerificationReport>>>,
+}
+
+impl DispatchAttestation<'_> {
+    /// `species` verified for this dispatch (the first call verifies, later ones reuse it);
+    /// `None` for an unknown species.
+    pub fn report(&self, species: &str) -> Option<VerificationReport> {
+        let mut reports = self
+            .reports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(r) = reports.get(species) {
+            return r.clone();
+        }
+        let r = self.workers.verify(species);
+        reports.insert(species.to_owned(), r.clone());
+        r
+    }
+
+    /// The report of `species` if this dispatch verified it already (without verifying).
+    pub fn verified(&self, species: &str) -> Option<VerificationReport> {
+        self.reports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(species)
+            .cloned()
+            .flatten()
+    }
+}
+
+impl WorkerHashes for DispatchAttestation<'_> {
     fn registered_hash(&self, species: &str) -> Option<String> {
-        let pkg = self.packages.get(species)?;
+        let pkg = self.workers.packages.get(species)?;
         if let Some(h) = &pkg.registered_hash {
             return Some(h.clone());
         }
-        // Verify now (the following `current_hash` reuses this report). The manifest's digest
-        // is used when verification succeeded, or failed only because the package no longer
-        // matches it: then `current_hash` returns a different digest, so the decision is a
-        // denial either way — a digest from a manifest never makes a failed package pass.
-        let report = self.verify_marked(species, true)?;
+        // The manifest's digest is used when verification succeeded, or failed only because
+        // the package no longer matches it: then `current_hash` returns a different digest, so
+        // the decision is a denial either way — a digest from a manifest never makes a failed
+        // package pass.
+        let report = self.report(species)?;
         if report.ok || report.code == Some(AttestCode::HashMismatch) {
             report.manifest_package_hash
         } else {
@@ -202,28 +253,19 @@ impl WorkerHashes for AttestedWorkers {
     }
 
     fn attestation_failure(&self, species: &str) -> Option<(String, String)> {
-        self.last_report(species)
+        self.verified(species)
             .filter(|r| !r.ok)
             .and_then(|r| r.code.map(|c| (c.as_str().to_owned(), r.message)))
     }
 
     fn current_hash(&self, species: &str) -> Option<String> {
-        let reused = self.last.lock().ok().and_then(|mut l| {
-            l.get_mut(species).filter(|x| x.for_current).map(|x| {
-                x.for_current = false;
-                x.report.clone()
-            })
-        });
-        let report = match reused {
-            Some(r) => r,
-            None => self.verify(species)?,
-        };
+        let report = self.report(species)?;
         if report.ok {
             return report.package_hash;
         }
         if report.code == Some(AttestCode::HashMismatch) {
             let found = report.package_hash?;
-            let registered = match &self.packages.get(species)?.registered_hash {
+            let registered = match &self.workers.packages.get(species)?.registered_hash {
                 Some(h) => Some(h.clone()),
                 None => report.manifest_package_hash.clone(),
             };

@@ -403,13 +403,21 @@ impl InputMismatch {
 /// unusable (too large, not JSON, not an object) or does not compile is refused: fail closed,
 /// the package must be fixed and signed again. References are never fetched (the crate is
 /// built without its HTTP and file resolvers). Blocking: the package may be verified.
+///
+/// `verified_store` is the store copy this dispatch's routing verified, when it did: the schema
+/// is then read from exactly the copy that will run.
 pub fn check_request(
     loaded: &Loaded,
     species: &str,
     request: &Map<String, Value>,
+    verified_store: Option<&Path>,
 ) -> Result<(), InputMismatch> {
-    let Ok((dir, "verified_package")) = package_dir(loaded, species) else {
-        return Ok(());
+    let dir = match verified_store {
+        Some(dir) => dir.to_path_buf(),
+        None => match package_dir(loaded, species) {
+            Ok((dir, "verified_package")) => dir,
+            _ => return Ok(()),
+        },
     };
     let unusable = |why: String| {
         let e = vec![(

@@ -83,6 +83,10 @@ pub fn admission_key(loaded: &Loaded, peer: &Peer, tenant_id: &str) -> String {
 pub struct Routed {
     pub decision: RouteDecision,
     pub policy: Option<GateDecision>,
+    /// The selected worker's package verification from routing, when the router verified it:
+    /// the runner runs its store copy without verifying again.
+    #[serde(skip)]
+    pub verified: Option<crate::attest::report::VerificationReport>,
 }
 
 /// Routes `input` for `peer` on the snapshot `loaded` (pure apart from minting ids): the peer's
@@ -108,7 +112,7 @@ pub fn route(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .prior(&input.correlation_id);
-    let (decision, policy) = loaded.route(
+    let routed = loaded.route(
         input,
         config,
         Some(caller),
@@ -116,7 +120,11 @@ pub fn route(
         approval,
         DEFAULT_TASK_ID,
     );
-    Routed { decision, policy }
+    Routed {
+        decision: routed.decision,
+        policy: routed.policy,
+        verified: routed.verified,
+    }
 }
 
 fn record_decision(hall: &Hall, decision: &RouteDecision) {
@@ -133,7 +141,9 @@ fn record_decision(hall: &Hall, decision: &RouteDecision) {
 }
 
 fn response(status: &'static str, routed: Routed) -> DispatchResponse {
-    let Routed { decision, policy } = routed;
+    let Routed {
+        decision, policy, ..
+    } = routed;
     DispatchResponse {
         status,
         denied: decision.denied,
@@ -209,8 +219,14 @@ async fn run(
         && loaded.attested.is_some()
     {
         let (l, request) = (loaded.clone(), input.request.clone());
+        let store = routed
+            .verified
+            .as_ref()
+            .filter(|r| r.ok)
+            .and_then(|r| r.store_path.clone());
         let checked = tokio::task::spawn_blocking(move || {
-            super::catalog::check_request(&l, &species, &request).map_err(|m| (species, m))
+            super::catalog::check_request(&l, &species, &request, store.as_deref())
+                .map_err(|m| (species, m))
         })
         .await
         .map_err(|e| ApiError::internal(format!("input validation panicked: {e}")))?;
@@ -223,6 +239,7 @@ async fn run(
         input,
         decision: routed.decision.clone(),
         policy: routed.policy.clone(),
+        verified: routed.verified.clone(),
         loaded: loaded.clone(),
     };
     let species = routed.decision.selected_worker_species_id.clone();
@@ -343,6 +360,7 @@ async fn refuse_input(
     let routed = Routed {
         decision,
         policy: routed.policy,
+        verified: None,
     };
     let worker_id = loaded
         .registry

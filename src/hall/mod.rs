@@ -53,6 +53,9 @@ pub struct RunRequest {
     pub decision: RouteDecision,
     /// The policy gate's full answer, when it was consulted (for the evidence receipt).
     pub policy: Option<crate::policy::gate::GateDecision>,
+    /// The selected worker's package verification from this dispatch's routing, if the router
+    /// verified it (otherwise the runner verifies).
+    pub verified: Option<crate::attest::report::VerificationReport>,
     pub loaded: Arc<Loaded>,
 }
 

@@ -185,6 +185,7 @@ impl HallRunner {
             input,
             decision,
             policy,
+            verified,
             loaded,
         } = request;
         let species = decision.selected_worker_species_id.clone().ok_or_else(|| {
@@ -206,15 +207,18 @@ impl HallRunner {
                 "workers run only from verified packages: set [attestation] trust_policy in hall.toml",
             )
         })?;
-        let report = attested.verify(&species).ok_or_else(|| {
-            failure(
-                "package_unknown",
-                format!(
-                    "{} has no package to run: enroll its record with attestation.package_root",
-                    record.worker_id
-                ),
-            )
-        })?;
+        // This dispatch's verification (from routing), or one now: never two.
+        let report = verified
+            .or_else(|| attested.verify(&species))
+            .ok_or_else(|| {
+                failure(
+                    "package_unknown",
+                    format!(
+                        "{} has no package to run: enroll its record with attestation.package_root",
+                        record.worker_id
+                    ),
+                )
+            })?;
         let store_path = match (&report.store_path, report.ok) {
             (Some(p), true) => p.clone(),
             _ => {

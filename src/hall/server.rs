@@ -628,6 +628,14 @@ pub(super) async fn metrics(State(hall): State<Arc<Hall>>) -> Response {
             hall.approvals.pending().len() as f64,
         ),
         (
+            "wcp_hall_package_verifications",
+            "Worker package verifications run since the configuration was last loaded (one per executed dispatch at most; none when a report is reused within [attestation] recheck_seconds).",
+            loaded
+                .attested
+                .as_ref()
+                .map_or(0.0, |a| a.verifications() as f64),
+        ),
+        (
             "wcp_hall_config_generation",
             "Generation of the loaded configuration.",
             loaded.generation as f64,

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use crate::attest::manifest_v1::HmacKey;
+use crate::attest::report::VerificationReport;
 use crate::attest::store::PackageStore;
 use crate::attest::trust::TrustPolicy;
 use crate::attest::workers::{AttestedWorkers, RecheckPolicy, SpeciesPackage};
@@ -75,6 +76,16 @@ pub struct Loaded {
     pub input_schemas: super::catalog::SchemaCache,
 }
 
+/// What [`Loaded::route`] decided, and what it learnt on the way.
+#[derive(Debug)]
+pub struct RouteOutcome {
+    pub decision: RouteDecision,
+    /// The policy gate's full answer, when it was asked.
+    pub policy: Option<GateDecision>,
+    /// The selected worker's package verification, when the router verified it.
+    pub verified: Option<VerificationReport>,
+}
+
 impl Loaded {
     /// Routes one request with these rules, registry and policy gate, without a caller
     /// (offline, as `wcp-hall route` does): no `[identity]` mapping applies, and the gate sees no
@@ -83,15 +94,17 @@ impl Loaded {
     /// require one are denied (fail closed). Nothing runs.
     pub fn route_offline(&self, input: &RouteInput, task_id: &str) -> RouteDecision {
         self.route(input, self.router_config.clone(), None, 0, None, task_id)
-            .0
+            .decision
     }
 
     /// Routes `input` on this snapshot: the one place a [`Router`] is assembled. `config` is the
     /// router configuration for the caller (the snapshot's own, or narrowed to a peer's tenants);
     /// the env's profile adds its controls and whether every dispatch is gated; the policy gate
     /// sees `caller` and the chain's blast so far (`chain_blast_prior`); `approval` is the id
-    /// of a human approval this request carries. Returns the decision and the gate's full
-    /// answer when it was asked. Pure apart from minting the decision id and time.
+    /// of a human approval this request carries. Returns the decision, the gate's full answer
+    /// when it was asked, and the selected worker's package verification when the router
+    /// verified it (the runner runs that very verification's store copy: one verification per
+    /// dispatch). Pure apart from minting the decision id and time and verifying packages.
     pub fn route(
         &self,
         input: &RouteInput,
@@ -100,7 +113,8 @@ impl Loaded {
         chain_blast_prior: u32,
         approval: Option<&str>,
         task_id: &str,
-    ) -> (RouteDecision, Option<GateDecision>) {
+    ) -> RouteOutcome {
+        let attestation = self.attested.as_ref().map(AttestedWorkers::dispatch);
         let gate = self.gate.as_ref().map(|g| {
             if let Some(profile) = g.profile(input.env) {
                 config.gate_every_dispatch = g.gates_every_dispatch(input.env);
@@ -113,7 +127,7 @@ impl Loaded {
             registry: &self.registry,
             config: &config,
             gate: gate.as_ref().map(|g| g as &dyn PolicyGate),
-            hashes: match &self.attested {
+            hashes: match &attestation {
                 Some(a) => Some(a as &dyn WorkerHashes),
                 None => Some(&self.registry),
             },
@@ -121,7 +135,15 @@ impl Loaded {
             human_approval: approval,
         };
         let decision = router::route(&router, input, &mint_context(task_id));
-        (decision, gate.and_then(|g| g.decision()))
+        let verified = match (&attestation, &decision.selected_worker_species_id) {
+            (Some(a), Some(species)) => a.verified(species),
+            _ => None,
+        };
+        RouteOutcome {
+            policy: gate.and_then(|g| g.decision()),
+            decision,
+            verified,
+        }
     }
 
     /// Loads the configuration file and everything it names.
