@@ -87,6 +87,9 @@ pub struct Routed {
     /// the runner runs its store copy without verifying again.
     #[serde(skip)]
     pub verified: Option<crate::attest::report::VerificationReport>,
+    /// What the env's profile demands of a run, resolved with the decision.
+    #[serde(skip)]
+    pub run_limits: Option<(crate::envelope::Limits, crate::envelope::Minimums)>,
 }
 
 /// Routes `input` for `peer` on the snapshot `loaded` (pure apart from minting ids): the peer's
@@ -124,6 +127,7 @@ pub fn route(
         decision: routed.decision,
         policy: routed.policy,
         verified: routed.verified,
+        run_limits: routed.run_limits,
     }
 }
 
@@ -240,9 +244,9 @@ async fn run(
         decision: routed.decision.clone(),
         policy: routed.policy.clone(),
         verified: routed.verified.clone(),
+        run_limits: routed.run_limits,
         loaded: loaded.clone(),
     };
-    let species = routed.decision.selected_worker_species_id.clone();
     let correlation_id = routed.decision.correlation_id.clone();
     let outcome = tokio::task::spawn_blocking(move || runner.run(request))
         .await
@@ -253,18 +257,11 @@ async fn run(
                 hall.metrics.observe_phase(phase, took.as_secs_f64());
             }
             // WCP §7: the chain's blast grows by each worker that actually ran.
-            let blast = species
-                .as_deref()
-                .and_then(|s| loaded.registry.records_of(s).next())
-                .and_then(|r| r.blast_radius.as_ref())
-                .map_or(0, |b| {
-                    crate::policy::blast::WcpBlast::from_radius(b).total()
-                });
             if let Err(e) = hall
                 .chains
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .record(&correlation_id, blast, now_ms())
+                .record(&correlation_id, done.worker_blast, now_ms())
             {
                 tracing::warn!(error = %e, "chain blast not recorded");
             }
@@ -361,6 +358,7 @@ async fn refuse_input(
         decision,
         policy: routed.policy,
         verified: None,
+        run_limits: None,
     };
     let worker_id = loaded
         .registry

@@ -56,6 +56,8 @@ pub struct RunRequest {
     /// The selected worker's package verification from this dispatch's routing, if the router
     /// verified it (otherwise the runner verifies).
     pub verified: Option<crate::attest::report::VerificationReport>,
+    /// What the env's profile demands of the run (`None`: no profile; the envelope's defaults).
+    pub run_limits: Option<(crate::envelope::Limits, crate::envelope::Minimums)>,
     pub loaded: Arc<Loaded>,
 }
 
@@ -70,6 +72,8 @@ pub struct RunOutcome {
     pub execution: Value,
     /// Wall time of each phase the runner went through (`metrics::PHASES`), for the metrics.
     pub phases: Vec<(&'static str, std::time::Duration)>,
+    /// The worker's WCP blast (from its record), which the chain's blast grows by when it ran.
+    pub worker_blast: u32,
 }
 
 /// The daemon's shared state.

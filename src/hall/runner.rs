@@ -186,6 +186,7 @@ impl HallRunner {
             decision,
             policy,
             verified,
+            run_limits,
             loaded,
         } = request;
         let species = decision.selected_worker_species_id.clone().ok_or_else(|| {
@@ -197,6 +198,9 @@ impl HallRunner {
             .next()
             .cloned()
             .ok_or_else(|| RunError::Internal(format!("no enrolled record for {species}")))?;
+        let worker_blast = record.blast_radius.as_ref().map_or(0, |b| {
+            crate::policy::blast::WcpBlast::from_radius(b).total()
+        });
 
         // Where the Hall's time goes, per phase (µs), returned with the execution.
         let mut phases = Phases::start();
@@ -267,16 +271,9 @@ impl HallRunner {
 
         phases.mark("intent_receipt");
         // 3. Run under the envelope the profile asks for.
-        let profile = loaded
-            .gate
-            .as_ref()
-            .and_then(|g| g.profile(input.env))
-            .cloned();
-        // The profile's own types: nothing to convert, nothing to fall back on.
-        let (limits, minimums) = match &profile {
-            Some(p) => (p.limits, p.envelope),
-            None => (envelope::Limits::default(), envelope::Minimums::default()),
-        };
+        // The profile's own types, resolved with the decision: nothing to convert.
+        let (limits, minimums) =
+            run_limits.unwrap_or((envelope::Limits::default(), envelope::Minimums::default()));
         // No declared envelope: the narrowest one (no egress, no writes, no secrets, no tools).
         let declared = record
             .privilege_envelope
@@ -352,6 +349,7 @@ impl HallRunner {
                         "hall_phases_us": phases_json,
                     }),
                     phases,
+                    worker_blast,
                 });
             }
         };
@@ -408,6 +406,7 @@ impl HallRunner {
             result,
             execution,
             phases,
+            worker_blast,
         })
     }
 }

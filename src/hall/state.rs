@@ -19,7 +19,7 @@ use crate::envelope::{Identity, PythonError, PythonRuntime};
 use crate::hall::identity::IdentityMap;
 use crate::policy::gate::HallGate;
 use crate::policy::gate::{GateDecision, RequestGate};
-use crate::policy::profile::{EnvProfiles, ProfileSet};
+use crate::policy::profile::{EnvProfiles, EnvelopeMinimums, Limits, ProfileSet};
 use crate::policy::request::CallerIdentity;
 use crate::registry::{Registry, RegistryDir, RegistryDirError};
 use crate::router::{self, PolicyGate, Router, RouterConfig, WorkerHashes};
@@ -84,6 +84,8 @@ pub struct RouteOutcome {
     pub policy: Option<GateDecision>,
     /// The selected worker's package verification, when the router verified it.
     pub verified: Option<VerificationReport>,
+    /// What the env's profile demands of a run (`None`: no profile is selected).
+    pub run_limits: Option<(Limits, EnvelopeMinimums)>,
 }
 
 impl Loaded {
@@ -115,13 +117,16 @@ impl Loaded {
         task_id: &str,
     ) -> RouteOutcome {
         let attestation = self.attested.as_ref().map(AttestedWorkers::dispatch);
-        let gate = self.gate.as_ref().map(|g| {
-            if let Some(profile) = g.profile(input.env) {
-                config.gate_every_dispatch = g.gates_every_dispatch(input.env);
-                config.profile_controls = profile.required_controls.clone();
-            }
-            RequestGate::new(g, &self.registry, caller, chain_blast_prior)
-        });
+        // The env's profile, resolved once for the whole dispatch (routing and the run).
+        let profile = self.gate.as_ref().and_then(|g| g.profile(input.env));
+        if let Some(profile) = profile {
+            config.gate_every_dispatch = profile.gate_every_dispatch;
+            config.profile_controls = profile.required_controls.clone();
+        }
+        let gate = self
+            .gate
+            .as_ref()
+            .map(|g| RequestGate::new(g, &self.registry, caller, chain_blast_prior));
         let router = Router {
             rules: &self.rules,
             registry: &self.registry,
@@ -143,6 +148,7 @@ impl Loaded {
             policy: gate.and_then(|g| g.decision()),
             decision,
             verified,
+            run_limits: profile.map(|p| (p.limits, p.envelope)),
         }
     }
 
