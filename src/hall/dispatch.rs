@@ -274,7 +274,10 @@ async fn run(
                 routed,
             );
             r.result = done.result;
-            r.execution = Some(done.execution);
+            r.execution = Some(
+                serde_json::to_value(&done.execution)
+                    .map_err(|e| ApiError::internal(e.to_string()))?,
+            );
             Ok(r)
         }
         Err(e) => Err(run_error(e)),

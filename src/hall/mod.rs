@@ -69,7 +69,7 @@ pub struct RunOutcome {
     /// The worker's result (its stdout parsed as JSON), when it produced one.
     pub result: Option<Value>,
     /// The run's facts: exit status, limits hit, envelope report, receipt reference.
-    pub execution: Value,
+    pub execution: runner::RunExecution,
     /// Wall time of each phase the runner went through (`metrics::PHASES`), for the metrics.
     pub phases: Vec<(&'static str, std::time::Duration)>,
     /// The worker's WCP blast (from its record), which the chain's blast grows by when it ran.

@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::approvals::{now_ms, rfc3339_ms};
@@ -341,12 +342,15 @@ impl HallRunner {
                 return Ok(RunOutcome {
                     succeeded: false,
                     result: None,
-                    execution: json!({
-                        "error": {"code": code, "message": message},
-                        "envelope": envelope_report,
-                        "receipt": {"seq": appended.seq, "receipt_hash": appended.receipt_hash_string(), "checkpoint_size": self.receipts.saved_checkpoint_size()},
-                        "package": package_json(&package, &report.store_path),
-                        "hall_phases_us": phases_json,
+                    execution: RunExecution::Aborted(AbortedRun {
+                        error: ErrorBody {
+                            code: code.to_owned(),
+                            message,
+                        },
+                        envelope: envelope_report.map(|r| *r),
+                        receipt: self.receipt_ref(&appended),
+                        package: PackageJson::new(&package, &report.store_path),
+                        hall_phases_us: phases_json,
                     }),
                     phases,
                     worker_blast,
@@ -388,19 +392,27 @@ impl HallRunner {
         let result = outcome.result_json().ok();
         let succeeded = failure.is_none();
         let (phases, phases_json) = phases.finish("outcome_receipt");
-        let mut execution = json!({
-                "worker_id": record.worker_id,
-                "summary": summary_json,
-                "receipt": {"seq": appended.seq, "receipt_hash": appended.receipt_hash_string(), "checkpoint_size": self.receipts.saved_checkpoint_size()},
-                "package": package_json(&package, &report.store_path),
-                "attestation": {"code": report.code.map(|c| c.as_str()), "cached": report.cached, "protections": report.protections},
-                "stderr_tail": String::from_utf8_lossy(&outcome.stderr[outcome.stderr.len().saturating_sub(2048)..]),
-                "hall_phases_us": phases_json,
-        });
-        if let Some(f) = &failure {
+        let execution = RunExecution::Executed(ExecutedRun {
+            worker_id: record.worker_id.clone(),
+            summary: summary_json,
+            receipt: self.receipt_ref(&appended),
+            package: PackageJson::new(&package, &report.store_path),
+            attestation: AttestationRef {
+                code: report.code.map(|c| c.as_str()),
+                cached: report.cached,
+                protections: report.protections.clone(),
+            },
+            stderr_tail: String::from_utf8_lossy(
+                &outcome.stderr[outcome.stderr.len().saturating_sub(2048)..],
+            )
+            .into_owned(),
+            hall_phases_us: phases_json,
             // The same place and shape as an aborted run's error.
-            execution["error"] = json!({"code": f.code(), "message": f.message()});
-        }
+            error: failure.as_ref().map(|f| ErrorBody {
+                code: f.code().to_owned(),
+                message: f.message(),
+            }),
+        });
         Ok(RunOutcome {
             succeeded,
             result,
@@ -536,13 +548,95 @@ impl Phases {
     }
 }
 
-fn package_json(package: &PackageRef, store_path: &Option<PathBuf>) -> Value {
-    json!({
-        "digest": package.digest,
-        "manifest_digest": package.manifest_digest,
-        "signer_key_ids": package.signer_key_ids,
-        "store_path": store_path,
-    })
+/// The facts of a run as the answer carries them (`execution`): the JSON shape, key order
+/// included, is the API's.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum RunExecution {
+    /// Refused after its intent was recorded: the worker never started (or was stopped before
+    /// it could), and the outcome receipt says `aborted`.
+    Aborted(AbortedRun),
+    /// The worker ran; `error` says why it failed, if it did.
+    Executed(ExecutedRun),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AbortedRun {
+    pub error: ErrorBody,
+    /// The envelope's report as far as it got (always present, `null` when none).
+    pub envelope: Option<Value>,
+    pub receipt: ReceiptRef,
+    pub package: PackageJson,
+    pub hall_phases_us: Value,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ExecutedRun {
+    pub worker_id: String,
+    /// The run summary with the envelope report (`envelope::RunSummary`).
+    pub summary: Value,
+    pub receipt: ReceiptRef,
+    pub package: PackageJson,
+    pub attestation: AttestationRef,
+    /// The last 2 KiB of the worker's stderr.
+    pub stderr_tail: String,
+    pub hall_phases_us: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+/// `{code, message}`: why a run failed (a `RunFailure` or a refusal's code).
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+/// Where the run's outcome receipt is: its seq and hash, and the newest saved checkpoint's size.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReceiptRef {
+    pub seq: u64,
+    pub receipt_hash: String,
+    pub checkpoint_size: Option<u64>,
+}
+
+/// The verified package that ran.
+#[derive(Debug, Clone, Serialize)]
+pub struct PackageJson {
+    pub digest: String,
+    pub manifest_digest: Option<String>,
+    pub signer_key_ids: Vec<String>,
+    pub store_path: Option<PathBuf>,
+}
+
+impl PackageJson {
+    fn new(package: &PackageRef, store_path: &Option<PathBuf>) -> Self {
+        PackageJson {
+            digest: package.digest.clone(),
+            manifest_digest: package.manifest_digest.clone(),
+            signer_key_ids: package.signer_key_ids.clone(),
+            store_path: store_path.clone(),
+        }
+    }
+}
+
+/// How the package's verification went (`ATTEST_*` code, whether the store's cache answered,
+/// the protections the store copy got).
+#[derive(Debug, Clone, Serialize)]
+pub struct AttestationRef {
+    pub code: Option<&'static str>,
+    pub cached: bool,
+    pub protections: Vec<crate::attest::report::Protection>,
+}
+
+impl HallRunner {
+    fn receipt_ref(&self, appended: &crate::receipt::Appended) -> ReceiptRef {
+        ReceiptRef {
+            seq: appended.seq,
+            receipt_hash: appended.receipt_hash_string(),
+            checkpoint_size: self.receipts.saved_checkpoint_size(),
+        }
+    }
 }
 
 /// At most `max` bytes of `s`, cut at a character boundary.
