@@ -581,6 +581,9 @@ pub enum KeysCommand {
     /// key, a checkpoint signed by the new key, then the new key replaces the old key file
     /// (the old private key is destroyed unless --keep-old). Stop the Hall first.
     Rotate(RotateArgs),
+    /// Export a receipt or package signing key for standard tools: PKCS#8/SPKI PEM
+    /// (openssl), OpenSSH (ssh-keygen) or a C2SP signed-note key (checkpoint verifiers).
+    Export(super::keys_export::ExportArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -610,6 +613,7 @@ pub fn run_keys(cmd: KeysCommand, out: &mut Out) -> Result<u8, CliError> {
     match cmd {
         KeysCommand::Generate(a) => run_generate(a, out),
         KeysCommand::Rotate(a) => run_rotate(a, out),
+        KeysCommand::Export(a) => super::keys_export::run_export(a, out),
     }
 }
 
