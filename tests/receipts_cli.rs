@@ -694,3 +694,113 @@ fn keys_export_writes_what_openssl_ssh_keygen_and_note_verifiers_read() {
     ]);
     assert_eq!(code(&o), 2);
 }
+
+#[test]
+fn prove_as_a_c2sp_tlog_proof_and_verify_it_with_the_receipt() {
+    let (base, log, pubkey) = setup();
+    let proof = base.path().join("proof.tlog");
+    let o = run(&[
+        "receipts",
+        "prove",
+        "5",
+        "--log",
+        s(&log),
+        "--format",
+        "tlog-proof",
+        "-o",
+        s(&proof),
+    ]);
+    assert_eq!(code(&o), 0);
+    let text = fs::read_to_string(&proof).unwrap();
+    let (head, note) = text.split_once("\n\n").unwrap();
+    let mut lines = head.lines();
+    assert_eq!(lines.next(), Some("c2sp.org/tlog-proof@v1"));
+    assert_eq!(lines.next(), Some("index 5"));
+    assert!(lines.count() >= 1);
+    assert!(note.contains("\n\u{2014} "), "{note}");
+    // The receipt: its line of the segment, exactly as stored.
+    let line = stdout(&run(&["--json", "receipts", "show", "5", "--log", s(&log)]));
+    let shown: Value = serde_json::from_str(&line).unwrap();
+    let receipt = base.path().join("receipt.json");
+    let segment = fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".jsonl"))
+        .unwrap();
+    let stored = fs::read_to_string(&segment).unwrap();
+    let line5 = stored
+        .lines()
+        .find(|l| l.ends_with("\"seq\":5}"))
+        .expect("the line of seq 5");
+    fs::write(&receipt, line5).unwrap();
+    let verify = |receipt: &Path| {
+        run(&[
+            "--json",
+            "receipts",
+            "verify-proof",
+            s(&proof),
+            "--receipt",
+            s(receipt),
+            "--pubkey",
+            s(&pubkey),
+        ])
+    };
+    let o = verify(&receipt);
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["proof"]["seq"], 5);
+    assert_eq!(v["proof"]["receipt_id"], shown["payload"]["receipt_id"]);
+    // The bare envelope works too; another receipt, a flipped proof hash, a wrong key fail.
+    let env_only = base.path().join("envelope.json");
+    let line_value: Value = serde_json::from_str(line5).unwrap();
+    fs::write(&env_only, line_value["envelope"].to_string()).unwrap();
+    assert_eq!(code(&verify(&env_only)), 0);
+    let line6 = stored.lines().find(|l| l.ends_with("\"seq\":6}")).unwrap();
+    let other = base.path().join("other.json");
+    fs::write(&other, line6).unwrap();
+    let o = verify(&other);
+    assert_eq!(code(&o), 1);
+    assert!(stdout(&o).contains("index 5"), "{}", stdout(&o));
+    let hash_line = head.lines().nth(2).unwrap();
+    let mut raw =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, hash_line).unwrap();
+    raw[0] ^= 1;
+    let flipped = text.replacen(
+        hash_line,
+        &base64::Engine::encode(&base64::engine::general_purpose::STANDARD, raw),
+        1,
+    );
+    fs::write(&proof, &flipped).unwrap();
+    let o = verify(&receipt);
+    assert_eq!(code(&o), 1);
+    assert!(stdout(&o).contains("inclusion proof"), "{}", stdout(&o));
+    fs::write(&proof, &text).unwrap();
+    let wrong = base.path().join("wrong.pub");
+    key(2).public().write(&wrong).unwrap();
+    let o = run(&[
+        "receipts",
+        "verify-proof",
+        s(&proof),
+        "--receipt",
+        s(&receipt),
+        "--pubkey",
+        s(&wrong),
+    ]);
+    assert_eq!(code(&o), 1);
+    // Without the receipt: a usage error that says what to pass.
+    let o = run(&[
+        "receipts",
+        "verify-proof",
+        s(&proof),
+        "--pubkey",
+        s(&pubkey),
+    ]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o).contains("hint: pass --receipt"),
+        "{}",
+        stderr(&o)
+    );
+    fs::write(&other, "[1,2").unwrap();
+    assert_eq!(code(&verify(&other)), 65);
+}

@@ -12,7 +12,7 @@ use crate::crypto::{Envelope, PublicKey};
 use crate::receipt::checkpoint::{self, Checkpoint, SignedNote};
 use crate::receipt::merkle::{self, Hash};
 use crate::receipt::model::{
-    Kind, LogLine, PAYLOAD_TYPE, ReceiptPayload, parse_hash_string, receipt_hash,
+    self, Kind, LogLine, PAYLOAD_TYPE, ReceiptPayload, parse_hash_string, receipt_hash,
 };
 use crate::router::hex;
 
@@ -285,6 +285,62 @@ pub fn verify_proof(
         kind: payload.kind.as_str().to_owned(),
         receipt_id: payload.receipt_id.clone(),
         receipt_hash: bundle.receipt_hash.clone(),
+        correlation_id: payload.dispatch.as_ref().map(|d| d.correlation_id.clone()),
+        signing_key_id: payload.signing_key_id.clone(),
+        checkpoint_size: cp.size,
+        checkpoint_root: hex(&cp.root),
+    })
+}
+
+/// Verifies a bare C2SP tlog-proof (what `receipts prove --format tlog-proof` writes) for the
+/// receipt `envelope`, offline: the receipt's DSSE signature and the checkpoint's signature by
+/// a trusted key (`anchors`: give every key of the log across a rotation, as the text carries
+/// no key history), its index equal to the receipt's seq, and the RFC 6962 inclusion of the
+/// leaf `SHA-256(0x00 ‖ payload)` in the checkpoint's tree.
+pub fn verify_tlog_proof(
+    text: &str,
+    envelope: &Envelope,
+    anchors: &[PublicKey],
+) -> Result<ProofReport, ProofFailure> {
+    let fail = |m: String| ProofFailure(m);
+    let tlog = parse_tlog_proof(text).map_err(|e| fail(format!("tlog-proof: {e}")))?;
+    let bytes = STANDARD
+        .decode(&envelope.payload)
+        .map_err(|_| fail("envelope payload is not base64".into()))?;
+    let payload = ReceiptPayload::decode(&bytes).map_err(|e| fail(format!("receipt: {e}")))?;
+    let Some(key) = anchors.iter().find(|a| a.id().0 == payload.signing_key_id) else {
+        return Err(fail(format!(
+            "the receipt is signed by key {}, which is not a trusted key; pass the log's receipt \
+             public key(s) with --pubkey",
+            &payload.signing_key_id[..16.min(payload.signing_key_id.len())]
+        )));
+    };
+    envelope
+        .verify(PAYLOAD_TYPE, std::slice::from_ref(key), 1)
+        .map_err(|e| fail(format!("receipt signature: {e}")))?;
+    if tlog.index != payload.seq {
+        return Err(fail(format!(
+            "the proof is for index {}, the receipt is seq {}",
+            tlog.index, payload.seq
+        )));
+    }
+    let cp = checkpoint::open_checkpoint(&tlog.checkpoint_note, Some(&payload.log), anchors)
+        .map_err(|e| fail(format!("checkpoint: {e}")))?
+        .checkpoint;
+    merkle::verify_inclusion(
+        &merkle::leaf_hash(&bytes),
+        payload.seq,
+        cp.size,
+        &tlog.hashes,
+        &cp.root,
+    )
+    .map_err(|e| fail(format!("inclusion proof: {e}")))?;
+    Ok(ProofReport {
+        log: payload.log.clone(),
+        seq: payload.seq,
+        kind: payload.kind.as_str().to_owned(),
+        receipt_id: payload.receipt_id.clone(),
+        receipt_hash: model::hash_string(&receipt_hash(&bytes)),
         correlation_id: payload.dispatch.as_ref().map(|d| d.correlation_id.clone()),
         signing_key_id: payload.signing_key_id.clone(),
         checkpoint_size: cp.size,

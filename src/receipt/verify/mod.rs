@@ -43,7 +43,7 @@ pub use consistency::{
 pub use find::{FoundRecord, Selector, find_record};
 pub use inclusion::{
     PROOF_FORMAT, ProofBundle, ProofFailure, ProofReport, TLOG_PROOF_HEADER, TlogProof,
-    parse_tlog_proof, prove, verify_proof,
+    parse_tlog_proof, prove, verify_proof, verify_tlog_proof,
 };
 pub use scan::{
     Failure, KeyEpoch, LogCheckpoint, MAX_REPORTED_FAILURES, OpenIntent, ResumeFrom, Scan,
