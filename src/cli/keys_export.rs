@@ -84,9 +84,8 @@ fn c2sp_name(args: &ExportArgs) -> String {
         return n.clone();
     }
     ReceiptsSection::from_hall_toml(&args.config.config)
-        .ok()
-        .and_then(|s| s.origin)
-        .unwrap_or_else(|| default_origin(&host_id()))
+        .map(|s| s.log_options().origin)
+        .unwrap_or_else(|_| default_origin(&host_id()))
 }
 
 fn name_error(e: crate::receipt::checkpoint::NoteError) -> CliError {
