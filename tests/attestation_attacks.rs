@@ -521,7 +521,7 @@ fn attack_tampered_signature_or_payload_is_sig_invalid() {
         &base64::Engine::decode(&base64::engine::general_purpose::STANDARD, payload).unwrap(),
     )
     .unwrap();
-    stmt["subject"][0]["digest"]["sha256"] = json!("0".repeat(64));
+    stmt["subject"][0]["digest"]["awpV1TreeSha256"] = json!("0".repeat(64));
     env["payload"] = json!(base64::Engine::encode(
         &base64::engine::general_purpose::STANDARD,
         serde_json::to_vec(&stmt).unwrap()

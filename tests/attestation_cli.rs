@@ -306,3 +306,153 @@ fn sign_refuses_bad_inputs_with_usage_errors() {
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("YYYY-MM-DDTHH:MM:SSZ"));
 }
+
+/// The fenced block between `<!-- NAME:begin -->` and `<!-- NAME:end -->` of a document.
+fn doc_block(doc: &str, name: &str) -> String {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(doc)).unwrap();
+    let begin = format!("<!-- {name}:begin -->");
+    let end = format!("<!-- {name}:end -->");
+    let start = text.find(&begin).expect("begin marker") + begin.len();
+    let stop = start + text[start..].find(&end).expect("end marker");
+    let block = &text[start..stop];
+    let body = block.split_once("```python\n").expect("a python block").1;
+    body.rsplit_once("```").expect("closing fence").0.to_owned()
+}
+
+#[test]
+fn the_documented_awp_v1_reference_hash_equals_the_halls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let script = tmp.path().join("awp_v1.py");
+    std::fs::write(
+        &script,
+        doc_block("docs/attestation.md", "awp-v1-reference"),
+    )
+    .unwrap();
+    let reference = |pkg: &Path| {
+        let o = Command::new("python3")
+            .arg(&script)
+            .arg(pkg)
+            .output()
+            .expect("python3 runs");
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o).trim().to_owned()
+    };
+    let hall = |pkg: &Path| {
+        let o = run(&["attest", "hash", p(pkg)]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        stdout(&o).trim().to_owned()
+    };
+    // A real bundled worker package, and one with every ordering and exclusion rule in it.
+    let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("workers/doc_chunker");
+    assert!(bundled.is_dir(), "{}", bundled.display());
+    assert_eq!(reference(&bundled), hall(&bundled));
+    let pkg = tmp.path().join("pkg");
+    sample_package(&pkg);
+    put(&pkg, "a/b.txt", b"1");
+    put(&pkg, "a-b.txt", b"2");
+    put(&pkg, "a.txt", b"3");
+    put(&pkg, "Z/\u{e9}t\u{e9}.txt", "é".as_bytes());
+    put(&pkg, "code/__pycache__/x.cpython-311.pyc", b"planted");
+    put(&pkg, "code/y.pyc", b"planted");
+    put(&pkg, "sub/.git/config", b"x");
+    put(&pkg, "sub/manifest.json", b"{}");
+    put(&pkg, "dir.pyc/kept.txt", b"kept");
+    std::fs::create_dir_all(pkg.join("empty")).unwrap();
+    let digest = hall(&pkg);
+    assert_eq!(reference(&pkg), digest);
+    // The comparison can fail: one changed byte changes both, and they still agree.
+    put(&pkg, "a/b.txt", b"9");
+    assert_ne!(hall(&pkg), digest);
+    assert_eq!(reference(&pkg), hall(&pkg));
+}
+
+#[test]
+fn awp_v2_names_its_digest_and_manifests_signed_with_the_old_sha256_name_still_verify() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = tmp.path().join("pkg");
+    sample_package(&pkg);
+    let key = tmp.path().join("release.key");
+    let o = run(&["--json", "keygen", p(&key)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let kg: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let trust = tmp.path().join("trust.json");
+    std::fs::write(
+        &trust,
+        serde_json::json!({
+            "schema": "wcp-hall-trust/1", "version": 1,
+            "namespaces": {"org.example": {"threshold": 1, "keys": [kg["trust_policy_entry"]]}}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let (wid, species) = ("org.example.sum.i-1", "wrk.doc.summarizer");
+    let o = run(&[
+        "attest",
+        "sign",
+        p(&pkg),
+        "--worker-id",
+        wid,
+        "--species",
+        species,
+        "--worker-version",
+        "1.0.0",
+        "--key",
+        p(&key),
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let digest = stdout(&run(&["attest", "hash", p(&pkg)])).trim().to_owned();
+    let manifest = pkg.join("manifest.sig");
+    let env: Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    let payload = STANDARD.decode(env["payload"].as_str().unwrap()).unwrap();
+    let statement: Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(
+        statement["subject"][0]["digest"],
+        serde_json::json!({"awpV1TreeSha256": digest})
+    );
+    let verify = || {
+        run(&[
+            "attest",
+            "verify",
+            p(&pkg),
+            "--worker-id",
+            wid,
+            "--species",
+            species,
+            "--trust",
+            p(&trust),
+        ])
+    };
+    assert_eq!(code(&verify()), 0);
+    // The same statement as the Hall signed it before the rename, signed by the same key.
+    let resign = |payload: &[u8]| {
+        let pair = wcp_hall::crypto::KeyPair::read(&key).unwrap();
+        let env = wcp_hall::crypto::Envelope::sign(
+            wcp_hall::attest::manifest_v2::PAYLOAD_TYPE,
+            payload,
+            &[&pair],
+        );
+        std::fs::write(&manifest, serde_json::to_vec(&env).unwrap()).unwrap();
+    };
+    let text = String::from_utf8(payload).unwrap();
+    let legacy = text.replace("\"awpV1TreeSha256\":", "\"sha256\":");
+    assert_ne!(legacy, text);
+    resign(legacy.as_bytes());
+    let o = verify();
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    // Both names at once are refused (which one would the signer have meant?).
+    let both = text.replace(
+        "{\"awpV1TreeSha256\":",
+        &format!("{{\"awpV1TreeSha256\":\"{digest}\",\"sha256\":"),
+    );
+    assert_ne!(both, text);
+    resign(both.as_bytes());
+    let o = verify();
+    assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("ATTEST_MANIFEST_INVALID"),
+        "{}",
+        stdout(&o)
+    );
+}

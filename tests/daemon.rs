@@ -3168,3 +3168,65 @@ fn a_root_halls_fork_and_allocate_worker_is_reported_with_its_true_bound() {
 fn an_ordinary_users_fork_and_allocate_worker_is_reported_with_its_true_bound() {
     fork_and_allocate(Some(NOBODY));
 }
+
+/// `GET /wcp/checkpoint`: the latest saved checkpoint as signed-note text, to any peer.
+#[test]
+fn the_latest_signed_checkpoint_is_served_as_text_to_any_peer() {
+    use wcp_hall::crypto::PublicKey;
+    use wcp_hall::receipt::checkpoint;
+    let mut hall = TestHall::start("[server]\nsocket_mode = \"0666\"\n");
+    let socket = hall.socket.clone();
+    let get = || {
+        raw_exchange(
+            &socket,
+            b"GET /wcp/checkpoint HTTP/1.1\r\nHost: hall\r\nConnection: close\r\n\r\n",
+        )
+    };
+    let saved = hall.dir.path().join("state/receipts/checkpoint");
+    if !saved.exists() {
+        let (status, body, _) = get();
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (404, Some("no_checkpoint"))
+        );
+    }
+    // A receipt (a denial), then a clean stop, which always saves a checkpoint.
+    let (_, denied) = hall.call(
+        Method::POST,
+        "/wcp/dispatch",
+        Some(&input("cap.unknown.thing", "acme-corp")),
+    );
+    assert_eq!(denied["status"], "denied", "{denied}");
+    hall.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(hall.wait_exit(Duration::from_secs(20)), 0);
+    hall.spawn();
+    let (status, _, raw) = get();
+    assert_eq!(status, 200, "{raw}");
+    let (head, note) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; charset=utf-8"),
+        "{head}"
+    );
+    assert_eq!(note, std::fs::read_to_string(&saved).unwrap());
+    let key = PublicKey::read(&hall.dir.path().join("keys/receipts.key.pub")).unwrap();
+    let opened = checkpoint::open_checkpoint(note, None, std::slice::from_ref(&key)).unwrap();
+    assert!(opened.checkpoint.size > 0);
+    // What is served is what was signed: one changed byte of the root no longer verifies.
+    let lines: Vec<&str> = note.lines().collect();
+    let mut root = lines[2].to_owned().into_bytes();
+    root[0] = if root[0] == b'A' { b'B' } else { b'A' };
+    let forged = note.replacen(lines[2], std::str::from_utf8(&root).unwrap(), 1);
+    assert!(checkpoint::open_checkpoint(&forged, None, &[key]).is_err());
+    // Any peer may read it: a uid with no tenant and no operator rights (nobody).
+    let o = Command::new("curl")
+        .args(["-sS", "--fail", "--unix-socket"])
+        .arg(&hall.socket)
+        .arg("http://hall/wcp/checkpoint")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("curl must be installed");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), note);
+}

@@ -494,3 +494,313 @@ fn keys_generate_writes_a_private_key_and_its_public_key() {
     );
     assert_eq!(KeyPair::read(&path).unwrap().id(), key.id());
 }
+
+fn tool(program: &str, args: &[&str]) -> Output {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{program} must be installed (.ci/run installs it): {e}"));
+    eprintln!(
+        "$ {program} {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn keys_export_writes_what_openssl_ssh_keygen_and_note_verifiers_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // Both kinds of key the Hall has: a receipt signing key and a package signing key.
+    let receipt_key = dir.join("receipts.key");
+    let o = run(&[
+        "--json",
+        "keys",
+        "generate",
+        s(&receipt_key),
+        "--origin",
+        "hall.test/receipts",
+    ]);
+    assert_eq!(code(&o), 0);
+    let generated: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let package_key = dir.join("release.key");
+    assert_eq!(code(&run(&["keygen", s(&package_key)])), 0);
+    for key in [&receipt_key, &package_key] {
+        let name = key.file_name().unwrap().to_str().unwrap();
+        let export = |extra: &[&str]| {
+            let mut args = vec!["keys", "export", s(key)];
+            args.extend_from_slice(extra);
+            let o = run(&args);
+            assert_eq!(code(&o), 0, "{}", stderr(&o));
+            stdout(&o)
+        };
+        let write = |file: &str, text: &str| {
+            let p = dir.join(format!("{name}.{file}"));
+            fs::write(&p, text).unwrap();
+            p
+        };
+        // PEM: openssl derives from the private key the public key the Hall exports, and
+        // reads the public key alone; a flipped byte in the private key's DER is refused.
+        let private_pem = export(&["--format", "pem"]);
+        let public_pem = export(&["--format", "pem", "--public"]);
+        let pem_path = write("pem", &private_pem);
+        let o = tool("openssl", &["pkey", "-in", s(&pem_path), "-pubout"]);
+        assert!(o.status.success());
+        assert_eq!(stdout(&o), public_pem);
+        let pub_pem_path = write("pub.pem", &public_pem);
+        let o = tool(
+            "openssl",
+            &["pkey", "-pubin", "-in", s(&pub_pem_path), "-noout", "-text"],
+        );
+        assert!(
+            o.status.success() && stdout(&o).contains("ED25519"),
+            "{}",
+            stdout(&o)
+        );
+        // The .pub file gives the same public key.
+        let pub_file = dir.join(format!("{name}.pub"));
+        assert_eq!(
+            stdout(&run(&[
+                "keys",
+                "export",
+                s(&pub_file),
+                "--format",
+                "pem",
+                "--public"
+            ])),
+            public_pem
+        );
+        let mut lines: Vec<String> = private_pem.lines().map(str::to_owned).collect();
+        // The algorithm identifier 1.3.101.112 (Ed25519) becomes 1.3.101.113 (Ed448): 32 bytes do
+        // not make an Ed448 key.
+        lines[1] = lines[1].replacen("K2VwBCIE", "K2VxBCIE", 1);
+        assert_ne!(lines.join("\n") + "\n", private_pem);
+        let broken = write("broken.pem", &(lines.join("\n") + "\n"));
+        assert!(
+            !tool("openssl", &["pkey", "-in", s(&broken), "-noout"])
+                .status
+                .success()
+        );
+        // OpenSSH: ssh-keygen fingerprints the public key and derives it from the private one.
+        let ssh_pub = export(&["--format", "openssh", "--public", "--comment", "auditor"]);
+        let ssh_pub_path = write("ssh.pub", &ssh_pub);
+        let o = tool("ssh-keygen", &["-l", "-f", s(&ssh_pub_path)]);
+        assert!(
+            o.status.success() && stdout(&o).contains("(ED25519)"),
+            "{}",
+            stdout(&o)
+        );
+        let ssh_priv_path = dir.join(format!("{name}.ssh"));
+        let o = run(&[
+            "keys",
+            "export",
+            s(key),
+            "--format",
+            "openssh",
+            "--comment",
+            "auditor",
+            "-o",
+            s(&ssh_priv_path),
+        ]);
+        assert_eq!(code(&o), 0);
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            fs::metadata(&ssh_priv_path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let o = tool("ssh-keygen", &["-y", "-f", s(&ssh_priv_path)]);
+        assert!(o.status.success());
+        assert_eq!(
+            stdout(&o).split_whitespace().take(2).collect::<Vec<_>>(),
+            ssh_pub.split_whitespace().take(2).collect::<Vec<_>>()
+        );
+        // Never overwritten.
+        let o = run(&[
+            "keys",
+            "export",
+            s(key),
+            "--format",
+            "pem",
+            "-o",
+            s(&ssh_priv_path),
+        ]);
+        assert_eq!(code(&o), 74);
+        assert!(stderr(&o).contains("hint:"), "{}", stderr(&o));
+        // C2SP: the verifier key parses and names this key.
+        let vkey = export(&[
+            "--format",
+            "c2sp",
+            "--public",
+            "--name",
+            "hall.test/receipts",
+        ]);
+        let (vname, vpub) = wcp_hall::receipt::checkpoint::parse_verifier_key(vkey.trim()).unwrap();
+        assert_eq!(vname, "hall.test/receipts");
+        assert_eq!(vpub, PublicKey::read(&pub_file).unwrap());
+        if key == &receipt_key {
+            assert_eq!(vkey.trim(), generated["verifier_key"]);
+        }
+        let skey = export(&["--format", "c2sp", "--name", "hall.test/receipts"]);
+        assert!(
+            skey.starts_with("PRIVATE+KEY+hall.test/receipts+"),
+            "{skey}"
+        );
+    }
+    // JSON output, and the errors with their exit codes and hints.
+    let o = run(&[
+        "--json",
+        "keys",
+        "export",
+        s(&receipt_key),
+        "--format",
+        "c2sp",
+        "--public",
+    ]);
+    assert_eq!(code(&o), 0);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["public"], true);
+    assert_eq!(v["format"], "c2sp");
+    assert_eq!(v["key_id"], generated["key_id"]);
+    assert!(v["text"].as_str().unwrap().contains('+'));
+    let pub_file = dir.join("receipts.key.pub");
+    let o = run(&["keys", "export", s(&pub_file), "--format", "pem"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("hint: pass --public"), "{}", stderr(&o));
+    let o = run(&["keys", "export", s(&dir.join("missing")), "--format", "pem"]);
+    assert_eq!(code(&o), 66);
+    let junk = dir.join("junk");
+    fs::write(&junk, "not a key\n").unwrap();
+    let o = run(&["--json", "keys", "export", s(&junk), "--format", "pem"]);
+    assert_eq!(code(&o), 65);
+    let err: Value = serde_json::from_str(stderr(&o).lines().last().unwrap()).unwrap();
+    assert!(err["error"]["hint"].as_str().unwrap().contains("keygen"));
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(&receipt_key, fs::Permissions::from_mode(0o644)).unwrap();
+    let o = run(&["keys", "export", s(&receipt_key), "--format", "pem"]);
+    assert_eq!(code(&o), 78);
+    assert!(stderr(&o).contains("chmod 600"), "{}", stderr(&o));
+    let o = run(&[
+        "keys",
+        "export",
+        s(&pub_file),
+        "--format",
+        "c2sp",
+        "--public",
+        "--name",
+        "a+b",
+    ]);
+    assert_eq!(code(&o), 2);
+}
+
+#[test]
+fn prove_as_a_c2sp_tlog_proof_and_verify_it_with_the_receipt() {
+    let (base, log, pubkey) = setup();
+    let proof = base.path().join("proof.tlog");
+    let o = run(&[
+        "receipts",
+        "prove",
+        "5",
+        "--log",
+        s(&log),
+        "--format",
+        "tlog-proof",
+        "-o",
+        s(&proof),
+    ]);
+    assert_eq!(code(&o), 0);
+    let text = fs::read_to_string(&proof).unwrap();
+    let (head, note) = text.split_once("\n\n").unwrap();
+    let mut lines = head.lines();
+    assert_eq!(lines.next(), Some("c2sp.org/tlog-proof@v1"));
+    assert_eq!(lines.next(), Some("index 5"));
+    assert!(lines.count() >= 1);
+    assert!(note.contains("\n\u{2014} "), "{note}");
+    // The receipt: its line of the segment, exactly as stored.
+    let line = stdout(&run(&["--json", "receipts", "show", "5", "--log", s(&log)]));
+    let shown: Value = serde_json::from_str(&line).unwrap();
+    let receipt = base.path().join("receipt.json");
+    let segment = fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".jsonl"))
+        .unwrap();
+    let stored = fs::read_to_string(&segment).unwrap();
+    let line5 = stored
+        .lines()
+        .find(|l| l.ends_with("\"seq\":5}"))
+        .expect("the line of seq 5");
+    fs::write(&receipt, line5).unwrap();
+    let verify = |receipt: &Path| {
+        run(&[
+            "--json",
+            "receipts",
+            "verify-proof",
+            s(&proof),
+            "--receipt",
+            s(receipt),
+            "--pubkey",
+            s(&pubkey),
+        ])
+    };
+    let o = verify(&receipt);
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["proof"]["seq"], 5);
+    assert_eq!(v["proof"]["receipt_id"], shown["payload"]["receipt_id"]);
+    // The bare envelope works too; another receipt, a flipped proof hash, a wrong key fail.
+    let env_only = base.path().join("envelope.json");
+    let line_value: Value = serde_json::from_str(line5).unwrap();
+    fs::write(&env_only, line_value["envelope"].to_string()).unwrap();
+    assert_eq!(code(&verify(&env_only)), 0);
+    let line6 = stored.lines().find(|l| l.ends_with("\"seq\":6}")).unwrap();
+    let other = base.path().join("other.json");
+    fs::write(&other, line6).unwrap();
+    let o = verify(&other);
+    assert_eq!(code(&o), 1);
+    assert!(stdout(&o).contains("index 5"), "{}", stdout(&o));
+    let hash_line = head.lines().nth(2).unwrap();
+    let mut raw =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, hash_line).unwrap();
+    raw[0] ^= 1;
+    let flipped = text.replacen(
+        hash_line,
+        &base64::Engine::encode(&base64::engine::general_purpose::STANDARD, raw),
+        1,
+    );
+    fs::write(&proof, &flipped).unwrap();
+    let o = verify(&receipt);
+    assert_eq!(code(&o), 1);
+    assert!(stdout(&o).contains("inclusion proof"), "{}", stdout(&o));
+    fs::write(&proof, &text).unwrap();
+    let wrong = base.path().join("wrong.pub");
+    key(2).public().write(&wrong).unwrap();
+    let o = run(&[
+        "receipts",
+        "verify-proof",
+        s(&proof),
+        "--receipt",
+        s(&receipt),
+        "--pubkey",
+        s(&wrong),
+    ]);
+    assert_eq!(code(&o), 1);
+    // Without the receipt: a usage error that says what to pass.
+    let o = run(&[
+        "receipts",
+        "verify-proof",
+        s(&proof),
+        "--pubkey",
+        s(&pubkey),
+    ]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o).contains("hint: pass --receipt"),
+        "{}",
+        stderr(&o)
+    );
+    fs::write(&other, "[1,2").unwrap();
+    assert_eq!(code(&verify(&other)), 65);
+}

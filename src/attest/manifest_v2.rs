@@ -3,7 +3,8 @@
 //!
 //! ```json
 //! {"_type": "https://in-toto.io/Statement/v1",
-//!  "subject": [{"name": "wrk.doc.summarizer@0.3.0", "digest": {"sha256": "<awp.v1 digest>"}}],
+//!  "subject": [{"name": "wrk.doc.summarizer@0.3.0",
+//!               "digest": {"awpV1TreeSha256": "<awp.v1 digest>"}}],
 //!  "predicateType": "https://pyhall.dev/attestation/package/v1",
 //!  "predicate": {"schema_version": "awp.v2", "worker_id": "x.alice.summarizer.i-1",
 //!                "worker_species_id": "wrk.doc.summarizer", "worker_version": "0.3.0",
@@ -14,7 +15,17 @@
 //! ```
 //!
 //! The statement is serialised in the crate's canonical JSON profile and the envelope's
-//! `payloadType` is `application/vnd.in-toto+json`. The envelope is written to `manifest.sig`
+//! `payloadType` is `application/vnd.in-toto+json`.
+//!
+//! The subject digest is named [`TREE_DIGEST_ALGORITHM`] (`awpV1TreeSha256`): the awp.v1 tree
+//! hash is a SHA-256 over a record encoding of the package directory, not the SHA-256 of any
+//! file, so it must not be called `sha256` — in-toto consumers (cosign, `gh attestation`,
+//! witness) would compare it with the SHA-256 of an artifact and never match, and a reader
+//! could not tell how to recompute it. in-toto's DigestSet allows algorithms it does not list
+//! ("consumers MUST ignore unrecognized algorithms"; new ones must document their encoding:
+//! lowercase hex here, the algorithm is in docs/attestation.md). Statements signed before the
+//! rename carry the same value as `sha256` and still verify: a DigestSet holds exactly one of
+//! the two names. The envelope is written to `manifest.sig`
 //! by default — one of PyHall's excluded names, so signing never changes the package digest.
 //!
 //! Threat model: the envelope is attacker-supplied. Signatures are checked against the trust
@@ -55,11 +66,41 @@ pub enum ManifestV2Error {
     Encoding(#[from] CanonicalError),
 }
 
-/// `subject[].digest`.
+/// The in-toto DigestSet name of the awp.v1 tree hash (lowercase hex).
+pub const TREE_DIGEST_ALGORITHM: &str = "awpV1TreeSha256";
+
+/// `subject[].digest`: the awp.v1 digest under [`TREE_DIGEST_ALGORITHM`], or under `sha256` in
+/// statements signed before that name (accepted, never written). Exactly one is present.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DigestSet {
-    pub sha256: String,
+    #[serde(
+        rename = "awpV1TreeSha256",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub awp_v1_tree_sha256: Option<String>,
+    /// The legacy name of the same value (awp.v2 statements signed before `awpV1TreeSha256`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+impl DigestSet {
+    /// A digest set naming the awp.v1 digest correctly.
+    pub fn tree(digest: &str) -> Self {
+        DigestSet {
+            awp_v1_tree_sha256: Some(digest.to_owned()),
+            sha256: None,
+        }
+    }
+
+    /// The awp.v1 digest, under whichever name it was signed (`None` if neither or both).
+    pub fn tree_digest(&self) -> Option<&str> {
+        match (&self.awp_v1_tree_sha256, &self.sha256) {
+            (Some(d), None) | (None, Some(d)) => Some(d),
+            _ => None,
+        }
+    }
 }
 
 /// `subject[]`.
@@ -145,9 +186,7 @@ impl Statement {
             statement_type: STATEMENT_TYPE.to_owned(),
             subject: vec![Subject {
                 name: format!("{}@{}", input.worker_species_id, input.worker_version),
-                digest: DigestSet {
-                    sha256: input.package_hash.to_owned(),
-                },
+                digest: DigestSet::tree(input.package_hash),
             }],
             predicate_type: PREDICATE_TYPE.to_owned(),
             predicate: Predicate {
@@ -204,10 +243,16 @@ impl Statement {
                 s.subject.len()
             )));
         };
-        if !is_hex64(&subject.digest.sha256) {
-            return Err(bad(
-                "subject digest sha256 must be 64 lowercase hex digits".into()
-            ));
+        let Some(digest) = subject.digest.tree_digest() else {
+            return Err(bad(format!(
+                "the subject digest must hold exactly one of {TREE_DIGEST_ALGORITHM:?} (or, \
+                 in statements signed before it, \"sha256\"), the awp.v1 digest"
+            )));
+        };
+        if !is_hex64(digest) {
+            return Err(bad(format!(
+                "subject digest {TREE_DIGEST_ALGORITHM} must be 64 lowercase hex digits"
+            )));
         }
         let p = &s.predicate;
         let expected_name = format!("{}@{}", p.worker_species_id, p.worker_version);
@@ -240,7 +285,7 @@ impl Statement {
     pub fn package_hash(&self) -> &str {
         self.subject
             .first()
-            .map(|s| s.digest.sha256.as_str())
+            .and_then(|s| s.digest.tree_digest())
             .unwrap_or("")
     }
 }
@@ -281,12 +326,31 @@ mod tests {
         let bytes = s.to_bytes().unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert!(text.starts_with(r#"{"_type":"https://in-toto.io/Statement/v1","predicate":{"build_source":"ci","built_at":"2026-01-02T03:04:05Z","expires_at":null,"namespace":"x.alice","#), "{text}");
+        assert!(
+            text.contains(r#""digest":{"awpV1TreeSha256":"a50f9a89"#) && !text.contains("sha256\""),
+            "{text}"
+        );
         assert_eq!(Statement::parse(&bytes).unwrap(), s);
         assert_eq!(s.package_hash(), input().package_hash);
         let env = s.sign(&[&KeyPair::from_seed(&[1; 32])]).unwrap();
         assert_eq!(env.payload_type, PAYLOAD_TYPE);
         let again = parse_envelope(envelope_to_json(&env).as_bytes()).unwrap();
         assert_eq!(again, env);
+    }
+
+    #[test]
+    fn statements_signed_with_the_legacy_sha256_name_still_parse() {
+        // The exact payload shape `attest sign` wrote before `awpV1TreeSha256`.
+        let mut s = Statement::new(&input()).unwrap();
+        s.subject[0].digest = DigestSet {
+            awp_v1_tree_sha256: None,
+            sha256: Some(input().package_hash.to_owned()),
+        };
+        let bytes = s.to_bytes().unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.contains(r#""digest":{"sha256":"a50f9a89"#), "{text}");
+        let parsed = Statement::parse(&bytes).unwrap();
+        assert_eq!(parsed.package_hash(), input().package_hash);
     }
 
     #[test]
@@ -313,7 +377,12 @@ mod tests {
         assert!(mutate(&|s| s.predicate.namespace = "x.mallory".into()).contains("namespace"));
         assert!(mutate(&|s| s.subject.push(s.subject[0].clone())).contains("exactly one"));
         assert!(mutate(&|s| s.subject[0].name = "wrk.other@1".into()).contains("subject name"));
-        assert!(mutate(&|s| s.subject[0].digest.sha256 = "ABC".into()).contains("64"));
+        assert!(mutate(&|s| s.subject[0].digest = DigestSet::tree("ABC")).contains("64"));
+        // Both names, or neither: ambiguous.
+        assert!(
+            mutate(&|s| s.subject[0].digest.sha256 = Some("a".repeat(64))).contains("exactly one")
+        );
+        assert!(mutate(&|s| s.subject[0].digest.awp_v1_tree_sha256 = None).contains("exactly one"));
         assert!(mutate(&|s| s.predicate_type = "x".into()).contains("predicateType"));
         let dup = br#"{"_type":"a","_type":"b"}"#;
         assert!(Statement::parse(dup).is_err());

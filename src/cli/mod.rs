@@ -26,6 +26,7 @@ mod docs;
 mod enroll;
 mod envelope;
 mod init;
+mod keys_export;
 mod mcp;
 mod policy;
 mod receipts;
@@ -142,7 +143,8 @@ pub enum Command {
     /// Evidence receipts: verify the log, show, prove and check inclusion and consistency.
     #[command(subcommand)]
     Receipts(receipts::ReceiptsCommand),
-    /// Receipt signing keys: generate one, or rotate it (a rotation receipt signed by both keys).
+    /// Receipt signing keys: generate one, rotate it (a rotation receipt signed by both keys), or
+    /// export any signing key for openssl, ssh-keygen or C2SP note tooling.
     #[command(subcommand)]
     Keys(receipts::KeysCommand),
     /// The policy gate: check policies against the schema and run golden decisions.

@@ -96,12 +96,25 @@ pub struct ShowArgs {
     pub log: LogArg,
 }
 
+/// What `receipts prove` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProofFormat {
+    /// The `wcp-receipt-proof/1` bundle: the record, the tlog-proof, the key rotations.
+    Json,
+    /// The bare C2SP tlog-proof text (`c2sp.org/tlog-proof@v1`, index, hashes, checkpoint);
+    /// verify it with the receipt (`verify-proof --receipt`).
+    TlogProof,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct ProveArgs {
     /// The seq of the receipt to prove.
     pub seq: u64,
     #[command(flatten)]
     pub log: LogArg,
+    /// `json` (the bundle) or `tlog-proof` (C2SP text).
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: ProofFormat,
     /// Write the bundle here instead of standard output.
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -109,8 +122,12 @@ pub struct ProveArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct VerifyProofArgs {
-    /// The proof bundle (JSON written by `receipts prove`), or `-` for stdin.
+    /// The proof (a JSON bundle or a C2SP tlog-proof written by `receipts prove`), or `-` for
+    /// stdin.
     pub file: PathBuf,
+    /// For a tlog-proof: the receipt it proves (its log line, or its DSSE envelope, as JSON).
+    #[arg(long, value_name = "FILE")]
+    pub receipt: Option<PathBuf>,
     /// A trusted receipt public key; repeatable. Default: the configured signing key's `.pub`.
     #[arg(long = "pubkey", value_name = "FILE")]
     pub pubkeys: Vec<PathBuf>,
@@ -410,8 +427,11 @@ fn run_show(args: ShowArgs, out: &mut Out) -> Result<u8, CliError> {
 fn run_prove(args: ProveArgs, out: &mut Out) -> Result<u8, CliError> {
     let (dir, _) = log_dir(&args.log)?;
     let bundle = verify::prove(&dir, args.seq).map_err(|e| prove_error(e, &dir))?;
-    let text = serde_json::to_string_pretty(&bundle)
-        .map_err(|e| CliError::new(exit::IOERR, "output_error", e.to_string()))?;
+    let text = match args.format {
+        ProofFormat::Json => serde_json::to_string_pretty(&bundle)
+            .map_err(|e| CliError::new(exit::IOERR, "output_error", e.to_string()))?,
+        ProofFormat::TlogProof => bundle.tlog_proof.trim_end_matches('\n').to_owned(),
+    };
     match &args.output {
         Some(path) => {
             std::fs::write(path, format!("{text}\n")).map_err(|e| {
@@ -529,17 +549,56 @@ fn run_verify_consistency(args: VerifyConsistencyArgs, out: &mut Out) -> Result<
     }
 }
 
-fn run_verify_proof(args: VerifyProofArgs, out: &mut Out) -> Result<u8, CliError> {
-    let text = read_input(&args.file)?;
-    let bundle: ProofBundle = crate::json::from_str(&text).map_err(|e| {
+/// The receipt a tlog-proof is about: a log line (`{"envelope", "receipt_hash", "seq"}`) or a
+/// bare DSSE envelope.
+fn read_receipt(path: &std::path::Path) -> Result<crate::crypto::Envelope, CliError> {
+    let malformed = |why: String| {
         CliError::new(
             exit::DATAERR,
-            "proof_malformed",
-            format!("{}: not a receipt proof bundle: {e}", args.file.display()),
+            "receipt_malformed",
+            format!("{}: not a receipt: {why}", path.display()),
         )
-    })?;
-    let anchors = anchors(&args.pubkeys, &args.config)?;
-    match verify::verify_proof(&bundle, &anchors) {
+        .hint("pass the receipt's line of receipts-*.jsonl, or its DSSE envelope")
+    };
+    let text = read_input(path)?;
+    let value = crate::json::parse_str(text.trim_end()).map_err(|e| malformed(e.to_string()))?;
+    let envelope = match value.get("envelope") {
+        Some(e) => e.clone(),
+        None => value,
+    };
+    serde_json::from_value(envelope).map_err(|e| malformed(e.to_string()))
+}
+
+fn run_verify_proof(args: VerifyProofArgs, out: &mut Out) -> Result<u8, CliError> {
+    let text = read_input(&args.file)?;
+    let result = if text.starts_with(verify::TLOG_PROOF_HEADER) {
+        let Some(receipt) = &args.receipt else {
+            return Err(CliError::new(
+                exit::USAGE,
+                "receipt_missing",
+                format!(
+                    "{} is a C2SP tlog-proof: it proves a receipt it does not hold",
+                    args.file.display()
+                ),
+            )
+            .hint("pass --receipt FILE with the receipt's log line (or its DSSE envelope)"));
+        };
+        let envelope = read_receipt(receipt)?;
+        let anchors = anchors(&args.pubkeys, &args.config)?;
+        verify::verify_tlog_proof(&text, &envelope, &anchors)
+    } else {
+        let bundle: ProofBundle = crate::json::from_str(&text).map_err(|e| {
+            CliError::new(
+                exit::DATAERR,
+                "proof_malformed",
+                format!("{}: not a receipt proof bundle: {e}", args.file.display()),
+            )
+            .hint("pass a file written by `receipts prove` (JSON, or --format tlog-proof)")
+        })?;
+        let anchors = anchors(&args.pubkeys, &args.config)?;
+        verify::verify_proof(&bundle, &anchors)
+    };
+    match result {
         Ok(r) => {
             if out.json {
                 out.json_line(&json!({"ok": true, "proof": r}))?;
@@ -581,6 +640,9 @@ pub enum KeysCommand {
     /// key, a checkpoint signed by the new key, then the new key replaces the old key file
     /// (the old private key is destroyed unless --keep-old). Stop the Hall first.
     Rotate(RotateArgs),
+    /// Export a receipt or package signing key for standard tools: PKCS#8/SPKI PEM
+    /// (openssl), OpenSSH (ssh-keygen) or a C2SP signed-note key (checkpoint verifiers).
+    Export(super::keys_export::ExportArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -610,6 +672,7 @@ pub fn run_keys(cmd: KeysCommand, out: &mut Out) -> Result<u8, CliError> {
     match cmd {
         KeysCommand::Generate(a) => run_generate(a, out),
         KeysCommand::Rotate(a) => run_rotate(a, out),
+        KeysCommand::Export(a) => super::keys_export::run_export(a, out),
     }
 }
 

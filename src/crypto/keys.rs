@@ -112,6 +112,11 @@ impl KeyPair {
         PublicKey::new(self.signing.verifying_key())
     }
 
+    /// The 32-byte seed (for exporting the key in another format; see [`super::export`]).
+    pub fn seed(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        zeroize::Zeroizing::new(self.signing.to_bytes())
+    }
+
     /// Signs `message` (callers sign DSSE PAE bytes, never bare hashes).
     pub fn sign(&self, message: &[u8]) -> Signature {
         self.signing.sign(message)
@@ -243,6 +248,49 @@ impl PublicKey {
                 path: path.to_owned(),
                 source,
             }
+        })
+    }
+}
+
+/// What a key file holds, from its tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFileKind {
+    Private,
+    Public,
+}
+
+/// Tells a private key file from a public one by its tag, reading only the tag (a private
+/// key's mode is checked when it is read with [`KeyPair::read`]).
+pub fn key_file_kind(path: &Path) -> Result<KeyFileKind, KeyError> {
+    use std::io::Read as _;
+    let mut head = [0u8; 23];
+    let mut f = fs::File::open(path).map_err(|source| KeyError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(KeyError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+    let head = &head[..n];
+    if head.starts_with(format!("{PRIVATE_TAG} ").as_bytes()) {
+        Ok(KeyFileKind::Private)
+    } else if head.starts_with(format!("{PUBLIC_TAG} ").as_bytes()) {
+        Ok(KeyFileKind::Public)
+    } else {
+        Err(KeyError::Format {
+            path: path.to_owned(),
+            expected: "wcp-ed25519-private-v1 or wcp-ed25519-public-v1",
         })
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod canonical;
 pub mod dsse;
+pub mod export;
 pub mod keys;
 
 pub use dsse::{DsseError, Envelope, Verified, pae};

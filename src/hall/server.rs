@@ -41,6 +41,7 @@ pub fn app(hall: Arc<Hall>) -> Router {
         .route("/_ping", get(ping))
         .route("/wcp/version", get(version))
         .route("/wcp/health", get(health))
+        .route("/wcp/checkpoint", get(checkpoint))
         .route("/wcp/capabilities", get(capabilities))
         .route("/wcp/capabilities/routable", post(routable_capabilities))
         .route("/wcp/workers", get(workers))
@@ -85,6 +86,32 @@ async fn version() -> Response {
         }))
         .into_response(),
     )
+}
+
+/// `GET /wcp/checkpoint`: the receipt log's latest saved checkpoint (`<log_dir>/checkpoint`, a
+/// C2SP signed note, written atomically), as `text/plain`, to any peer: it is public by design
+/// (auditors and witnesses compare it with what they hold). 404 `no_checkpoint` before the
+/// first one is saved.
+async fn checkpoint(State(hall): State<Arc<Hall>>) -> Response {
+    use crate::receipt::{checkpoint::MAX_NOTE_BYTES, store};
+    let path = hall.receipts.options().dir.join(store::CHECKPOINT_FILE);
+    let read =
+        tokio::task::spawn_blocking(move || store::read_small(&path, MAX_NOTE_BYTES as u64)).await;
+    match read {
+        Ok(Ok(Some(note))) => {
+            versioned(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
+        }
+        Ok(Ok(None)) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_checkpoint",
+            "the receipt log has no saved checkpoint yet",
+        )
+        .into_response(),
+        Ok(Err(e)) => {
+            ApiError::internal(format!("cannot read the saved checkpoint: {e}")).into_response()
+        }
+        Err(e) => ApiError::internal(format!("reading the checkpoint failed: {e}")).into_response(),
+    }
 }
 
 async fn health(State(hall): State<Arc<Hall>>, Extension(peer): Extension<Peer>) -> Response {
