@@ -73,7 +73,54 @@ pub struct Approval {
     pub closed_at_ms: Option<u64>,
 }
 
+/// The fields of a stored RouteDecision the Hall acts on once an approval closes, read through
+/// one typed view that fails loudly (the decision itself is kept verbatim, in PyHall's shape with
+/// its telemetry events, for the answers).
+#[derive(Debug, Clone, Deserialize)]
+pub struct StoredDecision {
+    pub decision_id: String,
+    pub correlation_id: String,
+    pub tenant_id: String,
+    pub capability_id: String,
+    pub matched_rule_id: String,
+    pub env: crate::wcp::Env,
+    pub deny_reason_if_denied: Option<crate::wcp::DenyReason>,
+}
+
+/// The field of a stored policy gate answer the receipt needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StoredPolicy {
+    pub policy_version: String,
+}
+
 impl Approval {
+    /// The stored decision's fields, typed; an error names what is wrong with it.
+    pub fn stored_decision(&self) -> Result<StoredDecision, String> {
+        StoredDecision::deserialize(&self.decision).map_err(|e| {
+            format!(
+                "approval {}: the stored decision is unreadable: {e}",
+                self.id
+            )
+        })
+    }
+
+    /// The stored policy gate answer's version, when the gate was asked.
+    pub fn stored_policy_version(&self) -> Result<Option<String>, String> {
+        self.policy
+            .as_ref()
+            .map(|p| {
+                StoredPolicy::deserialize(p)
+                    .map(|p| p.policy_version)
+                    .map_err(|e| {
+                        format!(
+                            "approval {}: the stored policy answer is unreadable: {e}",
+                            self.id
+                        )
+                    })
+            })
+            .transpose()
+    }
+
     /// When the approval closed, for retention.
     pub fn closed_at(&self) -> u64 {
         self.closed_at_ms.unwrap_or(self.expires_at_ms)

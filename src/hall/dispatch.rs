@@ -650,34 +650,30 @@ async fn receipt_denial_detailed(
 
 /// Receipts an approval a human denied or nobody resolved in time, from its stored decision.
 async fn receipt_closed_approval(hall: &Arc<Hall>, approval: &Approval) -> Result<Value, ApiError> {
-    let v = &approval.decision;
-    let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    let v = approval.stored_decision().map_err(ApiError::internal)?;
+    let policy_version = approval
+        .stored_policy_version()
+        .map_err(ApiError::internal)?;
     let d = Dispatch {
         artifact_hash: None,
         caller: runner::caller(&approval.peer),
-        capability_id: s("capability_id"),
+        capability_id: v.capability_id,
         controls_verified: Vec::new(),
-        correlation_id: s("correlation_id"),
+        correlation_id: v.correlation_id,
         decision: DecisionSummary {
-            decision_id: s("decision_id"),
+            decision_id: v.decision_id,
             denied: true,
-            deny_code: v["deny_reason_if_denied"]["code"]
-                .as_str()
-                .map(str::to_owned),
+            deny_code: v.deny_reason_if_denied.map(|r| r.code.as_str().to_owned()),
             deny_detail: None,
-            matched_rule_id: s("matched_rule_id"),
-            policy_version: approval
-                .policy
-                .as_ref()
-                .and_then(|p| p["policy_version"].as_str())
-                .map(str::to_owned),
+            matched_rule_id: v.matched_rule_id,
+            policy_version,
         },
         dispatched_at: rfc3339_ms(now_ms()),
-        env: s("env"),
+        env: v.env.as_str().to_owned(),
         envelope: None,
         package: None,
         policy_decision: "REQUIRE_HUMAN".into(),
-        tenant_id: s("tenant_id"),
+        tenant_id: v.tenant_id,
         worker_id: None,
         worker_species_id: None,
     };

@@ -5,10 +5,10 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::scan::{Failure, Scan, ScanOptions, scan, short};
+use crate::common::hex;
 use crate::crypto::PublicKey;
 use crate::receipt::checkpoint::{self, Checkpoint, SignedNote};
 use crate::receipt::store::{self};
-use crate::common::hex;
 
 /// A checkpoint from outside the log (a file), to check the log against.
 #[derive(Debug, Clone, PartialEq, Eq)]

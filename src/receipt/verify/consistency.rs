@@ -8,10 +8,10 @@ use serde::Serialize;
 
 use super::inclusion::ProofFailure;
 use super::tree::{ProveError, checked_checkpoint, read_tree};
+use crate::common::hex;
 use crate::crypto::PublicKey;
 use crate::receipt::checkpoint::{self};
 use crate::receipt::merkle::{self, Hash};
-use crate::common::hex;
 
 /// A proof that the tree of an older checkpoint is a prefix of a newer one, in the body format
 /// of a C2SP tlog-witness `add-checkpoint` request: `old <size>`, one base64 hash per line, a

@@ -8,13 +8,13 @@ use serde::{Deserialize, Serialize};
 
 use super::scan::{short, signature_problem};
 use super::tree::{ProveError, TreeRead, checked_checkpoint, read_tree, saved_size};
+use crate::common::hex;
 use crate::crypto::{Envelope, PublicKey};
 use crate::receipt::checkpoint::{self, Checkpoint, SignedNote};
 use crate::receipt::merkle::{self, Hash};
 use crate::receipt::model::{
     self, Kind, LogLine, PAYLOAD_TYPE, ReceiptPayload, parse_hash_string, receipt_hash,
 };
-use crate::common::hex;
 
 /// `format` of a proof bundle.
 pub const PROOF_FORMAT: &str = "wcp-receipt-proof/1";

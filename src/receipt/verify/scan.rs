@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
+use crate::common::hex;
 use crate::crypto::{Envelope, KeyId, PublicKey};
 use crate::receipt::checkpoint::{self};
 use crate::receipt::merkle::{self, Frontier, Hash};
@@ -16,7 +17,6 @@ use crate::receipt::model::{
     receipt_hash,
 };
 use crate::receipt::store::{self, Segment};
-use crate::common::hex;
 
 /// Failures kept in a report (the count is always exact).
 pub const MAX_REPORTED_FAILURES: usize = 100;
