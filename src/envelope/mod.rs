@@ -30,6 +30,7 @@
 
 pub mod cgroup;
 mod child;
+pub mod elf;
 pub mod error;
 pub mod grant;
 pub mod native;
