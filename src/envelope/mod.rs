@@ -40,6 +40,7 @@ pub mod plan;
 mod prepare;
 pub mod probe;
 pub mod python;
+mod rawcall;
 mod rawsys;
 pub mod report;
 pub mod seccomp;
