@@ -405,6 +405,7 @@ fn serve_one(mut stream: TcpStream, body: &[u8], hits: &AtomicU64) {
 /// Children start with an empty signal mask (the demo blocks SIGINT/SIGTERM/SIGHUP in all its
 /// threads for its own cleanup, and the mask is inherited across exec) and, for the Hall, with
 /// a parent-death signal so it stops if the demo dies without cleaning up.
+#[allow(unsafe_code)] // Command::pre_exec is unsafe
 fn child_defaults(cmd: &mut Command, parent_death: bool) {
     // SAFETY: the closure runs in the forked child before exec and makes only
     // async-signal-safe system calls (sigprocmask, prctl), touching no memory of the parent.

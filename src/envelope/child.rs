@@ -40,6 +40,8 @@
 //! calls on the spec's raw pointers, the record byte views, the `Stacks` mapping (made in the
 //! Hall) and the `Send`/`Sync` promises of `ChildSpec` and `Stacks`.
 
+#![allow(unsafe_code)] // entry points, the worker's clone, execve/seccomp on raw pointers, stacks
+
 use std::ffi::{CStr, CString};
 
 use nix::libc::{self, c_int};
@@ -314,6 +316,7 @@ pub(crate) struct ChildSpec {
 
 // SAFETY: the raw pointers point into data owned by the same struct, which is only read.
 unsafe impl Send for ChildSpec {}
+// SAFETY: as for `Send`: nothing mutates the spec once built, so shared reads are sound.
 unsafe impl Sync for ChildSpec {}
 
 /// The pre-exec stacks of init and the worker, in one private mapping with a guard page below

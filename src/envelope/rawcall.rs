@@ -9,6 +9,8 @@
 //! logic in `child` does) nor keep any state. Outside the pre-exec processes, the Hall's
 //! network namespace pool brings loopback up with the same wrappers (`child::loopback_up`).
 
+#![allow(unsafe_code)] // each wrapper is one raw system call, justified where it is made
+
 use std::ffi::CStr;
 
 use nix::libc::{self, c_int};
