@@ -137,6 +137,7 @@ tenants = ["mcp.my-app"]
     }
 
     /// Starts the daemon and waits until `/wcp/health` answers as `ready` wants.
+    #[allow(unsafe_code)] // Command::pre_exec is unsafe
     fn spawn_until(&mut self, ready: impl Fn(u16, &Value) -> bool) {
         let log = std::fs::File::create(self.dir.path().join("hall.log")).unwrap();
         let mut cmd = Command::new(BIN);
@@ -2861,6 +2862,7 @@ fn a_connection_flood_is_refused_with_json_and_never_starves_health_or_the_recei
 }
 
 #[test]
+#[allow(unsafe_code)] // Command::pre_exec is unsafe
 fn connection_caps_that_do_not_fit_the_descriptor_limit_stop_the_start() {
     for (extra, says) in [
         ("[server]\nmax_connections = 500\n", "max_connections = 500"),
@@ -2868,6 +2870,7 @@ fn connection_caps_that_do_not_fit_the_descriptor_limit_stop_the_start() {
         ("", "descriptor limit is too low"),
     ] {
         let hall = TestHall::prepare(extra);
+        // SAFETY: the pre_exec closure only calls setrlimit, which is async-signal-safe.
         let o = unsafe {
             Command::new(BIN)
                 .args(["serve", "-c"])

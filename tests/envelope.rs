@@ -440,6 +440,7 @@ fn a_runs_directory_someone_else_controls_is_refused() {
 }
 
 #[test]
+#[allow(unsafe_code)] // prctl(PR_GET_DUMPABLE) through libc
 fn the_hall_ends_up_non_dumpable_after_a_uid_switch() {
     // The worker switches uid while it still shares the Hall's address space (vfork-style), and
     // the kernel marks that address space non-dumpable (as hardened daemons do on purpose):
@@ -453,6 +454,7 @@ fn the_hall_ends_up_non_dumpable_after_a_uid_switch() {
         UID_BASE,
     );
     assert!(fx.envelope().run(&req).unwrap().success());
+    // SAFETY: an integer-argument prctl that only reads this process's flag.
     let dumpable = unsafe { nix::libc::prctl(nix::libc::PR_GET_DUMPABLE) };
     assert_eq!(dumpable, 0);
 }

@@ -551,12 +551,14 @@ fn a_same_uid_process_outside_cannot_be_traced_or_signalled() {
 }
 
 #[test]
+#[allow(unsafe_code)] // a descriptor opened without O_CLOEXEC on purpose, through libc
 fn inherited_descriptors_are_closed() {
     let fx = fixture();
     let pkg = fx.hostile("inherited_fd");
     let key = outside_file(&fx, "hall.key", "secret key material");
     let path = std::ffi::CString::new(key).unwrap();
     // Deliberately without O_CLOEXEC, as careless daemon code might.
+    // SAFETY: open(2) on a live NUL-terminated path.
     let fd = unsafe { nix::libc::open(path.as_ptr(), nix::libc::O_RDONLY) };
     assert!(fd > 2);
     let mut req = request(
@@ -567,6 +569,7 @@ fn inherited_descriptors_are_closed() {
     );
     payload(&mut req, json!({"fd": fd}));
     let out = fx.envelope().run(&req);
+    // SAFETY: closing the descriptor this test opened above and nothing else uses.
     unsafe { nix::libc::close(fd) };
     let out = out.unwrap();
     let r = result(&out);

@@ -85,6 +85,7 @@ fn stream_child(dir: &Path) {
 
 /// Writes until the file size limit makes a write fail, shows the log refuses work while the
 /// limit holds, lifts the limit and shows the log recovers by itself.
+#[allow(unsafe_code)] // nix::sys::signal::signal is unsafe
 fn fsize_child(dir: &Path) {
     use nix::sys::resource::{Resource, setrlimit};
     use nix::sys::signal::{SigHandler, Signal, signal};
@@ -94,6 +95,7 @@ fn fsize_child(dir: &Path) {
     log.append_denied(denied("before")).expect("first");
     let size = std::fs::metadata(segment0(dir)).expect("size").len();
     // SIGXFSZ would kill the process; ignored, the write fails with EFBIG instead.
+    // SAFETY: SigIgn installs no handler, so no code runs in signal context.
     unsafe { signal(Signal::SIGXFSZ, SigHandler::SigIgn) }.expect("ignore SIGXFSZ");
     let limit = size + 3000;
     setrlimit(Resource::RLIMIT_FSIZE, limit, nix::libc::RLIM_INFINITY).expect("setrlimit");

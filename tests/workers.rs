@@ -272,6 +272,7 @@ fn read_only_mount(dir: &CString, cwd: Option<&CString>) -> std::io::Result<()> 
 /// Whether read-only bind mounts work here (root with CAP_SYS_ADMIN). Probed once; when they do
 /// not, the mode bits (effective for non-root) and the snapshot comparison remain, and a note
 /// says so.
+#[allow(unsafe_code)] // Command::pre_exec is unsafe
 fn mount_protection() -> bool {
     static PROBE: OnceLock<bool> = OnceLock::new();
     *PROBE.get_or_init(|| {
@@ -407,6 +408,7 @@ fn run_worker(pkg: &Package, dirs: &RunDirs, correlation_id: Option<&str>, stdin
     run
 }
 
+#[allow(unsafe_code)] // Command::pre_exec is unsafe
 fn spawn(mut cmd: Command, pkg: &Package, stdin: &[u8]) -> Run {
     if mount_protection() {
         let c = CString::new(pkg.root.as_os_str().as_bytes()).expect("path");

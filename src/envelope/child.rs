@@ -27,16 +27,27 @@
 //! tables for every run costs time that grows with the Hall's memory, and every page either
 //! side then writes takes a copy-on-write fault with a TLB shoot-down across CPUs (the largest
 //! kernel cost in a profile of the copying version). The price is discipline, enforced here:
-//! between clone and exec only raw system calls ([`super::rawsys`]) are made, on the
-//! children's own stacks, reading data the Hall prepared in [`ChildSpec`] and keeps alive
-//! until init is reaped. No allocation, no locks, no panics, no libc wrappers (they would
-//! write `errno` into the Hall thread's TLS), nothing written outside the children's stacks.
+//! between clone and exec only raw system calls are made, each through its own wrapper in
+//! [`super::rawcall`] (over [`super::rawsys`]), on the children's own stacks, reading data the
+//! Hall prepared in [`ChildSpec`] and keeps alive until init is reaped. No allocation, no
+//! locks, no panics, no libc wrappers (they would write `errno` into the Hall thread's TLS),
+//! nothing written outside the children's stacks.
+//!
+//! This module owns the order of the stages, what a failure of each means (fatal, or degraded
+//! for a best-effort stage) and the records that say so. Between clone and exec it must not
+//! make a system call except through `rawcall` (the clone of the worker is the one `rawsys`
+//! call), and its `unsafe` is limited to the entry points, the clone, the `execve` and seccomp
+//! calls on the spec's raw pointers, the record byte views, the `Stacks` mapping (made in the
+//! Hall) and the `Send`/`Sync` promises of `ChildSpec` and `Stacks`.
+
+#![allow(unsafe_code)] // entry points, the worker's clone, execve/seccomp on raw pointers, stacks
 
 use std::ffi::{CStr, CString};
 
 use nix::libc::{self, c_int};
 
-use super::rawsys::{KernelSigaction, clone_on_stack, err, sigset, sys};
+use super::rawcall::{self as raw, Errno, IfreqFlags};
+use super::rawsys::{clone_on_stack, err, sigset};
 
 /// Descriptor numbers inside the init and worker processes.
 pub(crate) const FD_STATUS: c_int = 3;
@@ -187,6 +198,18 @@ impl Record {
             .collect()
     }
 
+    /// The records as the bytes written to the status pipe.
+    fn as_bytes(records: &[Record]) -> &[u8] {
+        // SAFETY: `Record` is `repr(C)` plain integers without padding (4 + 1 + 1 + 2 + 4 + 4
+        // bytes), so every byte of the slice is initialised; the view borrows `records`.
+        unsafe {
+            std::slice::from_raw_parts(
+                records.as_ptr().cast::<u8>(),
+                std::mem::size_of_val(records),
+            )
+        }
+    }
+
     pub fn outcome(&self) -> Option<Outcome> {
         match self.outcome {
             1 => Some(Outcome::Ok),
@@ -213,6 +236,15 @@ pub struct ResultRecord {
 pub(crate) const RESULT_LEN: usize = std::mem::size_of::<ResultRecord>();
 
 impl ResultRecord {
+    /// The record as the bytes written to the result pipe.
+    fn as_bytes(&self) -> &[u8] {
+        // SAFETY: `ResultRecord` is `repr(C)` plain integers without padding (4 + 4 + 4 + 4 + 8
+        // bytes, the `i64` 8-aligned), so every byte is initialised; the view borrows `self`.
+        unsafe {
+            std::slice::from_raw_parts((self as *const ResultRecord).cast::<u8>(), RESULT_LEN)
+        }
+    }
+
     pub fn parse(bytes: &[u8]) -> Option<ResultRecord> {
         if bytes.len() < RESULT_LEN {
             return None;
@@ -284,6 +316,7 @@ pub(crate) struct ChildSpec {
 
 // SAFETY: the raw pointers point into data owned by the same struct, which is only read.
 unsafe impl Send for ChildSpec {}
+// SAFETY: as for `Send`: nothing mutates the spec once built, so shared reads are sound.
 unsafe impl Sync for ChildSpec {}
 
 /// The pre-exec stacks of init and the worker, in one private mapping with a guard page below
@@ -394,92 +427,41 @@ impl Log {
         if self.n == 0 {
             return true;
         }
-        let len = self.n * RECORD_LEN;
-        self.n = 0;
-        // SAFETY: writing plain structs from our own buffer.
-        let w = unsafe {
-            sys(
-                libc::SYS_write,
-                &[FD_STATUS as usize, self.buf.as_ptr() as usize, len],
-            )
+        let Some(batch) = self.buf.get(..self.n) else {
+            return false;
         };
-        w == len as isize
+        self.n = 0;
+        let bytes = Record::as_bytes(batch);
+        raw::write(FD_STATUS, bytes) == Ok(bytes.len())
     }
 
     /// Reports a fatal stage failure and exits.
-    fn fail(&mut self, stage: Stage, errno: i32) -> ! {
-        self.push(stage, Outcome::Failed, errno);
+    fn fail(&mut self, stage: Stage, errno: Errno) -> ! {
+        self.push(stage, Outcome::Failed, errno.0);
         self.flush();
-        exit(EXIT_STAGE_FAILED)
+        raw::exit_group(EXIT_STAGE_FAILED)
     }
 
-    /// Records a raw system call result: ok, degraded (best effort) or fatal.
-    fn stage(&mut self, stage: Stage, result: isize, required: bool) {
-        let e = err(result);
-        if e == 0 {
-            self.push(stage, Outcome::Ok, 0);
-        } else if required {
-            self.fail(stage, e);
-        } else {
-            self.push(stage, Outcome::Degraded, e);
+    /// Records a system call's result: ok, degraded (best effort) or fatal.
+    fn stage<T>(&mut self, stage: Stage, result: Result<T, Errno>, required: bool) {
+        match result {
+            Ok(_) => self.push(stage, Outcome::Ok, 0),
+            Err(e) if required => self.fail(stage, e),
+            Err(e) => self.push(stage, Outcome::Degraded, e.0),
         }
     }
 }
 
-fn exit(code: c_int) -> ! {
-    loop {
-        // SAFETY: exit_group never returns.
-        unsafe {
-            sys(libc::SYS_exit_group, &[code as usize]);
-        }
+/// Writes `data` to the file at `path` in one `write`; a short write is `EIO`.
+fn write_file(path: &CStr, data: &CStr) -> Result<(), Errno> {
+    let fd = raw::open_write_only(path)?;
+    let bytes = data.to_bytes();
+    let n = raw::write(fd, bytes);
+    let _ = raw::close(fd);
+    if n? != bytes.len() {
+        return Err(Errno(libc::EIO));
     }
-}
-
-fn close(fd: c_int) {
-    // SAFETY: closing a descriptor number.
-    unsafe {
-        sys(libc::SYS_close, &[fd as usize]);
-    }
-}
-
-fn prctl(option: c_int, arg: usize) -> isize {
-    // SAFETY: integer-argument prctl.
-    unsafe { sys(libc::SYS_prctl, &[option as usize, arg, 0, 0, 0]) }
-}
-
-/// First error of a sequence of raw results (0 if none failed), as a raw result.
-fn first_err(results: &[isize]) -> isize {
-    results.iter().copied().find(|r| err(*r) != 0).unwrap_or(0)
-}
-
-fn write_file(path: &CStr, data: &CStr) -> isize {
-    // SAFETY: NUL-terminated path and data prepared by the Hall.
-    unsafe {
-        let fd = sys(
-            libc::SYS_openat,
-            &[
-                libc::AT_FDCWD as usize,
-                path.as_ptr() as usize,
-                (libc::O_WRONLY | libc::O_CLOEXEC) as usize,
-            ],
-        );
-        if fd < 0 {
-            return fd;
-        }
-        let bytes = data.to_bytes();
-        let n = sys(
-            libc::SYS_write,
-            &[fd as usize, bytes.as_ptr() as usize, bytes.len()],
-        );
-        close(fd as c_int);
-        if n < 0 {
-            n
-        } else if n as usize != bytes.len() {
-            -(libc::EIO as isize)
-        } else {
-            0
-        }
-    }
+    Ok(())
 }
 
 /// Signals init waits for (blocked, taken with `rt_sigtimedwait`).
@@ -490,21 +472,6 @@ const INIT_SIGNALS: u64 = sigset(&[
     libc::SIGHUP,
     libc::SIGQUIT,
 ]);
-
-fn set_sigmask(mask: u64) -> isize {
-    // SAFETY: the kernel reads 8 bytes of signal set.
-    unsafe {
-        sys(
-            libc::SYS_rt_sigprocmask,
-            &[
-                libc::SIG_SETMASK as usize,
-                &mask as *const u64 as usize,
-                0,
-                8,
-            ],
-        )
-    }
-}
 
 /// init's entry point on its own stack (see [`super::rawsys::clone_on_stack`]).
 ///
@@ -518,380 +485,250 @@ pub(crate) unsafe extern "C" fn init_entry(arg: usize) -> ! {
 
 /// init: runs in the process the Hall cloned. Never returns.
 fn init_main(spec: &ChildSpec) -> ! {
-    // SAFETY (whole function): raw system calls on prepared data; see the module docs.
-    unsafe {
-        // ---- fds: move the sources above every one of them, then into place ---------------
-        let srcs = [
-            spec.src_stdin,
-            spec.src_stdout,
-            spec.src_stderr,
-            spec.src_status,
-            spec.src_result,
-            spec.src_landlock,
-            spec.src_netns,
-        ];
-        let mut base = 10;
-        for s in srcs {
-            if s >= base {
-                base = s + 1;
-            }
-        }
-        let mut tmp = [-1 as c_int; 7];
-        for (i, s) in srcs.iter().enumerate() {
-            if *s >= 0 {
-                let r = sys(
-                    libc::SYS_fcntl,
-                    &[*s as usize, libc::F_DUPFD_CLOEXEC as usize, base as usize],
-                );
-                if r < 0 {
-                    exit(EXIT_FDS_FAILED);
-                }
-                tmp[i] = r as c_int;
-            }
-        }
-        for (target, t) in tmp.iter().enumerate() {
-            if *t >= 0 {
-                // dup3 without O_CLOEXEC: the targets must survive into init.
-                if sys(libc::SYS_dup3, &[*t as usize, target, 0]) < 0 {
-                    exit(EXIT_FDS_FAILED);
-                }
-            } else {
-                // An unused slot may still hold an inherited descriptor.
-                close(target as c_int);
-            }
-        }
-        let first_free = FD_NETNS + 1;
-        if sys(
-            libc::SYS_close_range,
-            &[first_free as usize, u32::MAX as usize, 0],
-        ) < 0
-        {
-            // Pre-5.9 kernels: close one by one up to the descriptor limit.
-            let mut lim: libc::rlimit = std::mem::zeroed();
-            sys(
-                libc::SYS_prlimit64,
-                &[
-                    0,
-                    libc::RLIMIT_NOFILE as usize,
-                    0,
-                    &mut lim as *mut libc::rlimit as usize,
-                ],
-            );
-            let max = lim.rlim_cur.clamp(1024, 1 << 20) as c_int;
-            for fd in first_free..max {
-                close(fd);
-            }
-        }
-        let mut log = Log::new();
-        log.push(Stage::Fds, Outcome::Ok, 0);
+    // ---- fds: move the sources above every one of them, then into place -------------------
+    if arrange_fds(spec).is_err() {
+        raw::exit_group(EXIT_FDS_FAILED);
+    }
+    let mut log = Log::new();
+    log.push(Stage::Fds, Outcome::Ok, 0);
 
-        // ---- session ------------------------------------------------------------------
-        log.stage(Stage::Session, sys(libc::SYS_setsid, &[]), true);
+    // ---- session ----------------------------------------------------------------------------
+    log.stage(Stage::Session, raw::setsid(), true);
 
-        // ---- parent death: SIGKILL when the forking thread dies; then prove the Hall is
-        // still there (a write to the status pipe fails with EPIPE once its reader is gone).
-        let r = prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as usize);
-        if r < 0 {
-            log.fail(Stage::ParentDeath, err(r));
-        }
-        log.push(Stage::ParentDeath, Outcome::Ok, 0);
-        if !log.flush() {
-            exit(EXIT_STAGE_FAILED);
-        }
+    // ---- parent death: SIGKILL when the forking thread dies; then prove the Hall is still
+    // there (a write to the status pipe fails with EPIPE once its reader is gone).
+    if let Err(e) = raw::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as usize) {
+        log.fail(Stage::ParentDeath, e);
+    }
+    log.push(Stage::ParentDeath, Outcome::Ok, 0);
+    if !log.flush() {
+        raw::exit_group(EXIT_STAGE_FAILED);
+    }
 
-        // ---- user namespace maps (non-root Hall) ----------------------------------------
-        if let Some((uid_map, gid_map)) = &spec.user_maps {
-            let mut r = write_file(c"/proc/self/setgroups", c"deny");
-            if r == 0 {
-                r = write_file(c"/proc/self/uid_map", uid_map);
-            }
-            if r == 0 {
-                r = write_file(c"/proc/self/gid_map", gid_map);
-            }
-            log.stage(Stage::UserNamespace, r, true);
-        }
+    // ---- user namespace maps (non-root Hall) ------------------------------------------------
+    if let Some((uid_map, gid_map)) = &spec.user_maps {
+        let r = write_file(c"/proc/self/setgroups", c"deny")
+            .and_then(|()| write_file(c"/proc/self/uid_map", uid_map))
+            .and_then(|()| write_file(c"/proc/self/gid_map", gid_map));
+        log.stage(Stage::UserNamespace, r, true);
+    }
 
-        // ---- mount namespace: nothing propagates back to the host, then each hidden path is
-        // covered by the empty file (a path that is gone needs no cover) ------------------
-        if let Some((cover, paths)) = &spec.hide {
-            log.stage(Stage::MountNamespace, hide_paths(cover, paths), true);
-        }
+    // ---- mount namespace: nothing propagates back to the host, then each hidden path is
+    // covered by the empty file (a path that is gone needs no cover) -------------------------
+    if let Some((cover, paths)) = &spec.hide {
+        log.stage(Stage::MountNamespace, hide_paths(cover, paths), true);
+    }
 
-        // ---- network namespace from the pool ----------------------------------------------
-        if spec.src_netns >= 0 {
-            let r = sys(
-                libc::SYS_setns,
-                &[FD_NETNS as usize, libc::CLONE_NEWNET as usize],
-            );
-            close(FD_NETNS);
-            log.stage(Stage::NetNamespace, r, spec.netns_required);
-        }
+    // ---- network namespace from the pool ----------------------------------------------------
+    if spec.src_netns >= 0 {
+        let r = raw::setns(FD_NETNS, libc::CLONE_NEWNET);
+        let _ = raw::close(FD_NETNS);
+        log.stage(Stage::NetNamespace, r, spec.netns_required);
+    }
 
-        // ---- signals: default dispositions (ignored ones survive exec), init's set blocked
-        let dfl = KernelSigaction {
-            handler: 0, // SIG_DFL
-            flags: 0,
-            restorer: 0,
-            mask: 0,
-        };
-        let mut r = 0;
-        for sig in 1..=64usize {
-            if sig == libc::SIGKILL as usize || sig == libc::SIGSTOP as usize {
-                continue;
-            }
-            let x = sys(
-                libc::SYS_rt_sigaction,
-                &[sig, &dfl as *const KernelSigaction as usize, 0, 8],
-            );
-            if r == 0 && err(x) != 0 {
-                r = x;
-            }
-        }
-        let r = first_err(&[r, set_sigmask(INIT_SIGNALS)]);
-        log.stage(Stage::Signals, r, true);
+    // ---- signals: default dispositions (ignored ones survive exec), init's set blocked ------
+    log.stage(Stage::Signals, reset_signals(INIT_SIGNALS), true);
 
-        // ---- loopback and hostname in the new namespaces ----------------------------------
-        if spec.loopback {
-            log.stage(Stage::Loopback, loopback_up_raw(), false);
-        }
-        if let Some(name) = &spec.hostname {
-            let b = name.to_bytes();
-            let r = sys(libc::SYS_sethostname, &[b.as_ptr() as usize, b.len()]);
-            log.stage(Stage::Hostname, r, false);
-        }
+    // ---- loopback and hostname in the new namespaces ----------------------------------------
+    if spec.loopback {
+        log.stage(Stage::Loopback, loopback_up_raw(), false);
+    }
+    if let Some(name) = &spec.hostname {
+        log.stage(Stage::Hostname, raw::sethostname(name.to_bytes()), false);
+    }
 
-        // ---- rlimits (inherited by the whole tree) -----------------------------------------
-        let mut r = 0;
-        for l in &spec.rlimits {
-            let lim = libc::rlimit {
-                rlim_cur: l.soft,
-                rlim_max: l.hard,
-            };
-            r = sys(
-                libc::SYS_prlimit64,
-                &[
-                    0,
-                    l.resource as usize,
-                    &lim as *const libc::rlimit as usize,
-                    0,
-                ],
-            );
-            if r < 0 {
-                break;
-            }
-        }
-        log.stage(Stage::Rlimits, r, true);
+    // ---- rlimits (inherited by the whole tree) ----------------------------------------------
+    log.stage(Stage::Rlimits, set_rlimits(&spec.rlimits), true);
 
-        if !spec.pid_ns {
-            let r = prctl(libc::PR_SET_CHILD_SUBREAPER, 1);
-            log.stage(Stage::Subreaper, r, true);
-        }
+    if !spec.pid_ns {
+        let r = raw::prctl(libc::PR_SET_CHILD_SUBREAPER, 1);
+        log.stage(Stage::Subreaper, r, true);
+    }
 
-        // ---- the worker ------------------------------------------------------------------------
-        let init_pid = sys(libc::SYS_getpid, &[]) as libc::pid_t;
-        // Flush first so the worker starts with an empty batch of its own.
-        log.flush();
-        // vfork semantics (as posix_spawn): the worker runs on its own stack in the shared
-        // address space until it execs or exits, and init waits meanwhile.
-        let arg = WorkerArg { spec, init_pid };
-        let mut args = super::sys::CloneArgs {
-            flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64,
-            exit_signal: libc::SIGCHLD as u64,
-            stack: (spec.worker_stack_top - WORKER_STACK) as u64,
-            stack_size: WORKER_STACK as u64,
-            ..Default::default()
-        };
-        let w = clone_on_stack(&mut args, worker_entry, &arg as *const WorkerArg as usize);
-        if w < 0 {
-            log.fail(Stage::Fork, err(w));
-        }
-        let w = w as libc::pid_t;
+    // ---- the worker -------------------------------------------------------------------------
+    let init_pid = raw::getpid();
+    // Flush first so the worker starts with an empty batch of its own.
+    log.flush();
+    let w = match start_worker(spec, init_pid) {
+        Ok(w) => w,
+        Err(e) => log.fail(Stage::Fork, e),
+    };
 
-        // init keeps only the result pipe.
-        for fd in [0, 1, 2, FD_STATUS, FD_LANDLOCK, FD_NETNS] {
-            close(fd);
+    // init keeps only the result pipe.
+    for fd in [0, 1, 2, FD_STATUS, FD_LANDLOCK, FD_NETNS] {
+        let _ = raw::close(fd);
+    }
+    init_loop(spec, w)
+}
+
+/// Moves the Hall's descriptors to 0–6 (an unused slot is closed) and closes every other
+/// inherited one. Any failure here leaves no status pipe to report on.
+fn arrange_fds(spec: &ChildSpec) -> Result<(), Errno> {
+    let srcs = [
+        spec.src_stdin,
+        spec.src_stdout,
+        spec.src_stderr,
+        spec.src_status,
+        spec.src_result,
+        spec.src_landlock,
+        spec.src_netns,
+    ];
+    let mut base = 10;
+    for s in srcs {
+        if s >= base {
+            base = s + 1;
         }
-        init_loop(spec, w)
+    }
+    let mut tmp = [-1 as c_int; 7];
+    for (t, s) in tmp.iter_mut().zip(srcs) {
+        if s >= 0 {
+            *t = raw::dup_cloexec_from(s, base)?;
+        }
+    }
+    for (target, t) in (0..).zip(tmp) {
+        if t >= 0 {
+            // dup3 without O_CLOEXEC: the targets must survive into init.
+            raw::dup3(t, target)?;
+        } else {
+            // An unused slot may still hold an inherited descriptor.
+            let _ = raw::close(target);
+        }
+    }
+    let first_free = FD_NETNS + 1;
+    if raw::close_from(first_free).is_err() {
+        // Pre-5.9 kernels: close one by one up to the descriptor limit.
+        let cur = raw::get_rlimit(libc::RLIMIT_NOFILE as c_int).map_or(0, |l| l.rlim_cur);
+        let max = cur.clamp(1024, 1 << 20) as c_int;
+        for fd in first_free..max {
+            let _ = raw::close(fd);
+        }
+    }
+    Ok(())
+}
+
+/// Every catchable signal back to its default disposition, then the signal mask `mask`; the
+/// first failure, after trying them all.
+fn reset_signals(mask: u64) -> Result<(), Errno> {
+    let mut r = Ok(());
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        let x = raw::set_default_action(sig);
+        if r.is_ok() {
+            r = x;
+        }
+    }
+    let m = raw::set_sigmask(mask);
+    r.and(m)
+}
+
+/// Sets the rlimits in order, stopping at the first failure.
+fn set_rlimits(rlimits: &[RawRlimit]) -> Result<(), Errno> {
+    for l in rlimits {
+        raw::set_rlimit(l.resource, l.soft, l.hard)?;
+    }
+    Ok(())
+}
+
+/// Starts the worker with vfork semantics (as posix_spawn): it runs on its own stack in the
+/// shared address space until it execs or exits, and init waits meanwhile. Its pid.
+fn start_worker(spec: &ChildSpec, init_pid: libc::pid_t) -> Result<libc::pid_t, Errno> {
+    let arg = WorkerArg { spec, init_pid };
+    let mut args = super::sys::CloneArgs {
+        flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: (spec.worker_stack_top - WORKER_STACK) as u64,
+        stack_size: WORKER_STACK as u64,
+        ..Default::default()
+    };
+    // SAFETY: the worker's stack is the upper half of `Stacks` (16-byte aligned top, a guard
+    // page below), mapped until init is reaped; `worker_entry` never returns; `arg` lives on
+    // init's stack, which stays put while the vfork-style child runs (init is suspended until
+    // the worker execs or exits).
+    let w = unsafe { clone_on_stack(&mut args, worker_entry, &arg as *const WorkerArg as usize) };
+    match err(w) {
+        0 => Ok(w as libc::pid_t),
+        e => Err(Errno(e)),
     }
 }
 
 /// In init's new mount namespace: makes every mount private (so nothing done here reaches the
-/// host), then binds `cover` over each of `paths`. Raw result of the first failure.
-fn hide_paths(cover: &CStr, paths: &[CString]) -> isize {
-    // SAFETY: mount(2) with NUL-terminated strings the Hall prepared and keeps alive, and null
-    // pointers where the kernel accepts them; only this process's mount namespace changes.
-    unsafe {
-        let r = sys(
-            libc::SYS_mount,
-            &[
-                0,
-                c"/".as_ptr() as usize,
-                0,
-                (libc::MS_REC | libc::MS_PRIVATE) as usize,
-                0,
-            ],
-        );
-        if r < 0 {
-            return r;
+/// host), then binds `cover` over each of `paths`. The first failure.
+fn hide_paths(cover: &CStr, paths: &[CString]) -> Result<(), Errno> {
+    raw::make_private_recursive(c"/")?;
+    for p in paths {
+        match raw::bind_mount(cover, p) {
+            Err(e) if e.0 != libc::ENOENT => return Err(e),
+            _ => {}
         }
-        for p in paths {
-            let r = sys(
-                libc::SYS_mount,
-                &[
-                    cover.as_ptr() as usize,
-                    p.as_ptr() as usize,
-                    0,
-                    libc::MS_BIND as usize,
-                    0,
-                ],
-            );
-            if r < 0 && err(r) != libc::ENOENT {
-                return r;
-            }
-        }
-        0
     }
+    Ok(())
 }
 
-/// Brings `lo` up in the current network namespace (SIOCGIFFLAGS / SIOCSIFFLAGS), raw result.
-fn loopback_up_raw() -> isize {
-    const SIOCGIFFLAGS: usize = 0x8913;
-    const SIOCSIFFLAGS: usize = 0x8914;
-    #[repr(C)]
-    struct IfreqFlags {
-        name: [u8; 16],
-        flags: libc::c_short,
-        _pad: [u8; 22],
-    }
-    // SAFETY: ioctl on a fresh socket with a properly sized ifreq.
-    unsafe {
-        let fd = sys(
-            libc::SYS_socket,
-            &[
-                libc::AF_INET as usize,
-                (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as usize,
-                0,
-            ],
-        );
-        if fd < 0 {
-            return fd;
-        }
-        let mut ifr = IfreqFlags {
-            name: [0; 16],
-            flags: 0,
-            _pad: [0; 22],
-        };
-        ifr.name[0] = b'l';
-        ifr.name[1] = b'o';
-        let mut r = sys(
-            libc::SYS_ioctl,
-            &[
-                fd as usize,
-                SIOCGIFFLAGS,
-                &mut ifr as *mut IfreqFlags as usize,
-            ],
-        );
-        if r == 0 {
-            ifr.flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            r = sys(
-                libc::SYS_ioctl,
-                &[
-                    fd as usize,
-                    SIOCSIFFLAGS,
-                    &ifr as *const IfreqFlags as usize,
-                ],
-            );
-        }
-        close(fd as c_int);
-        r
-    }
+/// Brings `lo` up in the current network namespace (SIOCGIFFLAGS / SIOCSIFFLAGS).
+fn loopback_up_raw() -> Result<(), Errno> {
+    let fd = raw::inet_dgram_socket()?;
+    let mut ifr = IfreqFlags::named(b"lo");
+    let r = raw::get_if_flags(fd, &mut ifr).and_then(|()| {
+        ifr.flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        raw::set_if_flags(fd, &ifr)
+    });
+    let _ = raw::close(fd);
+    r
 }
 
 /// Brings `lo` up in the current network namespace (for the namespace pool, in the Hall).
 pub(crate) fn loopback_up() -> bool {
-    loopback_up_raw() == 0
+    loopback_up_raw().is_ok()
 }
 
 /// init's reaper loop: forward termination signals to the tree, reap everything, report the
 /// worker's status when it exits, then exit (taking the PID namespace down with it).
 fn init_loop(spec: &ChildSpec, worker: libc::pid_t) -> ! {
-    // SAFETY: raw system calls on stack data.
-    unsafe {
-        loop {
-            let sig = sys(
-                libc::SYS_rt_sigtimedwait,
-                &[&INIT_SIGNALS as *const u64 as usize, 0, 0, 8],
-            );
-            if sig < 0 {
-                continue;
-            }
-            let sig = sig as c_int;
-            if sig == libc::SIGCHLD {
-                let mut worker_status: Option<c_int> = None;
-                loop {
-                    let mut st: c_int = 0;
-                    let r = sys(
-                        libc::SYS_wait4,
-                        &[
-                            -1isize as usize,
-                            &mut st as *mut c_int as usize,
-                            (libc::WNOHANG | libc::__WALL) as usize,
-                            0,
-                        ],
-                    );
-                    if r <= 0 {
-                        break;
-                    }
-                    if r as libc::pid_t == worker {
-                        worker_status = Some(st);
-                    }
+    loop {
+        let Ok(sig) = raw::sigwait(&INIT_SIGNALS) else {
+            continue;
+        };
+        if sig == libc::SIGCHLD {
+            let mut worker_status: Option<c_int> = None;
+            while let Ok(Some((pid, st))) = raw::reap_any() {
+                if pid == worker {
+                    worker_status = Some(st);
                 }
-                if let Some(st) = worker_status {
-                    let (kind, value) = if libc::WIFSIGNALED(st) {
-                        (2u32, libc::WTERMSIG(st))
-                    } else {
-                        (1u32, libc::WEXITSTATUS(st))
-                    };
-                    let mut ru: libc::rusage = std::mem::zeroed();
-                    sys(
-                        libc::SYS_getrusage,
-                        &[
-                            libc::RUSAGE_SELF as usize,
-                            &mut ru as *mut libc::rusage as usize,
-                        ],
-                    );
-                    let rec = ResultRecord {
-                        magic: RESULT_MAGIC,
-                        kind,
-                        value,
-                        _pad: 0,
-                        init_max_rss_kib: ru.ru_maxrss,
-                    };
-                    sys(
-                        libc::SYS_write,
-                        &[
-                            FD_RESULT as usize,
-                            &rec as *const ResultRecord as usize,
-                            RESULT_LEN,
-                        ],
-                    );
-                    if !spec.pid_ns {
-                        // Without a PID namespace: at least the worker's process group goes.
-                        sys(
-                            libc::SYS_kill,
-                            &[(-worker) as isize as usize, libc::SIGKILL as usize],
-                        );
-                    }
-                    exit(0);
-                }
-            } else if spec.pid_ns {
-                // kill(-1) from PID 1 reaches every process in the namespace but init itself.
-                sys(libc::SYS_kill, &[-1isize as usize, sig as usize]);
-            } else {
-                sys(libc::SYS_kill, &[(-worker) as isize as usize, sig as usize]);
             }
+            if let Some(st) = worker_status {
+                report_and_exit(spec, worker, st);
+            }
+        } else if spec.pid_ns {
+            // kill(-1) from PID 1 reaches every process in the namespace but init itself.
+            let _ = raw::kill(-1, sig);
+        } else {
+            let _ = raw::kill(-worker, sig);
         }
     }
+}
+
+/// Writes the worker's exit status (and init's peak RSS) on the result pipe and exits.
+fn report_and_exit(spec: &ChildSpec, worker: libc::pid_t, st: c_int) -> ! {
+    let (kind, value) = if libc::WIFSIGNALED(st) {
+        (2u32, libc::WTERMSIG(st))
+    } else {
+        (1u32, libc::WEXITSTATUS(st))
+    };
+    let rec = ResultRecord {
+        magic: RESULT_MAGIC,
+        kind,
+        value,
+        _pad: 0,
+        init_max_rss_kib: raw::max_rss_kib().unwrap_or(0),
+    };
+    let _ = raw::write(FD_RESULT, rec.as_bytes());
+    if !spec.pid_ns {
+        // Without a PID namespace: at least the worker's process group goes.
+        let _ = raw::kill(-worker, libc::SIGKILL);
+    }
+    raw::exit_group(0)
 }
 
 struct WorkerArg<'a> {
@@ -907,101 +744,78 @@ unsafe extern "C" fn worker_entry(arg: usize) -> ! {
 
 /// The worker process: final stages, then exec. Never returns.
 fn worker_main(spec: &ChildSpec, init_pid: libc::pid_t) -> ! {
-    // SAFETY (whole function): raw system calls on prepared data; see the module docs.
-    unsafe {
-        let mut log = Log::new();
-        let r = first_err(&[
-            set_sigmask(0),
-            sys(libc::SYS_close, &[FD_RESULT as usize]),
-            sys(
-                libc::SYS_fcntl,
-                &[
-                    FD_STATUS as usize,
-                    libc::F_SETFD as usize,
-                    libc::FD_CLOEXEC as usize,
-                ],
-            ),
-        ]);
-        log.stage(Stage::WorkerSignals, r, true);
+    let mut log = Log::new();
+    let mask = raw::set_sigmask(0);
+    let result = raw::close(FD_RESULT);
+    let status = raw::set_cloexec(FD_STATUS);
+    log.stage(Stage::WorkerSignals, mask.and(result).and(status), true);
 
-        if !spec.pid_ns {
-            log.stage(
-                Stage::WorkerProcessGroup,
-                sys(libc::SYS_setpgid, &[0, 0]),
-                true,
-            );
-        }
-
-        if let Some((uid, gid)) = spec.identity {
-            let mut r = sys(libc::SYS_setgroups, &[0, 0]);
-            if r == 0 {
-                r = sys(
-                    libc::SYS_setresgid,
-                    &[gid as usize, gid as usize, gid as usize],
-                );
-            }
-            if r == 0 {
-                r = sys(
-                    libc::SYS_setresuid,
-                    &[uid as usize, uid as usize, uid as usize],
-                );
-            }
-            log.stage(Stage::Identity, r, true);
-        }
-
-        // A credential change clears the parent-death signal: set it after the switch, then
-        // check init is still the parent (it is PID 1 inside a PID namespace).
-        let r = prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as usize);
-        if r < 0 {
-            log.fail(Stage::WorkerParentDeath, err(r));
-        }
-        let expected = if spec.pid_ns { 1 } else { init_pid };
-        if sys(libc::SYS_getppid, &[]) as libc::pid_t != expected {
-            log.fail(Stage::WorkerParentDeath, libc::ESRCH);
-        }
-        log.push(Stage::WorkerParentDeath, Outcome::Ok, 0);
-
-        let r = sys(libc::SYS_chdir, &[spec.cwd.as_ptr() as usize]);
-        log.stage(Stage::Cwd, r, true);
-
-        log.stage(Stage::NoNewPrivs, prctl(libc::PR_SET_NO_NEW_PRIVS, 1), true);
-
-        if spec.src_landlock >= 0 {
-            let r = sys(libc::SYS_landlock_restrict_self, &[FD_LANDLOCK as usize, 0]);
-            close(FD_LANDLOCK);
-            log.stage(Stage::Landlock, r, spec.landlock_required);
-        }
-
-        if !spec.seccomp.is_empty() {
-            let mut r = 0;
-            for prog in &spec.seccomp {
-                r = sys(
-                    libc::SYS_seccomp,
-                    &[
-                        libc::SECCOMP_SET_MODE_FILTER as usize,
-                        0,
-                        prog as *const libc::sock_fprog as usize,
-                    ],
-                );
-                if r != 0 {
-                    break;
-                }
-            }
-            log.stage(Stage::Seccomp, r, spec.seccomp_required);
-        }
-
-        log.push(Stage::Exec, Outcome::Ok, 0);
-        log.flush();
-        let r = sys(
-            libc::SYS_execve,
-            &[
-                spec.program.as_ptr() as usize,
-                spec.argv_ptrs.as_ptr() as usize,
-                spec.envp_ptrs.as_ptr() as usize,
-            ],
-        );
-        log.fail(Stage::Exec, err(r))
+    if !spec.pid_ns {
+        log.stage(Stage::WorkerProcessGroup, raw::setpgid_self(), true);
     }
+
+    if let Some((uid, gid)) = spec.identity {
+        let r = raw::clear_groups()
+            .and_then(|()| raw::setresgid(gid))
+            .and_then(|()| raw::setresuid(uid));
+        log.stage(Stage::Identity, r, true);
+    }
+
+    // A credential change clears the parent-death signal: set it after the switch, then
+    // check init is still the parent (it is PID 1 inside a PID namespace).
+    if let Err(e) = raw::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as usize) {
+        log.fail(Stage::WorkerParentDeath, e);
+    }
+    let expected = if spec.pid_ns { 1 } else { init_pid };
+    if raw::getppid() != expected {
+        log.fail(Stage::WorkerParentDeath, Errno(libc::ESRCH));
+    }
+    log.push(Stage::WorkerParentDeath, Outcome::Ok, 0);
+
+    log.stage(Stage::Cwd, raw::chdir(&spec.cwd), true);
+
+    log.stage(
+        Stage::NoNewPrivs,
+        raw::prctl(libc::PR_SET_NO_NEW_PRIVS, 1),
+        true,
+    );
+
+    if spec.src_landlock >= 0 {
+        let r = raw::landlock_restrict_self(FD_LANDLOCK);
+        let _ = raw::close(FD_LANDLOCK);
+        log.stage(Stage::Landlock, r, spec.landlock_required);
+    }
+
+    if !spec.seccomp.is_empty() {
+        log.stage(
+            Stage::Seccomp,
+            install_seccomp(&spec.seccomp),
+            spec.seccomp_required,
+        );
+    }
+
+    log.push(Stage::Exec, Outcome::Ok, 0);
+    log.flush();
+    // SAFETY: `argv_ptrs` and `envp_ptrs` are null-terminated arrays of pointers into
+    // `spec._strings`, which the spec owns and the Hall keeps alive until init is reaped.
+    let e = unsafe {
+        raw::execve(
+            &spec.program,
+            spec.argv_ptrs.as_ptr(),
+            spec.envp_ptrs.as_ptr(),
+        )
+    };
+    log.fail(Stage::Exec, e)
+}
+
+/// Installs the seccomp programs in order, stopping at the first failure.
+fn install_seccomp(programs: &[libc::sock_fprog]) -> Result<(), Errno> {
+    for prog in programs {
+        // SAFETY: each program points into `ChildSpec::_bpf`, which the spec owns and the Hall
+        // keeps alive until init is reaped.
+        unsafe { raw::seccomp_set_filter(prog) }?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1018,9 +832,7 @@ mod tests {
             errno: libc::EPERM,
             value: 0,
         };
-        // SAFETY: Record is plain old data.
-        let bytes =
-            unsafe { std::slice::from_raw_parts(&rec as *const Record as *const u8, RECORD_LEN) };
+        let bytes = Record::as_bytes(std::slice::from_ref(&rec));
         let mut buf = bytes.to_vec();
         buf.extend_from_slice(&bytes[..7]); // a torn tail is ignored
         assert_eq!(Record::parse_all(&buf), vec![rec]);

@@ -30,6 +30,7 @@
 
 pub mod cgroup;
 mod child;
+pub mod elf;
 pub mod error;
 pub mod grant;
 pub mod native;
@@ -39,6 +40,7 @@ pub mod plan;
 mod prepare;
 pub mod probe;
 pub mod python;
+mod rawcall;
 mod rawsys;
 pub mod report;
 pub mod seccomp;

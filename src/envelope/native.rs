@@ -12,7 +12,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::python::{ELF_HEAD_BYTES, elf_interpreter};
+use super::elf::{ELF_HEAD_BYTES, elf_interpreter};
 use super::types::RuntimePaths;
 
 /// The runtime paths `program` needs (see the module documentation), or why it cannot run.

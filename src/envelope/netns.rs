@@ -59,6 +59,7 @@ fn producer(host: File, tx: SyncSender<OwnedFd>) {
 }
 
 /// Creates one namespace on this thread and comes back to the host namespace.
+#[allow(unsafe_code)] // unshare/setns change the calling thread's namespace
 fn create(host: &File) -> Option<OwnedFd> {
     // SAFETY: unshare/setns affect only this thread's network namespace.
     unsafe {

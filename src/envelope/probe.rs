@@ -186,6 +186,7 @@ fn probe_landlock() -> LandlockProbe {
 
 /// Creates a throwaway child with `flags` (plus CLONE_INTO_CGROUP when `cgroup_fd` is given)
 /// that exits at once; returns the clone errno on failure.
+#[allow(unsafe_code)] // a throwaway clone3 child that only calls _exit
 fn try_clone(flags: u64, cgroup_fd: Option<i32>) -> Result<(), i32> {
     let mut args = CloneArgs {
         flags,
@@ -198,6 +199,7 @@ fn try_clone(flags: u64, cgroup_fd: Option<i32>) -> Result<(), i32> {
     }
     // SAFETY: the child only calls _exit.
     match unsafe { sys::clone3(&mut args) } {
+        // SAFETY: in the child, `_exit` is async-signal-safe and ends it at once.
         Ok(0) => unsafe { libc::_exit(0) },
         Ok(pid) => {
             let mut status = 0;

@@ -11,6 +11,8 @@
 //! `CLONE_VM` and a new stack returns in the child on that stack, where no Rust frame exists,
 //! so the child branch must call its entry point from assembly.
 
+#![allow(unsafe_code)] // the `syscall` instruction and the clone-on-a-new-stack trampoline are `asm!`
+
 #[cfg(not(target_arch = "x86_64"))]
 compile_error!(
     "the privilege envelope's pre-exec code is written for x86_64 (seccomp filter, raw system calls)"

@@ -17,6 +17,8 @@
 //! init, waits for it, and deliberately leaks those two allocations rather than risk a
 //! pre-exec worker writing into freed memory.
 
+#![allow(unsafe_code)] // clone3 of init with CLONE_VM on guarded stacks, and the signal mask around it
+
 use std::io;
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -93,9 +95,11 @@ pub(crate) fn spawn(
     let spec_ptr: *const ChildSpec = &*spec;
     // As posix_spawn does: init starts with every signal blocked, so none of the Hall's
     // handlers can run on init's stack before init has reset them to the default.
-    // SAFETY: sigset operations on local values; the old mask is restored right after.
+    // SAFETY: `sigset_t` is plain integers, for which all zeroes is a valid value.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sigset operations on local values; the old mask is restored right after.
     unsafe {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);

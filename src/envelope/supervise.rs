@@ -92,6 +92,7 @@ pub(crate) struct Supervision<'a> {
     pub guard: Option<DiskGuard<'a>>,
 }
 
+#[allow(unsafe_code)] // read(2) into the caller's buffer
 fn read_some(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<usize> {
     loop {
         // SAFETY: reading into a valid buffer.
@@ -113,6 +114,7 @@ fn read_some(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 impl Supervision<'_> {
+    #[allow(unsafe_code)] // wait4 with rusage, not offered by nix
     pub(crate) fn run(self) -> Collected {
         let mut c = Collected::default();
         let mut buf = vec![0u8; 64 * 1024];
@@ -306,6 +308,7 @@ impl Supervision<'_> {
 
 /// Reads whatever init wrote to the result pipe. Init is gone; non-blocking anyway, in case
 /// anything else still held the write end.
+#[allow(unsafe_code)] // read(2) into the caller's buffer
 fn drain_result(fd: &OwnedFd, buf: &mut [u8], out: &mut Vec<u8>) {
     // SAFETY: fcntl on a descriptor we own.
     unsafe {

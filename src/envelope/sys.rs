@@ -4,6 +4,8 @@
 //! Everything here is a direct system call with its error mapped to `std::io::Error`; nothing
 //! allocates, so the raw pieces ([`clone3`]) are also usable between fork and exec.
 
+#![allow(unsafe_code)] // system calls `nix` does not offer: clone3, pidfds, Landlock, seccomp, memfd
+
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 

@@ -555,6 +555,7 @@ impl State {
 }
 
 /// Creates (or keeps) `path` with `bytes` allocated from offset 0, synced.
+#[allow(unsafe_code)] // fallocate(2) is not in std or nix in the form needed
 fn allocate(path: &Path, bytes: u64) -> std::io::Result<File> {
     use std::os::fd::AsRawFd as _;
     let f = OpenOptions::new()
@@ -729,6 +730,7 @@ fn scan_and_check(
 
 /// Puts the calling thread (and the scan threads it starts, which inherit it) in
 /// `SCHED_IDLE`, or at least at nice 19: the background check must not slow dispatches.
+#[allow(unsafe_code)] // sched_setscheduler/setpriority are not in std or nix
 fn lower_priority() {
     use nix::libc;
     let param = libc::sched_param { sched_priority: 0 };
