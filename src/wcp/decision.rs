@@ -6,119 +6,58 @@ use serde_json::{Map, Value};
 use super::enums::{DataLabel, Env, QosClass, TenantRisk};
 use super::telemetry::TelemetryEvent;
 
-/// Every reason the Hall denies a request, serialised to PyHall's strings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum DenyCode {
-    DenyUnknownTenant,
-    DenyMissingTenantId,
-    DenyInvalidInput,
-    DenyShadowRulesDetected,
-    DenyNoMatchingRule,
-    DenyMissingCorrelationId,
-    DenyMissingRequiredControls,
-    DenyRequiresHuman,
-    DenyPolicyGateUnconfigured,
-    DenyInternalError,
-    DenyPolicyGate,
-    DenyRequiresHumanApproval,
-    DenyPolicyGateInvalidResponse,
-    DenyNoAvailableWorker,
-    DenyAttestationUnconfigured,
-    DenyWorkerAttestationMissing,
-    DenyWorkerAttestationInvalidHash,
-    DenyWorkerHashUnavailable,
-    DenyWorkerTampered,
-    DenyPrivilegeEnvelopeUnconfigured,
-    DenyPrivilegeEnvelopeViolated,
+/// Declares [`DenyCode`] from one list: the variants, their wire strings, [`DenyCode::ALL`]
+/// and [`DenyCode::index`] cannot drift apart.
+macro_rules! deny_codes {
+    ($($variant:ident => $wire:literal,)+) => {
+        /// Every reason the Hall denies a request, serialised to PyHall's strings.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum DenyCode {
+            $(#[serde(rename = $wire)] $variant,)+
+        }
+
+        impl DenyCode {
+            /// Every code, in declaration order: the closed vocabulary (the Hall's metrics count
+            /// each one from zero).
+            pub const ALL: &'static [DenyCode] = &[$(DenyCode::$variant,)+];
+
+            /// The code's position in [`DenyCode::ALL`].
+            pub const fn index(self) -> usize {
+                self as usize
+            }
+
+            /// The wire string, e.g. `DENY_NO_MATCHING_RULE`.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(DenyCode::$variant => $wire,)+
+                }
+            }
+        }
+    };
 }
 
-impl DenyCode {
-    /// Every code, in declaration order: the closed vocabulary (the Hall's metrics count each
-    /// one from zero). [`DenyCode::index`] keeps it complete: a new variant does not compile
-    /// until it has a place here.
-    pub const ALL: [DenyCode; 21] = {
-        use DenyCode::*;
-        [
-            DenyUnknownTenant,
-            DenyMissingTenantId,
-            DenyInvalidInput,
-            DenyShadowRulesDetected,
-            DenyNoMatchingRule,
-            DenyMissingCorrelationId,
-            DenyMissingRequiredControls,
-            DenyRequiresHuman,
-            DenyPolicyGateUnconfigured,
-            DenyInternalError,
-            DenyPolicyGate,
-            DenyRequiresHumanApproval,
-            DenyPolicyGateInvalidResponse,
-            DenyNoAvailableWorker,
-            DenyAttestationUnconfigured,
-            DenyWorkerAttestationMissing,
-            DenyWorkerAttestationInvalidHash,
-            DenyWorkerHashUnavailable,
-            DenyWorkerTampered,
-            DenyPrivilegeEnvelopeUnconfigured,
-            DenyPrivilegeEnvelopeViolated,
-        ]
-    };
-
-    /// The code's position in [`DenyCode::ALL`] (an exhaustive match: see the test).
-    pub const fn index(self) -> usize {
-        use DenyCode::*;
-        match self {
-            DenyUnknownTenant => 0,
-            DenyMissingTenantId => 1,
-            DenyInvalidInput => 2,
-            DenyShadowRulesDetected => 3,
-            DenyNoMatchingRule => 4,
-            DenyMissingCorrelationId => 5,
-            DenyMissingRequiredControls => 6,
-            DenyRequiresHuman => 7,
-            DenyPolicyGateUnconfigured => 8,
-            DenyInternalError => 9,
-            DenyPolicyGate => 10,
-            DenyRequiresHumanApproval => 11,
-            DenyPolicyGateInvalidResponse => 12,
-            DenyNoAvailableWorker => 13,
-            DenyAttestationUnconfigured => 14,
-            DenyWorkerAttestationMissing => 15,
-            DenyWorkerAttestationInvalidHash => 16,
-            DenyWorkerHashUnavailable => 17,
-            DenyWorkerTampered => 18,
-            DenyPrivilegeEnvelopeUnconfigured => 19,
-            DenyPrivilegeEnvelopeViolated => 20,
-        }
-    }
-
-    /// The wire string, e.g. `DENY_NO_MATCHING_RULE`.
-    pub fn as_str(self) -> &'static str {
-        use DenyCode::*;
-        match self {
-            DenyUnknownTenant => "DENY_UNKNOWN_TENANT",
-            DenyMissingTenantId => "DENY_MISSING_TENANT_ID",
-            DenyInvalidInput => "DENY_INVALID_INPUT",
-            DenyShadowRulesDetected => "DENY_SHADOW_RULES_DETECTED",
-            DenyNoMatchingRule => "DENY_NO_MATCHING_RULE",
-            DenyMissingCorrelationId => "DENY_MISSING_CORRELATION_ID",
-            DenyMissingRequiredControls => "DENY_MISSING_REQUIRED_CONTROLS",
-            DenyRequiresHuman => "DENY_REQUIRES_HUMAN",
-            DenyPolicyGateUnconfigured => "DENY_POLICY_GATE_UNCONFIGURED",
-            DenyInternalError => "DENY_INTERNAL_ERROR",
-            DenyPolicyGate => "DENY_POLICY_GATE",
-            DenyRequiresHumanApproval => "DENY_REQUIRES_HUMAN_APPROVAL",
-            DenyPolicyGateInvalidResponse => "DENY_POLICY_GATE_INVALID_RESPONSE",
-            DenyNoAvailableWorker => "DENY_NO_AVAILABLE_WORKER",
-            DenyAttestationUnconfigured => "DENY_ATTESTATION_UNCONFIGURED",
-            DenyWorkerAttestationMissing => "DENY_WORKER_ATTESTATION_MISSING",
-            DenyWorkerAttestationInvalidHash => "DENY_WORKER_ATTESTATION_INVALID_HASH",
-            DenyWorkerHashUnavailable => "DENY_WORKER_HASH_UNAVAILABLE",
-            DenyWorkerTampered => "DENY_WORKER_TAMPERED",
-            DenyPrivilegeEnvelopeUnconfigured => "DENY_PRIVILEGE_ENVELOPE_UNCONFIGURED",
-            DenyPrivilegeEnvelopeViolated => "DENY_PRIVILEGE_ENVELOPE_VIOLATED",
-        }
-    }
+deny_codes! {
+    DenyUnknownTenant => "DENY_UNKNOWN_TENANT",
+    DenyMissingTenantId => "DENY_MISSING_TENANT_ID",
+    DenyInvalidInput => "DENY_INVALID_INPUT",
+    DenyShadowRulesDetected => "DENY_SHADOW_RULES_DETECTED",
+    DenyNoMatchingRule => "DENY_NO_MATCHING_RULE",
+    DenyMissingCorrelationId => "DENY_MISSING_CORRELATION_ID",
+    DenyMissingRequiredControls => "DENY_MISSING_REQUIRED_CONTROLS",
+    DenyRequiresHuman => "DENY_REQUIRES_HUMAN",
+    DenyPolicyGateUnconfigured => "DENY_POLICY_GATE_UNCONFIGURED",
+    DenyInternalError => "DENY_INTERNAL_ERROR",
+    DenyPolicyGate => "DENY_POLICY_GATE",
+    DenyRequiresHumanApproval => "DENY_REQUIRES_HUMAN_APPROVAL",
+    DenyPolicyGateInvalidResponse => "DENY_POLICY_GATE_INVALID_RESPONSE",
+    DenyNoAvailableWorker => "DENY_NO_AVAILABLE_WORKER",
+    DenyAttestationUnconfigured => "DENY_ATTESTATION_UNCONFIGURED",
+    DenyWorkerAttestationMissing => "DENY_WORKER_ATTESTATION_MISSING",
+    DenyWorkerAttestationInvalidHash => "DENY_WORKER_ATTESTATION_INVALID_HASH",
+    DenyWorkerHashUnavailable => "DENY_WORKER_HASH_UNAVAILABLE",
+    DenyWorkerTampered => "DENY_WORKER_TAMPERED",
+    DenyPrivilegeEnvelopeUnconfigured => "DENY_PRIVILEGE_ENVELOPE_UNCONFIGURED",
+    DenyPrivilegeEnvelopeViolated => "DENY_PRIVILEGE_ENVELOPE_VIOLATED",
 }
 
 impl std::fmt::Display for DenyCode {
