@@ -26,7 +26,8 @@ use super::{
 };
 use crate::client::{self, ClientError};
 
-/// At most this many tool calls and listings talk to the Hall at once; more wait for a slot.
+/// At most this many requests to the Hall (listings, dispatches, operator calls) are open at
+/// once; more wait for a slot. Long polls for a human's decision are not counted.
 pub const MAX_CONCURRENT_CALLS: usize = 16;
 
 /// While a call waits for a human, the Hall is asked at most this long at a time, and the host
@@ -73,6 +74,7 @@ impl HallBridge {
         }
     }
 
+    /// One request to the Hall, in one of the [`MAX_CONCURRENT_CALLS`] slots.
     async fn call(
         &self,
         method: Method,
@@ -80,7 +82,15 @@ impl HallBridge {
         body: Option<&Value>,
         timeout: Duration,
     ) -> Result<client::Answer, ClientError> {
+        // The semaphore is never closed, so this waits for a slot.
+        let _slot = self.calls.clone().acquire_owned().await.ok();
         client::call(&self.cfg.socket, method, path, body, timeout).await
+    }
+
+    /// A long poll for a human's decision: outside the slots, so calls waiting for people never
+    /// hold up calls that need only the Hall (the transport still bounds requests in flight).
+    async fn poll(&self, path: &str, timeout: Duration) -> Result<client::Answer, ClientError> {
+        client::call(&self.cfg.socket, Method::GET, path, None, timeout).await
     }
 
     /// Whether the Hall treats this process's uid as an operator. Probed with a resolve request
@@ -350,12 +360,7 @@ impl HallBridge {
             wait.as_millis()
         );
         match self
-            .call(
-                Method::GET,
-                &path,
-                None,
-                wait + self.cfg.timeout.max(Duration::from_secs(5)),
-            )
+            .poll(&path, wait + self.cfg.timeout.max(Duration::from_secs(5)))
             .await
         {
             Ok(a) if a.status.is_success() => Ok(a.body),
@@ -488,19 +493,15 @@ impl HallBridge {
         })
     }
 
-    /// Runs `work` in one of the [`MAX_CONCURRENT_CALLS`] slots, abandoned (its connection to
-    /// the Hall dropped) when the host cancels the request. A dispatch the Hall had already
-    /// started may still complete there; its receipt records it.
-    async fn bounded<T>(
+    /// Runs `work` until it is done or the host cancels the request; then it is abandoned (its
+    /// connection to the Hall dropped). A dispatch the Hall had already started may still
+    /// complete there; its receipt records it.
+    async fn cancellable<T>(
         &self,
         context: &RequestContext<RoleServer>,
         work: impl Future<Output = Result<T, ErrorData>>,
     ) -> Result<T, ErrorData> {
         let cancelled = || ErrorData::internal_error("cancelled by the host", None);
-        let _slot = tokio::select! {
-            slot = self.calls.clone().acquire_owned() => slot.ok(),
-            _ = context.ct.cancelled() => return Err(cancelled()),
-        };
         tokio::select! {
             out = work => out,
             _ = context.ct.cancelled() => {
@@ -601,7 +602,7 @@ impl rmcp::ServerHandler for HallBridge {
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         let version = version_of(&context);
-        self.bounded(&context, async {
+        self.cancellable(&context, async {
             let mut tools = self.capability_tools().await?;
             tools.push(self.outcome_tool());
             if self.probe_operator().await {
@@ -623,7 +624,7 @@ impl rmcp::ServerHandler for HallBridge {
     ) -> Result<CallToolResponse, ErrorData> {
         let version = version_of(&context);
         let result = self
-            .bounded(&context, self.call_tool_inner(request, &context))
+            .cancellable(&context, self.call_tool_inner(request, &context))
             .await?;
         Ok(CallToolResponse::Complete(compat::call_result(
             &version, result,
