@@ -685,6 +685,29 @@ mod tests {
     }
 
     #[test]
+    fn tracing_is_off_by_default_and_checked() {
+        assert_eq!(parse("").unwrap().tracing, TracingSection::default());
+        let on = parse(
+            "[tracing]\nendpoint = \"http://127.0.0.1:4318/v1/traces\"\nsampling_ratio = 0.5\n\
+             headers = { authorization = \"Bearer x\" }\n",
+        )
+        .unwrap();
+        assert_eq!(on.tracing.sampling_ratio, Some(0.5));
+        assert_eq!(on.tracing.headers["authorization"], "Bearer x");
+        for (bad, says) in [
+            ("sampling_ratio = 1.5", "sampling_ratio"),
+            ("max_queue = 0", "max_queue"),
+            ("endpoint = \"https://x/v1/traces\"", "http://"),
+            ("endpont = \"http://x\"", "endpont"),
+        ] {
+            let e = parse(&format!("[tracing]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn envelope_python_is_an_absolute_path() {
         assert_eq!(parse("").unwrap().envelope.python, None);
         let c = parse("[envelope]\npython = \"/opt/py/bin/python3.12\"\n").unwrap();

@@ -318,8 +318,7 @@ fn dispatch_spans_reach_an_otlp_receiver_as_children_of_the_callers_span() {
         intent["attributes"]["wcp.receipt_seq"].is_number(),
         "{intent}"
     );
-    // The worker's TRACEPARENT names the run span (the envelope's report shows the env keys
-    // only, so the run span's parentage is what is checked here).
+    // The worker got TRACEPARENT with the dispatch's trace id (it logs it on stderr).
     let run = spans
         .iter()
         .find(|s| s["name"] == "wcp.envelope_run")
