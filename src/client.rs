@@ -46,6 +46,18 @@ pub async fn call(
     body: Option<&Value>,
     timeout: Duration,
 ) -> Result<Answer, ClientError> {
+    call_with_headers(socket, method, path, body, timeout, &[]).await
+}
+
+/// [`call`] with extra request headers (e.g. the W3C `traceparent` an MCP call carried).
+pub async fn call_with_headers(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+    timeout: Duration,
+    headers: &[(&str, String)],
+) -> Result<Answer, ClientError> {
     let work = async {
         let stream = tokio::net::UnixStream::connect(socket)
             .await
@@ -60,11 +72,15 @@ pub async fn call(
             let _ = conn.await;
         });
         let bytes = body.map(|b| b.to_string()).unwrap_or_default();
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(format!("http://localhost{path}"))
             .header("host", "localhost")
-            .header("content-type", "application/json")
+            .header("content-type", "application/json");
+        for (name, value) in headers {
+            req = req.header(*name, value.as_str());
+        }
+        let req = req
             .body(Full::new(Bytes::from(bytes)))
             .map_err(|e| ClientError::Http(e.to_string()))?;
         let resp = sender

@@ -59,6 +59,29 @@ pub struct Config {
     /// The optional TCP listener for Prometheus (docs/metrics.md).
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// OpenTelemetry traces over OTLP/HTTP (docs/configuration.md); off unless an endpoint is
+    /// set here or in `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`.
+    #[serde(default)]
+    pub tracing: TracingSection,
+}
+
+/// `[tracing]`: where the Hall sends its dispatch spans (OTLP over HTTP, protobuf). Every key
+/// is optional; an unset key falls back to the standard `OTEL_*` variable (see
+/// `hall::otel::Settings::resolve`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingSection {
+    /// The OTLP/HTTP traces URL, used as is (e.g. `"http://127.0.0.1:4318/v1/traces"`).
+    pub endpoint: Option<String>,
+    /// Extra HTTP headers sent with every export (e.g. an authorisation token).
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// The share of new traces recorded, 0.0–1.0; a caller's sampled flag is followed
+    /// (parent-based). Unset: `OTEL_TRACES_SAMPLER(_ARG)`, else every trace.
+    pub sampling_ratio: Option<f64>,
+    /// The `service.name` of the spans (unset: `OTEL_SERVICE_NAME`, else `wcp-hall`).
+    pub service_name: Option<String>,
+    /// Spans waiting for export at most; more are dropped and counted (default 2048).
+    pub max_queue: Option<usize>,
 }
 
 /// `[attestation]`: where verified package copies live and who is trusted to sign packages.
@@ -502,6 +525,25 @@ impl Config {
             )));
         }
         self.metrics.check().map_err(invalid)?;
+        if let Some(r) = self.tracing.sampling_ratio
+            && !(0.0..=1.0).contains(&r)
+        {
+            return Err(invalid(format!(
+                "[tracing] sampling_ratio = {r} is not between 0.0 and 1.0 (1.0 records every trace)"
+            )));
+        }
+        if self.tracing.max_queue == Some(0) {
+            return Err(invalid(
+                "[tracing] max_queue must be at least 1 (the default is 2048)".into(),
+            ));
+        }
+        if let Some(e) = &self.tracing.endpoint
+            && !e.starts_with("http://")
+        {
+            return Err(invalid(format!(
+                "[tracing] endpoint {e:?} is not an http:// URL such as \"http://127.0.0.1:4318/v1/traces\"\nhint: the Hall exports without TLS; send to a local OpenTelemetry Collector and let it forward over TLS"
+            )));
+        }
         Ok(())
     }
 
@@ -640,6 +682,29 @@ mod tests {
             .to_string();
         assert!(err.contains("[attestation] trust_policy"), "{err}");
         assert!(parse("[hall]\nrequire_worker_attestation = true\n[attestation]\ntrust_policy = \"trust.json\"\n").is_ok());
+    }
+
+    #[test]
+    fn tracing_is_off_by_default_and_checked() {
+        assert_eq!(parse("").unwrap().tracing, TracingSection::default());
+        let on = parse(
+            "[tracing]\nendpoint = \"http://127.0.0.1:4318/v1/traces\"\nsampling_ratio = 0.5\n\
+             headers = { authorization = \"Bearer x\" }\n",
+        )
+        .unwrap();
+        assert_eq!(on.tracing.sampling_ratio, Some(0.5));
+        assert_eq!(on.tracing.headers["authorization"], "Bearer x");
+        for (bad, says) in [
+            ("sampling_ratio = 1.5", "sampling_ratio"),
+            ("max_queue = 0", "max_queue"),
+            ("endpoint = \"https://x/v1/traces\"", "http://"),
+            ("endpont = \"http://x\"", "endpont"),
+        ] {
+            let e = parse(&format!("[tracing]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -209,8 +209,9 @@ pub struct RunRequest {
     pub payload: Vec<u8>,
     /// Becomes `WCP_CORRELATION_ID`; printable ASCII, at most 128 characters.
     pub correlation_id: String,
-    /// An incoming W3C `traceparent` to hand on; when absent one is derived from the
-    /// correlation id (a UUID's 32 hex digits, otherwise a SHA-256 prefix) with a fresh span id.
+    /// An incoming W3C `traceparent` to hand on as it is (the Hall's: its run span); when absent
+    /// one is derived from the correlation id (a UUID's 32 hex digits, otherwise a SHA-256
+    /// prefix) with a fresh span id.
     pub traceparent: Option<String>,
     /// Overrides [`HostConfig::worker_identity`] for this run (e.g. one uid per concurrent run
     /// from a pool, so `RLIMIT_NPROC` is per run).

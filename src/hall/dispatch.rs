@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use super::api::ApiError;
 use super::approvals::{Approval, ApprovalStatus, now_ms, rfc3339_ms};
 use super::identity::Peer;
+use super::otel;
 use super::runner;
 use super::state::Loaded;
 use super::{Hall, RunRequest};
@@ -174,15 +175,69 @@ pub async fn dispatch(
     input: RouteInput,
     raw: Value,
     approval_wait_ms: Option<u64>,
+    incoming: otel::Incoming,
+) -> Result<DispatchResponse, ApiError> {
+    let span = otel::DispatchSpan::start(
+        hall.tracing.as_ref(),
+        &incoming,
+        vec![
+            otel::kv("wcp.capability_id", input.capability_id.clone()),
+            otel::kv("wcp.tenant_id", input.tenant_id.clone()),
+            otel::kv("wcp.correlation_id", input.correlation_id.clone()),
+            otel::kv("wcp.env", input.env.as_str()),
+            otel::kv("wcp.dry_run", input.dry_run),
+        ],
+    );
+    let trace = span.trace();
+    let out = dispatch_steps(hall, peer, input, raw, approval_wait_ms, &trace).await;
+    match &out {
+        Ok(r) => {
+            trace.set(vec![otel::kv("wcp.status", r.status)]);
+            if let Some(seq) = r
+                .execution
+                .as_ref()
+                .and_then(|e| e["receipt"]["seq"].as_u64())
+            {
+                trace.set(vec![otel::kv("wcp.receipt_seq", seq as i64)]);
+            }
+        }
+        Err(e) => trace.error(e.code),
+    }
+    out
+}
+
+async fn dispatch_steps(
+    hall: Arc<Hall>,
+    peer: Peer,
+    input: RouteInput,
+    raw: Value,
+    approval_wait_ms: Option<u64>,
+    trace: &otel::Trace,
 ) -> Result<DispatchResponse, ApiError> {
     let started = Instant::now();
     let loaded = hall.current.get();
+    let admitting = otel::now();
     let permit = hall
         .limits
         .admit(&admission_key(&loaded, &peer, &input.tenant_id))
         .await
+        .inspect_err(|_| {
+            trace.step(
+                "wcp.admission",
+                admitting,
+                vec![otel::kv("wcp.admitted", false)],
+            )
+        })
         .map_err(|e| ApiError::overloaded(e.to_string()))?;
+    trace.step(
+        "wcp.admission",
+        admitting,
+        vec![otel::kv("wcp.admitted", true)],
+    );
+    let routing = otel::now();
     let routed = route(&hall, &loaded, &peer, &input, None);
+    trace.step("wcp.route", routing, route_attributes(&routed));
+    trace.set(route_attributes(&routed));
     record_decision(&hall, &routed.decision);
     let out = if needs_human(&routed.decision) {
         // Waiting for a human must not hold an execution slot.
@@ -194,18 +249,49 @@ pub async fn dispatch(
             .min(approval_wait_ms.unwrap_or(u64::MAX));
         request_approval(&hall, &loaded, peer, input, raw, routed, wait).await?
     } else if routed.decision.denied {
+        let receipting = otel::now();
         let receipt = receipt_denial(&hall, &peer, &routed).await?;
+        trace.step(
+            "wcp.denial_receipt",
+            receipting,
+            receipt["seq"]
+                .as_u64()
+                .map(|seq| vec![otel::kv("wcp.receipt_seq", seq as i64)])
+                .unwrap_or_default(),
+        );
         let mut r = response("denied", routed);
         r.execution = Some(json!({"receipt": receipt}));
         r
     } else if input.dry_run {
         response("dry_run", routed)
     } else {
-        run(&hall, &loaded, peer, input, routed).await?
+        run(&hall, &loaded, peer, input, routed, trace.clone()).await?
     };
     hall.metrics
         .observe_dispatch(started.elapsed().as_secs_f64());
     Ok(out)
+}
+
+/// A routing decision in WCP's words, for its span.
+fn route_attributes(routed: &Routed) -> Vec<opentelemetry::KeyValue> {
+    let d = &routed.decision;
+    let mut attrs = vec![
+        otel::kv("wcp.denied", d.denied),
+        otel::kv("wcp.decision_id", d.decision_id.clone()),
+    ];
+    if let Some(s) = &d.selected_worker_species_id {
+        attrs.push(otel::kv("wcp.worker_species_id", s.clone()));
+    }
+    if let Some(code) = d.deny_code() {
+        attrs.push(otel::kv("wcp.deny_code", code.as_str()));
+    }
+    if !d.matched_rule_id.is_empty() {
+        attrs.push(otel::kv("wcp.matched_rule_id", d.matched_rule_id.clone()));
+    }
+    if let Some(p) = &routed.policy {
+        attrs.push(otel::kv("wcp.policy_version", p.policy_version.clone()));
+    }
+    attrs
 }
 
 /// Runs an allowed decision through the runner on a blocking thread.
@@ -215,6 +301,7 @@ async fn run(
     peer: Peer,
     input: RouteInput,
     routed: Routed,
+    trace: otel::Trace,
 ) -> Result<DispatchResponse, ApiError> {
     let runner = hall.runner.clone();
     // The request must match the verified package's config.schema.json before anything runs
@@ -246,6 +333,7 @@ async fn run(
         verified: routed.verified.clone(),
         run_limits: routed.run_limits,
         loaded: loaded.clone(),
+        trace,
     };
     let correlation_id = routed.decision.correlation_id.clone();
     let outcome = tokio::task::spawn_blocking(move || runner.run(request))
@@ -573,7 +661,16 @@ pub async fn complete_approval(hall: Arc<Hall>, approval: Approval) -> Result<Va
             } else if input.dry_run {
                 response("dry_run", routed)
             } else {
-                match run(&hall, &loaded, approval.peer, input, routed.clone()).await {
+                match run(
+                    &hall,
+                    &loaded,
+                    approval.peer,
+                    input,
+                    routed.clone(),
+                    otel::Trace::default(),
+                )
+                .await
+                {
                     Ok(r) => r,
                     Err(e) => {
                         let mut r = response("failed", routed);

@@ -436,6 +436,18 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
     tracing::info!(cgroup = %cgroup.note, "cgroup");
     hall.cgroup = cgroup;
     hall.worker_uids.push(worker.uid);
+    // Traces: off unless an OTLP endpoint is configured; started before the async runtime (the
+    // exporter has its own thread and HTTP client).
+    let otel = super::otel::Settings::resolve(&hall.current.get().config.tracing, |k| {
+        std::env::var(k).ok()
+    })
+    .map_err(|e| fail(StartFailure::Config, format!("[tracing]: {e}")))?;
+    if let Some(settings) = otel {
+        let t = super::otel::Tracing::start(&settings)
+            .map_err(|e| fail(StartFailure::Config, format!("[tracing]: {e}")))?;
+        tracing::info!(endpoint = %t.endpoint, sampler = ?settings.sampler, "OTLP traces on");
+        hall.tracing = Some(t);
+    }
     let hall = Arc::new(hall);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -497,6 +509,9 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
         Ok::<(), StartError>(())
     });
     runtime.shutdown_timeout(grace);
+    if let Some(t) = &hall.tracing {
+        t.shutdown(Duration::from_secs(2));
+    }
     result
 }
 

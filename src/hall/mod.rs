@@ -16,6 +16,7 @@
 //! - [`server`]: routes, handlers and the accept loop.
 //! - [`lifecycle`]: socket binding or activation, signals, readiness and watchdog notification.
 //! - [`metrics`], [`metrics_http`]: the Prometheus exposition, and its optional TCP listener.
+//! - [`otel`]: OpenTelemetry traces of dispatches over OTLP/HTTP, when configured.
 
 pub mod api;
 pub mod approvals;
@@ -28,6 +29,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod metrics_http;
+pub mod otel;
 pub mod runner;
 pub mod server;
 pub mod state;
@@ -59,6 +61,8 @@ pub struct RunRequest {
     /// What the env's profile demands of the run (`None`: no profile; the envelope's defaults).
     pub run_limits: Option<(crate::envelope::Limits, crate::envelope::Minimums)>,
     pub loaded: Arc<Loaded>,
+    /// The dispatch span the runner's step spans hang on (nothing when tracing is off).
+    pub trace: otel::Trace,
 }
 
 /// What a run produced.
@@ -98,6 +102,8 @@ pub struct Hall {
     pub worker_uids: Vec<u32>,
     /// The cgroup subtree the Hall may create worker cgroups in, and how it was obtained.
     pub cgroup: cgroup::Delegation,
+    /// The OTLP trace exporter, when `[tracing]` (or `OTEL_EXPORTER_OTLP_*`) configures one.
+    pub tracing: Option<otel::Tracing>,
     stopping: AtomicBool,
 }
 
@@ -132,6 +138,7 @@ impl Hall {
                 controllers: Vec::new(),
                 note: "not prepared".into(),
             },
+            tracing: None,
             stopping: AtomicBool::new(false),
         }
     }

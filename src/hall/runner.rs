@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::approvals::{now_ms, rfc3339_ms};
+use super::otel;
 use super::{RunOutcome, RunRequest};
 use crate::envelope::{self, Envelope, Identity};
 use crate::receipt::model::{Caller, Execution, PackageRef, Timings};
@@ -189,6 +190,7 @@ impl HallRunner {
             verified,
             run_limits,
             loaded,
+            trace,
         } = request;
         let species = decision.selected_worker_species_id.clone().ok_or_else(|| {
             RunError::Internal("an allowed decision without a selected worker".into())
@@ -204,7 +206,7 @@ impl HallRunner {
         });
 
         // Where the Hall's time goes, per phase (µs), returned with the execution.
-        let mut phases = Phases::start();
+        let mut phases = Phases::start(trace);
         // 1. Verify the package now, and run only its read-only store copy.
         let attested = loaded.attested.as_ref().ok_or_else(|| {
             failure(
@@ -253,7 +255,15 @@ impl HallRunner {
             signer_key_ids: report.signer_key_ids.iter().map(|k| k.0.clone()).collect(),
         };
 
-        phases.mark("verify");
+        phases.mark_with(
+            "verify",
+            vec![
+                otel::kv("wcp.worker_id", record.worker_id.clone()),
+                otel::kv("wcp.worker_species_id", species.clone()),
+                otel::kv("wcp.package_digest", package.digest.clone()),
+                otel::kv("wcp.attestation_cached", report.cached),
+            ],
+        );
         // 2. The intent, durable before anything starts.
         let mut dispatch = Dispatch::from_decision(
             &decision,
@@ -270,7 +280,12 @@ impl HallRunner {
             )
         })?;
 
-        phases.mark("intent_receipt");
+        phases.mark_with(
+            "intent_receipt",
+            vec![otel::kv("wcp.receipt_seq", intent.seq() as i64)],
+        );
+        // The run's span is open while the worker runs; the worker's TRACEPARENT names it.
+        let run_span = phases.trace.child("wcp.envelope_run");
         // 3. Run under the envelope the profile asks for.
         // The profile's own types, resolved with the decision: nothing to convert.
         let (limits, minimums) =
@@ -303,7 +318,7 @@ impl HallRunner {
                 runtime,
                 payload,
                 correlation_id: input.correlation_id.clone(),
-                traceparent: None,
+                traceparent: run_span.trace().traceparent(),
                 identity: None,
                 // A record is the package author's: an absolute entry never reaches the host's
                 // tree, it is mapped under the run directory.
@@ -320,7 +335,14 @@ impl HallRunner {
             })
         });
 
-        phases.mark("run");
+        phases.mark_untraced("run");
+        run_span.end(match &run {
+            Ok(o) => vec![
+                otel::kv("wcp.exit_code", o.exit.code.map_or(-1, i64::from)),
+                otel::kv("wcp.timed_out", o.timed_out),
+            ],
+            Err((e, _)) => vec![otel::kv("wcp.error_code", e.code())],
+        });
         // 4. The outcome, durable before the answer.
         let outcome = match run {
             Ok(outcome) => outcome,
@@ -338,7 +360,10 @@ impl HallRunner {
                         },
                     )
                     .map_err(|le| receipt_error(le, "the outcome could not be recorded"))?;
-                let (phases, phases_json) = phases.finish("outcome_receipt");
+                let (phases, phases_json) = phases.finish(
+                    "outcome_receipt",
+                    vec![otel::kv("wcp.receipt_seq", appended.seq as i64)],
+                );
                 return Ok(RunOutcome {
                     succeeded: false,
                     result: None,
@@ -391,7 +416,10 @@ impl HallRunner {
         // it is passed on as the result, beside the Hall's `error`.
         let result = outcome.result_json().ok();
         let succeeded = failure.is_none();
-        let (phases, phases_json) = phases.finish("outcome_receipt");
+        let (phases, phases_json) = phases.finish(
+            "outcome_receipt",
+            vec![otel::kv("wcp.receipt_seq", appended.seq as i64)],
+        );
         let execution = RunExecution::Executed(ExecutedRun {
             worker_id: record.worker_id.clone(),
             summary: summary_json,
@@ -513,29 +541,57 @@ pub fn package_bootstrap(
     }
 }
 
-/// Wall-clock time per phase of a run, for the answer (operators see where time went).
+/// Wall-clock time per phase of a run, for the answer (operators see where time went), and
+/// each phase as a child span of the dispatch's when tracing is on.
 struct Phases {
     last: std::time::Instant,
+    last_wall: std::time::SystemTime,
     done: Vec<(&'static str, std::time::Duration)>,
+    trace: otel::Trace,
+}
+
+/// The span name of each phase.
+fn span_name(phase: &'static str) -> &'static str {
+    match phase {
+        "verify" => "wcp.verify",
+        "intent_receipt" => "wcp.intent_receipt",
+        "run" => "wcp.envelope_run",
+        "outcome_receipt" => "wcp.outcome_receipt",
+        other => other,
+    }
 }
 
 impl Phases {
-    fn start() -> Self {
+    fn start(trace: otel::Trace) -> Self {
         Phases {
             last: std::time::Instant::now(),
+            last_wall: otel::now(),
             done: Vec::new(),
+            trace,
         }
     }
 
-    fn mark(&mut self, phase: &'static str) {
+    /// Ends a phase whose span was recorded separately (or not at all).
+    fn mark_untraced(&mut self, phase: &'static str) {
         let now = std::time::Instant::now();
         self.done.push((phase, now.duration_since(self.last)));
         self.last = now;
+        self.last_wall = otel::now();
+    }
+
+    /// Ends a phase and records its span with these attributes.
+    fn mark_with(&mut self, phase: &'static str, attrs: Vec<opentelemetry::KeyValue>) {
+        self.trace.step(span_name(phase), self.last_wall, attrs);
+        self.mark_untraced(phase);
     }
 
     /// Marks the last phase; returns the phases and their JSON (`{phase: µs}`) for the answer.
-    fn finish(mut self, phase: &'static str) -> (Vec<(&'static str, std::time::Duration)>, Value) {
-        self.mark(phase);
+    fn finish(
+        mut self,
+        phase: &'static str,
+        attrs: Vec<opentelemetry::KeyValue>,
+    ) -> (Vec<(&'static str, std::time::Duration)>, Value) {
+        self.mark_with(phase, attrs);
         let json = self
             .done
             .iter()

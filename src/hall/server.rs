@@ -363,12 +363,25 @@ async fn dispatch_handler(
     State(hall): State<Arc<Hall>>,
     Extension(peer): Extension<Peer>,
     Query(query): Query<DispatchQuery>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     hall.metrics
         .inc("wcp_hall_requests_total", &[("endpoint", "dispatch")]);
+    // The caller's W3C trace context: the dispatch span continues its trace (an invalid
+    // traceparent is ignored, as W3C Trace Context says: the dispatch starts a new trace).
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let incoming = super::otel::Incoming {
+        traceparent: header("traceparent"),
+        tracestate: header("tracestate"),
+    };
     // Every answer is counted once in wcp_hall_dispatches_total, by its status or as an error.
-    let answered = dispatch_answer(&hall, peer, body, query.approval_wait_ms).await;
+    let answered = dispatch_answer(&hall, peer, body, query.approval_wait_ms, incoming).await;
     let status = answered.as_ref().map_or("error", |out| out.status);
     hall.metrics
         .inc("wcp_hall_dispatches_total", &[("status", status)]);
@@ -380,6 +393,7 @@ async fn dispatch_answer(
     peer: Peer,
     body: Body,
     approval_wait_ms: Option<u64>,
+    incoming: super::otel::Incoming,
 ) -> Result<dispatch::DispatchResponse, ApiError> {
     if hall.is_shutting_down() {
         return Err(ApiError::unavailable(
@@ -388,7 +402,7 @@ async fn dispatch_answer(
         ));
     }
     let (input, raw) = read_input(hall, body).await?;
-    dispatch::dispatch(hall.clone(), peer, input, raw, approval_wait_ms)
+    dispatch::dispatch(hall.clone(), peer, input, raw, approval_wait_ms, incoming)
         .await
         .inspect_err(|e| {
             if e.code == "receipt_log_unavailable" {
@@ -661,6 +675,27 @@ pub(super) async fn metrics(State(hall): State<Arc<Hall>>) -> Response {
                 .attested
                 .as_ref()
                 .map_or(0.0, |a| a.verifications() as f64),
+        ),
+        (
+            "wcp_hall_trace_spans_exported",
+            "Spans exported over OTLP since start (0 when [tracing] is off; a count).",
+            hall.tracing
+                .as_ref()
+                .map_or(0.0, |t| t.stats.exported.load(std::sync::atomic::Ordering::Relaxed) as f64),
+        ),
+        (
+            "wcp_hall_trace_spans_dropped",
+            "Spans dropped because the export queue ([tracing] max_queue) was full (a count).",
+            hall.tracing
+                .as_ref()
+                .map_or(0.0, |t| t.stats.dropped.load(std::sync::atomic::Ordering::Relaxed) as f64),
+        ),
+        (
+            "wcp_hall_trace_spans_export_failed",
+            "Spans lost because their OTLP export failed (receiver down, refused, timed out; a count).",
+            hall.tracing
+                .as_ref()
+                .map_or(0.0, |t| t.stats.failed.load(std::sync::atomic::Ordering::Relaxed) as f64),
         ),
         (
             "wcp_hall_config_generation",

@@ -256,14 +256,26 @@ impl HallBridge {
             arguments,
         );
         tracing::info!(capability_id, correlation_id, "dispatching");
-        let answer = match self
-            .call(
-                Method::POST,
-                "/wcp/dispatch?approval_wait_ms=0",
-                Some(&input),
-                self.cfg.timeout,
-            )
-            .await
+        // The host's W3C trace context (`_meta.traceparent`, `_meta.tracestate`) goes on as the
+        // HTTP headers, so the Hall's dispatch span joins the host's trace. Only printable
+        // ASCII passes (anything else could not be a header); the Hall checks the rest.
+        let trace_headers: Vec<(&str, String)> = ["traceparent", "tracestate"]
+            .into_iter()
+            .filter_map(|k| {
+                let v = context.meta.0.get(k)?.as_str()?;
+                (!v.is_empty() && v.len() <= 512 && v.bytes().all(|b| (0x20..0x7f).contains(&b)))
+                    .then(|| (k, v.to_owned()))
+            })
+            .collect();
+        let answer = match client::call_with_headers(
+            &self.cfg.socket,
+            Method::POST,
+            "/wcp/dispatch?approval_wait_ms=0",
+            Some(&input),
+            self.cfg.timeout,
+            &trace_headers,
+        )
+        .await
         {
             Ok(a) if a.status.is_success() => a.body,
             Ok(a) => return http_error(a.status.as_u16(), &a.body),

@@ -61,8 +61,8 @@ pub fn secret_env_key(name: &str) -> Result<String, EnvelopeError> {
     ))
 }
 
-/// Decides the environment: the fixed allowlist, a `TRACEPARENT` continuing the request's trace
-/// (or one derived from the correlation id) with this run's span, `RES_OPTIONS=use-vc` when the
+/// Decides the environment: the fixed allowlist, a `TRACEPARENT` (the incoming one as it is, or
+/// one derived from the correlation id with this run's span), `RES_OPTIONS=use-vc` when the
 /// network step asks for it, and one key per declared secret (two names must not map to one
 /// key, and secrets need the Hall's secrets directory).
 pub(super) fn decide(
@@ -73,16 +73,22 @@ pub(super) fn decide(
     writes: &[WriteGrant],
     res_options: bool,
 ) -> Result<Environment, EnvelopeError> {
-    let trace_id = req
-        .traceparent
-        .as_ref()
-        .map(|tp| tp[3..35].to_owned())
-        .unwrap_or_else(|| trace_id_for(&req.correlation_id));
-    let mut span = ctx.span_id;
-    if span == [0; 8] {
-        span[7] = 1;
-    }
-    let traceparent = format!("00-{trace_id}-{}-01", crate::common::hex(&span));
+    // An incoming traceparent (the Hall's run span, already checked) is handed on as it is:
+    // the worker's own spans become children of that span, and its sampled flag holds.
+    let traceparent = match &req.traceparent {
+        Some(tp) => tp.clone(),
+        None => {
+            let mut span = ctx.span_id;
+            if span == [0; 8] {
+                span[7] = 1;
+            }
+            format!(
+                "00-{}-{}-01",
+                trace_id_for(&req.correlation_id),
+                crate::common::hex(&span)
+            )
+        }
+    };
     let write_dirs: Vec<String> = writes.iter().map(|w| s(&w.path)).collect();
     let mut env: Vec<(String, String)> = vec![
         ("PATH".into(), "/usr/bin:/bin".into()),
