@@ -17,7 +17,7 @@ use hyper::Method;
 use serde_json::{Value, json};
 use wcp_hall::client;
 
-#[path = "../tests/hall_support/mod.rs"]
+#[path = "../tests/it/hall_support.rs"]
 mod hall_support;
 use hall_support::{BIN, copy_dir, native_hello_package, package_key, read_record, repo};
 

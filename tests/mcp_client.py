@@ -1,5 +1,5 @@
 """Drives `wcp-hall mcp` with the official MCP Python SDK (the `mcp` package) and prints one
-JSON object describing what happened; tests/mcp.rs asserts on it.
+JSON object describing what happened; tests/it/mcp.rs asserts on it.
 
 usage: mcp_client.py WCP_HALL_BIN SOCKET TENANT TAMPER_FILE
 

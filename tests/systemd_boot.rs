@@ -14,13 +14,15 @@
 //! filter would refuse Landlock (`SYSTEMD_SECCOMP=0` lets it through).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-mod hall_support;
-use hall_support::repo;
+/// A path in the repository.
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
 
 /// What the root file system holds beyond `minbase`.
 const PACKAGES: &[&str] = &[
@@ -121,7 +123,7 @@ fn install_steps() -> String {
 }
 
 /// `packaging/build-deb --dev`: the Debian package of the binary under test.
-fn build_deb(into: &std::path::Path) {
+fn build_deb(into: &Path) {
     require_tool("cargo-deb", "cargo-deb (cargo install cargo-deb --locked)");
     let out = run(
         Command::new(repo("packaging/build-deb")).arg("--dev"),
@@ -133,7 +135,7 @@ fn build_deb(into: &std::path::Path) {
         .find(|l| l.ends_with(".deb"))
         .unwrap_or_else(|| panic!("build-deb printed no package: {out}"));
     std::fs::create_dir_all(into).unwrap();
-    let name = std::path::Path::new(deb).file_name().unwrap();
+    let name = Path::new(deb).file_name().unwrap();
     std::fs::copy(deb, into.join(name)).unwrap();
     let lint = Command::new("lintian")
         .args(["--fail-on", "error"])

@@ -38,7 +38,7 @@ use super::report::*;
 use super::seccomp::SeccompMode;
 use super::types::{HostConfig, Identity, RunRequest};
 
-// What `plan_tests.rs` reaches through `use super::*`, besides what this file uses itself.
+// What `tests.rs` reaches through `use super::*`, besides what this file uses itself.
 #[cfg(test)]
 use {
     super::probe::LANDLOCK_ABI_REQUESTED,
@@ -325,5 +325,4 @@ pub fn plan(
 }
 
 #[cfg(test)]
-#[path = "../plan_tests.rs"]
 pub(crate) mod tests;

@@ -1,6 +1,6 @@
 """Tests of the worker protocol implemented by code/bootstrap.py.
 
-bootstrap.py is byte-identical in every bundled worker (tests/workers.rs checks that), so its
+bootstrap.py is byte-identical in every bundled worker (tests/it/workers.rs checks that), so its
 protocol is tested once, here, through hello.
 """
 

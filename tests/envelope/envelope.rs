@@ -1,11 +1,9 @@
 //! The envelope end to end: real processes, real kernel enforcement, real reports.
 
-mod envelope_support;
-
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-use envelope_support::*;
+use crate::envelope_support::*;
 use wcp_hall::crypto::canonical;
 use wcp_hall::envelope::{Bootstrap, Effective, EnvelopeError, Feature, Minimum, RuntimePaths};
 use wcp_hall::registry::NetworkEgress;

@@ -4,9 +4,7 @@
 //! copying into the store, HMAC in constant time). Plus pyhall-spec §4's named vectors (V3
 //! scaffold signature, V4 newline ambiguity, which the Hall deliberately refuses).
 
-mod attestation_support;
-
-use attestation_support::*;
+use crate::attestation_support::*;
 use serde_json::Value;
 use wcp_hall::attest::manifest_v1::{ManifestV1, ManifestV1Input};
 use wcp_hall::attest::tree::{TreeError, UnsafeKind};

@@ -8,14 +8,12 @@
 //! [`child_process_entry`]. (The daemon-level crash test — kill -9 the Hall while clients wait
 //! for answers — belongs with the daemon.)
 
-mod receipts_common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use receipts_common::*;
+use crate::receipts_common::*;
 use wcp_hall::receipt::model::{LogLine, ReceiptPayload};
 use wcp_hall::receipt::{
     BackgroundCheck, Kind, LogError, LogOptions, LogState, Outcome, ReceiptLog, store,
@@ -45,7 +43,7 @@ fn child_process_entry() {
         return;
     };
     let dir = PathBuf::from(std::env::var(DIR).expect("dir"));
-    // The harness has printed "test child_process_entry ... " without a newline: end it, so
+    // The harness has printed "test …::child_process_entry ... " without a newline: end it, so
     // every line the parent parses is one of ours.
     println!();
     match mode.as_str() {
@@ -138,11 +136,22 @@ fn fsize_child(dir: &Path) {
     log.shutdown().expect("shutdown");
 }
 
+/// The harness's name of [`child_process_entry`] (`receipts_crash::child_process_entry`): its path
+/// below the test crate's root.
+fn child_test_name() -> String {
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    if module.is_empty() {
+        "child_process_entry".to_owned()
+    } else {
+        format!("{module}::child_process_entry")
+    }
+}
+
 fn spawn_child(mode: &str, dir: &Path, round: u32) -> std::process::Child {
     Command::new(std::env::current_exe().expect("test binary"))
         .args([
             "--exact",
-            "child_process_entry",
+            &child_test_name(),
             "--nocapture",
             "--test-threads=1",
         ])

@@ -1,12 +1,10 @@
 //! The `wcp-hall attest` commands end to end: the real binary, real files, exit codes, stdout.
 
-mod attestation_support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use attestation_support::*;
+use crate::attestation_support::*;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_wcp-hall");

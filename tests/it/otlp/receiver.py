@@ -1,4 +1,4 @@
-"""A minimal OTLP/HTTP (protobuf) traces receiver for tests/otlp.rs.
+"""A minimal OTLP/HTTP (protobuf) traces receiver for tests/it/otlp.rs.
 
 Decodes each POST /v1/traces body with the official OpenTelemetry protobuf definitions
 (PyPI opentelemetry-proto) and appends one JSON line per span to the file named by argv[1].

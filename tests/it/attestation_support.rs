@@ -1,5 +1,4 @@
 //! Helpers shared by the attestation tests: materialising vector packages, keys, policies.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 

@@ -1,13 +1,11 @@
 //! `wcp-hall receipts …` and `wcp-hall keys rotate` as a user runs them: real binary, real
 //! files, exit codes and output.
 
-mod receipts_common;
-
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use receipts_common::*;
+use crate::receipts_common::*;
 use serde_json::Value;
 use wcp_hall::crypto::{KeyPair, PublicKey};
 use wcp_hall::receipt::store;

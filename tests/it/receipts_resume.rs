@@ -2,12 +2,10 @@
 //! to the full scan, and what the fast open skipped is re-verified in the background (a problem
 //! found there poisons the log).
 
-mod receipts_common;
-
 use std::fs;
 use std::path::Path;
 
-use receipts_common::*;
+use crate::receipts_common::*;
 use wcp_hall::receipt::resume::{self, Snapshot};
 use wcp_hall::receipt::{
     BackgroundCheck, LogError, LogOptions, OpenReport, Outcome, ReceiptLog, store,

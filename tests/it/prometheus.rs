@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use hyper::Method;
 use serde_json::{Value, json};
 
-mod hall_support;
-use hall_support::{BIN, repo};
+use crate::hall_support::{BIN, repo};
 
 /// The path of an installed tool, or a loud failure saying how to get it.
 fn tool(name: &str) -> PathBuf {

@@ -1,15 +1,13 @@
 //! `wcp-hall envelope probe|run` as a real process: output, exit codes, and the Hall's own
 //! environment never reaching the worker; also the non-root Hall path (user namespace).
 
-mod envelope_support;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use envelope_support::*;
+use crate::envelope_support::*;
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wcp-hall");
@@ -358,7 +356,7 @@ fn an_unprivileged_hall_confines_workers_in_a_user_namespace() {
 
 #[test]
 fn a_run_without_a_result_names_its_failure_code() {
-    // tests/hostile/misbehave fails as its request asks (also used by tests/daemon.rs).
+    // tests/hostile/misbehave fails as its request asks (also used by tests/it/daemon.rs).
     let fx = fixture();
     let pkg = fx.hostile("misbehave");
     let pkg_s = pkg.display().to_string();

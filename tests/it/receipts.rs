@@ -1,11 +1,9 @@
 //! Evidence receipts end to end on real files: every tamper case is detected and located, the
 //! Hall refuses to start on a truncated, rolled-back or corrupted log, proofs verify offline.
 
-mod receipts_common;
-
 use std::fs;
 
-use receipts_common::*;
+use crate::receipts_common::*;
 use wcp_hall::crypto::KeyPair;
 use wcp_hall::receipt::checkpoint::Checkpoint;
 use wcp_hall::receipt::merkle::{Frontier, leaf_hash};
@@ -373,7 +371,7 @@ fn the_hall_refuses_a_log_inconsistent_with_its_saved_checkpoint() {
 #[test]
 fn the_hall_refuses_corruption_before_the_tail() {
     // Without a resume snapshot the open reads everything. (With one, records before it are
-    // checked by the background verification instead: tests/receipts_resume.rs.)
+    // checked by the background verification instead: tests/it/receipts_resume.rs.)
     let dir = genuine();
     fs::remove_file(dir.path().join(store::RESUME_FILE)).unwrap();
     let mut all = lines(dir.path());

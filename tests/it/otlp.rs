@@ -12,8 +12,7 @@ use hyper::Method;
 use serde_json::{Value, json};
 use wcp_hall::client;
 
-mod hall_support;
-use hall_support::{BIN, native_hello_package, package_key, repo};
+use crate::hall_support::{BIN, native_hello_package, package_key, repo};
 
 /// The receiver's requirements; the venv's directory is keyed by them.
 const REQUIREMENTS: &str = "opentelemetry-proto>=1.20";
@@ -80,7 +79,7 @@ impl Receiver {
     fn start(dir: &Path) -> Self {
         let spans = dir.join("spans.jsonl");
         let mut child = Command::new(otlp_python())
-            .arg(repo("tests/otlp/receiver.py"))
+            .arg(repo("tests/it/otlp/receiver.py"))
             .arg(&spans)
             .stdout(Stdio::piped())
             .spawn()
@@ -144,7 +143,7 @@ impl TracedHall {
             .write(&d.join("keys/receipts.key"))
             .unwrap();
         let (pkg, record) = native_hello_package(d);
-        hall_support::sign_and_enroll(&package_key(d), &pkg, &record, &d.join("registry"));
+        crate::hall_support::sign_and_enroll(&package_key(d), &pkg, &record, &d.join("registry"));
         std::fs::write(
             d.join("hall.toml"),
             format!(

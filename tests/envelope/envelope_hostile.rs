@@ -2,8 +2,6 @@
 //! test asserts *how* it was stopped: the errno the worker got, the report, the exit status,
 //! and the host side (nothing received, no process left).
 
-mod envelope_support;
-
 use std::fs;
 use std::io::Read;
 use std::net::{TcpListener, UdpSocket};
@@ -11,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 
-use envelope_support::*;
+use crate::envelope_support::*;
 use serde_json::{Value, json};
 use wcp_hall::envelope::{Effective, Minimum, RunOutcome, RunRequest};
 use wcp_hall::registry::NetworkEgress;

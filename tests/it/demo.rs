@@ -13,8 +13,7 @@ use std::sync::Mutex;
 
 use serde_json::Value;
 
-mod hall_support;
-use hall_support::{BIN, copy_dir, repo};
+use crate::hall_support::{BIN, copy_dir, repo};
 static DEMO: Mutex<()> = Mutex::new(());
 
 fn wcp(args: &[&str]) -> Output {

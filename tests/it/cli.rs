@@ -4,8 +4,7 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-mod hall_support;
-use hall_support::{BIN, copy_dir, repo};
+use crate::hall_support::{BIN, copy_dir, repo};
 
 fn run(args: &[&str], stdin: Option<&str>) -> Output {
     let mut cmd = Command::new(BIN);

@@ -1,7 +1,6 @@
 //! Helpers shared by the tests that drive a real Hall (and by `benches/daemon.rs`): repository
 //! paths, copying worker packages, a package-signing key trusted for `org.wcp-hall`, and signing
 //! and enrolling a package through the real CLI (`wcp-hall keygen`, `wcp-hall attest sign`).
-#![allow(dead_code)] // each test binary uses a subset
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

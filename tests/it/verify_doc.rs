@@ -3,14 +3,12 @@
 //! and no `wcp-hall` on the PATH, on the evidence of a real Hall run (`wcp-hall demo --keep`,
 //! then `serve` on its directory). Then again on tampered evidence, which must fail.
 
-mod hall_support;
-
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use hall_support::{BIN, repo};
+use crate::hall_support::{BIN, repo};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 

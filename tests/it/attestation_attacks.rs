@@ -2,12 +2,10 @@
 //! real store, each asserting its documented `ATTEST_*` code (docs/attestation.md), plus the
 //! store's guarantees and the property that the hash ignores file creation order.
 
-mod attestation_support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use attestation_support::*;
+use crate::attestation_support::*;
 use serde_json::json;
 use wcp_hall::attest::sign::{self, SignRequest};
 use wcp_hall::attest::tree::{self, TreeError, UnsafeKind};

@@ -588,7 +588,7 @@ fn every_package_has_the_pyhall_layout() {
             read(&dir.join("code/bootstrap.py")) == bootstrap,
             "{}: code/bootstrap.py differs from workers/bootstrap.py, its one source: edit that \
              file, then copy it into every package with \
-             `{REGENERATE}=1 cargo test --test workers every_package_has_the_pyhall_layout`",
+             `{REGENERATE}=1 cargo test --test it workers::every_package_has_the_pyhall_layout`",
             w.dir
         );
         assert_eq!(

@@ -1,5 +1,4 @@
 //! Helpers shared by the receipt tests: real logs in temporary directories, real keys.
-#![allow(dead_code)]
 
 use std::fs;
 use std::path::{Path, PathBuf};

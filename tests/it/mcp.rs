@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-mod hall_support;
-use hall_support::{BIN, copy_dir, package_key, read_record, repo};
+use crate::hall_support::{BIN, copy_dir, package_key, read_record, repo};
 
 /// A virtual environment with the MCP Python SDK, created once under target/ and reused.
 /// Fails loudly (never skips) when it cannot be built, e.g. without access to PyPI.
@@ -70,7 +69,7 @@ fn sign_and_enroll_as(dir: &Path, package: &str, name: &str, key: &Path, edit: i
     copy_dir(&repo(&format!("workers/{package}")), &pkg);
     edit(&pkg);
     let record = read_record(&pkg.join("record.json"));
-    hall_support::sign_and_enroll(key, &pkg, &record, &dir.join("registry"));
+    crate::hall_support::sign_and_enroll(key, &pkg, &record, &dir.join("registry"));
 }
 
 struct Hall {

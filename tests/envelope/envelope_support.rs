@@ -1,6 +1,5 @@
 //! Shared fixtures for the envelope tests: a world-readable temporary "store" of packages, a
 //! Hall-owned runs directory, a cgroup v2 parent, and requests with small limits.
-#![allow(dead_code)]
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

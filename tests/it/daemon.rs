@@ -12,8 +12,7 @@ use hyper::Method;
 use serde_json::{Value, json};
 use wcp_hall::client;
 
-mod hall_support;
-use hall_support::{BIN, copy_dir, native_hello_package, package_key, read_record, repo};
+use crate::hall_support::{BIN, copy_dir, native_hello_package, package_key, read_record, repo};
 
 const NOBODY: u32 = 65534;
 
@@ -1311,12 +1310,12 @@ fn sign_and_enroll(dir: &Path, pkg: &Path, record: &Value) -> String {
     for e in std::fs::read_dir(&reg).unwrap() {
         std::fs::remove_file(e.unwrap().path()).unwrap();
     }
-    hall_support::sign_and_enroll(&package_key(dir), pkg, record, &reg)
+    crate::hall_support::sign_and_enroll(&package_key(dir), pkg, record, &reg)
 }
 
 /// Re-signs `pkg` (changed after enrollment) with `<dir>`'s package key.
 fn sign_package(dir: &Path, pkg: &Path, worker_id: &str, species: &str) {
-    hall_support::sign_package(&package_key(dir), pkg, worker_id, species);
+    crate::hall_support::sign_package(&package_key(dir), pkg, worker_id, species);
 }
 
 fn signed_hello(dir: &Path) -> (PathBuf, String) {
