@@ -180,6 +180,23 @@ pub struct ApprovalStore {
 
 pub use crate::common::{now_ms, rfc3339_ms};
 
+/// The outcome kept for an approved request whose run the Hall did not see finish.
+fn interrupted(a: &Approval) -> Value {
+    serde_json::json!({
+        "status": "failed",
+        "denied": false,
+        "decision": a.decision,
+        "policy": a.policy,
+        "result": null,
+        "execution": {"error": {
+            "code": "interrupted",
+            "message": "the Hall stopped before this approved run finished; it is not run again \
+                        (an intent receipt it wrote ends aborted in the log): ask again for a new \
+                        approval"
+        }},
+    })
+}
+
 impl ApprovalStore {
     /// Opens (or creates) the store in `state_dir`. Returns the approvals that expired while the
     /// Hall was not running, already marked expired and persisted, for the caller to receipt.
@@ -195,11 +212,27 @@ impl ApprovalStore {
         };
         let now = now_ms();
         let mut expired = Vec::new();
+        let mut changed = false;
         for a in map.values_mut() {
             if a.status == ApprovalStatus::Pending && a.expires_at_ms <= now {
                 a.status = ApprovalStatus::Expired;
                 a.closed_at_ms = Some(now);
                 expired.push(a.clone());
+            } else if a.outcome.is_none() {
+                match a.status {
+                    ApprovalStatus::Pending => {}
+                    // Closed, but the Hall stopped before it recorded the denial: record it now
+                    // (like an expiry while down), so the requester is not told "pending"
+                    // forever.
+                    ApprovalStatus::Denied | ApprovalStatus::Expired => expired.push(a.clone()),
+                    // Approved, but the Hall stopped before the run's outcome was kept. It is not
+                    // run again (it may have run: the receipt log's recovery ends a dangling
+                    // intent `aborted`); the requester learns it was interrupted.
+                    ApprovalStatus::Approved => {
+                        a.outcome = Some(interrupted(a));
+                        changed = true;
+                    }
+                }
             }
         }
         let store = ApprovalStore {
@@ -207,7 +240,7 @@ impl ApprovalStore {
             inner: Mutex::new(map),
             changed: tokio::sync::watch::channel(0).0,
         };
-        if !expired.is_empty() {
+        if !expired.is_empty() || changed {
             let map = store.lock();
             store.persist(&map)?;
         }
@@ -613,5 +646,37 @@ mod tests {
         );
         assert!(store.find_repeat(1000, t, "cap.other", k).is_none());
         assert!(store.find_repeat(1000, t, c, "other").is_none());
+    }
+
+    #[test]
+    fn a_decision_the_hall_did_not_finish_recording_is_closed_on_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = ApprovalStore::open(dir.path()).unwrap();
+        store.create(approval("ran", u64::MAX)).unwrap();
+        store.create(approval("refused", u64::MAX)).unwrap();
+        let op = Peer {
+            uid: 0,
+            gid: 0,
+            pid: None,
+        };
+        // Resolved, and then the Hall stopped before it kept an outcome.
+        store.resolve("ran", true, &op, None).unwrap();
+        store.resolve("refused", false, &op, None).unwrap();
+        drop(store);
+        let (store, to_record) = ApprovalStore::open(dir.path()).unwrap();
+        // The approved one is not run again: its outcome says it was interrupted.
+        let ran = store.get("ran").unwrap();
+        assert_eq!(
+            ran.outcome.as_ref().unwrap()["execution"]["error"]["code"],
+            "interrupted"
+        );
+        // The denied one is handed back to be receipted (and its outcome kept).
+        assert_eq!(
+            to_record.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+            ["refused"]
+        );
+        drop(store);
+        let (store, _) = ApprovalStore::open(dir.path()).unwrap();
+        assert!(store.get("ran").unwrap().outcome.is_some(), "kept durably");
     }
 }
