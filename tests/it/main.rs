@@ -10,6 +10,7 @@
 mod attestation_support;
 mod hall_support;
 mod receipts_common;
+mod venv;
 
 // One module per area.
 mod attestation_attacks;

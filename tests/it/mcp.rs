@@ -12,49 +12,9 @@ use serde_json::{Value, json};
 
 use crate::hall_support::{BIN, copy_dir, package_key, read_record, repo};
 
-/// A virtual environment with the MCP Python SDK, created once under target/ and reused.
-/// Fails loudly (never skips) when it cannot be built, e.g. without access to PyPI.
+/// The MCP Python SDK, in a venv under target/ (see `python_venv`).
 fn mcp_python() -> PathBuf {
-    let venv = repo("target/mcp-venv");
-    let python = venv.join("bin/python");
-    let ready = |p: &Path| {
-        Command::new(p)
-            .args(["-c", "import mcp.client.stdio"])
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
-    if ready(&python) {
-        return python;
-    }
-    let o = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .output()
-        .expect("python3 must be installed for the MCP test");
-    assert!(
-        o.status.success(),
-        "python3 -m venv failed (install python3-venv): {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let o = Command::new(venv.join("bin/pip"))
-        .args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "mcp>=1.10",
-        ])
-        .output()
-        .expect("run pip");
-    assert!(
-        o.status.success() && ready(&python),
-        "cannot install the MCP Python SDK (`pip install mcp`) into {}: is PyPI reachable?\n{}{}",
-        venv.display(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    python
+    crate::venv::python_venv("mcp", "mcp>=1.10\n", "import mcp.client.stdio").join("bin/python")
 }
 
 /// Copies a bundled worker package, signs it with `key` and enrolls it (attestation.package_root).

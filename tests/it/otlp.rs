@@ -15,57 +15,16 @@ use wcp_hall::client;
 use crate::hall_support::{BIN, native_hello_package, package_key, repo};
 
 /// The receiver's requirements; the venv's directory is keyed by them.
-const REQUIREMENTS: &str = "opentelemetry-proto>=1.20";
+const REQUIREMENTS: &str = "opentelemetry-proto>=1.20\n";
 
-/// A Python with `opentelemetry-proto` (a venv under target/, made once per requirements).
-/// Fails loudly, never skips, when PyPI is unreachable.
+/// A Python with `opentelemetry-proto` (a venv under target/, see `python_venv`).
 fn otlp_python() -> PathBuf {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    REQUIREMENTS.hash(&mut h);
-    let venv = repo(&format!("target/otlp-venv-{:016x}", h.finish()));
-    let python = venv.join("bin/python");
-    let ready = |p: &Path| {
-        Command::new(p)
-            .args([
-                "-c",
-                "import opentelemetry.proto.collector.trace.v1.trace_service_pb2",
-            ])
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
-    if ready(&python) {
-        return python;
-    }
-    let o = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .output()
-        .expect("python3 must be installed for the OTLP test");
-    assert!(
-        o.status.success(),
-        "python3 -m venv failed (install python3-venv): {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let o = Command::new(venv.join("bin/pip"))
-        .args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            REQUIREMENTS,
-        ])
-        .output()
-        .expect("run pip");
-    assert!(
-        o.status.success() && ready(&python),
-        "cannot install {REQUIREMENTS} into {}: is PyPI reachable?\n{}{}",
-        venv.display(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    python
+    crate::venv::python_venv(
+        "otlp",
+        REQUIREMENTS,
+        "import opentelemetry.proto.collector.trace.v1.trace_service_pb2",
+    )
+    .join("bin/python")
 }
 
 /// The OTLP receiver: a child process and the file of spans it decoded.

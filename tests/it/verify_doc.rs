@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use crate::hall_support::{BIN, repo};
 use serde_json::Value;
-use sha2::{Digest as _, Sha256};
 
 /// The text between `<!-- NAME:begin -->` and `<!-- NAME:end -->`.
 fn between<'a>(doc: &'a str, name: &str) -> &'a str {
@@ -39,53 +38,13 @@ fn doc(path: &str) -> String {
     std::fs::read_to_string(repo(path)).unwrap()
 }
 
-/// A venv with the requirements of docs/verify.md, cached under target/ by their hash.
+/// A venv with the requirements of docs/verify.md (see `python_venv`).
 fn venv(requirements: &str) -> PathBuf {
-    let tag = hex(&Sha256::digest(requirements.as_bytes()))[..16].to_owned();
-    let venv = repo(&format!("target/verify-doc-venv-{tag}"));
-    let python = venv.join("bin/python");
-    let ready = |p: &Path| {
-        Command::new(p)
-            .args([
-                "-c",
-                "import securesystemslib.dsse, securesystemslib.signer, cryptography",
-            ])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if ready(&python) {
-        return venv;
-    }
-    let o = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .output()
-        .expect("python3 must be installed (.ci/run installs it)");
-    assert!(
-        o.status.success(),
-        "python3 -m venv failed (install python3-venv): {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let req = venv.join("requirements.txt");
-    std::fs::write(&req, requirements).unwrap();
-    let o = Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
-        .arg(&req)
-        .output()
-        .expect("run pip");
-    assert!(
-        o.status.success() && ready(&python),
-        "cannot install docs/verify.md's requirements into {}: is PyPI reachable?\n{}{}",
-        venv.display(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    venv
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::venv::python_venv(
+        "verify-doc",
+        requirements,
+        "import securesystemslib.dsse, securesystemslib.signer, cryptography",
+    )
 }
 
 fn bash(script: &str, cwd: &Path, env: &[(&str, &Path)], path: &str) -> Output {
