@@ -26,4 +26,5 @@ pub mod receipt;
 pub mod registry;
 pub mod router;
 pub mod rules;
+pub mod snapshot;
 pub mod wcp;

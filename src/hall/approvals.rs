@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::identity::Peer;
+use crate::snapshot::identity::Peer;
 
 /// WCP §5.8 supervisor levels, lowest first (the policy gate's vocabulary).
 pub const SUPERVISOR_LEVELS: &[&str] = crate::policy::SupervisorLevel::NAMES;

@@ -10,16 +10,16 @@ use serde_json::{Value, json};
 
 use super::api::ApiError;
 use super::approvals::{Approval, ApprovalStatus, now_ms, rfc3339_ms};
-use super::identity::Peer;
 use super::otel;
 use super::runner;
-use super::state::Loaded;
 use super::{Hall, RunRequest};
 use crate::clock::DEFAULT_TASK_ID;
 use crate::policy::gate::GateDecision;
 use crate::policy::request::CallerIdentity;
 use crate::receipt::Dispatch;
 use crate::receipt::model::{Approval as ReceiptApproval, DecisionSummary};
+use crate::snapshot::Loaded;
+use crate::snapshot::identity::Peer;
 use crate::wcp::{DenyCode, DenyReason, RouteDecision, RouteInput};
 
 /// The answer to `POST /wcp/dispatch` (and to a poll of a resolved approval).

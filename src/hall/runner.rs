@@ -37,7 +37,7 @@ pub struct HallRunner {
 }
 
 /// The receipt's caller from the kernel-verified peer.
-pub fn caller(peer: &super::identity::Peer) -> Caller {
+pub fn caller(peer: &crate::snapshot::identity::Peer) -> Caller {
     Caller {
         uid: peer.uid,
         gid: peer.gid,
