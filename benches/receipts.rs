@@ -84,6 +84,7 @@ fn dispatch(cid: &str, denied: bool) -> Dispatch {
                 "landlock": {"requested": true, "effective": "abi-7"},
             })
         }),
+        trace: None,
     }
 }
 

@@ -272,6 +272,7 @@ impl HallRunner {
             rfc3339_ms(now_ms()),
         );
         dispatch.package = Some(package.clone());
+        dispatch.trace = phases.trace.ids();
         dispatch.decision.policy_version = policy.as_ref().map(|p| p.policy_version.clone());
         let mut intent = self.receipts.append_intent(dispatch).map_err(|e| {
             receipt_error(
