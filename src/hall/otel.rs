@@ -422,6 +422,13 @@ impl Child {
         &self.0
     }
 
+    /// Adds an event (now) to this span.
+    pub fn event(&self, name: &'static str, attrs: Vec<KeyValue>) {
+        if let Some((_, cx)) = &self.0.recording {
+            cx.span().add_event(name, attrs);
+        }
+    }
+
     /// Ends the span with these attributes.
     pub fn end(self, attrs: Vec<KeyValue>) {
         self.0.set(attrs);

@@ -326,6 +326,26 @@ fn dispatch_spans_reach_an_otlp_receiver_as_children_of_the_callers_span() {
         .find(|s| s["name"] == "wcp.envelope_run")
         .unwrap();
     assert_eq!(run["attributes"]["wcp.exit_code"], 0, "{run}");
+    // The envelope's stages are the run span's events, in order, as the report lists them.
+    let stages: Vec<&str> = run["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .inspect(|e| assert_eq!(e["name"], "wcp.envelope.stage", "{e}"))
+        .map(|e| e["attributes"]["wcp.stage"].as_str().unwrap())
+        .collect();
+    let reported: Vec<&str> = out["execution"]["summary"]["envelope"]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, reported, "{run}");
+    assert!(
+        stages.contains(&"landlock")
+            && stages.contains(&"seccomp")
+            && stages.last() == Some(&"exec")
+    );
     let worker_log = out["result"]["stderr_tail"].as_str().unwrap_or_default();
     let stderr = out["execution"]["stderr_tail"]
         .as_str()
