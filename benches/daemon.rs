@@ -383,7 +383,7 @@ fn main() {
 fn traces_cost(rt: &tokio::runtime::Runtime, selected: &dyn Fn(&str) -> bool) {
     let rows: Vec<usize> = [1usize, 8]
         .into_iter()
-        .filter(|c| selected(&format!("traced/native/{c}")))
+        .filter(|c| selected(&format!("tracecost/{c}")))
         .collect();
     if rows.is_empty() {
         return;
