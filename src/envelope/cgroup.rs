@@ -63,8 +63,15 @@ pub fn own_v2_path() -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Controllers bound to cgroup v1 hierarchies (hybrid hosts), from `/proc/self/cgroup`.
-pub fn v1_controllers() -> Vec<String> {
+/// Controllers bound to cgroup v1 hierarchies (hybrid hosts), from `/proc/self/cgroup`, read
+/// once per process: which hierarchy a controller is bound to changes only when the host
+/// remounts its cgroup file systems, and every run's leaf asks (profiled: a file read per run).
+pub fn v1_controllers() -> &'static [String] {
+    static V1: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    V1.get_or_init(read_v1_controllers)
+}
+
+fn read_v1_controllers() -> Vec<String> {
     let Ok(text) = fs::read_to_string("/proc/self/cgroup") else {
         return Vec::new();
     };

@@ -256,7 +256,7 @@ fn probe_cgroup(host: &HostConfig) -> CgroupProbe {
         memory: false,
         pids: false,
         leaf_controllers: Vec::new(),
-        v1_controllers: cgroup::v1_controllers(),
+        v1_controllers: cgroup::v1_controllers().to_vec(),
         reason: None,
     };
     let Some(parent) = parent else {
