@@ -31,6 +31,7 @@ pub(crate) fn dispatch(correlation: &str) -> Dispatch {
             manifest_digest: None,
             signer_key_ids: vec!["ef".repeat(32)],
         }),
+        registry_service: None,
         envelope: Some(serde_json::json!({"network": {"requested": "none", "effective": "none"}})),
     }
 }
