@@ -141,15 +141,16 @@ pub struct Dispatch {
     pub package: Option<PackageRef>,
     /// `ALLOW`, `DENY` or `REQUIRE_HUMAN`.
     pub policy_decision: String,
+    /// The worker registry service's status the Hall used (`[registry_service]`), when it is
+    /// enabled: the status, when it and the ban list were fetched, and any staleness warning.
+    /// Absent otherwise (older receipts never have it). Fields in byte order, as every field
+    /// here (the canonical encoding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_service: Option<crate::registry_service::RegistryEvidence>,
     pub tenant_id: String,
     /// The enrolled worker id (`org.<ns>.*` / `x.<ns>.*`), when one was selected.
     pub worker_id: Option<String>,
     pub worker_species_id: Option<String>,
-    /// The worker registry service's status the Hall used (`[registry_service]`), when it is
-    /// enabled: the status, when it and the ban list were fetched, and any staleness warning.
-    /// Absent otherwise (older receipts never have it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub registry_service: Option<crate::registry_service::RegistryEvidence>,
 }
 
 impl Dispatch {

@@ -43,13 +43,14 @@ pub struct Policy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryEvidence {
+    /// When the ban list was last fetched (RFC 3339, UTC). Fields are in byte order of their
+    /// names: receipts are encoded canonically.
+    pub ban_list_fetched_at: Option<String>,
     /// The worker's status used: `active`, `revoked`, `banned`, `unknown`, or `unavailable`
     /// (never fetched).
     pub status: String,
-    /// When that status was fetched (RFC 3339, UTC).
+    /// When that status was fetched.
     pub status_fetched_at: Option<String>,
-    /// When the ban list was last fetched.
-    pub ban_list_fetched_at: Option<String>,
     /// Why the dispatch proceeded on stale data (environments whose `on_stale` is `warn`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
