@@ -504,6 +504,16 @@ fn a_running_hall_denies_from_its_cache_what_the_registry_says() {
             .contains("Failing closed"),
         "{stale}"
     );
+    let (_, health) = hall.call(Method::GET, "/wcp/health", None);
+    let cache = &health["registry_service"]["cache"];
+    assert!(
+        cache["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be reached"),
+        "{health}"
+    );
+    assert_eq!(health["registry_service"]["url"], fake.url.as_str());
     let (warned, _) = dispatch(&hall, "dev");
     assert_eq!(warned["status"], "completed", "{warned}");
     let warning = warned["registry_service"]["warning"].as_str().unwrap();
