@@ -43,8 +43,11 @@ pub enum RegistryCommand {
     Attest {
         worker_id: String,
         /// The package's SHA-256 (64 hex digits, e.g. from `wcp-hall attest hash`).
+        #[arg(long, required_unless_present = "package", conflicts_with = "package")]
+        sha256: Option<String>,
+        /// The package directory: its awp.v1 digest (as `wcp-hall attest hash DIR`) is attested.
         #[arg(long)]
-        sha256: String,
+        package: Option<PathBuf>,
         #[arg(long)]
         label: Option<String>,
         /// The package was written with an AI system.
@@ -244,6 +247,7 @@ pub fn run(cmd: RegistryCommand, out: &mut Out) -> Result<u8, CliError> {
         RegistryCommand::Attest {
             worker_id,
             sha256,
+            package,
             label,
             ai_generated,
             ai_service,
@@ -251,8 +255,17 @@ pub fn run(cmd: RegistryCommand, out: &mut Out) -> Result<u8, CliError> {
             ai_session_id,
             service,
         } => {
+            let sha256 = match (sha256, package) {
+                (Some(h), _) => check_hash(&h)?,
+                (None, Some(dir)) => {
+                    crate::attest::hash_tree(&dir, &crate::attest::TreeLimits::default())
+                        .map_err(|e| super::attest::tree_error(&dir, e))?
+                        .digest
+                }
+                (None, None) => unreachable!("clap requires --sha256 or --package"),
+            };
             let req = AttestRequest {
-                sha256: check_hash(&sha256)?,
+                sha256,
                 label,
                 ai_generated,
                 ai_service,

@@ -335,7 +335,11 @@ fn hostile_or_failing_services_get_typed_errors_within_bounds() {
 /// Stops `hall`, enrolls the signed hello worker, turns attestation and the registry service
 /// (at `url`, refreshing every second, stale after 3 s) on and starts it again. Returns the
 /// worker id and its package digest.
-fn restart_with_registry(hall: &mut TestHall, url: &str, before_start: impl FnOnce(&str, &str)) {
+fn restart_with_registry(
+    hall: &mut TestHall,
+    url: &str,
+    before_start: impl FnOnce(&str, &str, &std::path::Path),
+) {
     hall.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(hall.wait_exit(Duration::from_secs(20)), 0);
     let (pkg, worker_id) = signed_hello(hall.dir.path());
@@ -346,7 +350,7 @@ fn restart_with_registry(hall: &mut TestHall, url: &str, before_start: impl FnOn
         .unwrap();
     let digest = String::from_utf8_lossy(&o.stdout).trim().to_owned();
     assert_eq!(digest.len(), 64, "{digest}");
-    before_start(&worker_id, &digest);
+    before_start(&worker_id, &digest, &pkg);
     let text = std::fs::read_to_string(hall.config_path())
         .unwrap()
         .replace(
@@ -403,8 +407,23 @@ fn a_running_hall_denies_from_its_cache_what_the_registry_says() {
     let mut fake = FakeRegistry::start(json!({}));
     let mut hall = TestHall::start("");
     let mut ids = (String::new(), String::new());
-    restart_with_registry(&mut hall, &fake.url.clone(), |worker_id, digest| {
-        fake.set(json!({"workers": {worker_id: active(digest)}}));
+    let url = fake.url.clone();
+    restart_with_registry(&mut hall, &url, |worker_id, digest, pkg| {
+        // As CI would after signing: attest the package's digest at the service.
+        let bearer = fake.token_file("bearer", BEARER);
+        let (code, v, out, _) = registry_cli(
+            &url,
+            &[
+                "attest",
+                worker_id,
+                "--package",
+                pkg.to_str().unwrap(),
+                "--bearer-token-file",
+                bearer.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code, Some(0), "{out}");
+        assert_eq!(v["sha256"], digest);
         ids = (worker_id.to_owned(), digest.to_owned());
     });
     let (worker_id, digest) = ids;
@@ -544,10 +563,12 @@ fn a_running_hall_denies_from_its_cache_what_the_registry_says() {
         worker_id.as_str()
     );
     assert!(sent[0]["body"]["decisions"][0]["count"].as_u64().unwrap() >= 1);
-    // The token-free refresher never sent credentials it does not have.
+    // The token-free refresher never sent credentials it does not have (only the CLI's
+    // attestation carried one).
     assert!(
         fake.requests()
             .iter()
+            .filter(|r| r["method"] != "PUT")
             .all(|r| r["cookie"] == false && r["bearer"] == false)
     );
 
