@@ -470,6 +470,12 @@ fn a_running_hall_denies_from_its_cache_what_the_registry_says() {
     assert_eq!(r["decision"]["deny_code"], "DENY_WORKER_BANNED", "{r}");
     assert_eq!(r["worker_id"], worker_id.as_str(), "{r}");
     assert_eq!(r["registry_service"]["status"], "active", "{r}");
+    // A garbled answer does not lift the ban, nor does its age: the list stays until a
+    // complete, valid one replaces it.
+    fake.set(json!({"mode": "garbage"}));
+    std::thread::sleep(refresh * 4);
+    let (still, _) = dispatch(&hall, "dev");
+    assert_eq!(deny_code(&still), "DENY_WORKER_BANNED", "{still}");
 
     // A banned worker, a revoked one, one the registry does not know, another hash.
     let mut flagged = active(&digest);
