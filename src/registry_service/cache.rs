@@ -105,3 +105,65 @@ impl Cache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry_service::config::OnStale;
+    use crate::registry_service::model::WorkerStatus;
+    use crate::wcp::DenyCode;
+
+    const H: &str = "abababababababababababababababababababababababababababababababab";
+    const POLICY: Policy = Policy {
+        max_staleness_ms: 300_000,
+        on_stale: OnStale::Deny,
+    };
+
+    fn active(id: &str) -> VerifyResponse {
+        let mut r = VerifyResponse::unknown(id);
+        r.status = WorkerStatus::Active;
+        r.current_hash = Some(H.into());
+        r
+    }
+
+    #[test]
+    fn a_ban_matches_whatever_the_case_and_workers_no_longer_enrolled_are_forgotten() {
+        let cache = Cache::default();
+        cache.set_worker(active("org.x.a.1"), 1_000);
+        cache.set_worker(active("org.x.b.1"), 1_000);
+        cache.set_ban_list(Vec::new(), 1_000);
+        let v = cache.check("org.x.a.1", &H.to_uppercase(), POLICY, 2_000);
+        assert!(matches!(v, Verdict::Pass(_)), "{v:?}");
+        let entry = BanEntry {
+            sha256: H.into(),
+            reason: None,
+            reported_at: None,
+            source: None,
+            review_status: None,
+        };
+        cache.set_ban_list(vec![entry], 1_500);
+        assert!(matches!(
+            cache.check("org.x.a.1", &H.to_uppercase(), POLICY, 2_000),
+            Verdict::Deny {
+                code: DenyCode::DenyWorkerBanned,
+                ..
+            }
+        ));
+        cache.retain_workers(&["org.x.a.1".to_owned()]);
+        assert_eq!(cache.state().workers, 1);
+        // A worker the cache never saw: nothing fetched, fail closed where configured.
+        assert!(matches!(
+            cache.check("org.x.b.1", &"cd".repeat(32), POLICY, 2_000),
+            Verdict::Deny {
+                code: DenyCode::DenyRegistryStatusStale,
+                ..
+            }
+        ));
+        cache.set_error("down".into(), 3_000);
+        let s = cache.state();
+        assert_eq!(
+            (s.banned_hashes, s.last_error.as_deref()),
+            (1, Some("down"))
+        );
+    }
+}
