@@ -5,8 +5,11 @@
 //! overhead per governed request); `native` (the trivial worker of the issue's target: the
 //! signed native hello package, verified from the store and run inside the full privilege
 //! envelope, with durable intent and outcome receipts); `hello` (the same for the Python hello
-//! worker, whose cost is CPython's start-up).
+//! worker, whose cost is CPython's start-up). Then the cost of traces: the `native` workload
+//! on a second Hall with `[tracing]` on (every dispatch sampled, spans exported over OTLP/HTTP
+//! to a sink in this process) against the first, in alternating rounds.
 //! `cargo bench --bench daemon [-- FILTER]`. Figures go to BENCHMARKS.md; nothing is asserted.
+//! `WCP_BENCH_BIN=PATH` measures another build of `wcp-hall` (the client side stays this one).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,7 +25,8 @@ mod hall_support;
 use hall_support::{BIN, copy_dir, native_hello_package, package_key, read_record, repo};
 
 /// A Hall directory with the signed, enrolled hello workers; returns (dir, config path).
-fn setup() -> (tempfile::TempDir, PathBuf) {
+/// `extra` is appended to `hall.toml`.
+fn setup(extra: &str) -> (tempfile::TempDir, PathBuf) {
     // State and the receipt log on disk (so fdatasync is real); run directories on tmpfs when
     // there is one, as the envelope recommends.
     let dir = tempfile::Builder::new()
@@ -92,18 +96,197 @@ signing_key = "keys/receipts.key"
 [envelope]
 runs_dir = "RUNS"
 "#
-        .replace("RUNS", &runs),
+        .replace("RUNS", &runs)
+            + extra,
     )
     .unwrap();
     (dir, config)
 }
 
-struct Hall(Child);
+/// A running Hall: the child, its directory and its socket.
+struct Hall {
+    child: Child,
+    dir: tempfile::TempDir,
+    socket: Arc<PathBuf>,
+}
+
 impl Drop for Hall {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
+}
+
+impl Hall {
+    /// Starts `wcp-hall serve` on a fresh directory (see [`setup`]) and waits for its health.
+    fn start(rt: &tokio::runtime::Runtime, extra_toml: &str) -> Hall {
+        let (dir, config) = setup(extra_toml);
+        let socket = dir.path().join("hall.sock");
+        let log = std::fs::File::create(dir.path().join("hall.log")).unwrap();
+        // WCP_BENCH_BIN: another build of the Hall (e.g. of an earlier commit), for a
+        // before/after comparison on the same machine and day.
+        let bin = std::env::var("WCP_BENCH_BIN").unwrap_or_else(|_| BIN.to_owned());
+        let child = Command::new(bin)
+            .args(["serve", "-c"])
+            .arg(&config)
+            .arg("-s")
+            .arg(&socket)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let hall = Hall {
+            child,
+            dir,
+            socket: Arc::new(socket),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while rt
+            .block_on(client::call(
+                &hall.socket,
+                Method::GET,
+                "/wcp/health",
+                None,
+                Duration::from_secs(5),
+            ))
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the Hall did not start: {}",
+                std::fs::read_to_string(hall.dir.path().join("hall.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        hall
+    }
+
+    /// The CPU time (user + system) the Hall process used so far, in ms (clock-tick resolution).
+    fn cpu_ms(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the command name (which may hold spaces): utime is the 14th field of the
+        // line, stime the 15th, so the 12th and 13th after the closing parenthesis.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split(' ').collect();
+        let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+        // USER_HZ (sysconf(_SC_CLK_TCK)) is 100 on Linux for every architecture.
+        ticks * 10.0
+    }
+
+    /// `per_client` dispatches from each of `clients` concurrent clients, each answer checked
+    /// for `expect` and its durable receipt. Returns (latency ms, Hall phases) per dispatch and
+    /// the wall time in seconds.
+    fn drive(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        (cap, env, expect): (&'static str, &'static str, &'static str),
+        clients: usize,
+        per_client: usize,
+        dump: Option<String>,
+    ) -> (Vec<(f64, Value)>, f64) {
+        let started = Instant::now();
+        let answers = rt.block_on(async {
+            let mut tasks = Vec::new();
+            for c in 0..clients {
+                let socket = self.socket.clone();
+                let dump = dump.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut v = Vec::new();
+                    for i in 0..per_client {
+                        let body = input(cap, env, c * 100_000 + i);
+                        let t = Instant::now();
+                        let a = client::call(
+                            &socket,
+                            Method::POST,
+                            "/wcp/dispatch",
+                            Some(&body),
+                            Duration::from_secs(120),
+                        )
+                        .await
+                        .expect("answer");
+                        assert_eq!(a.body["status"], expect, "{}", a.body);
+                        assert!(
+                            a.body["execution"]["receipt"]["seq"].is_u64(),
+                            "durable receipt: {}",
+                            a.body
+                        );
+                        let phases = a.body["execution"]["hall_phases_us"].clone();
+                        if i == 0
+                            && c == 0
+                            && let (Some(path), Some(name)) =
+                                (std::env::var_os("WCP_BENCH_DUMP"), dump.as_ref())
+                        {
+                            // One full answer per workload, for looking into (not a figure).
+                            let _ = std::fs::write(
+                                Path::new(&path).join(format!("{name}.json")),
+                                format!("{:#}", a.body),
+                            );
+                        }
+                        v.push((t.elapsed().as_secs_f64() * 1000.0, phases));
+                    }
+                    v
+                }));
+            }
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.unwrap());
+            }
+            all
+        });
+        (answers, started.elapsed().as_secs_f64())
+    }
+}
+
+/// An OTLP/HTTP receiver that accepts every export (HTTP/1.1, keep-alive) and counts the
+/// requests and bytes: the cheapest possible collector, so the figures are the Hall's cost.
+fn otlp_sink() -> (u16, Arc<std::sync::atomic::AtomicU64>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let exports = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = exports.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                let mut out = stream.try_clone().unwrap();
+                let mut reader = BufReader::new(stream);
+                loop {
+                    let mut length = 0usize;
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let l = line.trim_end();
+                        if l.is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = l.split_once(':')
+                            && k.eq_ignore_ascii_case("content-length")
+                        {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+                    if out.write_all(ok).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, exports)
 }
 
 fn input(cap: &str, env: &str, i: usize) -> Value {
@@ -141,44 +324,12 @@ fn main() {
     if std::env::var_os("WCP_BENCH_SKIP").is_some() {
         return;
     }
-    let (dir, config) = setup();
-    let socket = dir.path().join("hall.sock");
-    let log = std::fs::File::create(dir.path().join("hall.log")).unwrap();
-    let _hall = Hall(
-        Command::new(BIN)
-            .args(["serve", "-c"])
-            .arg(&config)
-            .arg("-s")
-            .arg(&socket)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let selected = |label: &str| filter.as_ref().is_none_or(|f| label.contains(f.as_str()));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    let socket = Arc::new(socket);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while rt
-        .block_on(client::call(
-            &socket,
-            Method::GET,
-            "/wcp/health",
-            None,
-            Duration::from_secs(5),
-        ))
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the Hall did not start: {}",
-            std::fs::read_to_string(dir.path().join("hall.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let hall = Hall::start(&rt, "");
     println!(
         "\n{:>8} {:>8} {:>10} {:>10} {:>12} {:>8}   Hall phases, median ms",
         "workload", "clients", "p50 ms", "p99 ms", "per second", "n"
@@ -190,7 +341,7 @@ fn main() {
     ] {
         for clients in [1usize, 8, 32] {
             let label = format!("{workload}/{clients}");
-            if filter.as_ref().is_some_and(|f| !label.contains(f.as_str())) {
+            if !selected(&label) {
                 continue;
             }
             // WCP_BENCH_SCALE=N runs N times as many dispatches (for profiling a steady state).
@@ -199,54 +350,13 @@ fn main() {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1);
             let per_client = (total * scale / clients).max(2);
-            let started = Instant::now();
-            let answers: Vec<(f64, Value)> = rt.block_on(async {
-                let mut tasks = Vec::new();
-                for c in 0..clients {
-                    let socket = socket.clone();
-                    tasks.push(tokio::spawn(async move {
-                        let mut v = Vec::new();
-                        for i in 0..per_client {
-                            let body = input(cap, env, c * 100_000 + i);
-                            let t = Instant::now();
-                            let a = client::call(
-                                &socket,
-                                Method::POST,
-                                "/wcp/dispatch",
-                                Some(&body),
-                                Duration::from_secs(120),
-                            )
-                            .await
-                            .expect("answer");
-                            assert_eq!(a.body["status"], expect, "{}", a.body);
-                            assert!(
-                                a.body["execution"]["receipt"]["seq"].is_u64(),
-                                "durable receipt: {}",
-                                a.body
-                            );
-                            let phases = a.body["execution"]["hall_phases_us"].clone();
-                            if i == 0
-                                && c == 0
-                                && let Some(path) = std::env::var_os("WCP_BENCH_DUMP")
-                            {
-                                // One full answer per workload, for looking into (not a figure).
-                                let _ = std::fs::write(
-                                    Path::new(&path).join(format!("{workload}-{clients}.json")),
-                                    format!("{:#}", a.body),
-                                );
-                            }
-                            v.push((t.elapsed().as_secs_f64() * 1000.0, phases));
-                        }
-                        v
-                    }));
-                }
-                let mut all = Vec::new();
-                for t in tasks {
-                    all.extend(t.await.unwrap());
-                }
-                all
-            });
-            let wall = started.elapsed().as_secs_f64();
+            let (answers, wall) = hall.drive(
+                &rt,
+                (cap, env, expect),
+                clients,
+                per_client,
+                Some(format!("{workload}-{clients}")),
+            );
             let mut lat: Vec<f64> = answers.iter().map(|(ms, _)| *ms).collect();
             lat.sort_by(|a, b| a.total_cmp(b));
             println!(
@@ -263,5 +373,95 @@ fn main() {
     }
     println!(
         "\ntargets (issue): p50 <= 4 ms, >= 800 dispatches/s at 32 clients (trivial worker, durable receipt)"
+    );
+    drop(hall);
+    traces_cost(&rt, &selected);
+}
+
+/// The `native` workload on two fresh Halls, traces off and on (every dispatch sampled,
+/// exported to [`otlp_sink`]), in alternating rounds so drift hits both.
+fn traces_cost(rt: &tokio::runtime::Runtime, selected: &dyn Fn(&str) -> bool) {
+    let rows: Vec<usize> = [1usize, 8]
+        .into_iter()
+        .filter(|c| selected(&format!("tracecost/{c}")))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let (port, exports) = otlp_sink();
+    // Two fresh Halls, alike but for [tracing], so neither has a longer receipt log.
+    let off = Hall::start(rt, "");
+    let on = Hall::start(
+        rt,
+        &format!(
+            "[tracing]\nendpoint = \"http://127.0.0.1:{port}/v1/traces\"\nsampling_ratio = 1.0\n"
+        ),
+    );
+    println!(
+        "\ntraces: native worker, off vs on (every dispatch sampled, 8 spans each, OTLP/HTTP export)"
+    );
+    println!(
+        "{:>8} {:>11} {:>11} {:>7} {:>13} {:>13} {:>7} {:>7}",
+        "clients",
+        "p50 off ms",
+        "p50 on ms",
+        "p50 Δ",
+        "Hall CPU off",
+        "Hall CPU on",
+        "CPU Δ",
+        "n each"
+    );
+    const ROUNDS: usize = 6;
+    let work = ("cap.hello.greet", "stage", "completed");
+    for clients in rows {
+        let per_client = (240 / clients).max(2);
+        let (mut lat_off, mut lat_on) = (Vec::new(), Vec::new());
+        let (mut cpu_off, mut cpu_on) = (0.0, 0.0);
+        // One warm-up round each (not counted).
+        on.drive(rt, work, clients, per_client, None);
+        off.drive(rt, work, clients, per_client, None);
+        for round in 0..ROUNDS {
+            // Alternate which goes first, so drift hits both alike.
+            let order: [(&Hall, bool); 2] = if round % 2 == 0 {
+                [(&off, false), (&on, true)]
+            } else {
+                [(&on, true), (&off, false)]
+            };
+            for (hall, traced) in order {
+                let before = hall.cpu_ms();
+                let (a, _) = hall.drive(rt, work, clients, per_client, None);
+                let used = hall.cpu_ms() - before;
+                let lat = a.into_iter().map(|(ms, _)| ms);
+                if traced {
+                    lat_on.extend(lat);
+                    cpu_on += used;
+                } else {
+                    lat_off.extend(lat);
+                    cpu_off += used;
+                }
+            }
+        }
+        lat_off.sort_by(|a, b| a.total_cmp(b));
+        lat_on.sort_by(|a, b| a.total_cmp(b));
+        let (p_off, p_on) = (pct(&lat_off, 0.5), pct(&lat_on, 0.5));
+        let n = lat_off.len() as f64;
+        println!(
+            "{:>8} {:>11.2} {:>11.2} {:>6.1}% {:>10.3} ms {:>10.3} ms {:>6.1}% {:>7}",
+            clients,
+            p_off,
+            p_on,
+            (p_on / p_off - 1.0) * 100.0,
+            cpu_off / n,
+            cpu_on / n,
+            (cpu_on / cpu_off - 1.0) * 100.0,
+            lat_off.len()
+        );
+    }
+    // The exporter batches at least every second: wait for the last batch.
+    std::thread::sleep(Duration::from_millis(1500));
+    println!(
+        "export requests received by the sink: {}; Hall CPU is per dispatch, the Hall process \
+         only (target: p50 with traces on within 5 % of off)",
+        exports.load(std::sync::atomic::Ordering::Relaxed)
     );
 }

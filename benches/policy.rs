@@ -155,7 +155,7 @@ fn main() {
     }
     // The bundled records answer the privilege-envelope check (rr_hello_prod requires
     // ctrl.privilege_envelopes_required), so the allowed inputs below are really allowed.
-    let bundled = wcp_hall::hall::state::Loaded::load(&repo("policies/hall.toml"), 1)
+    let bundled = wcp_hall::snapshot::Loaded::load(&repo("policies/hall.toml"), 1)
         .expect("policies/hall.toml loads");
     let config = RouterConfig::default();
     let fixed = FixedGate(GateAnswer {

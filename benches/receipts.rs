@@ -85,6 +85,7 @@ fn dispatch(cid: &str, denied: bool) -> Dispatch {
                 "landlock": {"requested": true, "effective": "abi-7"},
             })
         }),
+        trace: None,
     }
 }
 

@@ -27,4 +27,5 @@ pub mod registry;
 pub mod registry_service;
 pub mod router;
 pub mod rules;
+pub mod snapshot;
 pub mod wcp;

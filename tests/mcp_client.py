@@ -84,6 +84,14 @@ async def main():
         out["hello_meta"] = summary(
             await s.call_tool("cap_hello_greet", {"name": "Grace"}, meta={"correlation_id": "mcp-test-corr-1"})
         )
+        # The host's W3C trace context in _meta reaches the Hall (and its receipt and worker).
+        out["hello_traced"] = summary(
+            await s.call_tool(
+                "cap_hello_greet",
+                {"name": "Lin"},
+                meta={"traceparent": "00-5c3f6a0e9d2b4f718a6e2c1d0b9a8f7e-a1b2c3d4e5f60718-01"},
+            )
+        )
         text = "First paragraph. It has two sentences.\n\nSecond paragraph here."
         out["chunk"] = summary(await s.call_tool("cap_doc_chunk", {"text": text, "max_chars": 50}))
         # The worker's schema requires "name": refused by the Hall before anything runs.

@@ -557,10 +557,10 @@ pub fn run(args: InitArgs, out: &mut Out) -> Result<u8, CliError> {
             .hint("init never rewrites hall.toml: fix it (or move it aside and run init again)")
     };
     let mut loaded =
-        crate::hall::state::Loaded::load(&config, 1).map_err(|e| invalid(e.to_string()))?;
+        crate::snapshot::Loaded::load(&config, 1).map_err(|e| invalid(e.to_string()))?;
     // Including the Python runtime, probed as the worker uid as `serve` will.
-    let worker = crate::hall::lifecycle::worker_identity(&loaded.config.envelope.worker_user)
-        .map_err(|e| invalid(e.message))?;
+    let worker = crate::snapshot::worker_identity(&loaded.config.envelope.worker_user)
+        .map_err(|e| invalid(e.to_string()))?;
     loaded
         .probe_python(Some(worker))
         .map_err(|e| invalid(e.to_string()))?;

@@ -4,8 +4,8 @@ use serde_json::json;
 
 use super::{CliError, ConfigArg, Out, exit, load_config};
 use crate::config::Config;
-use crate::hall::state::{LoadError, Loaded};
 use crate::receipt::config::ReceiptsConfigError;
+use crate::snapshot::{LoadError, Loaded};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ConfigCommand {
@@ -50,8 +50,8 @@ pub fn run(cmd: ConfigCommand, out: &mut Out) -> Result<u8, CliError> {
     let mut hall = load_hall(&config)?;
     // As `serve` does: probed as the worker uid (when root).
     let invalid = |m: String| CliError::new(exit::CONFIG, "config_invalid", m);
-    let worker = crate::hall::lifecycle::worker_identity(&config.envelope.worker_user)
-        .map_err(|e| invalid(e.message))?;
+    let worker = crate::snapshot::worker_identity(&config.envelope.worker_user)
+        .map_err(|e| invalid(e.to_string()))?;
     hall.probe_python(Some(worker)).map_err(|e| {
         invalid(e.to_string()).hint(
             "set [envelope] python in hall.toml to an absolute path of a Python 3.8+ interpreter the worker user can run",

@@ -437,8 +437,9 @@ impl Envelope {
     }
 
     /// Removes what a previous Hall process left behind when it died mid-run: every entry of
-    /// the runs directory, and the empty `wcp-*` leaves under the cgroup parent (a populated
-    /// leaf is never removed; `rmdir` refuses it). Its workers died with it (parent-death
+    /// the runs directory, and the empty leaves with this Hall's name prefix
+    /// ([`HostConfig::leaf_prefix`]) under the cgroup parent (a populated leaf is never removed;
+    /// `rmdir` refuses it; another Hall's leaves are never touched). Its workers died with it (parent-death
     /// signal); their directories did not. Call once at start-up, before the first run: it
     /// would also remove the directories of runs in flight. Returns how many entries went.
     pub fn sweep_stale(&self) -> usize {
@@ -457,9 +458,10 @@ impl Envelope {
         if let Some(parent) = &self.probe.cgroup.parent
             && let Ok(entries) = std::fs::read_dir(parent)
         {
+            let prefix = self.host.leaf_prefix();
             for e in entries.flatten() {
                 let name = e.file_name();
-                let is_leaf = name.to_string_lossy().starts_with("wcp-")
+                let is_leaf = name.to_string_lossy().starts_with(&prefix)
                     && e.file_type().is_ok_and(|t| t.is_dir());
                 if is_leaf && std::fs::remove_dir(e.path()).is_ok() {
                     removed += 1;

@@ -286,6 +286,17 @@ pub struct HostConfig {
 }
 
 impl HostConfig {
+    /// The name prefix of this Hall's per-run cgroup leaves: `wcp-` and 8 hex digits of the
+    /// SHA-256 of the runs directory, then `-` (the run id follows). The runs directory names one
+    /// Hall across restarts and differs between Halls, so Halls that share a cgroup parent (no
+    /// delegation, or tests) each sweep only their own stale leaves: a starting Hall never removes
+    /// another's leaf between its creation and the clone into it.
+    pub fn leaf_prefix(&self) -> String {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(self.runs_dir.as_os_str().as_encoded_bytes());
+        format!("wcp-{}-", crate::common::hex(&digest[..4]))
+    }
+
     pub fn new(runs_dir: impl Into<PathBuf>) -> Self {
         HostConfig {
             runs_dir: runs_dir.into(),

@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::identity::Peer;
+use crate::snapshot::identity::Peer;
 
 /// WCP §5.8 supervisor levels, lowest first (the policy gate's vocabulary).
 pub const SUPERVISOR_LEVELS: &[&str] = crate::policy::SupervisorLevel::NAMES;
@@ -29,6 +29,18 @@ pub enum ApprovalStatus {
     Approved,
     Denied,
     Expired,
+}
+
+impl ApprovalStatus {
+    /// The name the API and the files use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalStatus::Pending => "pending",
+            ApprovalStatus::Approved => "approved",
+            ApprovalStatus::Denied => "denied",
+            ApprovalStatus::Expired => "expired",
+        }
+    }
 }
 
 /// How an operator resolved an approval.
@@ -71,6 +83,10 @@ pub struct Approval {
     /// this field existed count from the expiry.)
     #[serde(default)]
     pub closed_at_ms: Option<u64>,
+    /// The W3C `traceparent` of the dispatch that asked for the approval, so the run (or the
+    /// denial) that closes it continues that trace. Absent without a trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// The fields of a stored RouteDecision the Hall acts on once an approval closes, read through
@@ -519,6 +535,19 @@ mod tests {
             resolutions: vec![],
             outcome: None,
             closed_at_ms: None,
+            traceparent: None,
+        }
+    }
+
+    #[test]
+    fn status_names_are_the_ones_the_files_and_the_api_use() {
+        for status in [
+            ApprovalStatus::Pending,
+            ApprovalStatus::Approved,
+            ApprovalStatus::Denied,
+            ApprovalStatus::Expired,
+        ] {
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
         }
     }
 

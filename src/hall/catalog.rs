@@ -47,9 +47,9 @@ use serde_json::{Map, Value, json};
 use super::Hall;
 use super::api::ApiError;
 use super::dispatch;
-use super::identity::Peer;
-use super::state::Loaded;
 use crate::rules::Condition;
+use crate::snapshot::Loaded;
+use crate::snapshot::identity::Peer;
 use crate::wcp::RouteInput;
 
 /// The route-context fields the request body must carry (all strings, all required).
@@ -332,39 +332,6 @@ pub struct InputMismatch {
     /// The same mismatches without the request's values (`masked`), for the evidence receipt:
     /// a request may carry data the log must not keep.
     pub masked: Vec<(String, String)>,
-}
-
-/// A verified package's compiled input schema: `Ok(None)` when it has none, `Err` (why) when
-/// it is unusable.
-pub type CompiledSchema = Result<Option<Arc<jsonschema::Validator>>, String>;
-
-/// Compiled input schemas by verified store path (see `Loaded::input_schemas`), bounded.
-#[derive(Debug, Default)]
-pub struct SchemaCache(std::sync::Mutex<std::collections::HashMap<PathBuf, CompiledSchema>>);
-
-/// The cache holds at most this many packages' schemas; past it, it starts again empty.
-pub const MAX_CACHED_SCHEMAS: usize = 1024;
-
-impl SchemaCache {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<PathBuf, CompiledSchema>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn get(&self, dir: &Path) -> Option<CompiledSchema> {
-        self.lock().get(dir).cloned()
-    }
-
-    fn put(&self, dir: PathBuf, compiled: CompiledSchema) {
-        let mut map = self.lock();
-        if map.len() >= MAX_CACHED_SCHEMAS {
-            map.clear();
-        }
-        map.insert(dir, compiled);
-    }
 }
 
 /// At most this many mismatches are reported (and each message at most 300 bytes).

@@ -7,13 +7,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::{Value, json};
+use tracing::Instrument as _;
 
 use super::api::ApiError;
 use super::approvals::{Approval, ApprovalStatus, now_ms, rfc3339_ms};
-use super::identity::Peer;
 use super::otel;
 use super::runner;
-use super::state::Loaded;
 use super::{Hall, RunRequest};
 use crate::clock::DEFAULT_TASK_ID;
 use crate::policy::gate::GateDecision;
@@ -21,6 +20,8 @@ use crate::policy::request::CallerIdentity;
 use crate::receipt::Dispatch;
 use crate::receipt::model::{Approval as ReceiptApproval, DecisionSummary};
 use crate::registry_service::{RegistryEvidence, Verdict, gate as registry_gate};
+use crate::snapshot::Loaded;
+use crate::snapshot::identity::Peer;
 use crate::wcp::{DenyCode, DenyReason, RouteDecision, RouteInput};
 
 /// The answer to `POST /wcp/dispatch` (and to a poll of a resolved approval).
@@ -291,7 +292,22 @@ pub async fn dispatch(
         ],
     );
     let trace = span.trace();
-    let out = dispatch_steps(hall, peer, input, raw, approval_wait_ms, &trace).await;
+    let log_span = request_log_span(&input.correlation_id, &trace);
+    let out = dispatch_steps(hall, peer, input, raw, approval_wait_ms, &trace)
+        .instrument(log_span.clone())
+        .await;
+    let _entered = log_span.enter();
+    match &out {
+        Ok(r) => tracing::debug!(
+            status = r.status,
+            receipt_seq = r
+                .execution
+                .as_ref()
+                .and_then(|e| e["receipt"]["seq"].as_u64()),
+            "answered"
+        ),
+        Err(e) => tracing::debug!(code = e.code, "answered with an error"),
+    }
     match &out {
         Ok(r) => {
             trace.set(vec![otel::kv("wcp.status", r.status)]);
@@ -306,6 +322,29 @@ pub async fn dispatch(
         Err(e) => trace.error(e.code),
     }
     out
+}
+
+/// The log span of one request: every log line about it carries its correlation id and, when
+/// it has one, its trace id (journald: `F_CORRELATION_ID`, `F_TRACE_ID`; JSON: the `span`
+/// object; text: the `request{…}` prefix). Blocking steps enter it on their thread.
+fn request_log_span(correlation_id: &str, trace: &otel::Trace) -> tracing::Span {
+    let span = tracing::info_span!(
+        "request",
+        correlation_id = %correlation_id,
+        trace_id = tracing::field::Empty
+    );
+    if let Some(ids) = trace.ids() {
+        span.record("trace_id", ids.trace_id.as_str());
+    }
+    span
+}
+
+/// Runs `f` on a blocking thread inside the current log span.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f)).await
 }
 
 async fn dispatch_steps(
@@ -356,17 +395,22 @@ async fn dispatch_steps(
             .approvals
             .wait_ms
             .min(approval_wait_ms.unwrap_or(u64::MAX));
-        request_approval(&hall, &loaded, peer, input, raw, routed, wait).await?
+        request_approval(
+            &hall,
+            &loaded,
+            Asked { peer, input, raw },
+            routed,
+            wait,
+            trace,
+        )
+        .await?
     } else if routed.decision.denied {
         let receipting = otel::now();
-        let receipt = receipt_denial(&hall, &peer, &routed).await?;
+        let receipt = receipt_denial(&hall, &peer, &routed, trace).await?;
         trace.step(
             "wcp.denial_receipt",
             receipting,
-            receipt["seq"]
-                .as_u64()
-                .map(|seq| vec![otel::kv("wcp.receipt_seq", seq as i64)])
-                .unwrap_or_default(),
+            receipt_seq_attributes(&receipt),
         );
         let mut r = response("denied", routed);
         r.execution = Some(json!({"receipt": receipt}));
@@ -379,6 +423,14 @@ async fn dispatch_steps(
     hall.metrics
         .observe_dispatch(started.elapsed().as_secs_f64());
     Ok(out)
+}
+
+/// A receipt reference's sequence number, for the span of the step that appended it.
+fn receipt_seq_attributes(receipt: &Value) -> Vec<opentelemetry::KeyValue> {
+    receipt["seq"]
+        .as_u64()
+        .map(|seq| vec![otel::kv("wcp.receipt_seq", seq as i64)])
+        .unwrap_or_default()
 }
 
 /// A routing decision in WCP's words, for its span.
@@ -424,14 +476,14 @@ async fn run(
             .as_ref()
             .filter(|r| r.ok)
             .and_then(|r| r.store_path.clone());
-        let checked = tokio::task::spawn_blocking(move || {
+        let checked = blocking(move || {
             super::catalog::check_request(&l, &species, &request, store.as_deref())
                 .map_err(|m| (species, m))
         })
         .await
         .map_err(|e| ApiError::internal(format!("input validation panicked: {e}")))?;
         if let Err((species, mismatch)) = checked {
-            return refuse_input(hall, loaded, &peer, routed, &species, &mismatch).await;
+            return refuse_input(hall, loaded, &peer, routed, &species, &mismatch, &trace).await;
         }
     }
     let request = RunRequest {
@@ -446,7 +498,7 @@ async fn run(
         registry: routed.registry.as_ref().map(|(_, e)| e.clone()),
     };
     let correlation_id = routed.decision.correlation_id.clone();
-    let outcome = tokio::task::spawn_blocking(move || runner.run(request))
+    let outcome = blocking(move || runner.run(request))
         .await
         .map_err(|e| ApiError::internal(format!("worker runner panicked: {e}")))?;
     match outcome {
@@ -525,6 +577,7 @@ async fn refuse_input(
     routed: Routed,
     species: &str,
     mismatch: &super::catalog::InputMismatch,
+    trace: &otel::Trace,
 ) -> Result<DispatchResponse, ApiError> {
     // Routing allowed it (and counted it so in wcp_hall_decisions_total); the Hall then refused
     // it before anything ran: counted here, by the Hall's code.
@@ -574,11 +627,19 @@ async fn refuse_input(
         worker_id,
         // The receipt keeps which fields failed and why, never the request's values.
         Some(format!("{INPUT_INVALID}: {}", mismatch.masked_summary())),
+        trace,
     )
     .await?;
     let mut r = response("denied", routed);
     r.execution = Some(json!({"receipt": receipt}));
     Ok(r)
+}
+
+/// Who asked for what: the request as parsed and exactly as received.
+struct Asked {
+    peer: Peer,
+    input: RouteInput,
+    raw: Value,
 }
 
 /// Creates a pending approval and waits (up to `wait_ms`) for its resolution.
@@ -592,12 +653,12 @@ async fn refuse_input(
 async fn request_approval(
     hall: &Arc<Hall>,
     loaded: &Arc<Loaded>,
-    peer: Peer,
-    input: RouteInput,
-    raw: Value,
+    asked: Asked,
     routed: Routed,
     wait_ms: u64,
+    trace: &otel::Trace,
 ) -> Result<DispatchResponse, ApiError> {
+    let Asked { peer, input, raw } = asked;
     let wait = Duration::from_millis(wait_ms);
     if let Some(existing) = hall.approvals.find_repeat(
         peer.uid,
@@ -649,6 +710,7 @@ async fn request_approval(
         resolutions: Vec::new(),
         outcome: None,
         closed_at_ms: None,
+        traceparent: trace.traceparent(),
     };
     let approval = hall
         .approvals
@@ -762,25 +824,66 @@ impl FinalOutcome {
 /// approval (every other check runs again on the current rules) and runs it; deny and expiry
 /// store a denial. The outcome is persisted on the approval and wakes any waiting caller.
 pub async fn complete_approval(hall: Arc<Hall>, approval: Approval) -> Result<Value, ApiError> {
+    // Its own span in the trace of the dispatch that asked for the approval (that dispatch's
+    // span has ended by now when the caller stopped waiting).
+    let span = otel::DispatchSpan::start_named(
+        "wcp.approval.complete",
+        otel::SpanKind::Internal,
+        hall.tracing.as_ref(),
+        &otel::Incoming {
+            traceparent: approval.traceparent.clone(),
+            tracestate: None,
+        },
+        vec![
+            otel::kv("wcp.pending_approval_id", approval.id.clone()),
+            otel::kv("wcp.approval_status", approval.status.as_str()),
+            otel::kv("wcp.capability_id", approval.capability_id.clone()),
+            otel::kv("wcp.tenant_id", approval.tenant_id.clone()),
+            otel::kv("wcp.correlation_id", approval.correlation_id.clone()),
+        ],
+    );
+    let trace = span.trace();
+    let log_span = request_log_span(&approval.correlation_id, &trace);
+    let out = complete_approval_steps(&hall, approval, &trace)
+        .instrument(log_span)
+        .await;
+    match &out {
+        Ok(v) => {
+            if let Some(status) = v["status"].as_str() {
+                trace.set(vec![otel::kv("wcp.status", status.to_owned())]);
+            }
+        }
+        Err(e) => trace.error(e.code),
+    }
+    out
+}
+
+async fn complete_approval_steps(
+    hall: &Arc<Hall>,
+    approval: Approval,
+    trace: &otel::Trace,
+) -> Result<Value, ApiError> {
     let loaded = hall.current.get();
     let input = RouteInput::from_value(&approval.input)
         .map_err(|e| ApiError::internal(format!("stored approval input no longer parses: {e}")))?;
     let response = match approval.status {
         ApprovalStatus::Approved => {
-            let routed = route(&hall, &loaded, &approval.peer, &input, Some(&approval.id));
-            record_decision(&hall, &routed.decision);
+            let routing = otel::now();
+            let routed = route(hall, &loaded, &approval.peer, &input, Some(&approval.id));
+            trace.step("wcp.route", routing, route_attributes(&routed));
+            record_decision(hall, &routed.decision);
             if routed.decision.denied {
                 response("denied", routed)
             } else if input.dry_run {
                 response("dry_run", routed)
             } else {
                 match run(
-                    &hall,
+                    hall,
                     &loaded,
                     approval.peer,
                     input,
                     routed.clone(),
-                    otel::Trace::default(),
+                    trace.clone(),
                 )
                 .await
                 {
@@ -797,7 +900,13 @@ pub async fn complete_approval(hall: Arc<Hall>, approval: Approval) -> Result<Va
         ApprovalStatus::Denied | ApprovalStatus::Expired => {
             // The decision that asked for a human stands, whatever the rules say now; its
             // denial (or expiry) is receipted like any other.
-            let receipt = receipt_closed_approval(&hall, &approval).await?;
+            let receipting = otel::now();
+            let receipt = receipt_closed_approval(hall, &approval, trace).await?;
+            trace.step(
+                "wcp.denial_receipt",
+                receipting,
+                receipt_seq_attributes(&receipt),
+            );
             DispatchResponse {
                 status: "denied",
                 denied: true,
@@ -826,8 +935,13 @@ pub async fn complete_approval(hall: Arc<Hall>, approval: Approval) -> Result<Va
 }
 
 /// Receipts a denial (durable before the caller is answered); the answer carries its reference.
-async fn receipt_denial(hall: &Arc<Hall>, peer: &Peer, routed: &Routed) -> Result<Value, ApiError> {
-    receipt_denial_detailed(hall, peer, routed, None, None).await
+async fn receipt_denial(
+    hall: &Arc<Hall>,
+    peer: &Peer,
+    routed: &Routed,
+    trace: &otel::Trace,
+) -> Result<Value, ApiError> {
+    receipt_denial_detailed(hall, peer, routed, None, None, trace).await
 }
 
 /// [`receipt_denial`] with the worker that was selected and the Hall's own detail (at most
@@ -838,6 +952,7 @@ async fn receipt_denial_detailed(
     routed: &Routed,
     worker_id: Option<String>,
     detail: Option<String>,
+    trace: &otel::Trace,
 ) -> Result<Value, ApiError> {
     let mut d = Dispatch::from_decision(
         &routed.decision,
@@ -845,6 +960,7 @@ async fn receipt_denial_detailed(
         runner::caller(peer),
         rfc3339_ms(now_ms()),
     );
+    d.trace = trace.ids();
     d.decision.policy_version = routed.policy.as_ref().map(|p| p.policy_version.clone());
     if let Some((registry_worker, evidence)) = &routed.registry {
         if d.worker_id.is_none() && !registry_worker.is_empty() {
@@ -866,7 +982,11 @@ async fn receipt_denial_detailed(
 }
 
 /// Receipts an approval a human denied or nobody resolved in time, from its stored decision.
-async fn receipt_closed_approval(hall: &Arc<Hall>, approval: &Approval) -> Result<Value, ApiError> {
+async fn receipt_closed_approval(
+    hall: &Arc<Hall>,
+    approval: &Approval,
+    trace: &otel::Trace,
+) -> Result<Value, ApiError> {
     let v = approval.stored_decision().map_err(ApiError::internal)?;
     let policy_version = approval
         .stored_policy_version()
@@ -894,6 +1014,7 @@ async fn receipt_closed_approval(hall: &Arc<Hall>, approval: &Approval) -> Resul
         worker_id: None,
         worker_species_id: None,
         registry_service: None,
+        trace: trace.ids(),
     };
     append(hall, d, Some(approval)).await
 }
@@ -911,7 +1032,7 @@ async fn append(
             pending_approval_id: a.id.clone(),
             supervisor_level: Some(a.supervisor_level.clone()),
         });
-    let appended = tokio::task::spawn_blocking(move || match expired {
+    let appended = blocking(move || match expired {
         Some(a) => receipts.append_expired_approval(d, a),
         None => receipts.append_denied(d),
     })

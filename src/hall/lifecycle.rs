@@ -15,8 +15,8 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 
 use super::approvals::{ApprovalStore, now_ms};
-use super::state::{Current, Loaded};
 use super::{Hall, dispatch};
+use crate::snapshot::{Current, Loaded};
 
 /// How `serve` was asked to run.
 #[derive(Debug, Clone)]
@@ -322,7 +322,8 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
     );
     // The Python runtime, probed as the worker uid (see envelope::python): a configured
     // interpreter that cannot run workers is a configuration error like any other.
-    let worker = worker_identity(&loaded.config.envelope.worker_user)?;
+    let worker = crate::snapshot::worker_identity(&loaded.config.envelope.worker_user)
+        .map_err(|e| fail(StartFailure::Config, e.to_string()))?;
     loaded
         .probe_python(Some(worker))
         .map_err(|e| fail(StartFailure::Config, e.to_string()))?;
@@ -585,32 +586,6 @@ pub(crate) fn log_python(loaded: &Loaded) {
             crate::envelope::python::DEFAULT_CANDIDATES.join(" or ")
         ),
     }
-}
-
-/// The worker's uid/gid from `[envelope] worker_user` (a name or a numeric uid).
-pub(crate) fn worker_identity(user: &str) -> Result<crate::envelope::Identity, StartError> {
-    let found = match user.parse::<u32>() {
-        Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-            .ok()
-            .flatten(),
-        Err(_) => nix::unistd::User::from_name(user).ok().flatten(),
-    };
-    let u = found.ok_or_else(|| {
-        fail(
-            StartFailure::Config,
-            format!("[envelope] worker_user {user:?} does not exist"),
-        )
-    })?;
-    if u.uid.is_root() {
-        return Err(fail(
-            StartFailure::Config,
-            "[envelope] worker_user must not be root",
-        ));
-    }
-    Ok(crate::envelope::Identity {
-        uid: u.uid.as_raw(),
-        gid: u.gid.as_raw(),
-    })
 }
 
 /// The envelope and the runner around it.

@@ -3,8 +3,9 @@
 //! gate, attestation); this module adds identity from the kernel, admission control, human
 //! approvals, running the worker and recording it, the HTTP API, reload and shutdown.
 //!
-//! - [`state`]: the immutable snapshot requests route with, and its atomic reload.
-//! - [`identity`]: `SO_PEERCRED` peers → tenants and operators.
+//! It serves with [`crate::snapshot`] (the immutable configuration snapshot, its atomic reload,
+//! and the peer → tenants map), which the offline CLI commands load too.
+//!
 //! - [`limits`]: bounded concurrency and queue (429 + Retry-After).
 //! - [`conn`]: the descriptor limit and the caps on open connections (total, per uid, idle).
 //! - [`approvals`]: WCP §5.8 pending approvals, persisted.
@@ -24,7 +25,6 @@ pub mod catalog;
 pub mod cgroup;
 pub mod conn;
 pub mod dispatch;
-pub mod identity;
 pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
@@ -32,7 +32,6 @@ pub mod metrics_http;
 pub mod otel;
 pub mod runner;
 pub mod server;
-pub mod state;
 pub mod wire;
 
 use std::sync::Arc;
@@ -41,12 +40,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::snapshot::identity::Peer;
+use crate::snapshot::{Current, Loaded};
 use crate::wcp::{RouteDecision, RouteInput};
 use approvals::ApprovalStore;
-use identity::Peer;
 use limits::Limits;
 use metrics::Metrics;
-use state::{Current, Loaded};
 
 /// An allowed, non-dry-run request to execute.
 pub struct RunRequest {

@@ -6,7 +6,10 @@
 //! `traceparent` when it sent one, with child spans for each step (`wcp.admission`,
 //! `wcp.route`, `wcp.verify`, `wcp.intent_receipt`, `wcp.envelope_run`,
 //! `wcp.outcome_receipt`, `wcp.denial_receipt`). The worker's `TRACEPARENT` names the
-//! `wcp.envelope_run` span.
+//! `wcp.envelope_run` span. An approved request's run is a `wcp.approval.complete` span in the
+//! trace of the dispatch that asked. With tracing off, a caller's valid context passes through
+//! unrecorded (see [`Trace`]). Receipts record [`Trace::ids`]; the request's log span carries
+//! the trace id.
 //!
 //! The spans are built with the OpenTelemetry API directly rather than bridged from `tracing`:
 //! the Hall's `tracing` events are its log (journald), the dispatch spans need the caller's
@@ -23,8 +26,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant, SystemTime};
 
+pub use opentelemetry::trace::SpanKind;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer as _};
+use opentelemetry::trace::{Span as _, SpanContext, Status, TraceContextExt, Tracer as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
@@ -34,6 +38,7 @@ use opentelemetry_sdk::trace::{
 };
 
 use crate::config::TracingSection;
+use crate::receipt::model::TraceRef;
 
 /// The traces setup, resolved from `[tracing]` and the `OTEL_*` variables (pure).
 #[derive(Debug, Clone, PartialEq)]
@@ -256,9 +261,19 @@ impl opentelemetry::propagation::Extractor for Incoming {
     }
 }
 
-/// A handle on a span to hang children on (cheap to clone; nothing when tracing is off).
+/// A handle on a span to hang children on (cheap to clone).
+///
+/// With tracing on it is one of the Hall's own, recorded spans. With tracing off it carries the
+/// caller's span context unchanged, when the caller sent a valid `traceparent`: nothing is
+/// recorded or exported, but the worker's `TRACEPARENT`, the receipts and the log lines still
+/// name the caller's trace (a pass-through, as an uninstrumented hop in W3C Trace Context).
 #[derive(Debug, Clone, Default)]
-pub struct Trace(Option<(SdkTracer, Context)>);
+pub struct Trace {
+    /// The tracer and the Hall's own span (`None`: tracing is off).
+    recording: Option<(SdkTracer, Context)>,
+    /// The caller's span context, passed through when tracing is off.
+    remote: Option<SpanContext>,
+}
 
 /// The dispatch span: ended when dropped.
 #[derive(Debug, Default)]
@@ -268,21 +283,47 @@ pub struct DispatchSpan(Trace);
 #[derive(Debug, Default)]
 pub struct Child(Trace);
 
+/// The caller's span context from `incoming`, when it is a valid W3C trace context.
+fn extract(incoming: &Incoming) -> Option<SpanContext> {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    let parent = TraceContextPropagator::new().extract(incoming);
+    let sc = parent.span().span_context().clone();
+    sc.is_valid().then_some(sc)
+}
+
 impl DispatchSpan {
     /// Starts `wcp.dispatch`, a child of the caller's context when it sent a valid one.
     pub fn start(tracing: Option<&Tracing>, incoming: &Incoming, attrs: Vec<KeyValue>) -> Self {
+        Self::start_named("wcp.dispatch", SpanKind::Server, tracing, incoming, attrs)
+    }
+
+    /// Starts a root span of the Hall's named `name` (e.g. `wcp.approval.complete`, the run of
+    /// an approved request, in the trace of the dispatch that asked for the approval).
+    pub fn start_named(
+        name: &'static str,
+        kind: SpanKind,
+        tracing: Option<&Tracing>,
+        incoming: &Incoming,
+        attrs: Vec<KeyValue>,
+    ) -> Self {
         let Some(t) = tracing else {
-            return DispatchSpan::default();
+            return DispatchSpan(Trace {
+                recording: None,
+                remote: extract(incoming),
+            });
         };
         use opentelemetry::propagation::TextMapPropagator as _;
         let parent = TraceContextPropagator::new().extract(incoming);
         let span = t
             .tracer
-            .span_builder("wcp.dispatch")
-            .with_kind(SpanKind::Server)
+            .span_builder(name)
+            .with_kind(kind)
             .with_attributes(attrs)
             .start_with_context(&t.tracer, &parent);
-        DispatchSpan(Trace(Some((t.tracer.clone(), parent.with_span(span)))))
+        DispatchSpan(Trace {
+            recording: Some((t.tracer.clone(), parent.with_span(span))),
+            remote: None,
+        })
     }
 
     pub fn trace(&self) -> Trace {
@@ -292,7 +333,7 @@ impl DispatchSpan {
 
 impl Drop for DispatchSpan {
     fn drop(&mut self) {
-        if let Some((_, cx)) = &self.0.0 {
+        if let Some((_, cx)) = &self.0.recording {
             cx.span().end();
         }
     }
@@ -301,14 +342,14 @@ impl Drop for DispatchSpan {
 impl Trace {
     /// Adds attributes to this span.
     pub fn set(&self, attrs: Vec<KeyValue>) {
-        if let Some((_, cx)) = &self.0 {
+        if let Some((_, cx)) = &self.recording {
             cx.span().set_attributes(attrs);
         }
     }
 
     /// Marks this span failed with `code`.
     pub fn error(&self, code: &str) {
-        if let Some((_, cx)) = &self.0 {
+        if let Some((_, cx)) = &self.recording {
             cx.span()
                 .set_attribute(KeyValue::new("wcp.error_code", code.to_owned()));
             cx.span().set_status(Status::error(code.to_owned()));
@@ -317,7 +358,7 @@ impl Trace {
 
     /// Records a finished step as a child span, from `start` (wall clock) to now.
     pub fn step(&self, name: &'static str, start: SystemTime, attrs: Vec<KeyValue>) {
-        if let Some((tracer, cx)) = &self.0 {
+        if let Some((tracer, cx)) = &self.recording {
             let mut span = tracer
                 .span_builder(name)
                 .with_start_time(start)
@@ -327,36 +368,65 @@ impl Trace {
         }
     }
 
-    /// Starts a child span now.
+    /// Starts a child span now (a pass-through trace stays one).
     pub fn child(&self, name: &'static str) -> Child {
-        match &self.0 {
+        match &self.recording {
             Some((tracer, cx)) => {
                 let span = tracer.span_builder(name).start_with_context(tracer, cx);
-                Child(Trace(Some((tracer.clone(), cx.with_span(span)))))
+                Child(Trace {
+                    recording: Some((tracer.clone(), cx.with_span(span))),
+                    remote: None,
+                })
             }
-            None => Child::default(),
+            None => Child(self.clone()),
         }
     }
 
-    /// This span as a W3C `traceparent` (none when tracing is off).
+    /// The span context this handle names: the Hall's span, else the caller's.
+    fn span_context(&self) -> Option<SpanContext> {
+        let sc = match &self.recording {
+            Some((_, cx)) => cx.span().span_context().clone(),
+            None => self.remote.clone()?,
+        };
+        sc.is_valid().then_some(sc)
+    }
+
+    /// This span as a W3C `traceparent` (none without a trace).
     pub fn traceparent(&self) -> Option<String> {
-        let (_, cx) = self.0.as_ref()?;
-        let span = cx.span();
-        let sc = span.span_context();
-        sc.is_valid().then(|| {
-            format!(
-                "00-{}-{}-{:02x}",
-                sc.trace_id(),
-                sc.span_id(),
-                sc.trace_flags().to_u8()
-            )
+        let sc = self.span_context()?;
+        Some(format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        ))
+    }
+
+    /// This span's trace and span ids, as receipts record them (none without a trace).
+    pub fn ids(&self) -> Option<TraceRef> {
+        let sc = self.span_context()?;
+        Some(TraceRef {
+            trace_id: sc.trace_id().to_string(),
+            span_id: sc.span_id().to_string(),
         })
+    }
+
+    /// Whether the Hall records this span (tracing is on).
+    pub fn is_recording(&self) -> bool {
+        self.recording.is_some()
     }
 }
 
 impl Child {
     pub fn trace(&self) -> &Trace {
         &self.0
+    }
+
+    /// Adds an event (now) to this span.
+    pub fn event(&self, name: &'static str, attrs: Vec<KeyValue>) {
+        if let Some((_, cx)) = &self.0.recording {
+            cx.span().add_event(name, attrs);
+        }
     }
 
     /// Ends the span with these attributes.
@@ -367,7 +437,7 @@ impl Child {
 
 impl Drop for Child {
     fn drop(&mut self) {
-        if let Some((_, cx)) = &self.0.0 {
+        if let Some((_, cx)) = &self.0.recording {
             cx.span().end();
         }
     }

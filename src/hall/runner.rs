@@ -36,8 +36,23 @@ pub struct HallRunner {
     pub data_quota_bytes: u64,
 }
 
+/// The envelope's stages, in order, as `wcp.envelope.stage` events of the run's span.
+fn stage_events(span: &otel::Child, stages: &[envelope::report::StageReport]) {
+    for s in stages {
+        let mut attrs = vec![
+            otel::kv("wcp.stage", s.stage.clone()),
+            otel::kv("wcp.stage.process", s.process.clone()),
+            otel::kv("wcp.stage.outcome", s.outcome.clone()),
+        ];
+        if let Some(errno) = s.errno {
+            attrs.push(otel::kv("wcp.stage.errno", i64::from(errno)));
+        }
+        span.event("wcp.envelope.stage", attrs);
+    }
+}
+
 /// The receipt's caller from the kernel-verified peer.
-pub fn caller(peer: &super::identity::Peer) -> Caller {
+pub fn caller(peer: &crate::snapshot::identity::Peer) -> Caller {
     Caller {
         uid: peer.uid,
         gid: peer.gid,
@@ -273,6 +288,7 @@ impl HallRunner {
             rfc3339_ms(now_ms()),
         );
         dispatch.package = Some(package.clone());
+        dispatch.trace = phases.trace.ids();
         dispatch.decision.policy_version = policy.as_ref().map(|p| p.policy_version.clone());
         dispatch.registry_service = registry;
         let mut intent = self.receipts.append_intent(dispatch).map_err(|e| {
@@ -329,6 +345,9 @@ impl HallRunner {
                 data_quota_bytes: (self.data_quota_bytes > 0).then_some(self.data_quota_bytes),
             };
             self.envelope.run(&req).map_err(|e| {
+                if let Some(r) = e.report() {
+                    stage_events(&run_span, &r.stages);
+                }
                 let report = e
                     .report()
                     .and_then(|r| serde_json::to_value(r).ok())
@@ -338,6 +357,9 @@ impl HallRunner {
         });
 
         phases.mark_untraced("run");
+        if let Ok(o) = &run {
+            stage_events(&run_span, &o.report.stages);
+        }
         run_span.end(match &run {
             Ok(o) => vec![
                 otel::kv("wcp.exit_code", o.exit.code.map_or(-1, i64::from)),

@@ -32,7 +32,7 @@ use super::approvals::{Approval, ApprovalError, ApprovalStatus};
 use super::catalog;
 use super::conn;
 use super::dispatch;
-use super::identity::Peer;
+use crate::snapshot::identity::Peer;
 use crate::wcp::RouteInput;
 
 /// The API's routes.

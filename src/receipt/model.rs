@@ -12,8 +12,9 @@
 //! The payload is canonical JSON in the restricted profile of [`crate::crypto::canonical`]
 //! (strings, integers within ±(2^53−1), booleans, null; sorted ASCII keys; no floats), so every
 //! encoder produces the same bytes. Absent optional sections are written as `null`, never
-//! omitted (one exception: `execution.failure`, added later, is omitted when absent so older
-//! receipts keep their bytes; it is never `null`), so there is exactly one encoding of a
+//! omitted (two exceptions, added later: `execution.failure` and `dispatch.trace` are omitted
+//! when absent so older receipts keep their bytes; they are never `null`), so there is exactly
+//! one encoding of a
 //! payload: [`ReceiptPayload::decode`] re-encodes
 //! what it parsed and refuses bytes that differ (which also refuses duplicate keys, floats and
 //! unknown fields). Verification still works on the stored bytes only: the hash and the
@@ -148,9 +149,22 @@ pub struct Dispatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_service: Option<crate::registry_service::RegistryEvidence>,
     pub tenant_id: String,
+    /// The W3C trace this dispatch belongs to, when there is one: the Hall's own dispatch span
+    /// when it exports traces, else the caller's span from its `traceparent`. Absent (and then
+    /// not encoded, so older receipts keep their bytes) without a trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceRef>,
     /// The enrolled worker id (`org.<ns>.*` / `x.<ns>.*`), when one was selected.
     pub worker_id: Option<String>,
     pub worker_species_id: Option<String>,
+}
+
+/// A span in a W3C trace: lowercase hex ids (`trace_id` 32 digits, `span_id` 16).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceRef {
+    pub span_id: String,
+    pub trace_id: String,
 }
 
 impl Dispatch {
@@ -206,6 +220,7 @@ impl Dispatch {
             package: None,
             envelope: None,
             registry_service: None,
+            trace: None,
         }
     }
 }
@@ -625,8 +640,24 @@ impl Dispatch {
         if let Some(e) = &self.envelope {
             canonical::check(e).map_err(|e| invalid("dispatch.envelope", e.to_string()))?;
         }
+        if let Some(t) = &self.trace {
+            w3c_id("dispatch.trace.trace_id", &t.trace_id, 32)?;
+            w3c_id("dispatch.trace.span_id", &t.span_id, 16)?;
+        }
         Ok(())
     }
+}
+
+/// A W3C Trace Context id: `len` lowercase hex digits, not all zero.
+fn w3c_id(field: &'static str, s: &str, len: usize) -> Result<(), ModelError> {
+    let hex = s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !hex || s.bytes().all(|b| b == b'0') {
+        return Err(invalid(
+            field,
+            format!("must be {len} lowercase hex digits, not all zero"),
+        ));
+    }
+    Ok(())
 }
 
 impl Execution {

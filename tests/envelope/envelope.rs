@@ -505,19 +505,37 @@ fn stale_run_directories_and_empty_leaves_are_swept_at_start_up() {
     let stale = fx.runs.join("01900000-0000-7000-8000-000000000000");
     fs::create_dir_all(stale.join("work/out")).unwrap();
     fs::write(stale.join("work/out/partial.txt"), "x").unwrap();
-    let leaf = env
-        .probe()
-        .cgroup
-        .parent
-        .as_ref()
-        .map(|p| std::path::Path::new(p).join("wcp-stale-test-leaf"));
+    let parent = env.probe().cgroup.parent.clone();
+    let leaf = parent.as_ref().map(|p| {
+        std::path::Path::new(p).join(format!(
+            "{}01900000-0000-7000-8000-000000000000",
+            env.host().leaf_prefix()
+        ))
+    });
     if let Some(l) = &leaf {
+        fs::create_dir(l).unwrap();
+    }
+    // Another Hall's leaf under the same parent (its runs directory differs), created an
+    // instant before its clone: never this Hall's to remove.
+    let other_host = wcp_hall::envelope::HostConfig::new("/var/lib/another-hall/runs");
+    assert_ne!(other_host.leaf_prefix(), env.host().leaf_prefix());
+    let foreign = parent.as_ref().map(|p| {
+        std::path::Path::new(p).join(format!(
+            "{}01900000-0000-7000-8000-000000000001",
+            other_host.leaf_prefix()
+        ))
+    });
+    if let Some(l) = &foreign {
         fs::create_dir(l).unwrap();
     }
     let removed = env.sweep_stale();
     assert!(!stale.exists());
     if let Some(l) = &leaf {
         assert!(!l.exists());
+    }
+    if let Some(l) = &foreign {
+        assert!(l.exists(), "another Hall's leaf was removed");
+        fs::remove_dir(l).unwrap();
     }
     assert_eq!(removed, 1 + usize::from(leaf.is_some()));
     if let Some(p) = own_parent {

@@ -338,6 +338,35 @@ fn the_python_mcp_sdk_lists_calls_and_is_denied_through_the_bridge() {
     assert_eq!(result["greeting"], "Hello, Grace!");
     assert_eq!(result["correlation_id"], "mcp-test-corr-1");
 
+    // The host's _meta.traceparent went on to the Hall: the receipt records the host's trace and
+    // span (the Hall exports no traces here, so it passes the context through), and the
+    // correlation id defaults to the trace id.
+    let ht = &out["hello_traced"];
+    let d = &ht["meta"]["wcp-hall/dispatch"];
+    assert_eq!(d["status"], "completed", "{ht}");
+    assert_eq!(
+        d["correlation_id"], "5c3f6a0e9d2b4f718a6e2c1d0b9a8f7e",
+        "{ht}"
+    );
+    let o = Command::new(BIN)
+        .args([
+            "--json",
+            "receipts",
+            "show",
+            &d["receipt"]["seq"].to_string(),
+            "--log",
+        ])
+        .arg(hall.dir.path().join("state/receipts"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let receipt: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        receipt["payload"]["dispatch"]["trace"],
+        json!({"trace_id": "5c3f6a0e9d2b4f718a6e2c1d0b9a8f7e", "span_id": "a1b2c3d4e5f60718"}),
+        "{receipt}"
+    );
+
     // The pipeline's chunker ran.
     let c = &out["chunk"];
     assert_eq!(c["is_error"], false, "{c}");

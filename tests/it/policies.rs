@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
-use wcp_hall::hall::state::Loaded;
 use wcp_hall::registry::{RegistryDir, RegistryRecord, enroll_record};
+use wcp_hall::snapshot::Loaded;
 use wcp_hall::wcp::{DataLabel, Env, QosClass, RouteDecision, RouteInput, TenantRisk};
 
 fn repo(path: &str) -> PathBuf {

@@ -621,8 +621,8 @@ fn a_missing_checkpoint_copy_directory_is_a_configuration_error() {
 
 #[test]
 fn real_route_decisions_become_receipts() {
-    use wcp_hall::hall::state::Loaded;
     use wcp_hall::receipt::{Caller, Dispatch};
+    use wcp_hall::snapshot::Loaded;
     use wcp_hall::wcp::RouteInput;
 
     // The default configuration: the pipeline's rules, the bundled records, the Cedar gate.

@@ -61,6 +61,7 @@ pub fn dispatch(correlation: &str) -> Dispatch {
             "network": {"requested": "none", "effective": "none"},
             "memory_bytes": {"requested": 268435456, "effective": 268435456},
         })),
+        trace: None,
     }
 }
 

@@ -34,8 +34,8 @@ use crate::registry::RegistryRecord;
 /// checked before anything starts: without it every run would be refused.
 pub(super) fn preflight_python() -> Step<(PathBuf, String)> {
     let section = crate::config::EnvelopeSection::default();
-    let worker = crate::hall::lifecycle::worker_identity(&section.worker_user)
-        .map_err(|e| failed("preflight", e.message))?;
+    let worker = crate::snapshot::worker_identity(&section.worker_user)
+        .map_err(|e| failed("preflight", e.to_string()))?;
     let python = crate::envelope::PythonRuntime::probe(section.python.as_deref(), Some(worker))
         .map_err(|e| {
             failed(
@@ -404,7 +404,7 @@ pub(super) fn config(
     let config_path = dir.join("hall.toml");
     std::fs::write(&config_path, hall_toml(uid))
         .map_err(|e| failed("config", format!("{}: {e}", config_path.display())))?;
-    let loaded = crate::hall::state::Loaded::load(&config_path, 1)
+    let loaded = crate::snapshot::Loaded::load(&config_path, 1)
         .map_err(|e| failed("config", e.to_string()))?;
     pr.step(
         "config",

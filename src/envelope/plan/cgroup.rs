@@ -25,6 +25,7 @@ pub(super) fn decide(
     req: &RunRequest,
     probe: &Probe,
     ctx: &PlanContext,
+    leaf_prefix: &str,
     degraded: &mut Degraded,
 ) -> Result<Cgroup, EnvelopeError> {
     let m = req.minimums;
@@ -41,7 +42,7 @@ pub(super) fn decide(
         memory_reason: None,
         pids_reason: None,
     };
-    let leaf_name = format!("wcp-{}", ctx.run_id);
+    let leaf_name = format!("{leaf_prefix}{}", ctx.run_id);
     let cgroup = match (m.cgroup, &cg.parent) {
         (Minimum::Off, _) => {
             cg_report.reason = Some("cgroup is off in the profile".into());

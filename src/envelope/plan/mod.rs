@@ -276,7 +276,7 @@ pub fn plan(
     let (landlock, landlock_report) =
         landlock.ruleset(req, &program.path, &grants, &dirs, network.landlock_tcp);
     let seccomp = seccomp::decide(m, probe, network.seccomp_mode, &mut degraded)?;
-    let cgroup = cgroup::decide(req, probe, ctx, &mut degraded)?;
+    let cgroup = cgroup::decide(req, probe, ctx, &host.leaf_prefix(), &mut degraded)?;
     let rlimits = rlimits::decide(&req.limits, identity.uid);
     let environment =
         environment::decide(req, host, ctx, &dirs, &grants.writes, network.res_options)?;

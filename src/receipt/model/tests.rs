@@ -33,6 +33,7 @@ pub(crate) fn dispatch(correlation: &str) -> Dispatch {
         }),
         registry_service: None,
         envelope: Some(serde_json::json!({"network": {"requested": "none", "effective": "none"}})),
+        trace: None,
     }
 }
 
@@ -163,6 +164,58 @@ fn the_failure_code_is_optional_and_canonical() {
             .to_string()
             .contains("execution.failure")
     );
+}
+
+/// `dispatch.trace` is written only when there is a trace, so a receipt from before the field
+/// existed still decodes to exactly its bytes; its ids must have the W3C form.
+#[test]
+fn the_trace_is_optional_and_canonical() {
+    let key = KeyPair::from_seed(&[3; 32]);
+    let intent = |dispatch: Dispatch| {
+        ReceiptPayload::new(&header(5, Some([1; 32]), &key), Body::Intent(dispatch))
+    };
+    let old = intent(dispatch("c-1")).unwrap().encode().unwrap();
+    assert!(!String::from_utf8(old.clone()).unwrap().contains("trace"));
+    assert_eq!(ReceiptPayload::decode(&old).unwrap().encode().unwrap(), old);
+
+    let mut traced = dispatch("c-1");
+    traced.trace = Some(TraceRef {
+        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+        span_id: "00f067aa0ba902b7".into(),
+    });
+    let p = intent(traced.clone()).unwrap();
+    let bytes = p.encode().unwrap();
+    assert!(canonical::is_canonical(&bytes));
+    let text = String::from_utf8(bytes.clone()).unwrap();
+    assert!(
+        text.contains(r#""trace":{"span_id":"00f067aa0ba902b7","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"}"#),
+        "{text}"
+    );
+    assert_eq!(ReceiptPayload::decode(&bytes).unwrap(), p);
+    // `null` is a second spelling of "absent": refused.
+    let with_null = text.replacen(
+        r#""trace":{"span_id":"00f067aa0ba902b7","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"}"#,
+        r#""trace":null"#,
+        1,
+    );
+    assert_eq!(
+        ReceiptPayload::decode(with_null.as_bytes()),
+        Err(ModelError::NotCanonical)
+    );
+    for (trace_id, span_id) in [
+        ("4BF92F3577B34DA6A3CE929D0E0E4736", "00f067aa0ba902b7"),
+        ("00000000000000000000000000000000", "00f067aa0ba902b7"),
+        ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902"),
+        ("4bf92f3577b34da6a3ce929d0e0e4736", "0000000000000000"),
+    ] {
+        let mut bad = dispatch("c-1");
+        bad.trace = Some(TraceRef {
+            trace_id: trace_id.into(),
+            span_id: span_id.into(),
+        });
+        let e = intent(bad).unwrap_err().to_string();
+        assert!(e.contains("dispatch.trace."), "{e}");
+    }
 }
 
 /// The fast encoding (serde_json with fields declared in byte order) must be the canonical

@@ -34,6 +34,11 @@ class Handler(BaseHTTPRequestHandler):
                             "span_id": s.span_id.hex(),
                             "parent_span_id": s.parent_span_id.hex(),
                             "attributes": {a.key: value(a.value) for a in s.attributes},
+                            "events": [
+                                {"name": e.name,
+                                 "attributes": {a.key: value(a.value) for a in e.attributes}}
+                                for e in s.events
+                            ],
                             "resource": resource,
                             "content_type": self.headers.get("content-type"),
                             "x_test": self.headers.get("x-test"),

@@ -1,9 +1,19 @@
-//! What the daemon routes with, and its atomic reload.
+//! The configuration snapshot: what the Hall routes with, and its atomic reload.
 //!
-//! A [`Loaded`] snapshot (configuration, compiled rules, registry, identity map) is immutable;
-//! requests take an `Arc` to the current one and keep it for their whole life, so a reload never
-//! changes the rules under a request in flight. Reload builds a complete new snapshot first and
-//! swaps it in only if every part loaded; otherwise the old one stays and the error says why.
+//! A [`Loaded`] snapshot (configuration, compiled rules, registry, policy gate, attested
+//! packages, identity map, compiled input schemas) is immutable; requests take an `Arc` to the
+//! current one and keep it for their whole life, so a reload never changes the rules under a
+//! request in flight. Reload builds a complete new snapshot first and swaps it in only if every
+//! part loaded; otherwise the old one stays and the error says why.
+//!
+//! It sits below the daemon and the CLI: `hall` serves with it, and the offline commands
+//! (`route`, `status`, `init`, `demo`) load the very same snapshot, so they can never disagree
+//! with `serve` about what a configuration means. [`Loaded::route`] is the one place a
+//! [`Router`] is assembled. This module must not know about sockets, HTTP, JSON answers or exit
+//! codes: it returns typed values and [`LoadError`]s.
+
+pub mod identity;
+pub mod schemas;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -16,7 +26,6 @@ use crate::attest::workers::{AttestedWorkers, RecheckPolicy, SpeciesPackage};
 use crate::clock::mint_context;
 use crate::config::Config;
 use crate::envelope::{Identity, PythonError, PythonRuntime};
-use crate::hall::identity::IdentityMap;
 use crate::policy::gate::HallGate;
 use crate::policy::gate::{GateDecision, RequestGate};
 use crate::policy::profile::{EnvProfiles, EnvelopeMinimums, Limits, ProfileSet};
@@ -25,6 +34,7 @@ use crate::registry::{Registry, RegistryDir, RegistryDirError};
 use crate::router::{self, PolicyGate, Router, RouterConfig, WorkerHashes};
 use crate::rules::{RuleSet, RulesError};
 use crate::wcp::{RouteDecision, RouteInput};
+use identity::IdentityMap;
 
 /// Why a configuration could not be (re)loaded.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +58,9 @@ pub enum LoadError {
     /// old, or its probe failed); the message says which.
     #[error("{0}")]
     Python(String),
+    /// `[envelope] worker_user` names no user, or root.
+    #[error("[envelope] worker_user {0}")]
+    WorkerUser(String),
 }
 
 /// One immutable, complete view of what the Hall routes with.
@@ -73,7 +86,7 @@ pub struct Loaded {
     /// Input schemas compiled from verified store copies, by store path (content-addressed,
     /// read-only: a path always holds the same schema), so a dispatch does not read and compile
     /// the package's `config.schema.json` again. Dropped with the snapshot on reload.
-    pub input_schemas: super::catalog::SchemaCache,
+    pub input_schemas: schemas::SchemaCache,
 }
 
 /// What [`Loaded::route`] decided, and what it learnt on the way.
@@ -288,6 +301,25 @@ pub fn load_attested(
         });
     }
     Ok(Some(workers))
+}
+
+/// The identity workers run as: `[envelope] worker_user` (a name or a uid) from the user
+/// database. Root is refused: a worker must never hold the Hall's own privileges.
+pub fn worker_identity(user: &str) -> Result<Identity, LoadError> {
+    let found = match user.parse::<u32>() {
+        Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten(),
+        Err(_) => nix::unistd::User::from_name(user).ok().flatten(),
+    };
+    let u = found.ok_or_else(|| LoadError::WorkerUser(format!("{user:?} does not exist")))?;
+    if u.uid.is_root() {
+        return Err(LoadError::WorkerUser("must not be root".into()));
+    }
+    Ok(Identity {
+        uid: u.uid.as_raw(),
+        gid: u.gid.as_raw(),
+    })
 }
 
 /// The current snapshot, swappable.
