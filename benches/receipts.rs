@@ -77,6 +77,7 @@ fn dispatch(cid: &str, denied: bool) -> Dispatch {
             manifest_digest: Some(format!("sha256:{}", "ee".repeat(32))),
             signer_key_ids: vec!["ef".repeat(32)],
         }),
+        registry_service: None,
         envelope: (!denied).then(|| {
             serde_json::json!({
                 "network": {"requested": "none", "effective": "none"},

@@ -63,6 +63,10 @@ pub struct Config {
     /// set here or in `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`.
     #[serde(default)]
     pub tracing: TracingSection,
+    /// The worker registry service (PyHall's `RegistryClient` API), off by default
+    /// (docs/registry-service.md).
+    #[serde(default)]
+    pub registry_service: crate::registry_service::RegistryServiceSection,
 }
 
 /// `[tracing]`: where the Hall sends its dispatch spans (OTLP over HTTP, protobuf). Every key
@@ -441,6 +445,7 @@ impl Config {
             config.receipts.log_dir = config.state_dir().join("receipts");
         }
         config.server.socket = config.server.socket.map(|p| base.join(p));
+        config.registry_service.resolve_paths(base);
         Ok(config)
     }
 
@@ -501,6 +506,9 @@ impl Config {
                 "[hall] require_worker_attestation = true needs [attestation] trust_policy: without it no package can be verified and every dispatch would be denied DENY_WORKER_HASH_UNAVAILABLE".into(),
             ));
         }
+        self.registry_service
+            .check(self.hall.require_worker_attestation)
+            .map_err(invalid)?;
         if !self.profiles.selection().is_empty() && self.paths.profiles_dir.is_none() {
             return Err(invalid(
                 "[profiles] selects profiles but [paths] profiles_dir is not set; point it at the directory of prof.*.toml files".into(),

@@ -24,6 +24,7 @@ pub mod policy;
 pub mod pyjson;
 pub mod receipt;
 pub mod registry;
+pub mod registry_service;
 pub mod router;
 pub mod rules;
 pub mod snapshot;

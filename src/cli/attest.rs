@@ -145,7 +145,7 @@ pub fn run(cmd: AttestCommand, out: &mut Out) -> Result<u8, CliError> {
     }
 }
 
-fn tree_error(dir: &Path, e: TreeError) -> CliError {
+pub(super) fn tree_error(dir: &Path, e: TreeError) -> CliError {
     match e {
         TreeError::Unsafe { .. } | TreeError::Limit { .. } => {
             CliError::new(exit::USAGE, "package_unsafe", format!("{}: {e}", dir.display())).hint(

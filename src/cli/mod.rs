@@ -30,6 +30,7 @@ mod keys_export;
 mod mcp;
 mod policy;
 mod receipts;
+mod registry;
 mod route;
 mod status;
 mod validate;
@@ -111,6 +112,10 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     /// Validate a registry record (WCP §6) and write it atomically into the registry directory.
     Enroll(enroll::EnrollArgs),
+    /// The worker registry service (PyHall's RegistryClient API): a worker's status, the ban
+    /// list, reporting a hash, attesting a package hash, the service's health.
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
     /// Run the Hall daemon in the foreground on its Unix socket (HTTP/1.1 + JSON).
     Serve(daemon::ServeArgs),
     /// Ask a running Hall for its health (exit 0 when healthy, 69 when unreachable).
@@ -304,6 +309,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Route(args) => route::run(args, &mut out),
         Command::Validate(args) => validate::run(args, &mut out),
         Command::Enroll(args) => enroll::run(args, &mut out),
+        Command::Registry(cmd) => registry::run(cmd, &mut out),
         Command::Serve(args) => daemon::serve(args),
         Command::Status(args) => daemon::status(args, &mut out),
         Command::Dispatch(args) => daemon::dispatch(args, &mut out),

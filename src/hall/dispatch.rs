@@ -19,6 +19,7 @@ use crate::policy::gate::GateDecision;
 use crate::policy::request::CallerIdentity;
 use crate::receipt::Dispatch;
 use crate::receipt::model::{Approval as ReceiptApproval, DecisionSummary};
+use crate::registry_service::{RegistryEvidence, Verdict, gate as registry_gate};
 use crate::snapshot::Loaded;
 use crate::snapshot::identity::Peer;
 use crate::wcp::{DenyCode, DenyReason, RouteDecision, RouteInput};
@@ -44,6 +45,10 @@ pub struct DispatchResponse {
     /// determining policies and their reasons, profile, WCP blast assessment), when consulted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<Value>,
+    /// The worker registry service's status used, when `[registry_service]` is enabled (its
+    /// `warning` says when a dispatch proceeded on stale data).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry_service: Option<RegistryEvidence>,
     /// The worker's result (its stdout as JSON) when it ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
@@ -92,6 +97,10 @@ pub struct Routed {
     /// What the env's profile demands of a run, resolved with the decision.
     #[serde(skip)]
     pub run_limits: Option<(crate::envelope::Limits, crate::envelope::Minimums)>,
+    /// The registry service's check of the selected worker (worker id, what was used), when
+    /// `[registry_service]` is enabled.
+    #[serde(skip)]
+    pub registry: Option<(String, RegistryEvidence)>,
 }
 
 /// Routes `input` for `peer` on the snapshot `loaded` (pure apart from minting ids): the peer's
@@ -125,11 +134,100 @@ pub fn route(
         approval,
         DEFAULT_TASK_ID,
     );
-    Routed {
+    let mut routed = Routed {
         decision: routed.decision,
         policy: routed.policy,
         verified: routed.verified,
         run_limits: routed.run_limits,
+        registry: None,
+    };
+    check_registry(hall, loaded, &mut routed);
+    routed
+}
+
+/// The registry service gate (`registry_service::gate`), after routing allowed a worker: from
+/// the cache alone, never a network call. A refusal turns the decision into a denial with the
+/// gate's code (`DENY_WORKER_BANNED`, `DENY_WORKER_REVOKED`, `DENY_REGISTRY_STATUS_STALE`,
+/// `DENY_WORKER_ATTESTATION_MISSING`, `DENY_WORKER_TAMPERED`); the status used is kept for
+/// the answer and the receipts either way. The gate only ever denies.
+fn check_registry(hall: &Hall, loaded: &Loaded, routed: &mut Routed) {
+    let section = &loaded.config.registry_service;
+    if !section.enabled || routed.decision.denied {
+        return;
+    }
+    let Some(species) = routed.decision.selected_worker_species_id.clone() else {
+        return;
+    };
+    let report = routed.verified.as_ref().filter(|r| r.ok);
+    let worker_id = report.map(|r| r.worker_id.clone()).or_else(|| {
+        loaded
+            .registry
+            .records_of(&species)
+            .next()
+            .map(|r| r.worker_id.clone())
+    });
+    let hash = report.and_then(|r| r.package_hash.clone());
+    let policy = registry_gate::Policy {
+        max_staleness_ms: section.max_staleness_seconds.saturating_mul(1000),
+        on_stale: section.on_stale.for_env(routed.decision.env),
+    };
+    let unavailable = |message: String| Verdict::Deny {
+        code: DenyCode::DenyRegistryStatusStale,
+        message,
+        evidence: RegistryEvidence {
+            status: "unavailable".into(),
+            status_fetched_at: None,
+            ban_list_fetched_at: None,
+            warning: None,
+        },
+    };
+    let verdict = match (&hall.registry_service, &worker_id, &hash) {
+        (Some(service), Some(w), Some(h)) => service.check(w, h, policy, now_ms()),
+        (None, _, _) => unavailable(
+            "[registry_service] was enabled by a reload; the registry service starts with the Hall: restart it. Failing closed.".into(),
+        ),
+        _ => Verdict::Deny {
+            code: DenyCode::DenyWorkerHashUnavailable,
+            message: format!(
+                "Worker '{species}' has no verified package digest to check against the registry service."
+            ),
+            evidence: RegistryEvidence {
+                status: "unavailable".into(),
+                status_fetched_at: None,
+                ban_list_fetched_at: None,
+                warning: None,
+            },
+        },
+    };
+    let worker_id = worker_id.unwrap_or_default();
+    match verdict {
+        Verdict::Pass(evidence) => routed.registry = Some((worker_id, evidence)),
+        Verdict::Deny {
+            code,
+            message,
+            evidence,
+        } => {
+            let d = &mut routed.decision;
+            d.denied = true;
+            if code == DenyCode::DenyWorkerTampered {
+                d.worker_attestation_checked = true;
+                d.worker_attestation_valid = Some(false);
+            }
+            let mut extra = serde_json::Map::new();
+            extra.insert("worker_species_id".into(), Value::from(species));
+            extra.insert(
+                "registry_status".into(),
+                Value::from(evidence.status.clone()),
+            );
+            d.deny_reason_if_denied = Some(DenyReason {
+                code,
+                message,
+                extra,
+            });
+            routed.verified = None;
+            routed.run_limits = None;
+            routed.registry = Some((worker_id, evidence));
+        }
     }
 }
 
@@ -148,7 +246,10 @@ fn record_decision(hall: &Hall, decision: &RouteDecision) {
 
 fn response(status: &'static str, routed: Routed) -> DispatchResponse {
     let Routed {
-        decision, policy, ..
+        decision,
+        policy,
+        registry,
+        ..
     } = routed;
     DispatchResponse {
         status,
@@ -160,6 +261,7 @@ fn response(status: &'static str, routed: Routed) -> DispatchResponse {
         pending_approval_id: None,
         approval_expires_at: None,
         escalation_context: None,
+        registry_service: registry.map(|(_, e)| e),
         result: None,
         execution: None,
     }
@@ -278,6 +380,13 @@ async fn dispatch_steps(
     trace.step("wcp.route", routing, route_attributes(&routed));
     trace.set(route_attributes(&routed));
     record_decision(&hall, &routed.decision);
+    if let (Some(service), Some((worker_id, _)), false) = (
+        &hall.registry_service,
+        &routed.registry,
+        routed.decision.denied,
+    ) {
+        service.count_decision(worker_id);
+    }
     let out = if needs_human(&routed.decision) {
         // Waiting for a human must not hold an execution slot.
         drop(permit);
@@ -386,6 +495,7 @@ async fn run(
         run_limits: routed.run_limits,
         loaded: loaded.clone(),
         trace,
+        registry: routed.registry.as_ref().map(|(_, e)| e.clone()),
     };
     let correlation_id = routed.decision.correlation_id.clone();
     let outcome = blocking(move || runner.run(request))
@@ -503,6 +613,7 @@ async fn refuse_input(
         policy: routed.policy,
         verified: None,
         run_limits: None,
+        registry: routed.registry,
     };
     let worker_id = loaded
         .registry
@@ -648,6 +759,7 @@ pub fn pending_or_final(approval: &Approval, outcome: Option<Value>) -> Dispatch
         })),
         decision: approval.decision.clone(),
         policy: approval.policy.clone(),
+        registry_service: None,
         result: None,
         execution: None,
     }
@@ -688,6 +800,7 @@ impl FinalOutcome {
             escalation_context: self.escalation_context,
             decision: self.decision,
             policy: self.policy,
+            registry_service: None,
             result: self.result,
             execution: self.execution,
         }
@@ -806,6 +919,7 @@ async fn complete_approval_steps(
                 ),
                 decision: approval.decision.clone(),
                 policy: approval.policy.clone(),
+                registry_service: None,
                 result: None,
                 execution: Some(json!({"receipt": receipt})),
             }
@@ -848,6 +962,12 @@ async fn receipt_denial_detailed(
     );
     d.trace = trace.ids();
     d.decision.policy_version = routed.policy.as_ref().map(|p| p.policy_version.clone());
+    if let Some((registry_worker, evidence)) = &routed.registry {
+        if d.worker_id.is_none() && !registry_worker.is_empty() {
+            d.worker_id = Some(registry_worker.clone());
+        }
+        d.registry_service = Some(evidence.clone());
+    }
     if let Some(mut detail) = detail {
         if detail.len() > 1000 {
             let mut end = 1000;
@@ -893,6 +1013,7 @@ async fn receipt_closed_approval(
         tenant_id: v.tenant_id,
         worker_id: None,
         worker_species_id: None,
+        registry_service: None,
         trace: trace.ids(),
     };
     append(hall, d, Some(approval)).await

@@ -449,7 +449,40 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
         tracing::info!(endpoint = %t.endpoint, sampler = ?settings.sampler, "OTLP traces on");
         hall.tracing = Some(t);
     }
+    // The worker registry service: its client now (a bad URL or token file stops the start),
+    // its refresher once the Hall is shared (it reads the enrolled worker ids of the snapshot
+    // current at each refresh).
+    let registry_service = hall.current.get().config.registry_service.clone();
+    if registry_service.enabled {
+        let service = crate::registry_service::Service::new(&registry_service)
+            .map_err(|e| fail(StartFailure::Config, format!("[registry_service]: {e}")))?;
+        tracing::info!(url = %service.base_url(), refresh_seconds = registry_service.refresh_seconds, "registry service on");
+        hall.registry_service = Some(Arc::new(service));
+    }
     let hall = Arc::new(hall);
+    if let Some(service) = &hall.registry_service {
+        let weak = Arc::downgrade(&hall);
+        service
+            .start(move || {
+                weak.upgrade()
+                    .map(|h| {
+                        h.current
+                            .get()
+                            .registry
+                            .records()
+                            .iter()
+                            .map(|r| r.worker_id.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .map_err(|e| {
+                fail(
+                    StartFailure::Io,
+                    format!("cannot start the registry service refresher: {e}"),
+                )
+            })?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

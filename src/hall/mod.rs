@@ -62,6 +62,8 @@ pub struct RunRequest {
     pub loaded: Arc<Loaded>,
     /// The dispatch span the runner's step spans hang on (nothing when tracing is off).
     pub trace: otel::Trace,
+    /// The registry service's status this dispatch used (for the receipts), when enabled.
+    pub registry: Option<crate::registry_service::RegistryEvidence>,
 }
 
 /// What a run produced.
@@ -103,6 +105,9 @@ pub struct Hall {
     pub cgroup: cgroup::Delegation,
     /// The OTLP trace exporter, when `[tracing]` (or `OTEL_EXPORTER_OTLP_*`) configures one.
     pub tracing: Option<otel::Tracing>,
+    /// The worker registry service's cache and refresher, when `[registry_service]` enables it
+    /// at start (`registry_service`; dispatches read its cache only).
+    pub registry_service: Option<Arc<crate::registry_service::Service>>,
     stopping: AtomicBool,
 }
 
@@ -138,6 +143,7 @@ impl Hall {
                 note: "not prepared".into(),
             },
             tracing: None,
+            registry_service: None,
             stopping: AtomicBool::new(false),
         }
     }

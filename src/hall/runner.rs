@@ -206,6 +206,7 @@ impl HallRunner {
             run_limits,
             loaded,
             trace,
+            registry,
         } = request;
         let species = decision.selected_worker_species_id.clone().ok_or_else(|| {
             RunError::Internal("an allowed decision without a selected worker".into())
@@ -289,6 +290,7 @@ impl HallRunner {
         dispatch.package = Some(package.clone());
         dispatch.trace = phases.trace.ids();
         dispatch.decision.policy_version = policy.as_ref().map(|p| p.policy_version.clone());
+        dispatch.registry_service = registry;
         let mut intent = self.receipts.append_intent(dispatch).map_err(|e| {
             receipt_error(
                 e,

@@ -194,6 +194,11 @@ async fn health(State(hall): State<Arc<Hall>>, Extension(peer): Extension<Peer>)
             "runtime": p.describe(),
         })),
         "cgroup": hall.cgroup,
+        // The worker registry service's cache: what was fetched when, the last failure.
+        "registry_service": hall.registry_service.as_ref().map(|s| json!({
+            "url": s.base_url(),
+            "cache": s.state(),
+        })),
         "you": you,
     });
     let code = if shutting_down || log.state != LogState::Ok {

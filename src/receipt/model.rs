@@ -142,6 +142,12 @@ pub struct Dispatch {
     pub package: Option<PackageRef>,
     /// `ALLOW`, `DENY` or `REQUIRE_HUMAN`.
     pub policy_decision: String,
+    /// The worker registry service's status the Hall used (`[registry_service]`), when it is
+    /// enabled: the status, when it and the ban list were fetched, and any staleness warning.
+    /// Absent otherwise (older receipts never have it). Fields in byte order, as every field
+    /// here (the canonical encoding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_service: Option<crate::registry_service::RegistryEvidence>,
     pub tenant_id: String,
     /// The W3C trace this dispatch belongs to, when there is one: the Hall's own dispatch span
     /// when it exports traces, else the caller's span from its `traceparent`. Absent (and then
@@ -213,6 +219,7 @@ impl Dispatch {
             caller,
             package: None,
             envelope: None,
+            registry_service: None,
             trace: None,
         }
     }

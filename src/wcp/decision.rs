@@ -58,6 +58,10 @@ deny_codes! {
     DenyWorkerTampered => "DENY_WORKER_TAMPERED",
     DenyPrivilegeEnvelopeUnconfigured => "DENY_PRIVILEGE_ENVELOPE_UNCONFIGURED",
     DenyPrivilegeEnvelopeViolated => "DENY_PRIVILEGE_ENVELOPE_VIOLATED",
+    // The registry service gate (docs/registry-service.md); never produced by the router.
+    DenyWorkerBanned => "DENY_WORKER_BANNED",
+    DenyWorkerRevoked => "DENY_WORKER_REVOKED",
+    DenyRegistryStatusStale => "DENY_REGISTRY_STATUS_STALE",
 }
 
 impl std::fmt::Display for DenyCode {

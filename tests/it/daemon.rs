@@ -29,8 +29,8 @@ fn rules() -> Value {
     ]})
 }
 
-struct TestHall {
-    dir: tempfile::TempDir,
+pub(crate) struct TestHall {
+    pub(crate) dir: tempfile::TempDir,
     socket: PathBuf,
     child: Option<Child>,
     runtime: tokio::runtime::Runtime,
@@ -41,7 +41,7 @@ struct TestHall {
 }
 
 impl TestHall {
-    fn start(extra_toml: &str) -> Self {
+    pub(crate) fn start(extra_toml: &str) -> Self {
         Self::start_with(extra_toml, "", |_| {})
     }
 
@@ -127,11 +127,11 @@ tenants = ["mcp.my-app"]
         }
     }
 
-    fn config_path(&self) -> PathBuf {
+    pub(crate) fn config_path(&self) -> PathBuf {
         self.dir.path().join("hall.toml")
     }
 
-    fn spawn(&mut self) {
+    pub(crate) fn spawn(&mut self) {
         self.spawn_until(|code, _| code == 200);
     }
 
@@ -185,7 +185,7 @@ tenants = ["mcp.my-app"]
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("hall.log")).unwrap_or_default()
     }
 
@@ -206,18 +206,18 @@ tenants = ["mcp.my-app"]
             .map(|a| (a.status.as_u16(), a.body))
     }
 
-    fn call(&self, method: Method, path: &str, body: Option<&Value>) -> (u16, Value) {
+    pub(crate) fn call(&self, method: Method, path: &str, body: Option<&Value>) -> (u16, Value) {
         self.try_call(method, path, body)
             .unwrap_or_else(|e| panic!("{e}; log: {}", self.log()))
     }
 
-    fn signal(&self, sig: nix::sys::signal::Signal) {
+    pub(crate) fn signal(&self, sig: nix::sys::signal::Signal) {
         let pid = self.child.as_ref().expect("running").id() as i32;
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
     }
 
     /// Waits for the daemon to exit; returns its exit code.
-    fn wait_exit(&mut self, within: Duration) -> i32 {
+    pub(crate) fn wait_exit(&mut self, within: Duration) -> i32 {
         let deadline = Instant::now() + within;
         let child = self.child.as_mut().expect("running");
         loop {
@@ -232,7 +232,7 @@ tenants = ["mcp.my-app"]
 
     /// SIGTERM, exit 0, then `wcp-hall receipts verify` of the whole log with the public key:
     /// asserts it passes and returns its JSON report.
-    fn stop_and_verify_log(&mut self) -> Value {
+    pub(crate) fn stop_and_verify_log(&mut self) -> Value {
         self.signal(nix::sys::signal::Signal::SIGTERM);
         assert_eq!(self.wait_exit(Duration::from_secs(20)), 0);
         let o = Command::new(BIN)
@@ -255,7 +255,7 @@ tenants = ["mcp.my-app"]
 
     /// `wcp-hall --json receipts show SEQ` on this Hall's log: the record as JSON (`Null`
     /// when it is missing, with the exit code to tell).
-    fn show_receipt(&self, seq: u64) -> (Option<i32>, Value, String) {
+    pub(crate) fn show_receipt(&self, seq: u64) -> (Option<i32>, Value, String) {
         let o = Command::new(BIN)
             .args(["--json", "receipts", "show", &seq.to_string(), "--log"])
             .arg(self.dir.path().join("state/receipts"))
@@ -302,13 +302,13 @@ impl Drop for TestHall {
     }
 }
 
-fn input(capability: &str, tenant: &str) -> Value {
+pub(crate) fn input(capability: &str, tenant: &str) -> Value {
     json!({"capability_id": capability, "env": "dev", "data_label": "PUBLIC", "tenant_risk": "low",
            "qos_class": "P2", "tenant_id": tenant, "correlation_id": uuid::Uuid::new_v4().to_string(),
            "request": {"name": "Ada"}})
 }
 
-fn deny_code(body: &Value) -> &str {
+pub(crate) fn deny_code(body: &Value) -> &str {
     body["decision"]["deny_reason_if_denied"]["code"]
         .as_str()
         .unwrap_or("")
@@ -1318,7 +1318,7 @@ fn sign_package(dir: &Path, pkg: &Path, worker_id: &str, species: &str) {
     crate::hall_support::sign_package(&package_key(dir), pkg, worker_id, species);
 }
 
-fn signed_hello(dir: &Path) -> (PathBuf, String) {
+pub(crate) fn signed_hello(dir: &Path) -> (PathBuf, String) {
     let pkg = dir.join("packages/hello");
     copy_dir(&repo("workers/hello"), &pkg);
     let worker_id = sign_and_enroll(dir, &pkg, &read_record(&pkg.join("record.json")));

@@ -31,6 +31,7 @@ mod receipts;
 mod receipts_cli;
 mod receipts_crash;
 mod receipts_resume;
+mod registry_service;
 mod routing_vectors;
 mod systemd;
 mod verify_doc;

@@ -56,6 +56,7 @@ pub fn dispatch(correlation: &str) -> Dispatch {
             manifest_digest: Some(format!("sha256:{}", "ee".repeat(32))),
             signer_key_ids: vec!["ef".repeat(32)],
         }),
+        registry_service: None,
         envelope: Some(serde_json::json!({
             "network": {"requested": "none", "effective": "none"},
             "memory_bytes": {"requested": 268435456, "effective": 268435456},

@@ -31,6 +31,7 @@ pub(crate) fn dispatch(correlation: &str) -> Dispatch {
             manifest_digest: None,
             signer_key_ids: vec!["ef".repeat(32)],
         }),
+        registry_service: None,
         envelope: Some(serde_json::json!({"network": {"requested": "none", "effective": "none"}})),
         trace: None,
     }
@@ -453,4 +454,40 @@ fn times_are_rfc3339_utc_millis() {
     assert_eq!(rfc3339_millis(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
     assert!(timestamp("t", "2026-11-24T19:36:01.274627+00:00").is_ok());
     assert!(timestamp("t", "2026-11-24 19:36:01Z").is_err());
+}
+
+#[test]
+fn the_registry_service_record_is_canonical_optional_and_closed() {
+    let key = KeyPair::from_seed(&[3; 32]);
+    let mut d = dispatch("c-reg");
+    d.registry_service = Some(crate::registry_service::RegistryEvidence {
+        ban_list_fetched_at: Some("2026-11-24T19:36:00.000Z".into()),
+        status: "active".into(),
+        status_fetched_at: Some("2026-11-24T19:35:59.000Z".into()),
+        warning: Some("registry service data is stale".into()),
+    });
+    let executed = |dispatch| Body::Executed {
+        intent_seq: 4,
+        dispatch,
+        execution: execution(),
+    };
+    let p = ReceiptPayload::new(&header(5, Some([1; 32]), &key), executed(d)).unwrap();
+    let bytes = p.encode().unwrap();
+    assert!(canonical::is_canonical(&bytes));
+    assert_eq!(ReceiptPayload::decode(&bytes).unwrap(), p);
+    let text = String::from_utf8(bytes).unwrap();
+    assert!(
+        text.contains("\"registry_service\":{\"ban_list_fetched_at\""),
+        "{text}"
+    );
+    let extra = text.replace("\"status\":\"active\"", "\"extra\":1,\"status\":\"active\"");
+    assert!(ReceiptPayload::decode(extra.as_bytes()).is_err());
+    // Absent when the service is off: receipts without it are unchanged.
+    let plain =
+        ReceiptPayload::new(&header(5, Some([1; 32]), &key), executed(dispatch("c-reg"))).unwrap();
+    assert!(
+        !String::from_utf8(plain.encode().unwrap())
+            .unwrap()
+            .contains("registry_service")
+    );
 }
