@@ -98,6 +98,9 @@ pub struct AttestationSection {
     pub hmac_key_file: Option<PathBuf>,
     /// Re-verify a cached package at most every N seconds (0: on every dispatch).
     pub recheck_seconds: u64,
+    /// OCI registries (`HOST:PORT`) the Hall may speak plain HTTP to when fetching a record's
+    /// `package_ref`; only loopback addresses are honoured (see docs/oci.md). Default: none.
+    pub oci_plain_http: Vec<String>,
 }
 
 /// `[envelope]`: how the Hall runs workers (see docs/envelope.md and docs/configuration.md).

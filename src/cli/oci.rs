@@ -278,3 +278,27 @@ pub fn run_pull(args: PullArgs, out: &mut Out) -> Result<u8, CliError> {
     }
     Ok(exit::OK)
 }
+
+/// `wcp-hall enroll`: a record whose `attestation.package_ref` names a tag (no digest) is
+/// rewritten to the digest the tag resolves to now, so the record pins what the Hall fetches.
+/// Any other record text is returned unchanged (its validation is `enroll`'s).
+pub(crate) fn pin_package_ref(text: String, plain_http: bool) -> Result<String, CliError> {
+    let Ok(mut record) = crate::json::parse_str(&text) else {
+        return Ok(text);
+    };
+    let Some(reference) = record
+        .get("attestation")
+        .and_then(|a| a.get("package_ref"))
+        .and_then(serde_json::Value::as_str)
+        .filter(|r| !r.contains('@'))
+        .map(str::to_owned)
+    else {
+        return Ok(text);
+    };
+    let pinned =
+        oci::resolve(&reference, plain_http, Duration::from_secs(60)).map_err(pull_error)?;
+    record["attestation"]["package_ref"] = json!(pinned.to_string());
+    eprintln!("package_ref {reference} resolved to {pinned}");
+    serde_json::to_string_pretty(&record)
+        .map_err(|e| CliError::new(exit::SOFTWARE, "record_encode_failed", e.to_string()))
+}

@@ -634,3 +634,105 @@ fn plain_http_is_refused_for_a_registry_that_is_not_loopback() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// A Hall configuration in `dir/hall` whose registry lists `record` and which may speak plain
+/// HTTP to `registry_host`; the trust policy is `dir/trust.json`.
+fn hall_dir(dir: &Path, name: &str, registry_host: &str) -> PathBuf {
+    let hall = dir.join(name);
+    std::fs::create_dir_all(hall.join("registry")).unwrap();
+    std::fs::copy(
+        crate::hall_support::repo("policies/rules.json"),
+        hall.join("rules.json"),
+    )
+    .unwrap();
+    let o = run(&["keys", "generate"], &[&hall.join("receipts.key")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::write(
+        hall.join("hall.toml"),
+        format!(
+            "[paths]\nrules = \"rules.json\"\nregistry_dir = \"registry\"\nstate_dir = \"state\"\n\n[attestation]\ntrust_policy = \"{}\"\noci_plain_http = [\"{registry_host}\"]\n\n[receipts]\nsigning_key = \"receipts.key\"\n",
+            dir.join("trust.json").display()
+        ),
+    )
+    .unwrap();
+    hall
+}
+
+/// `wcp-hall config check`: loads everything as `serve` (and a reload) would, records' OCI
+/// packages included.
+fn config_check(hall: &Path) -> Output {
+    run(&["config", "check", "--config"], &[&hall.join("hall.toml")])
+}
+
+#[test]
+fn a_record_pins_the_tag_at_enroll_and_the_hall_fetches_at_load_and_keeps_it_when_the_registry_is_down()
+ {
+    let mut reg = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = signed_package(dir.path(), "pkg", 100);
+    let (reference, digest) = push(&pkg, &format!("{}/wcp/record:stable", reg.host()));
+    let hall = hall_dir(dir.path(), "hall", &reg.host());
+    let record = serde_json::json!({
+        "worker_id": WORKER, "worker_species_id": SPECIES,
+        "capabilities": ["cap.hello.greet"], "risk_tier": "low",
+        "attestation": {"package_ref": format!("oci://{}/wcp/record:stable", reg.host())},
+    });
+    let record_file = dir.path().join("record.json");
+    std::fs::write(&record_file, record.to_string()).unwrap();
+    let o = run(
+        &["enroll", "--plain-http", "--registry-dir"],
+        &[&hall.join("registry"), &record_file],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The enrolled record pins the digest the tag named.
+    let enrolled: Value = serde_json::from_slice(
+        &std::fs::read(hall.join(format!("registry/{WORKER}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(enrolled["attestation"]["package_ref"], reference.as_str());
+
+    // Loading the configuration (start, reload) fetches and verifies it into the store.
+    let o = config_check(&hall);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let kept = hall.join("state/oci").join(digest.replace(':', "-"));
+    assert!(kept.join("manifest.sig").is_file());
+    let verify = |state: &Path| {
+        Command::new(BIN)
+            .args([
+                "attest",
+                "verify",
+                "--worker-id",
+                WORKER,
+                "--species",
+                SPECIES,
+            ])
+            .arg("--trust")
+            .arg(dir.path().join("trust.json"))
+            .arg("--store")
+            .arg(state.join("store"))
+            .arg(&kept)
+            .output()
+            .unwrap()
+    };
+    let o = verify(&hall.join("state"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+
+    // The registry goes down: loading still succeeds and the kept, verified copy stays in use.
+    reg.stop();
+    let o = config_check(&hall);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(kept.join("manifest.sig").is_file());
+    assert!(verify(&hall.join("state")).status.success());
+
+    // A new Hall while the registry is down loads too, without the package (its dispatches
+    // are denied until a reload fetches it); nothing is half-stored.
+    let fresh = hall_dir(dir.path(), "fresh", &reg.host());
+    std::fs::copy(
+        hall.join(format!("registry/{WORKER}.json")),
+        fresh.join(format!("registry/{WORKER}.json")),
+    )
+    .unwrap();
+    let o = config_check(&fresh);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_nothing_stored(&fresh.join("state"));
+}

@@ -41,8 +41,10 @@
 
 pub mod auth;
 pub mod layer;
+mod record;
 mod registry;
 
+pub use record::{RECORD_MAX_LAYER_BYTES, RecordFetch};
 pub use registry::{
     PullError, PullOptions, Pulled, PushError, PushOptions, Pushed, pull, push, resolve,
 };
