@@ -736,3 +736,230 @@ fn a_record_pins_the_tag_at_enroll_and_the_hall_fetches_at_load_and_keeps_it_whe
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_nothing_stored(&fresh.join("state"));
 }
+
+/// One HTTP/1.1 request to the registry: status, head (lowercased names kept as sent), body.
+fn http(port: u16, method: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text[9..12].parse().unwrap();
+    (status, text)
+}
+
+fn sha256_of(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!(
+        "sha256:{}",
+        wcp_hall::common::hex(&sha2::Sha256::digest(bytes))
+    )
+}
+
+/// Uploads a blob monolithically (POST, then PUT with the digest).
+fn upload_blob(reg: &Registry, repo: &str, bytes: &[u8]) -> String {
+    let digest = sha256_of(bytes);
+    let (status, head) = http(
+        reg.port,
+        "POST",
+        &format!("/v2/{repo}/blobs/uploads/"),
+        "application/octet-stream",
+        b"",
+    );
+    assert_eq!(status, 202, "{head}");
+    let location = head
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("location"))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap();
+    let path = location
+        .strip_prefix(&format!("http://127.0.0.1:{}", reg.port))
+        .unwrap_or(&location)
+        .to_owned();
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let (status, head) = http(
+        reg.port,
+        "PUT",
+        &format!("{path}{sep}digest={digest}"),
+        "application/octet-stream",
+        bytes,
+    );
+    assert_eq!(status, 201, "{head}");
+    digest
+}
+
+fn put_manifest(reg: &Registry, repo: &str, reference: &str, media_type: &str, bytes: &[u8]) {
+    let (status, head) = http(
+        reg.port,
+        "PUT",
+        &format!("/v2/{repo}/manifests/{reference}"),
+        media_type,
+        bytes,
+    );
+    assert_eq!(status, 201, "{head}");
+}
+
+/// A tar whose entries are written byte for byte as given (name, type, content, link target).
+/// Name bytes, entry type, content, link target.
+type TarEntry<'a> = (&'a [u8], tar::EntryType, &'a [u8], Option<&'a str>);
+
+fn hostile_tar(entries: &[TarEntry<'_>]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind, data, link) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        if let Some(l) = link {
+            h.set_link_name(l).unwrap();
+        }
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn a_hostile_tar_served_under_a_valid_signature_is_refused_and_nothing_lands_anywhere() {
+    use tar::EntryType as T;
+    let reg = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = signed_package(dir.path(), "pkg", 10);
+    let repo = "wcp/hostile";
+    let (_, legit) = push(&pkg, &format!("{}/{repo}:legit", reg.host()));
+    // The legitimate signature blob, reused as the signature of each crafted artifact: the
+    // attacker controls the registry, not the signing key.
+    let index: Value = serde_json::from_slice(
+        &std::fs::read(reg.blob_data(&{
+            let tag_link = reg.dir.path().join(format!(
+                "data/docker/registry/v2/repositories/{repo}/_manifests/tags/{}/current/link",
+                legit.replace(':', "-")
+            ));
+            std::fs::read_to_string(tag_link).unwrap()
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let sig_manifest: Value = serde_json::from_slice(
+        &std::fs::read(reg.blob_data(index["manifests"][0]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    let sig_layer = sig_manifest["layers"][0].clone();
+    let empty = upload_blob(&reg, repo, b"{}");
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "traversal",
+            hostile_tar(&[(b"../../../evil", T::Regular, b"x", None)]),
+        ),
+        (
+            "absolute",
+            hostile_tar(&[(b"/tmp/wcp-hall-oci-test-evil", T::Regular, b"x", None)]),
+        ),
+        (
+            "symlink",
+            hostile_tar(&[(b"evil", T::Symlink, b"", Some("/etc/shadow"))]),
+        ),
+        (
+            "hard link",
+            hostile_tar(&[(b"evil", T::Link, b"", Some("/etc/shadow"))]),
+        ),
+        ("device", hostile_tar(&[(b"evil", T::Char, b"", None)])),
+        (
+            "duplicate",
+            hostile_tar(&[
+                (b"evil", T::Regular, b"a", None),
+                (b"evil", T::Regular, b"b", None),
+            ]),
+        ),
+        (
+            "planted manifest",
+            hostile_tar(&[(b"manifest.sig", T::Regular, b"{}", None)]),
+        ),
+    ];
+    for (what, tar) in cases {
+        let layer = upload_blob(&reg, repo, &tar);
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": "application/vnd.wcp-hall.worker-package.v1",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+            "layers": [{"mediaType": "application/vnd.wcp-hall.worker-package.layer.v1.tar",
+                        "digest": layer, "size": tar.len()}],
+        }))
+        .unwrap();
+        let digest = sha256_of(&manifest);
+        put_manifest(
+            &reg,
+            repo,
+            &digest,
+            "application/vnd.oci.image.manifest.v1+json",
+            &manifest,
+        );
+        let sig = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": "application/vnd.dsse.envelope.v1+json",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+            "layers": [sig_layer],
+            "subject": {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "digest": digest, "size": manifest.len()},
+        }))
+        .unwrap();
+        let sig_digest = sha256_of(&sig);
+        put_manifest(
+            &reg,
+            repo,
+            &sig_digest,
+            "application/vnd.oci.image.manifest.v1+json",
+            &sig,
+        );
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "digest": sig_digest, "size": sig.len(),
+                           "artifactType": "application/vnd.dsse.envelope.v1+json"}],
+        }))
+        .unwrap();
+        put_manifest(
+            &reg,
+            repo,
+            &digest.replace(':', "-"),
+            "application/vnd.oci.image.index.v1+json",
+            &index,
+        );
+        let state = dir.path().join(format!("hall-{}", what.replace(' ', "-")));
+        let o = pull(
+            dir.path(),
+            &state,
+            &format!("oci://{}/{repo}@{digest}", reg.host()),
+            &[],
+        );
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{what}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(error_code(&o), "ATTEST_TREE_UNSAFE", "{what}");
+        assert_nothing_stored(&state);
+        for escaped in [
+            dir.path().join("evil"),
+            state.join("evil"),
+            state.join("oci/evil"),
+            PathBuf::from("/tmp/wcp-hall-oci-test-evil"),
+        ] {
+            assert!(!escaped.exists(), "{what}: {}", escaped.display());
+        }
+    }
+}
