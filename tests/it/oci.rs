@@ -137,8 +137,17 @@ impl Drop for Registry {
     }
 }
 
-/// A proxy in front of the registry that cuts every blob response after `cut` body bytes and
-/// closes the connection: a registry that stops mid-pull.
+/// What the hostile proxy does.
+#[derive(Clone, Copy)]
+enum Hostile {
+    /// Cuts every blob response after this many body bytes and closes: a registry that stops
+    /// mid-pull.
+    CutBlobs(usize),
+    /// Answers every manifest request with an endless body (no length): a memory bomb.
+    EndlessManifests,
+}
+
+/// A proxy in front of the registry that misbehaves as `Hostile` says.
 struct CutProxy {
     port: u16,
     stop: Arc<AtomicBool>,
@@ -146,7 +155,7 @@ struct CutProxy {
 }
 
 impl CutProxy {
-    fn start(upstream: u16, cut: usize) -> CutProxy {
+    fn start(upstream: u16, mode: Hostile) -> CutProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -157,7 +166,7 @@ impl CutProxy {
                 match listener.accept() {
                     Ok((conn, _)) => {
                         let _ = conn.set_nonblocking(false);
-                        let _ = proxy_one(conn, upstream, cut);
+                        let _ = proxy_one(conn, upstream, mode);
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
@@ -180,7 +189,7 @@ impl Drop for CutProxy {
     }
 }
 
-fn proxy_one(mut conn: TcpStream, upstream: u16, cut: usize) -> std::io::Result<()> {
+fn proxy_one(mut conn: TcpStream, upstream: u16, mode: Hostile) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut req = Vec::new();
     let mut byte = [0u8; 1];
@@ -193,6 +202,18 @@ fn proxy_one(mut conn: TcpStream, upstream: u16, cut: usize) -> std::io::Result<
     let text = String::from_utf8_lossy(&req).into_owned();
     let mut lines = text.split("\r\n");
     let request_line = lines.next().unwrap_or_default().to_owned();
+    if let Hostile::EndlessManifests = mode
+        && request_line.starts_with("GET ")
+        && request_line.contains("/manifests/")
+    {
+        conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nConnection: close\r\n\r\n{\"schemaVersion\": 2, \"x\": \"")?;
+        let chunk = vec![b'a'; 1 << 16];
+        // Until the client hangs up (at most 1 GiB).
+        for _ in 0..(1 << 14) {
+            conn.write_all(&chunk)?;
+        }
+        return Ok(());
+    }
     let mut out = format!("{request_line}\r\n");
     for l in lines.filter(|l| !l.is_empty()) {
         let lower = l.to_ascii_lowercase();
@@ -218,7 +239,10 @@ fn proxy_one(mut conn: TcpStream, upstream: u16, cut: usize) -> std::io::Result<
     let (status, rest) = head.split_once("\r\n").unwrap_or((&head, ""));
     conn.write_all(format!("{status}\r\nConnection: close\r\n{rest}").as_bytes())?;
     let is_blob = request_line.starts_with("GET ") && request_line.contains("/blobs/");
-    if is_blob && body.len() > cut {
+    if let Hostile::CutBlobs(cut) = mode
+        && is_blob
+        && body.len() > cut
+    {
         conn.write_all(&body[..cut])?;
     } else {
         conn.write_all(body)?;
@@ -568,7 +592,7 @@ fn a_registry_that_stops_mid_pull_leaves_nothing_half_stored() {
     let dir = tempfile::tempdir().unwrap();
     let pkg = signed_package(dir.path(), "pkg", 1 << 20);
     let (_, digest) = push(&pkg, &format!("{}/wcp/cut:1", reg.host()));
-    let proxy = CutProxy::start(reg.port, 64 << 10);
+    let proxy = CutProxy::start(reg.port, Hostile::CutBlobs(64 << 10));
     let via_proxy = format!("oci://127.0.0.1:{}/wcp/cut@{digest}", proxy.port);
     let state = dir.path().join("hall");
     let o = pull(dir.path(), &state, &via_proxy, &[]);
@@ -962,4 +986,35 @@ fn a_hostile_tar_served_under_a_valid_signature_is_refused_and_nothing_lands_any
             assert!(!escaped.exists(), "{what}: {}", escaped.display());
         }
     }
+}
+
+#[test]
+fn an_endless_manifest_is_cut_off_at_the_bound() {
+    let reg = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = signed_package(dir.path(), "pkg", 10);
+    let (_, digest) = push(&pkg, &format!("{}/wcp/endless:1", reg.host()));
+    let proxy = CutProxy::start(reg.port, Hostile::EndlessManifests);
+    let state = dir.path().join("hall");
+    let started = Instant::now();
+    let o = pull(
+        dir.path(),
+        &state,
+        &format!("oci://127.0.0.1:{}/wcp/endless@{digest}", proxy.port),
+        &[],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(error_code(&o), "ATTEST_MANIFEST_INVALID");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("larger than"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_nothing_stored(&state);
 }

@@ -20,7 +20,7 @@
 //! - **Content addressing.** The package manifest must hash to the pinned digest; the layer and
 //!   every signature blob must hash to the digests and sizes their manifests give. A tampered
 //!   blob or a swapped manifest is `ATTEST_HASH_MISMATCH` before anything is unpacked.
-//! - **Bounds.** Manifests, signature blobs and the layer have size limits checked against the
+//! - **Bounds.** Manifests (4 MiB), signature blobs (1 MiB) and the layer have size limits checked against the
 //!   descriptor before a download and against the bytes while streaming (a registry that sends
 //!   more than it announced is cut off); at most [`MAX_SIGNATURES`] signatures are tried; the
 //!   unpacked tree is bounded by [`TreeLimits`]. Every download has a read timeout.
@@ -35,9 +35,12 @@
 //!   ([`PullOptions::plain_http`]); TLS does not replace the signature check, it keeps
 //!   credentials private.
 //!
+//! Manifests and referrer indexes are read with our own bounded GET (oci-client reads those
+//! bodies whole), authenticated with the token oci-client obtained; blobs stream through
+//! oci-client with our byte count and hash.
+//!
 //! Out of scope: availability (a registry that refuses to serve leaves the stored copy in use,
-//! never a newer one); the size of a manifest body is bounded by the HTTP client only after it
-//! was read (oci-client reads manifest bodies whole; the read timeout bounds the time).
+//! never a newer one).
 
 pub mod auth;
 pub mod layer;

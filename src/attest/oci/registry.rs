@@ -603,66 +603,178 @@ async fn download(
     Ok(())
 }
 
-/// Fetches a manifest by digest (or tag), bounded, and checks its digest.
-async fn fetch_manifest(
-    client: &Client,
-    credentials: &RegistryAuth,
-    target: &oci_client::Reference,
-    accept: &str,
-    host: &str,
-) -> Result<(Vec<u8>, String), PullError> {
-    let (body, _) = match client
-        .pull_manifest_raw(target, credentials, &[accept])
-        .await
-    {
-        Ok(x) => x,
-        Err(oci_client::errors::OciDistributionError::DigestError(e)) => {
+/// A registry session for a pull: the oci-client (authentication, blobs) and a plain HTTP
+/// client for the manifest and referrers requests, whose bodies are read with a bound.
+struct Session<'a> {
+    client: &'a Client,
+    http: reqwest::Client,
+    credentials: &'a RegistryAuth,
+    r: &'a OciRef,
+    scheme: &'static str,
+    /// The bearer token the registry issued for pulls, if it uses tokens.
+    token: Option<String>,
+}
+
+impl<'a> Session<'a> {
+    async fn open(
+        client: &'a Client,
+        credentials: &'a RegistryAuth,
+        r: &'a OciRef,
+        plain_http: bool,
+        timeout: Duration,
+    ) -> Result<Session<'a>, PullError> {
+        let unavailable = |problem: String| PullError::Unavailable {
+            host: r.host.clone(),
+            problem,
+        };
+        let token = client
+            .auth(&r.to_client_ref(), credentials, RegistryOperation::Pull)
+            .await
+            .map_err(|e| unavailable(format!("authentication: {e}")))?;
+        let http = reqwest::Client::builder()
+            .read_timeout(timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("wcp-hall/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| unavailable(e.to_string()))?;
+        Ok(Session {
+            client,
+            http,
+            credentials,
+            r,
+            scheme: if plain_http { "http" } else { "https" },
+            token,
+        })
+    }
+
+    fn host(&self) -> &str {
+        &self.r.host
+    }
+
+    fn unavailable(&self, problem: String) -> PullError {
+        PullError::Unavailable {
+            host: self.r.host.clone(),
+            problem,
+        }
+    }
+
+    /// GETs `/v2/<repo>/<path>` and reads at most [`MAX_MANIFEST_BYTES`] of the body
+    /// (`None` for a 404). A longer body is refused as soon as it passes the bound.
+    async fn get_bounded(&self, path: &str, accept: &str) -> Result<Option<Vec<u8>>, PullError> {
+        let registry = self.r.to_client_ref().resolve_registry().to_owned();
+        let url = format!(
+            "{}://{registry}/v2/{}/{path}",
+            self.scheme, self.r.repository
+        );
+        let mut req = self.http.get(&url).header("Accept", accept);
+        req = match (&self.token, self.credentials) {
+            (Some(t), _) => req.bearer_auth(t),
+            (None, RegistryAuth::Basic(u, p)) => req.basic_auth(u, Some(p)),
+            _ => req,
+        };
+        let mut resp = req
+            .send()
+            .await
+            .map_err(|e| self.unavailable(format!("{url}: {e}")))?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(self.unavailable(format!("{url}: HTTP {status}")));
+        }
+        let too_big = || {
+            refused(
+                AttestCode::ManifestInvalid,
+                format!("{url}: the answer is larger than {MAX_MANIFEST_BYTES} bytes"),
+            )
+        };
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_MANIFEST_BYTES)
+        {
+            return Err(too_big());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| self.unavailable(format!("{url}: {e}")))?
+        {
+            if (body.len() + chunk.len()) as u64 > MAX_MANIFEST_BYTES {
+                return Err(too_big());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Some(body))
+    }
+
+    /// Fetches a manifest by digest or tag, bounded; by digest, its bytes must hash to it.
+    async fn manifest(
+        &self,
+        reference: &str,
+        accept: &str,
+    ) -> Result<(Vec<u8>, String), PullError> {
+        let body = self
+            .get_bounded(&format!("manifests/{reference}"), accept)
+            .await?
+            .ok_or_else(|| self.unavailable(format!("manifest {reference} not found")))?;
+        let digest = sha256_digest(&body);
+        if is_sha256_digest(reference) && reference != digest {
             return Err(refused(
                 AttestCode::HashMismatch,
-                format!("manifest {target}: {e}"),
+                format!("manifest {reference}: the registry served a manifest hashing to {digest}"),
             ));
         }
-        Err(e) => {
-            return Err(PullError::Unavailable {
-                host: host.to_owned(),
-                problem: format!("manifest {target}: {e}"),
-            });
-        }
-    };
-    if body.len() as u64 > MAX_MANIFEST_BYTES {
-        return Err(refused(
-            AttestCode::ManifestInvalid,
-            format!("manifest {target} is larger than {MAX_MANIFEST_BYTES} bytes"),
-        ));
+        Ok((body, digest))
     }
-    let digest = sha256_digest(&body);
-    if let Some(want) = target.digest()
-        && want != digest
-    {
-        return Err(refused(
-            AttestCode::HashMismatch,
-            format!("manifest {target}: the registry served a manifest hashing to {digest}"),
-        ));
+
+    /// The referrers of `digest`: the OCI 1.1 referrers API, else (404) the referrers tag
+    /// scheme; no index at all is no referrers.
+    async fn referrers(&self, digest: &str) -> Result<Vec<Value>, PullError> {
+        let body = match self
+            .get_bounded(&format!("referrers/{digest}"), OCI_INDEX_TYPE)
+            .await?
+        {
+            Some(b) => Some(b),
+            None => {
+                self.get_bounded(
+                    &format!("manifests/{}", digest.replace(':', "-")),
+                    OCI_INDEX_TYPE,
+                )
+                .await?
+            }
+        };
+        let Some(body) = body else {
+            return Ok(Vec::new());
+        };
+        let index = crate::json::parse_slice(&body).map_err(|e| {
+            refused(
+                AttestCode::ManifestInvalid,
+                format!("the referrers index of {digest} is not JSON: {e}"),
+            )
+        })?;
+        Ok(index
+            .get("manifests")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
     }
-    Ok((body.to_vec(), digest))
 }
 
 async fn fetch(
-    client: &Client,
-    credentials: &RegistryAuth,
-    r: &OciRef,
+    session: &Session<'_>,
     opts: &PullOptions<'_>,
     staging: &Path,
 ) -> Result<Fetched, PullError> {
-    let host = r.host.as_str();
-    let (body, digest) = fetch_manifest(
-        client,
-        credentials,
-        &r.to_client_ref(),
-        OCI_MANIFEST_TYPE,
-        host,
-    )
-    .await?;
+    let r = session.r;
+    let host = session.host();
+    let first = r
+        .digest
+        .clone()
+        .or(r.tag.clone())
+        .unwrap_or_else(|| "latest".into());
+    let (body, digest) = session.manifest(&first, OCI_MANIFEST_TYPE).await?;
     let m = parse_manifest(&body, "the package manifest")?;
     if m.get("artifactType").and_then(Value::as_str) != Some(PACKAGE_ARTIFACT_TYPE) {
         return Err(refused(
@@ -684,24 +796,19 @@ async fn fetch(
     };
     let pinned = r.pinned(&digest).to_client_ref();
 
-    // Signatures: referrers API, or the tag scheme (oci-client falls back on a 404).
-    let index = client
-        .pull_referrers(&pinned, None)
-        .await
-        .map_err(|e| PullError::Unavailable {
-            host: host.to_owned(),
-            problem: format!("referrers of {digest}: {e}"),
-        })?;
-    let mut candidates: Vec<(String, &'static str)> = index
-        .manifests
+    // Signatures: the referrers API, or the tag scheme.
+    let mut candidates: Vec<(String, &'static str)> = session
+        .referrers(&digest)
+        .await?
         .iter()
         .filter_map(|e| {
-            let kind = match e.artifact_type.as_deref() {
+            let kind = match e.get("artifactType").and_then(Value::as_str) {
                 Some(SIGNATURE_ARTIFACT_TYPE_V2) => SIGNATURE_ARTIFACT_TYPE_V2,
                 Some(SIGNATURE_ARTIFACT_TYPE_V1) => SIGNATURE_ARTIFACT_TYPE_V1,
                 _ => return None,
             };
-            is_sha256_digest(&e.digest).then(|| (e.digest.clone(), kind))
+            let d = e.get("digest").and_then(Value::as_str)?;
+            is_sha256_digest(d).then(|| (d.to_owned(), kind))
         })
         .collect();
     candidates.sort();
@@ -709,9 +816,7 @@ async fn fetch(
     candidates.truncate(MAX_SIGNATURES);
     let mut signatures = Vec::new();
     for (sig_digest, kind) in candidates {
-        let target = r.pinned(&sig_digest).to_client_ref();
-        let (body, _) =
-            fetch_manifest(client, credentials, &target, OCI_MANIFEST_TYPE, host).await?;
+        let (body, _) = session.manifest(&sig_digest, OCI_MANIFEST_TYPE).await?;
         let sm = parse_manifest(&body, "a signature manifest")?;
         // A signature manifest that is not about this package (swapped in) is ignored.
         if sm
@@ -730,7 +835,7 @@ async fn fetch(
             "a signature manifest",
         )?;
         let mut bytes = Vec::new();
-        download(client, &pinned, &blob, size, &mut bytes, None, host).await?;
+        download(session.client, &pinned, &blob, size, &mut bytes, None, host).await?;
         signatures.push((kind, bytes));
     }
     if signatures.is_empty() {
@@ -752,7 +857,7 @@ async fn fetch(
             source: e,
         })?;
     download(
-        client,
+        session.client,
         &pinned,
         &layer_digest,
         layer_size,
@@ -787,14 +892,13 @@ pub fn resolve(reference: &str, plain_http: bool, timeout: Duration) -> Result<O
     let digest = block_on(|| {
         let rt = runtime().map_err(|e| unavailable(e.to_string()))?;
         rt.block_on(async {
-            let (body, digest) = fetch_manifest(
-                &client,
-                &credentials,
-                &r.to_client_ref(),
-                OCI_MANIFEST_TYPE,
-                &r.host,
-            )
-            .await?;
+            let session = Session::open(&client, &credentials, &r, plain_http, timeout).await?;
+            let first = r
+                .digest
+                .clone()
+                .or(r.tag.clone())
+                .unwrap_or_else(|| "latest".into());
+            let (body, digest) = session.manifest(&first, OCI_MANIFEST_TYPE).await?;
             let m = parse_manifest(&body, "the package manifest")?;
             if m.get("artifactType").and_then(Value::as_str) != Some(PACKAGE_ARTIFACT_TYPE) {
                 return Err(refused(
@@ -875,7 +979,11 @@ pub fn pull(reference: &str, opts: &PullOptions<'_>) -> Result<Pulled, PullError
         .map_err(staging_err)?;
     let fetched = block_on(|| {
         let rt = runtime().map_err(|e| unavailable(e.to_string()))?;
-        rt.block_on(fetch(&client, &credentials, &r, opts, staging.path()))
+        rt.block_on(async {
+            let session =
+                Session::open(&client, &credentials, &r, opts.plain_http, opts.timeout).await?;
+            fetch(&session, opts, staging.path()).await
+        })
     })?;
     let worker_id = opts
         .worker_id
