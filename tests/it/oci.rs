@@ -1018,3 +1018,77 @@ fn an_endless_manifest_is_cut_off_at_the_bound() {
     assert!(started.elapsed() < Duration::from_secs(30));
     assert_nothing_stored(&state);
 }
+
+#[test]
+fn an_awp_v1_package_travels_with_its_hmac_manifest_and_needs_the_key_to_pull() {
+    let reg = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = dir.path().join("pkg");
+    sample_package(&pkg);
+    let (key, _) = crate::attestation_support::hmac_key_file(dir.path(), "oci-v1-secret");
+    let o = Command::new(BIN)
+        .args(["attest", "sign", "--format", "v1", "--worker-id", WORKER])
+        .args(["--species", SPECIES, "--worker-version", "1.0.0"])
+        .arg("--hmac-key-file")
+        .arg(&key)
+        .arg(&pkg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::write(
+        dir.path().join("trust.json"),
+        crate::attestation_support::policy_text(
+            &[(
+                "org.wcp-hall",
+                1,
+                vec![crate::attestation_support::key_entry(
+                    &crate::attestation_support::key(7),
+                )],
+                true,
+            )],
+            "",
+        ),
+    )
+    .unwrap();
+    let (reference, digest) = push(&pkg, &format!("{}/wcp/legacy:1", reg.host()));
+    let skopeo_index = Command::new(tool("skopeo"))
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!(
+            "docker://{}/wcp/legacy:{}",
+            reg.host(),
+            digest.replace(':', "-")
+        ))
+        .output()
+        .unwrap();
+    let index: Value = serde_json::from_slice(&skopeo_index.stdout).unwrap();
+    assert_eq!(
+        index["manifests"][0]["artifactType"],
+        "application/vnd.wcp-hall.manifest.awp-v1+json"
+    );
+    // Without the HMAC key the signature cannot be checked: refused, nothing stored.
+    let state = dir.path().join("hall");
+    let o = pull(dir.path(), &state, &reference, &[]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(error_code(&o), "ATTEST_SIGNATURE_MISSING");
+    assert_nothing_stored(&state);
+    let o = pull(
+        dir.path(),
+        &state,
+        &reference,
+        &["--hmac-key-file", key.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["pulled"]["report"]["format"], "awp.v1");
+    assert!(
+        v["pulled"]["manifest_path"]
+            .as_str()
+            .unwrap()
+            .ends_with("/manifest.json")
+    );
+}
