@@ -70,6 +70,11 @@ fn http_status(port: u16, path: &str) -> u16 {
 
 impl Registry {
     fn start() -> Registry {
+        Registry::start_with("")
+    }
+
+    /// With extra top-level configuration (YAML), e.g. an `auth:` section.
+    fn start_with(extra: &str) -> Registry {
         let bin = tool("docker-registry");
         for attempt in 0..5 {
             let dir = tempfile::tempdir().unwrap();
@@ -80,7 +85,7 @@ impl Registry {
                 format!(
                     "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: wcp-hall-tests\n",
                     dir.path().join("data").display()
-                ),
+                ) + extra,
             )
             .unwrap();
             let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
@@ -95,7 +100,8 @@ impl Registry {
             let mut reg = Registry { child, port, dir };
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
-                if http_status(port, "/v2/") == 200 {
+                // 401: up, with authentication configured.
+                if matches!(http_status(port, "/v2/"), 200 | 401) {
                     return reg;
                 }
                 if let Ok(Some(_)) = reg.child.try_wait() {
@@ -1091,4 +1097,111 @@ fn an_awp_v1_package_travels_with_its_hmac_manifest_and_needs_the_key_to_pull() 
             .unwrap()
             .ends_with("/manifest.json")
     );
+}
+
+/// bcrypt (cost 4) of `hall-pass`, for the registry's htpasswd file.
+const HTPASSWD: &str = "fleet:$2b$04$VfvanEbcx3L5yv.yEQkul.rVXsjrzw.nktY5brvXV/8lcoYa5Rqfe\n";
+
+#[test]
+fn credentials_come_from_the_docker_config_a_credential_helper_or_a_systemd_credential() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(&htpasswd, HTPASSWD).unwrap();
+    let reg = Registry::start_with(&format!(
+        "auth:\n  htpasswd:\n    realm: wcp-hall-tests\n    path: {}\n",
+        htpasswd.display()
+    ));
+    let host = reg.host();
+    let pkg = signed_package(dir.path(), "pkg", 10);
+    let config_dir = |name: &str, config: Value| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("config.json"), config.to_string()).unwrap();
+        d
+    };
+    let none = config_dir("none", serde_json::json!({}));
+    let basic = base64::engine::general_purpose::STANDARD.encode("fleet:hall-pass");
+    let auths = config_dir(
+        "auths",
+        serde_json::json!({"auths": {host.clone(): {"auth": basic}}}),
+    );
+    let helper = config_dir(
+        "helper",
+        serde_json::json!({"credHelpers": {host.clone(): "wcptest"}}),
+    );
+    let bin_dir = dir.path().join("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let script = bin_dir.join("docker-credential-wcptest");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nread host\n[ \"$host\" = \"{host}\" ] || exit 1\necho '{{\"ServerURL\":\"{host}\",\"Username\":\"fleet\",\"Secret\":\"hall-pass\"}}'\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let push_with = |docker_config: &Path| {
+        Command::new(BIN)
+            .args(["--json", "push", "--plain-http"])
+            .arg(&pkg)
+            .arg(format!("{host}/wcp/private:1"))
+            .env("DOCKER_CONFIG", docker_config)
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .output()
+            .unwrap()
+    };
+    // Anonymous: the registry refuses.
+    let o = push_with(&none);
+    assert_eq!(
+        o.status.code(),
+        Some(69),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Static `auths` of the docker config.
+    let o = push_with(&auths);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let reference = v["pushed"]["reference"].as_str().unwrap().to_owned();
+    let pull_with = |state: &Path, docker_config: &Path, credentials: Option<&Path>| {
+        let mut c = Command::new(BIN);
+        c.args(["--json", "pull", "--plain-http", "--worker-id", WORKER])
+            .args(["--species", SPECIES, "--trust"])
+            .arg(dir.path().join("trust.json"))
+            .arg("--store")
+            .arg(state.join("store"))
+            .arg("--sources")
+            .arg(state.join("oci"))
+            .arg(&reference)
+            .env("DOCKER_CONFIG", docker_config)
+            .env("PATH", &path)
+            .env_remove("CREDENTIALS_DIRECTORY");
+        if let Some(d) = credentials {
+            c.env("CREDENTIALS_DIRECTORY", d);
+        }
+        c.output().unwrap()
+    };
+    let o = pull_with(&dir.path().join("anon"), &none, None);
+    assert_eq!(
+        o.status.code(),
+        Some(69),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_nothing_stored(&dir.path().join("anon"));
+    // A credential helper named by `credHelpers` for this host.
+    let o = pull_with(&dir.path().join("helper-hall"), &helper, None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A systemd credential `oci-auth.json` (a docker config), ahead of the docker config.
+    let creds = dir.path().join("credentials");
+    std::fs::create_dir_all(&creds).unwrap();
+    std::fs::copy(auths.join("config.json"), creds.join("oci-auth.json")).unwrap();
+    let o = pull_with(&dir.path().join("systemd-hall"), &none, Some(&creds));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }

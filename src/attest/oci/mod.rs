@@ -20,10 +20,12 @@
 //! - **Content addressing.** The package manifest must hash to the pinned digest; the layer and
 //!   every signature blob must hash to the digests and sizes their manifests give. A tampered
 //!   blob or a swapped manifest is `ATTEST_HASH_MISMATCH` before anything is unpacked.
-//! - **Bounds.** Manifests (4 MiB), signature blobs (1 MiB) and the layer have size limits checked against the
-//!   descriptor before a download and against the bytes while streaming (a registry that sends
-//!   more than it announced is cut off); at most [`MAX_SIGNATURES`] signatures are tried; the
-//!   unpacked tree is bounded by [`TreeLimits`]. Every download has a read timeout.
+//! - **Bounds.** Manifests and referrer indexes (4 MiB), signature blobs (1 MiB) and the layer
+//!   have size limits, checked against the descriptor before a download and against the bytes
+//!   while streaming (a registry that sends more than it announced is cut off); at most
+//!   [`MAX_SIGNATURES`] signatures are tried; the unpacked tree is bounded by
+//!   [`TreeLimits`](crate::attest::TreeLimits).
+//!   Every download has a read timeout.
 //! - **Staging.** Downloads and the unpacked tree live in a private staging directory that is
 //!   removed whatever happens; only after `verify_package` accepted the tree against the trust
 //!   policy (signature, namespace, ids, expiry, bans, tree digest) is the copy published to the
