@@ -34,7 +34,7 @@ fn tool(name: &str) -> PathBuf {
 }
 
 /// A real registry on a free loopback port with a temporary storage directory, killed on drop.
-struct Registry {
+pub(crate) struct Registry {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
@@ -69,7 +69,7 @@ fn http_status(port: u16, path: &str) -> u16 {
 }
 
 impl Registry {
-    fn start() -> Registry {
+    pub(crate) fn start() -> Registry {
         Registry::start_with("")
     }
 
@@ -116,7 +116,7 @@ impl Registry {
         unreachable!()
     }
 
-    fn host(&self) -> String {
+    pub(crate) fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
@@ -131,7 +131,7 @@ impl Registry {
             .join("data")
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -290,7 +290,7 @@ fn run(args: &[&str], extra: &[&Path]) -> Output {
 }
 
 /// `wcp-hall push --plain-http PKG REF`; returns the pinned reference and the digest.
-fn push(pkg: &Path, reference: &str) -> (String, String) {
+pub(crate) fn push(pkg: &Path, reference: &str) -> (String, String) {
     let o = Command::new(BIN)
         .args(["--json", "push", "--plain-http"])
         .arg(pkg)
