@@ -232,11 +232,6 @@ pub(crate) fn package_manifest(
     serde_json::to_vec(&m).unwrap_or_default()
 }
 
-fn registry_err(host: &str) -> impl Fn(oci_client::errors::OciDistributionError) -> String + '_ {
-    let _ = host;
-    |e| e.to_string()
-}
-
 /// Pushes a signed package directory as an OCI artifact (see the module documentation).
 pub fn push(dir: &Path, reference: &str, opts: &PushOptions) -> Result<Pushed, PushError> {
     let r = OciRef::parse(reference)?;
@@ -280,7 +275,7 @@ pub fn push(dir: &Path, reference: &str, opts: &PushOptions) -> Result<Pushed, P
     let result: Result<(), String> = block_on(|| {
         let rt = runtime().map_err(|e| e.to_string())?;
         rt.block_on(async {
-            let e = registry_err(&r.host);
+            let e = |err: oci_client::errors::OciDistributionError| err.to_string();
             let target = r.to_client_ref();
             client
                 .auth(&target, &credentials, RegistryOperation::Push)
@@ -444,8 +439,11 @@ impl PullError {
             PullError::Unavailable { .. } => Some(
                 "check that the registry is up and reachable, and the credentials (docker config or the oci-auth.json systemd credential); a Hall keeps using its stored copy meanwhile",
             ),
-            PullError::Refused { .. } | PullError::Verification(_) => Some(
+            PullError::Refused { .. } => Some(
                 "the registry served something that is not the signed package this reference pins: do not trust this registry copy; re-push the signed package",
+            ),
+            PullError::Verification(_) => Some(
+                "the package does not verify against the trust policy (signer, namespace, ids, expiry, bans): check who signed it and the policy (`wcp-hall attest check-trust`)",
             ),
             _ => None,
         }
