@@ -50,6 +50,20 @@ impl RecordFetch<'_> {
             }
         };
         let entry = r.digest.clone().unwrap_or_default().replace(':', "-");
+        // Progress of a long fetch in the journal: one line per quarter of the layer.
+        let quarter = std::sync::atomic::AtomicU64::new(0);
+        let progress = |got: u64, total: u64| {
+            let q = (got.saturating_mul(4)).checked_div(total).unwrap_or(4);
+            if quarter.fetch_max(q, std::sync::atomic::Ordering::Relaxed) < q {
+                tracing::info!(
+                    worker_id,
+                    package_ref,
+                    bytes = got,
+                    total,
+                    "fetching the package"
+                );
+            }
+        };
         let opts = PullOptions {
             plain_http: self.plain_http.contains(&r.host),
             trust: self.trust,
@@ -60,7 +74,7 @@ impl RecordFetch<'_> {
             worker_species_id: Some(species),
             max_layer_bytes: RECORD_MAX_LAYER_BYTES,
             timeout: Duration::from_secs(60),
-            progress: None,
+            progress: Some(&progress),
             now: UtcTime::now(),
         };
         match pull(package_ref, &opts) {
