@@ -50,6 +50,56 @@ pub struct Packed {
     pub bytes: u64,
 }
 
+/// What [`pack_into`] wrote.
+#[derive(Debug, Clone)]
+pub struct PackInfo {
+    /// The awp.v1 digest of the files as they were read into the tar.
+    pub tree_digest: String,
+    pub files: u64,
+    pub bytes: u64,
+    /// `sha256:<hex>` and size of the tar itself.
+    pub layer_digest: String,
+    pub layer_size: u64,
+}
+
+/// Counts and hashes what passes through, in either direction.
+struct Hashing<T> {
+    inner: T,
+    sha: Sha256,
+    n: u64,
+}
+
+impl<T> Hashing<T> {
+    fn new(inner: T) -> Self {
+        Hashing {
+            inner,
+            sha: Sha256::new(),
+            n: 0,
+        }
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sha.update(&buf[..n]);
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sha.update(&buf[..n]);
+        self.n += n as u64;
+        Ok(n)
+    }
+}
+
 /// The fixed metadata of every entry: mtime 0, uid/gid 0, no user or group names, mode 0755
 /// for directories and 0644 for files (the store sets its own modes; see `tree::copy_mode`).
 fn header(kind: tar::EntryType, size: u64) -> tar::Header {
@@ -68,14 +118,20 @@ fn header(kind: tar::EntryType, size: u64) -> tar::Header {
     h
 }
 
-/// Builds the reproducible tar of a package tree: the entries awp.v1 hashes (plus the
-/// directories that hold them), in awp.v1 record order, with normalised metadata, so the same
-/// tree always gives the same bytes. Refuses what awp.v1 refuses (links, special files, bad
-/// names, limits) through the same scan. The returned digest is computed from the bytes written,
-/// so a tree changed during packing cannot be pushed under its old signature unnoticed.
-pub fn pack(root: &Path, limits: &TreeLimits) -> Result<Packed, LayerError> {
+/// Builds the reproducible tar of a package tree into `out`, streaming (one buffer, whatever
+/// the package's size): the entries awp.v1 hashes (plus the directories that hold them), in
+/// awp.v1 record order, with normalised metadata, so the same tree always gives the same bytes.
+/// Refuses what awp.v1 refuses (links, special files, bad names, limits) through the same scan.
+/// The returned tree digest is computed from the bytes written, so a tree changed during packing
+/// cannot be pushed under its old signature unnoticed; a file whose size changes while it is
+/// read is refused.
+pub fn pack_into(
+    root: &Path,
+    limits: &TreeLimits,
+    out: impl Write,
+) -> Result<PackInfo, LayerError> {
     let plan = tree::plan(root, limits)?;
-    let mut builder = tar::Builder::new(Vec::new());
+    let mut builder = tar::Builder::new(Hashing::new(out));
     builder.mode(tar::HeaderMode::Deterministic);
     let (dirs, files) = plan.entries();
     let mut entries: Vec<(&str, bool)> = dirs.iter().map(|d| (d.as_str(), true)).collect();
@@ -91,35 +147,58 @@ pub fn pack(root: &Path, limits: &TreeLimits) -> Result<Packed, LayerError> {
                 .map_err(corrupt)?;
             continue;
         }
-        let mut file = plan.open_file(rel)?;
-        let mut data = Vec::new();
-        file.read_to_end(&mut data).map_err(|e| TreeError::Io {
+        let file = plan.open_file(rel)?;
+        let io_err = |e: std::io::Error| TreeError::Io {
             path: rel.to_owned(),
             source: e,
-        })?;
-        let sha: [u8; 32] = Sha256::digest(&data).into();
-        hasher.add(rel, data.len() as u64, &sha);
-        if hasher.bytes() > limits.max_total_bytes {
+        };
+        let size = file.metadata().map_err(io_err)?.len();
+        if hasher.bytes().saturating_add(size) > limits.max_total_bytes {
             return Err(TreeError::Limit {
                 what: "bytes",
                 limit: limits.max_total_bytes,
             }
             .into());
         }
-        let mut h = header(tar::EntryType::Regular, data.len() as u64);
+        let mut reader = Hashing::new(std::io::BufReader::new(file).take(size));
+        let mut h = header(tar::EntryType::Regular, size);
         builder
-            .append_data(&mut h, rel, data.as_slice())
+            .append_data(&mut h, rel, &mut reader)
             .map_err(corrupt)?;
+        if reader.n != size {
+            return Err(TreeError::Unsafe {
+                path: rel.to_owned(),
+                kind: tree::UnsafeKind::Changed,
+            }
+            .into());
+        }
+        let sha: [u8; 32] = reader.sha.finalize().into();
+        hasher.add(rel, size, &sha);
     }
     let (files, bytes) = (hasher.files(), hasher.bytes());
-    let tar = builder
+    let mut out = builder
         .into_inner()
         .map_err(|e| LayerError::Corrupt(e.to_string()))?;
-    Ok(Packed {
-        tar,
+    out.flush()
+        .map_err(|e| LayerError::Corrupt(e.to_string()))?;
+    Ok(PackInfo {
         tree_digest: hasher.finish(),
         files,
         bytes,
+        layer_digest: format!("sha256:{}", crate::common::hex(&out.sha.finalize())),
+        layer_size: out.n,
+    })
+}
+
+/// [`pack_into`] a buffer.
+pub fn pack(root: &Path, limits: &TreeLimits) -> Result<Packed, LayerError> {
+    let mut tar = Vec::new();
+    let info = pack_into(root, limits, &mut tar)?;
+    Ok(Packed {
+        tar,
+        tree_digest: info.tree_digest,
+        files: info.files,
+        bytes: info.bytes,
     })
 }
 

@@ -1,7 +1,7 @@
 //! Talking to the registry through `oci-client`: push, tag resolution, and the bounded pull
 //! into staging followed by verification (see the parent module's threat model).
 
-use std::io::Write as _;
+use std::io::{Seek as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -209,8 +209,8 @@ fn descriptor(media_type: &str, bytes: &[u8]) -> Value {
 }
 
 /// The package manifest's exact bytes (deterministic: fixed key order, no timestamps).
-pub(crate) fn package_manifest(
-    tar: &[u8],
+fn package_manifest(
+    layer: &layer::PackInfo,
     claims_format: &str,
     tree: &str,
     worker: &str,
@@ -221,7 +221,11 @@ pub(crate) fn package_manifest(
         "mediaType": OCI_MANIFEST_TYPE,
         "artifactType": PACKAGE_ARTIFACT_TYPE,
         "config": descriptor(EMPTY_CONFIG_TYPE, EMPTY_CONFIG),
-        "layers": [descriptor(PACKAGE_LAYER_TYPE, tar)],
+        "layers": [{
+            "mediaType": PACKAGE_LAYER_TYPE,
+            "digest": layer.layer_digest,
+            "size": layer.layer_size,
+        }],
         "annotations": {
             ANNOTATION_FORMAT: claims_format,
             ANNOTATION_SPECIES: species,
@@ -232,6 +236,25 @@ pub(crate) fn package_manifest(
     serde_json::to_vec(&m).unwrap_or_default()
 }
 
+/// A file as a stream of 1 MiB chunks (read on the push's own thread).
+fn file_stream(
+    file: std::fs::File,
+) -> impl futures_util::Stream<Item = oci_client::errors::Result<bytes::Bytes>> + Send + 'static {
+    futures_util::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut buf = vec![0u8; 1 << 20];
+        match std::io::Read::read(&mut file, &mut buf) {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(bytes::Bytes::from(buf)), Some(file)))
+            }
+            // The error ends the stream.
+            Err(e) => Some((Err(e.into()), None)),
+        }
+    })
+}
+
 /// Pushes a signed package directory as an OCI artifact (see the module documentation).
 pub fn push(dir: &Path, reference: &str, opts: &PushOptions) -> Result<Pushed, PushError> {
     let r = OciRef::parse(reference)?;
@@ -240,7 +263,16 @@ pub fn push(dir: &Path, reference: &str, opts: &PushOptions) -> Result<Pushed, P
         .clone()
         .unwrap_or_else(|| default_manifest(dir));
     let (sig_bytes, claims) = read_claims(&manifest_path)?;
-    let packed = layer::pack(dir, &opts.limits)?;
+    // The layer goes to an unnamed temporary file and is streamed from there: a large package
+    // costs disk, not memory.
+    let tmp_err = |source: std::io::Error| LayerError::Write {
+        path: "a temporary file".into(),
+        source,
+    };
+    let mut tmp = tempfile::tempfile().map_err(tmp_err)?;
+    let packed = layer::pack_into(dir, &opts.limits, std::io::BufWriter::new(&mut tmp))?;
+    tmp.seek(std::io::SeekFrom::Start(0)).map_err(tmp_err)?;
+    let mut layer_file = Some(tmp);
     if packed.tree_digest != claims.tree_digest {
         return Err(PushError::TreeMismatch {
             computed: packed.tree_digest,
@@ -254,7 +286,7 @@ pub fn push(dir: &Path, reference: &str, opts: &PushOptions) -> Result<Pushed, P
     let client = client_for(&r, opts.plain_http, opts.timeout).map_err(reg)?;
     let credentials = auth::for_host(&r.host).map_err(|e| reg(e.to_string()))?;
     let manifest = package_manifest(
-        &packed.tar,
+        &packed,
         claims.format,
         &packed.tree_digest,
         &claims.worker_id,
@@ -286,7 +318,12 @@ pub fn push(dir: &Path, reference: &str, opts: &PushOptions) -> Result<Pushed, P
                 .await
                 .map_err(&e)?;
             client
-                .push_blob(&target, packed.tar.clone(), &sha256_digest(&packed.tar))
+                .push_blob_stream(
+                    &target,
+                    file_stream(layer_file.take().ok_or("layer file used twice")?),
+                    &packed.layer_digest,
+                    Some(packed.layer_size),
+                )
                 .await
                 .map_err(&e)?;
             let ct = |t: &str| t.parse().map_err(|_| "bad content type".to_string());
@@ -359,7 +396,7 @@ pub fn push(dir: &Path, reference: &str, opts: &PushOptions) -> Result<Pushed, P
         format: claims.format,
         worker_id: claims.worker_id,
         worker_species_id: claims.species,
-        layer_bytes: packed.tar.len() as u64,
+        layer_bytes: packed.layer_size,
         files: packed.files,
     })
 }
