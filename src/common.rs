@@ -77,6 +77,22 @@ pub fn utc_civil_seconds(y: i16, mo: i8, d: i8, h: i8, mi: i8, s: i8) -> Option<
         .map(|t| t.as_second())
 }
 
+/// Installs the process's TLS provider (rustls with ring) once; every HTTP client of the Hall
+/// (the registry service, OCI registries, the OTLP exporter) builds on it. Idempotent.
+pub fn install_tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err: another provider was installed first; that one is used.
+        // ring, not aws-lc-rs: no C/cmake build of aws-lc in every build of the Hall. rustls
+        // 0.23.48 deprecates ring's provider for lacking post-quantum key exchange; what the
+        // Hall fetches is public or signed and content-addressed (docs/registry-service.md,
+        // docs/oci.md).
+        #[allow(deprecated)]
+        let provider = rustls::crypto::ring::default_provider();
+        let _ = provider.install_default();
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

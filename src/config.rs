@@ -88,6 +88,20 @@ pub struct TracingSection {
     pub max_queue: Option<usize>,
 }
 
+/// `HOST:PORT` (or `HOST`) naming a loopback address or `localhost`: what
+/// `[attestation] oci_plain_http` may list.
+fn is_loopback_host_port(h: &str) -> bool {
+    let host = match h.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() && !host.ends_with(':') => host,
+        _ => h,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// `[attestation]`: where verified package copies live and who is trusted to sign packages.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -102,6 +116,9 @@ pub struct AttestationSection {
     pub hmac_key_file: Option<PathBuf>,
     /// Re-verify a cached package at most every N seconds (0: on every dispatch).
     pub recheck_seconds: u64,
+    /// OCI registries (`HOST:PORT`) the Hall may speak plain HTTP to when fetching a record's
+    /// `package_ref`; only loopback addresses are honoured (see docs/oci.md). Default: none.
+    pub oci_plain_http: Vec<String>,
 }
 
 /// `[envelope]`: how the Hall runs workers (see docs/envelope.md and docs/configuration.md).
@@ -509,6 +526,16 @@ impl Config {
         self.registry_service
             .check(self.hall.require_worker_attestation)
             .map_err(invalid)?;
+        if let Some(h) = self
+            .attestation
+            .oci_plain_http
+            .iter()
+            .find(|h| !is_loopback_host_port(h))
+        {
+            return Err(invalid(format!(
+                "[attestation] oci_plain_http {h:?} is not a loopback registry: plain HTTP is allowed only for 127.0.0.0/8, [::1] or localhost, as HOST:PORT (use TLS for any other registry)"
+            )));
+        }
         if !self.profiles.selection().is_empty() && self.paths.profiles_dir.is_none() {
             return Err(invalid(
                 "[profiles] selects profiles but [paths] profiles_dir is not set; point it at the directory of prof.*.toml files".into(),
@@ -681,6 +708,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("operator_uid"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_registries_must_be_loopback() {
+        assert!(
+            parse("[attestation]\noci_plain_http = [\"127.0.0.1:5000\", \"localhost:5000\", \"[::1]:5000\"]\n")
+                .is_ok()
+        );
+        for bad in [
+            "registry.example.org:5000",
+            "10.0.0.1:5000",
+            "127.0.0.1.evil.example:80",
+        ] {
+            let err = parse(&format!("[attestation]\noci_plain_http = [\"{bad}\"]\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("not a loopback registry"), "{bad}: {err}");
+        }
     }
 
     #[test]

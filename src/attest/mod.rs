@@ -16,6 +16,7 @@
 //!   that applied.
 //! - [`workers`]: [`AttestedWorkers`], the router's `WorkerHashes` backed by real files.
 //! - [`scaffold`]: PyHall's package layout for new workers.
+//! - [`oci`]: packages as OCI artifacts: push, and the bounded pull into the store.
 //!
 //! Threat model in one line: the package directory, its manifest and whoever writes them are
 //! untrusted; the trust policy file, the HMAC key file, the Hall's private keys and the store
@@ -23,6 +24,7 @@
 
 pub mod manifest_v1;
 pub mod manifest_v2;
+pub mod oci;
 pub mod report;
 pub mod scaffold;
 pub mod sign;

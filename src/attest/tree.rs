@@ -257,6 +257,18 @@ impl TreePlan {
     pub fn file_count(&self) -> usize {
         self.files.len()
     }
+
+    /// The directories below the root (parents before children) and the files, in record order.
+    pub(crate) fn entries(&self) -> (&[String], impl Iterator<Item = &str>) {
+        (&self.dirs, self.files.iter().map(|f| f.rel.as_str()))
+    }
+
+    /// Opens a planned file for reading, resolved beneath the scanned root with no links
+    /// followed (the same resolution as the hashing pass).
+    pub(crate) fn open_file(&self, rel: &str) -> Result<File, TreeError> {
+        let fd = openat2(self.root.as_fd(), rel, open_how(OFlag::O_RDONLY)).map_err(io(rel))?;
+        Ok(File::from(fd))
+    }
 }
 
 /// A hashed package.

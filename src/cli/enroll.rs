@@ -22,6 +22,9 @@ pub struct EnrollArgs {
         default_value = "/etc/wcp-hall/hall.toml"
     )]
     pub config: PathBuf,
+    /// Resolve an `attestation.package_ref` tag over plain HTTP (loopback registries only).
+    #[arg(long)]
+    pub plain_http: bool,
 }
 
 pub fn run(args: EnrollArgs, out: &mut Out) -> Result<u8, CliError> {
@@ -29,7 +32,7 @@ pub fn run(args: EnrollArgs, out: &mut Out) -> Result<u8, CliError> {
         Some(d) => d,
         None => load_config(&args.config)?.paths.registry_dir,
     };
-    let text = read_input(&args.record)?;
+    let text = super::oci::pin_package_ref(read_input(&args.record)?, args.plain_http)?;
     let outcome = enroll(&dir, &text).map_err(|e| match e {
         EnrollError::Invalid(_) | EnrollError::UnsafeFileName(_) => CliError::new(
             exit::DATAERR,

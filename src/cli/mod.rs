@@ -28,6 +28,7 @@ mod envelope;
 mod init;
 mod keys_export;
 mod mcp;
+mod oci;
 mod policy;
 mod receipts;
 mod registry;
@@ -142,6 +143,11 @@ pub enum Command {
     Keygen(attest::KeygenArgs),
     /// Create PyHall's worker package layout (code/bootstrap.py, code/worker_logic.py, …).
     Scaffold(attest::ScaffoldArgs),
+    /// Push a signed worker package to an OCI registry as an artifact; prints its digest.
+    Push(oci::PushArgs),
+    /// Pull a worker package from an OCI registry, verify it against the trust policy and
+    /// store it (nothing is stored unless it verifies).
+    Pull(oci::PullArgs),
     /// Package attestation: keys, scaffolds, package hashes, signing and verification.
     #[command(subcommand)]
     Attest(attest::AttestCommand),
@@ -322,6 +328,8 @@ pub fn run(cli: Cli) -> u8 {
         Command::Keygen(a) => attest::run_keygen(a, &mut out),
         Command::Scaffold(a) => attest::run_scaffold(a, &mut out),
         Command::Attest(cmd) => attest::run(cmd, &mut out),
+        Command::Push(args) => oci::run_push(args, &mut out),
+        Command::Pull(args) => oci::run_pull(args, &mut out),
         Command::Receipts(cmd) => receipts::run(cmd, &mut out),
         Command::Keys(cmd) => receipts::run_keys(cmd, &mut out),
         Command::Policy(cmd) => policy::run(cmd, &mut out),

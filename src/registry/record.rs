@@ -91,7 +91,22 @@ pub const ATTESTATION_FIELDS: &[&str] = &[
     "attested_by",
     "package_root",
     "manifest_path",
+    "package_ref",
 ];
+
+/// `oci://HOST/REPO@sha256:<64 lowercase hex>`, printable ASCII without spaces (the full
+/// grammar is checked by `attest::oci::OciRef` when the Hall fetches it).
+fn is_pinned_oci_ref(r: &str) -> bool {
+    let Some(rest) = r.strip_prefix("oci://") else {
+        return false;
+    };
+    let Some((name, digest)) = rest.split_once('@') else {
+        return false;
+    };
+    name.contains('/')
+        && name.bytes().all(|b| b.is_ascii_graphic() && b != b'@')
+        && digest.strip_prefix("sha256:").is_some_and(is_lower_hex_64)
+}
 
 /// The longest value echoed back in an error message, in characters.
 const MAX_SHOWN_CHARS: usize = 80;
@@ -221,6 +236,11 @@ pub struct Attestation {
     /// The signed manifest (default: `<package_root>/manifest.sig`, else `manifest.json`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub manifest_path: Option<String>,
+    /// The package as an OCI artifact, pinned by digest: `oci://HOST/REPO@sha256:<hex>`
+    /// (instead of `package_root`). The Hall fetches it at start and reload, never at dispatch
+    /// (see `attest::oci`); `wcp-hall enroll` resolves a tag to this form.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub package_ref: Option<String>,
 }
 
 /// One worker's registry record (WCP §6). Build it with [`RegistryRecord::from_json_str`] or
@@ -333,6 +353,10 @@ pub enum RecordError {
     #[error("{field}: {value:?} is not an absolute path")]
     RelativePath { field: String, value: String },
     #[error(
+        "attestation.package_ref: {value:?} is not an OCI reference pinned by digest; expected oci://HOST/REPOSITORY@sha256:<64 hex> (`wcp-hall enroll` resolves a tag), and no package_root or manifest_path beside it"
+    )]
+    PackageRef { value: String },
+    #[error(
         "{field}: {value:?} is not a plain relative path; a persistent write directory is named like \"out/\" or \"cache/models/\", without empty, \".\" or \"..\" components"
     )]
     WritePath { field: String, value: String },
@@ -406,6 +430,7 @@ impl RecordError {
             RecordError::RiskTier { .. } => "risk_tier",
             RecordError::ArtifactHash { .. } => "artifact_hash",
             RecordError::CodeHash { .. } => "attestation.code_hash",
+            RecordError::PackageRef { .. } => "attestation.package_ref",
             RecordError::Missing { field }
             | RecordError::WrongType { field, .. }
             | RecordError::UnknownField { field, .. }
@@ -668,6 +693,11 @@ impl RegistryRecord {
                         value: shown(v),
                     });
                 }
+            }
+            if let Some(r) = &a.package_ref
+                && (!is_pinned_oci_ref(r) || a.package_root.is_some() || a.manifest_path.is_some())
+            {
+                out.push(RecordError::PackageRef { value: shown(r) });
             }
         }
         free_text(&mut out, "notes", self.notes.as_deref());
@@ -1075,6 +1105,7 @@ impl ShapeParser {
             attested_by: self.opt_str(inner, "attested_by", P),
             package_root: self.opt_str(inner, "package_root", P),
             manifest_path: self.opt_str(inner, "manifest_path", P),
+            package_ref: self.opt_str(inner, "package_ref", P),
         })
     }
 }

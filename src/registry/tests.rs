@@ -1076,3 +1076,33 @@ mod snapshot_tests {
         assert_eq!(reg.registered_hash("wrk.doc.a"), Some("a".repeat(64)));
     }
 }
+
+#[test]
+fn a_package_ref_must_be_an_oci_reference_pinned_by_digest_and_alone() {
+    let base = |attestation: serde_json::Value| {
+        serde_json::json!({
+            "worker_id": "org.acme.w.1", "worker_species_id": "wrk.doc.summarizer",
+            "capabilities": ["cap.doc.summarize"], "risk_tier": "low",
+            "attestation": attestation,
+        })
+        .to_string()
+    };
+    let pinned = format!("oci://reg.example:5000/wcp/w@sha256:{}", "a".repeat(64));
+    let ok = RegistryRecord::from_json_str(&base(serde_json::json!({"package_ref": pinned})));
+    assert_eq!(
+        ok.unwrap().attestation.unwrap().package_ref.as_deref(),
+        Some(pinned.as_str())
+    );
+    for bad in [
+        serde_json::json!({"package_ref": "oci://reg.example/wcp/w:latest"}),
+        serde_json::json!({"package_ref": format!("https://reg.example/wcp/w@sha256:{}", "a".repeat(64))}),
+        serde_json::json!({"package_ref": "oci://reg.example/wcp/w@sha256:abc"}),
+        serde_json::json!({"package_ref": pinned, "package_root": "/srv/w"}),
+    ] {
+        let err = RegistryRecord::from_json_str(&base(bad.clone())).unwrap_err();
+        assert!(
+            err.to_string().contains("attestation.package_ref"),
+            "{bad}: {err}"
+        );
+    }
+}

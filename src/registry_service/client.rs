@@ -193,19 +193,9 @@ pub fn quote_segment(s: &str) -> String {
     out
 }
 
-/// Installs the process's TLS provider (rustls with ring) once; every HTTP client of the Hall
-/// (this one and the OTLP exporter) builds on it. Idempotent.
+/// Installs the process's TLS provider; see [`crate::common::install_tls_provider`].
 pub fn install_tls_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // Err: another provider was installed first; that one is used.
-        // ring, not aws-lc-rs: no C/cmake build of aws-lc in every build of the Hall. rustls
-        // 0.23.48 deprecates ring's provider for lacking post-quantum key exchange; the
-        // service's answers are public data and its tokens short-lived (docs/registry-service.md).
-        #[allow(deprecated)]
-        let provider = rustls::crypto::ring::default_provider();
-        let _ = provider.install_default();
-    });
+    crate::common::install_tls_provider();
 }
 
 /// Which credential a request carries.

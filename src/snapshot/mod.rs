@@ -270,12 +270,33 @@ pub fn load_attested(
     } else {
         RecheckPolicy::Interval(std::time::Duration::from_secs(a.recheck_seconds))
     };
+    let (store, trust) = (Arc::new(store), Arc::new(trust));
+    // Records naming an OCI `package_ref` are fetched here (start and reload), never at dispatch.
+    let oci = crate::attest::oci::RecordFetch {
+        trust: &trust,
+        hmac_key: hmac.as_deref(),
+        store: &store,
+        sources_dir: config.state_dir().join("oci"),
+        plain_http: &a.oci_plain_http,
+    };
     let mut workers =
-        AttestedWorkers::new(Arc::new(store), Arc::new(trust), hmac).with_recheck(recheck);
+        AttestedWorkers::new(store.clone(), trust.clone(), hmac.clone()).with_recheck(recheck);
     for record in registry.records() {
         let Some(att) = &record.attestation else {
             continue;
         };
+        if let Some(package_ref) = &att.package_ref {
+            let (root, manifest) =
+                oci.source(package_ref, &record.worker_id, &record.worker_species_id);
+            workers.add(SpeciesPackage {
+                worker_species_id: record.worker_species_id.clone(),
+                worker_id: record.worker_id.clone(),
+                package_root: root,
+                manifest_path: manifest,
+                registered_hash: att.code_hash.clone(),
+            });
+            continue;
+        }
         let Some(root) = &att.package_root else {
             continue;
         };

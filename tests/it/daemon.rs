@@ -3232,3 +3232,75 @@ fn the_latest_signed_checkpoint_is_served_as_text_to_any_peer() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout), note);
 }
+
+/// A worker whose record names its package by an OCI reference: the Hall fetches it when it
+/// starts (the local copy is gone), dispatches run from the store, and with the registry down a
+/// reload keeps it and dispatches go on (docs/oci.md).
+#[test]
+fn a_worker_named_by_an_oci_reference_runs_and_keeps_running_while_the_registry_is_down() {
+    let mut registry = crate::oci::Registry::start();
+    let mut hall = TestHall::start("");
+    hall.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(hall.wait_exit(Duration::from_secs(20)), 0);
+    let dir = hall.dir.path().to_owned();
+    let pkg = dir.join("packages/hello");
+    copy_dir(&repo("workers/hello"), &pkg);
+    let mut record = read_record(&pkg.join("record.json"));
+    let worker_id = record["worker_id"].as_str().unwrap().to_owned();
+    sign_package(
+        &dir,
+        &pkg,
+        &worker_id,
+        record["worker_species_id"].as_str().unwrap(),
+    );
+    let (reference, _) = crate::oci::push(&pkg, &format!("{}/wcp/hello:1", registry.host()));
+    std::fs::remove_dir_all(&pkg).unwrap();
+    for e in std::fs::read_dir(dir.join("registry")).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    record["attestation"] = json!({"package_ref": reference});
+    std::fs::write(
+        dir.join(format!("registry/{worker_id}.json")),
+        record.to_string(),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(hall.config_path())
+        .unwrap()
+        .replace(
+            "require_signatory = true",
+            "require_signatory = true\nrequire_worker_attestation = true",
+        );
+    std::fs::write(
+        hall.config_path(),
+        format!(
+            "{text}\n[attestation]\ntrust_policy = \"trust.json\"\nrecheck_seconds = 0\noci_plain_http = [\"{}\"]\n",
+            registry.host()
+        ),
+    )
+    .unwrap();
+    hall.spawn();
+    let dispatch = |hall: &TestHall| {
+        let (s, out) = hall.call(
+            Method::POST,
+            "/wcp/dispatch",
+            Some(&input("cap.hello.greet", "acme-corp")),
+        );
+        assert_eq!(s, 200, "{out}; {}", hall.log());
+        assert_eq!(out["status"], "completed", "{out}");
+        assert_eq!(out["execution"]["worker_id"], worker_id.as_str());
+        out
+    };
+    let out = dispatch(&hall);
+    assert!(
+        out["execution"]["package"]["store_path"]
+            .as_str()
+            .unwrap()
+            .contains("/store/"),
+        "{out}"
+    );
+    registry.stop();
+    let (s, reloaded) = hall.call(Method::POST, "/wcp/reload", None);
+    assert_eq!(s, 200, "{reloaded}; {}", hall.log());
+    dispatch(&hall);
+    dispatch(&hall);
+}

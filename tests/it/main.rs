@@ -22,6 +22,7 @@ mod demo;
 mod docs_links;
 mod hostile_input;
 mod mcp;
+mod oci;
 mod otlp;
 mod policies;
 mod policy_cli;
