@@ -332,6 +332,18 @@ fn error_code(o: &Output) -> String {
     v["error"]["code"].as_str().unwrap().to_owned()
 }
 
+/// The pull exited 1 with the attestation `code`, and nothing landed in `state`.
+fn assert_refused(o: &std::process::Output, code: &str, state: &Path) {
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(error_code(o), code);
+    assert_nothing_stored(state);
+}
+
 /// Nothing from a refused pull is left: no store entry, no source, no staging directory.
 fn assert_nothing_stored(state: &Path) {
     for sub in ["store", "oci"] {
@@ -492,14 +504,7 @@ fn a_tampered_blob_is_refused_and_nothing_is_stored() {
     std::fs::write(&layer, bytes).unwrap();
     let state = dir.path().join("hall");
     let o = pull(dir.path(), &state, &reference, &[]);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert_eq!(error_code(&o), "ATTEST_HASH_MISMATCH");
-    assert_nothing_stored(&state);
+    assert_refused(&o, "ATTEST_HASH_MISMATCH", &state);
 }
 
 #[test]
@@ -514,14 +519,7 @@ fn a_swapped_manifest_is_refused_and_nothing_is_stored() {
     std::fs::copy(reg.blob_data(&other_digest), reg.blob_data(&digest)).unwrap();
     let state = dir.path().join("hall");
     let o = pull(dir.path(), &state, &reference, &[]);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert_eq!(error_code(&o), "ATTEST_HASH_MISMATCH");
-    assert_nothing_stored(&state);
+    assert_refused(&o, "ATTEST_HASH_MISMATCH", &state);
 }
 
 #[test]
@@ -538,14 +536,7 @@ fn a_package_signed_by_an_untrusted_key_is_refused_and_nothing_is_stored() {
     let (reference, _) = push(&pkg, &format!("{}/wcp/rogue:1", reg.host()));
     let state = dir.path().join("hall");
     let o = pull(dir.path(), &state, &reference, &[]);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert_eq!(error_code(&o), "ATTEST_KEY_UNTRUSTED");
-    assert_nothing_stored(&state);
+    assert_refused(&o, "ATTEST_KEY_UNTRUSTED", &state);
 }
 
 #[test]
@@ -582,14 +573,7 @@ fn an_oversized_layer_is_refused_before_and_during_the_download() {
     f.write_all(&vec![0u8; 1 << 20]).unwrap();
     drop(f);
     let o = pull(dir.path(), &state, &reference, &[]);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert_eq!(error_code(&o), "ATTEST_HASH_MISMATCH");
-    assert_nothing_stored(&state);
+    assert_refused(&o, "ATTEST_HASH_MISMATCH", &state);
 }
 
 #[test]
@@ -1074,14 +1058,7 @@ fn an_awp_v1_package_travels_with_its_hmac_manifest_and_needs_the_key_to_pull() 
     // Without the HMAC key the signature cannot be checked: refused, nothing stored.
     let state = dir.path().join("hall");
     let o = pull(dir.path(), &state, &reference, &[]);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert_eq!(error_code(&o), "ATTEST_SIGNATURE_MISSING");
-    assert_nothing_stored(&state);
+    assert_refused(&o, "ATTEST_SIGNATURE_MISSING", &state);
     let o = pull(
         dir.path(),
         &state,
