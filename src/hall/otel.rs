@@ -22,8 +22,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::time::{Duration, Instant, SystemTime};
 
 pub use opentelemetry::trace::SpanKind;
@@ -459,9 +459,17 @@ enum Message {
 }
 
 /// A span processor with a bounded queue and one export thread: `on_end` never waits.
+///
+/// The export thread sleeps until its deadline (or until a batch is full, a flush is asked)
+/// and then drains the queue: a span is handed over without waking it, so tracing costs no
+/// context switch per span on the dispatch path.
 #[derive(Debug)]
 pub struct QueueProcessor {
     queue: SyncSender<Message>,
+    /// Spans queued and not yet taken by the export thread.
+    pending: Arc<AtomicUsize>,
+    /// The export thread, woken when a batch is full or a flush is asked.
+    waker: std::thread::Thread,
     stats: Arc<ExportStats>,
     resource: std::sync::Mutex<Option<SyncSender<Resource>>>,
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -479,12 +487,16 @@ impl QueueProcessor {
         let (queue, rx) = std::sync::mpsc::sync_channel(max_queue);
         let (resource_tx, resource_rx) = std::sync::mpsc::sync_channel(1);
         let s = stats.clone();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let p = pending.clone();
         let thread = std::thread::Builder::new()
             .name("wcp-otlp-export".into())
-            .spawn(move || export_loop(exporter, rx, resource_rx, &s))
+            .spawn(move || export_loop(exporter, rx, resource_rx, &p, &s))
             .map_err(|e| format!("the OTLP export thread could not start: {e}"))?;
         Ok(QueueProcessor {
             queue,
+            pending,
+            waker: thread.thread().clone(),
             stats,
             resource: std::sync::Mutex::new(Some(resource_tx)),
             thread: std::sync::Mutex::new(Some(thread)),
@@ -496,6 +508,7 @@ fn export_loop<E: SpanExporter>(
     mut exporter: E,
     rx: Receiver<Message>,
     resource: Receiver<Resource>,
+    pending: &AtomicUsize,
     stats: &ExportStats,
 ) {
     let mut batch: Vec<SpanData> = Vec::with_capacity(BATCH);
@@ -514,28 +527,36 @@ fn export_loop<E: SpanExporter>(
         };
     };
     loop {
+        // Sleep until the deadline; `on_end` wakes us early only for a full batch, a flush or
+        // shutdown (a spurious wake-up just drains early).
         let wait = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
-            Ok(Message::Span(s)) => {
-                batch.push(*s);
-                if batch.len() >= BATCH {
+        if !wait.is_zero() {
+            std::thread::park_timeout(wait);
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(Message::Span(s)) => {
+                    pending.fetch_sub(1, Ordering::Relaxed);
+                    batch.push(*s);
+                    if batch.len() >= BATCH {
+                        export(&mut exporter, &mut batch);
+                    }
+                }
+                Ok(Message::Flush(done)) => {
                     export(&mut exporter, &mut batch);
-                    deadline = Instant::now() + DELAY;
+                    let _ = done.send(());
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    export(&mut exporter, &mut batch);
+                    let _ = exporter.shutdown();
+                    return;
                 }
             }
-            Ok(Message::Flush(done)) => {
-                export(&mut exporter, &mut batch);
-                let _ = done.send(());
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                export(&mut exporter, &mut batch);
-                deadline = Instant::now() + DELAY;
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                export(&mut exporter, &mut batch);
-                let _ = exporter.shutdown();
-                return;
-            }
+        }
+        if Instant::now() >= deadline {
+            export(&mut exporter, &mut batch);
+            deadline = Instant::now() + DELAY;
         }
     }
 }
@@ -548,7 +569,11 @@ impl SpanProcessor for QueueProcessor {
             return;
         }
         match self.queue.try_send(Message::Span(Box::new(span))) {
-            Ok(()) => {}
+            Ok(()) => {
+                if self.pending.fetch_add(1, Ordering::Relaxed) + 1 >= BATCH {
+                    self.waker.unpark();
+                }
+            }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -560,6 +585,7 @@ impl SpanProcessor for QueueProcessor {
         self.queue
             .send(Message::Flush(tx))
             .map_err(|_| OTelSdkError::AlreadyShutdown)?;
+        self.waker.unpark();
         rx.recv_timeout(Duration::from_secs(10))
             .map_err(|_| OTelSdkError::Timeout(Duration::from_secs(10)))
     }
@@ -569,6 +595,7 @@ impl SpanProcessor for QueueProcessor {
         // A flush marker, then the thread ends when the last sender is gone (the provider's
         // processor is dropped after shutdown).
         if self.queue.try_send(Message::Flush(tx)).is_ok() {
+            self.waker.unpark();
             let _ = rx.recv_timeout(timeout);
         }
         let _ = self.thread.lock().map(|mut t| t.take());

@@ -36,14 +36,21 @@ pub struct HallRunner {
     pub data_quota_bytes: u64,
 }
 
-/// The envelope's stages, in order, as `wcp.envelope.stage` events of the run's span.
+/// The envelope's stages, in order, as `wcp.envelope.stage` events of the run's span: the
+/// stage and its process, and its outcome and errno only when it did not simply succeed (a
+/// run has about twenty stages; the events are most of what a traced dispatch exports).
 fn stage_events(span: &otel::Child, stages: &[envelope::report::StageReport]) {
+    if !span.trace().is_recording() {
+        return;
+    }
     for s in stages {
         let mut attrs = vec![
             otel::kv("wcp.stage", s.stage.clone()),
             otel::kv("wcp.stage.process", s.process.clone()),
-            otel::kv("wcp.stage.outcome", s.outcome.clone()),
         ];
+        if s.outcome != "ok" {
+            attrs.push(otel::kv("wcp.stage.outcome", s.outcome.clone()));
+        }
         if let Some(errno) = s.errno {
             attrs.push(otel::kv("wcp.stage.errno", i64::from(errno)));
         }
