@@ -2,6 +2,6 @@
 
 fn main() {
     // The one TLS provider of every HTTP client the Hall builds (registry service, OTLP).
-    wcp_hall::registry_service::client::install_tls_provider();
+    wcp_hall::common::install_tls_provider();
     std::process::exit(i32::from(wcp_hall::cli::main()));
 }

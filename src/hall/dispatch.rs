@@ -171,33 +171,23 @@ fn check_registry(hall: &Hall, loaded: &Loaded, routed: &mut Routed) {
         max_staleness_ms: section.max_staleness_seconds.saturating_mul(1000),
         on_stale: section.on_stale.for_env(routed.decision.env),
     };
-    let unavailable = |message: String| Verdict::Deny {
-        code: DenyCode::DenyRegistryStatusStale,
+    let unavailable = |code: DenyCode, message: String| Verdict::Deny {
+        code,
         message,
-        evidence: RegistryEvidence {
-            status: "unavailable".into(),
-            status_fetched_at: None,
-            ban_list_fetched_at: None,
-            warning: None,
-        },
+        evidence: RegistryEvidence::unavailable(),
     };
     let verdict = match (&hall.registry_service, &worker_id, &hash) {
         (Some(service), Some(w), Some(h)) => service.check(w, h, policy, now_ms()),
         (None, _, _) => unavailable(
+            DenyCode::DenyRegistryStatusStale,
             "[registry_service] was enabled by a reload; the registry service starts with the Hall: restart it. Failing closed.".into(),
         ),
-        _ => Verdict::Deny {
-            code: DenyCode::DenyWorkerHashUnavailable,
-            message: format!(
+        _ => unavailable(
+            DenyCode::DenyWorkerHashUnavailable,
+            format!(
                 "Worker '{species}' has no verified package digest to check against the registry service."
             ),
-            evidence: RegistryEvidence {
-                status: "unavailable".into(),
-                status_fetched_at: None,
-                ban_list_fetched_at: None,
-                warning: None,
-            },
-        },
+        ),
     };
     let worker_id = worker_id.unwrap_or_default();
     match verdict {

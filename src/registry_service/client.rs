@@ -193,11 +193,6 @@ pub fn quote_segment(s: &str) -> String {
     out
 }
 
-/// Installs the process's TLS provider; see [`crate::common::install_tls_provider`].
-pub fn install_tls_provider() {
-    crate::common::install_tls_provider();
-}
-
 /// Which credential a request carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Auth {
@@ -220,7 +215,7 @@ impl Client {
     /// Builds the client (no connection is made yet).
     pub fn new(mut settings: ClientSettings) -> Result<Client, ServiceError> {
         settings.base_url = check_url(&settings.base_url)?;
-        install_tls_provider();
+        crate::common::install_tls_provider();
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         let http = reqwest::blocking::Client::builder()

@@ -56,6 +56,18 @@ pub struct RegistryEvidence {
     pub warning: Option<String>,
 }
 
+impl RegistryEvidence {
+    /// Nothing could be checked: no status was ever fetched for this dispatch.
+    pub fn unavailable() -> Self {
+        RegistryEvidence {
+            ban_list_fetched_at: None,
+            status: "unavailable".into(),
+            status_fetched_at: None,
+            warning: None,
+        }
+    }
+}
+
 /// The gate's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
