@@ -108,6 +108,8 @@ struct Hall {
     child: Child,
     dir: tempfile::TempDir,
     socket: Arc<PathBuf>,
+    /// Answers whose envelope report says a warm instance served them.
+    warm_seen: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Drop for Hall {
@@ -140,6 +142,7 @@ impl Hall {
             child,
             dir,
             socket: Arc::new(socket),
+            warm_seen: Arc::default(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while rt
@@ -191,6 +194,7 @@ impl Hall {
             for c in 0..clients {
                 let socket = self.socket.clone();
                 let dump = dump.clone();
+                let warm_seen = self.warm_seen.clone();
                 tasks.push(tokio::spawn(async move {
                     let mut v = Vec::new();
                     for i in 0..per_client {
@@ -212,6 +216,10 @@ impl Hall {
                             a.body
                         );
                         let phases = a.body["execution"]["hall_phases_us"].clone();
+                        if a.body["execution"]["summary"]["envelope"]["instance"]["kind"] == "warm"
+                        {
+                            warm_seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                         if i == 0
                             && c == 0
                             && let (Some(path), Some(name)) =
@@ -376,6 +384,115 @@ fn main() {
     );
     drop(hall);
     traces_cost(&rt, &selected);
+    warm_cost(&rt, &selected);
+}
+
+/// Warm instances against cold runs: two fresh Halls, alike but for `[warm]`, in alternating
+/// rounds. `paced` rows leave `gap` between one client's dispatches (an agent that thinks
+/// between calls); the others are closed loops (the next dispatch as soon as the answer is in).
+fn warm_cost(rt: &tokio::runtime::Runtime, selected: &dyn Fn(&str) -> bool) {
+    let rows: Vec<(&str, &'static str, usize, Option<u64>)> = vec![
+        ("hello", "dev", 1, Some(150)),
+        ("hello", "dev", 1, None),
+        ("hello", "dev", 32, None),
+        ("native", "stage", 1, Some(50)),
+        ("native", "stage", 1, None),
+        ("native", "stage", 32, None),
+    ]
+    .into_iter()
+    .filter(|(w, _, c, gap)| {
+        selected(&format!(
+            "warmcost/{w}/{c}{}",
+            if gap.is_some() { "/paced" } else { "" }
+        ))
+    })
+    .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let cold = Hall::start(rt, "");
+    let warm = Hall::start(
+        rt,
+        "[warm]\nworkers = [\"wrk.hello.greeter\", \"wrk.hello.native\"]\nper_worker = 4\n",
+    );
+    println!("\nwarm instances: cold Hall vs [warm] Hall (per_worker = 4), alternating rounds");
+    println!(
+        "{:>8} {:>8} {:>7} {:>11} {:>11} {:>10} {:>10} {:>7} {:>11} {:>11} {:>6}",
+        "workload",
+        "clients",
+        "gap ms",
+        "p50 cold",
+        "p50 warm",
+        "/s cold",
+        "/s warm",
+        "warm %",
+        "CPU cold",
+        "CPU warm",
+        "n each"
+    );
+    const ROUNDS: usize = 3;
+    for (workload, env, clients, gap) in rows {
+        let work = ("cap.hello.greet", env, "completed");
+        let per_round = if workload == "hello" { 24 } else { 120 };
+        let per_client = (per_round / clients).max(2);
+        // One warm-up round each: the warm Hall learns its key from the first dispatch.
+        for h in [&cold, &warm] {
+            h.drive(rt, work, clients.min(2), 2, None);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let mut lat = [Vec::new(), Vec::new()];
+        let mut wall = [0.0f64; 2];
+        let mut cpu = [0.0f64; 2];
+        let mut warm_hits = 0;
+        for round in 0..ROUNDS {
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for i in order {
+                let h = if i == 0 { &cold } else { &warm };
+                let before_cpu = h.cpu_ms();
+                let before_warm = h.warm_seen.load(std::sync::atomic::Ordering::Relaxed);
+                let started = Instant::now();
+                let answers = match gap {
+                    Some(ms) => (0..per_client)
+                        .flat_map(|_| {
+                            std::thread::sleep(Duration::from_millis(ms));
+                            h.drive(rt, work, 1, 1, None).0
+                        })
+                        .collect::<Vec<_>>(),
+                    None => h.drive(rt, work, clients, per_client, None).0,
+                };
+                wall[i] += started.elapsed().as_secs_f64()
+                    - gap.map_or(0.0, |ms| (ms * per_client as u64) as f64 / 1000.0);
+                cpu[i] += h.cpu_ms() - before_cpu;
+                if i == 1 {
+                    warm_hits +=
+                        h.warm_seen.load(std::sync::atomic::Ordering::Relaxed) - before_warm;
+                }
+                lat[i].extend(answers.into_iter().map(|(ms, _)| ms));
+            }
+        }
+        for l in &mut lat {
+            l.sort_by(|a, b| a.total_cmp(b));
+        }
+        let n = lat[0].len() as f64;
+        println!(
+            "{:>8} {:>8} {:>7} {:>8.2} ms {:>8.2} ms {:>10.1} {:>10.1} {:>6.0}% {:>8.3} ms {:>8.3} ms {:>6}",
+            workload,
+            clients,
+            gap.map_or("-".to_owned(), |g| g.to_string()),
+            pct(&lat[0], 0.5),
+            pct(&lat[1], 0.5),
+            n / wall[0],
+            lat[1].len() as f64 / wall[1],
+            warm_hits as f64 * 100.0 / lat[1].len() as f64,
+            cpu[0] / n,
+            cpu[1] / lat[1].len() as f64,
+            lat[0].len()
+        );
+    }
+    println!(
+        "Hall CPU is per dispatch, the Hall process only (warm instances' start-up is the \
+         workers' CPU, not the Hall's); paced rows: throughput excludes the gaps"
+    );
 }
 
 /// The `native` workload on two fresh Halls, traces off and on (every dispatch sampled,

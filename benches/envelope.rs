@@ -118,6 +118,7 @@ fn main() {
         runtime: wcp_hall::envelope::native::runtime_for(std::path::Path::new("/bin/true"))
             .expect("/bin/true's loader"),
         payload: b"{}".to_vec(),
+        protocol: wcp_hall::envelope::WorkerProtocol::V1,
         correlation_id: "bench".into(),
         traceparent: None,
         identity: None,

@@ -67,6 +67,69 @@ pub struct Config {
     /// (docs/registry-service.md).
     #[serde(default)]
     pub registry_service: crate::registry_service::RegistryServiceSection,
+    /// Warm instances of protocol 2 workers (docs/configuration.md, "Warm workers"); off unless
+    /// `workers` names some.
+    #[serde(default)]
+    pub warm: WarmSection,
+}
+
+/// `[warm]`: which workers the Hall starts ahead of their requests, and how many.
+///
+/// A warm instance has exactly a cold run's envelope and serves one request; an empty pool is
+/// a cold run, never a wait (ARCHITECTURE.md, "Warm instances").
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WarmSection {
+    /// Worker species kept warm (`wrk.*`). Empty: no warm instances.
+    pub workers: Vec<String>,
+    /// Idle instances per worker.
+    pub per_worker: usize,
+    /// Idle instances in total.
+    pub max_instances: usize,
+    /// What idle instances may hold in total (their cgroup `memory.current`, or the worker's
+    /// resident set): an instance that would go over is stopped.
+    pub memory_budget_bytes: u64,
+    /// An instance idle this long is stopped (and replaced).
+    pub max_idle_seconds: u64,
+    /// How long an instance may take to reach its exec before the start counts as failed.
+    pub start_timeout_ms: u64,
+}
+
+impl Default for WarmSection {
+    fn default() -> Self {
+        WarmSection {
+            workers: Vec::new(),
+            per_worker: 2,
+            max_instances: 8,
+            memory_budget_bytes: 512 << 20,
+            max_idle_seconds: 600,
+            start_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl WarmSection {
+    /// The configuration check: species ids, and bounds that keep the pool small.
+    pub fn check(&self) -> Result<(), String> {
+        for w in &self.workers {
+            if !w.starts_with("wrk.") || w.len() > 200 {
+                return Err(format!(
+                    "[warm] workers: {w:?} is not a worker species id\n\
+                     hint: list species like \"wrk.hello.greeter\" (the record's worker_species_id)"
+                ));
+            }
+        }
+        if self.per_worker == 0 || self.per_worker > 64 {
+            return Err("[warm] per_worker must be 1 to 64".into());
+        }
+        if self.max_instances == 0 || self.max_instances > 1024 {
+            return Err("[warm] max_instances must be 1 to 1024".into());
+        }
+        if self.max_idle_seconds == 0 || self.start_timeout_ms == 0 {
+            return Err("[warm] max_idle_seconds and start_timeout_ms must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 /// `[tracing]`: where the Hall sends its dispatch spans (OTLP over HTTP, protobuf). Every key
@@ -560,6 +623,7 @@ impl Config {
             )));
         }
         self.metrics.check().map_err(invalid)?;
+        self.warm.check().map_err(invalid)?;
         if let Some(r) = self.tracing.sampling_ratio
             && !(0.0..=1.0).contains(&r)
         {

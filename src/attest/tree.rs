@@ -593,6 +593,10 @@ pub const NATIVE_BOOTSTRAP: &str = "code/bootstrap";
 /// A PyHall package's entrypoint, run by the interpreter (never executed directly).
 pub const PYTHON_BOOTSTRAP: &str = "code/bootstrap.py";
 
+/// A package's declaration of how it is run (`{"worker_protocol": 2}`), part of the signed tree;
+/// absent: protocol 1. See `hall::runner::package_protocol`.
+pub const WORKER_DECLARATION: &str = "wcp-worker.json";
+
 /// The mode a store copy of `rel` is created with: 0555 for [`NATIVE_BOOTSTRAP`], else 0444.
 pub fn copy_mode(rel: &str) -> u32 {
     if rel == NATIVE_BOOTSTRAP {

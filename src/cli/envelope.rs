@@ -465,6 +465,7 @@ fn run_package(args: RunArgs, out: &mut Out) -> Result<u8, CliError> {
         bootstrap,
         runtime,
         payload,
+        protocol: crate::envelope::WorkerProtocol::V1,
         correlation_id: args.correlation_id.clone(),
         traceparent: None,
         identity: args

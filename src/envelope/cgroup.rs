@@ -208,6 +208,15 @@ impl Leaf {
             .unwrap_or(false)
     }
 
+    /// `memory.current` of the whole tree, where the memory controller is enabled in the leaf.
+    pub fn memory_current(&self) -> Option<u64> {
+        fs::read_to_string(self.path.join("memory.current"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// Whole-tree accounting.
     pub fn stats(&self) -> LeafStats {
         let kv = |file: &str, key: &str| -> Option<u64> {

@@ -39,6 +39,7 @@ pub mod peer;
 pub mod plan;
 mod prepare;
 pub mod probe;
+pub mod protocol;
 pub mod python;
 mod rawcall;
 mod rawsys;
@@ -48,6 +49,7 @@ mod spawner;
 mod supervise;
 mod sys;
 pub mod types;
+pub mod warm;
 
 use std::time::{Duration, Instant};
 
@@ -63,6 +65,7 @@ pub use python::{PythonError, PythonRuntime};
 pub use report::{Effective, EnvelopeReport, MemoryReport, REPORT_SCHEMA};
 pub use types::{
     Bootstrap, HostConfig, Identity, Limits, Minimum, Minimums, RunRequest, RuntimePaths,
+    WorkerProtocol,
 };
 
 use child::{EXIT_FDS_FAILED, Outcome, Stage};
@@ -487,25 +490,52 @@ impl Envelope {
     pub fn run(&self, req: &RunRequest) -> Result<RunOutcome, EnvelopeError> {
         let started = Instant::now();
         let (plan, mut report) = plan::plan(req, &self.host, &self.probe, &new_context())?;
-        let result = self.run_planned(&plan, &mut report, req, started);
+        let result = self.run_cold(&plan, &mut report, req, started);
         if !self.host.keep_run_dirs {
             let _ = prepare::remove_run_dir(&plan.run_dir);
         }
         result
     }
 
-    fn run_planned(
+    fn run_cold(
         &self,
         plan: &Plan,
         report: &mut EnvelopeReport,
         req: &RunRequest,
         started: Instant,
     ) -> Result<RunOutcome, EnvelopeError> {
+        let frame;
+        let stdin = match req.protocol {
+            WorkerProtocol::V1 => prepare::StdinSource::Sealed(&req.payload),
+            WorkerProtocol::V2 => {
+                frame = protocol::frame(
+                    &req.payload,
+                    protocol::FrameContext {
+                        correlation_id: &req.correlation_id,
+                        traceparent: &plan.traceparent,
+                        timeout_ms: req.limits.wall_timeout_ms,
+                    },
+                )?;
+                prepare::StdinSource::Sealed(&frame)
+            }
+        };
+        let s = self.start(plan, report, req, stdin)?;
+        self.finish(s, report, req, started, None, None)
+    }
+
+    /// Prepares and clones a planned run (the `clone` stage is the last one here).
+    fn start(
+        &self,
+        plan: &Plan,
+        report: &mut EnvelopeReport,
+        req: &RunRequest,
+        stdin: prepare::StdinSource<'_>,
+    ) -> Result<Started, EnvelopeError> {
         let prepared = prepare::prepare(
             plan,
             report,
             &self.host,
-            &req.payload,
+            stdin,
             &req.opened_writes,
             self.probe.hall_uid,
             self.probe.hall_gid,
@@ -519,9 +549,11 @@ impl Envelope {
             stderr_r,
             status_r,
             result_r,
+            stdin_w,
             child_fds,
         } = prepared;
 
+        let started_ms = crate::common::now_ms();
         let running = spawner::spawn(spec, stacks, clone_flags, leaf.as_ref());
         drop(child_fds);
         let running = match running {
@@ -544,11 +576,56 @@ impl Envelope {
             Ok(r) => r,
         };
         hall_stage(report, "clone", "ok", None);
+        report.instance = report::InstanceReport::cold(started_ms);
+        Ok(Started {
+            running,
+            leaf,
+            stdout_r,
+            stderr_r,
+            status_r: Some(status_r),
+            result_r,
+            stdin_w,
+            started_ms,
+        })
+    }
 
+    /// Supervises a started run to its end and describes it. `started` is when its wall clock
+    /// began (a warm instance: the delivery of its request); `exec_seen` what a warm start
+    /// already read of the status pipe; `frame` the protocol 2 frame for a stdin pipe (none:
+    /// the pipe is closed, the worker reads end-of-file).
+    fn finish(
+        &self,
+        s: Started,
+        report: &mut EnvelopeReport,
+        req: &RunRequest,
+        started: Instant,
+        exec_seen: Option<supervise::ExecSeen>,
+        frame: Option<Vec<u8>>,
+    ) -> Result<RunOutcome, EnvelopeError> {
+        let Started {
+            running,
+            leaf,
+            stdout_r,
+            stderr_r,
+            status_r,
+            result_r,
+            stdin_w,
+            started_ms: _,
+        } = s;
+        let stdin = match (stdin_w, frame) {
+            (Some(fd), Some(bytes)) => Some(supervise::StdinFrame {
+                fd,
+                bytes,
+                written: 0,
+            }),
+            _ => None,
+        };
         let sup = supervise::Supervision {
             pid: running.pid,
             pidfd: &running.pidfd,
             status_r,
+            exec_seen,
+            stdin,
             stdout_r,
             stderr_r,
             result_r,
@@ -688,6 +765,20 @@ impl Envelope {
             report: report.clone(),
         })
     }
+}
+
+/// A cloned run: init and the Hall's ends of its pipes, until [`Envelope::finish`].
+pub(crate) struct Started {
+    running: spawner::Running,
+    leaf: Option<cgroup::Leaf>,
+    stdout_r: std::os::fd::OwnedFd,
+    stderr_r: std::os::fd::OwnedFd,
+    /// Taken by a warm start, which reads it to the exec.
+    status_r: Option<std::os::fd::OwnedFd>,
+    result_r: std::os::fd::OwnedFd,
+    stdin_w: Option<std::os::fd::OwnedFd>,
+    /// When `clone3` returned (Unix ms).
+    started_ms: u64,
 }
 
 /// A best-effort stage failed in the child: the report must say the feature is not enforced.

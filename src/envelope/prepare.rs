@@ -27,6 +27,15 @@ use super::types::{HostConfig, SecretValues};
 /// The largest secret file accepted.
 pub const MAX_SECRET_BYTES: u64 = 64 << 10;
 
+/// What the worker's stdin is.
+pub(crate) enum StdinSource<'a> {
+    /// A sealed memfd holding these bytes (a cold run: the request, or its protocol 2 frame).
+    Sealed(&'a [u8]),
+    /// A pipe whose write end the Hall keeps ([`Prepared::stdin_w`]): a warm instance, whose
+    /// frame is written when its request arrives.
+    Pipe,
+}
+
 /// A prepared run: the spec for the children plus the Hall's ends of everything.
 pub(crate) struct Prepared {
     pub spec: Box<ChildSpec>,
@@ -37,6 +46,8 @@ pub(crate) struct Prepared {
     pub stderr_r: OwnedFd,
     pub status_r: OwnedFd,
     pub result_r: OwnedFd,
+    /// The write end of stdin for [`StdinSource::Pipe`].
+    pub stdin_w: Option<OwnedFd>,
     /// The children's ends; dropped (closed in the Hall) right after the clone.
     pub child_fds: Vec<OwnedFd>,
 }
@@ -380,7 +391,7 @@ pub(crate) fn prepare(
     plan: &Plan,
     report: &mut EnvelopeReport,
     host: &HostConfig,
-    payload: &[u8],
+    stdin_source: StdinSource<'_>,
     opened: &[std::sync::Arc<super::grant::OpenedWrite>],
     hall_uid: u32,
     hall_gid: u32,
@@ -542,8 +553,17 @@ pub(crate) fn prepare(
 
     // ---- pipes and stdin ---------------------------------------------------------------------------------
     let io = |what: &str, e| EnvelopeError::io(what.to_owned(), e);
-    let stdin = sys::sealed_memfd(c"wcp-request", payload)
-        .map_err(|e| io("creating the stdin memfd", e))?;
+    let (stdin, stdin_w) = match stdin_source {
+        StdinSource::Sealed(bytes) => (
+            sys::sealed_memfd(c"wcp-request", bytes)
+                .map_err(|e| io("creating the stdin memfd", e))?,
+            None,
+        ),
+        StdinSource::Pipe => {
+            let (r, w) = sys::pipe_cloexec().map_err(|e| io("creating the stdin pipe", e))?;
+            (r, Some(w))
+        }
+    };
     let (stdout_r, stdout_w) =
         sys::pipe_cloexec().map_err(|e| io("creating the stdout pipe", e))?;
     let (stderr_r, stderr_w) =
@@ -720,6 +740,7 @@ pub(crate) fn prepare(
         stderr_r,
         status_r,
         result_r,
+        stdin_w,
         child_fds,
     })
 }

@@ -54,6 +54,40 @@ pub struct BootstrapReport {
     /// The interpreter's implementation and version as probed (`cpython 3.11.2`); `null` for a
     /// native program.
     pub runtime: Option<String>,
+    /// The worker protocol the signed package declares (1 or 2).
+    pub protocol: super::types::WorkerProtocol,
+}
+
+/// When and how the process that served the request was started: for a cold run, as the
+/// request arrived; for a warm instance ([`super::warm`]), ahead of it, with exactly the same
+/// plan and stages (the report's other fields are the instance's own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceReport {
+    /// `cold` or `warm`.
+    pub kind: String,
+    /// When `clone3` started the instance (RFC 3339, milliseconds, UTC).
+    pub started_at: String,
+    /// Milliseconds between the start and the delivery of the request (0 for a cold run).
+    pub idle_ms: u64,
+}
+
+impl InstanceReport {
+    /// What a plan says before anything started (`started_at` is filled in at the clone).
+    pub(crate) fn planned() -> Self {
+        InstanceReport {
+            kind: "cold".into(),
+            started_at: String::new(),
+            idle_ms: 0,
+        }
+    }
+
+    pub(crate) fn cold(started_ms: u64) -> Self {
+        InstanceReport {
+            kind: "cold".into(),
+            started_at: crate::common::rfc3339_ms(started_ms),
+            idle_ms: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -379,6 +413,8 @@ pub struct EnvelopeReport {
     pub observed: ObservedReport,
     /// One line per best-effort shortfall (empty when everything requested was enforced).
     pub degraded: Vec<String>,
+    /// Cold or warm, and when the instance started.
+    pub instance: InstanceReport,
 }
 
 impl EnvelopeReport {

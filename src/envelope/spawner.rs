@@ -40,10 +40,31 @@ pub(crate) struct Running {
     settled: bool,
 }
 
+// SAFETY: `Running` owns the memory init and the pre-exec worker read (the spec's raw
+// pointers point into the spec's own boxed strings and BPF programs) and their stacks. No Hall
+// thread dereferences those pointers; moving the owner to another thread moves neither
+// allocation (they are boxed / mapped), and they are freed only once settled (or leaked).
+// Waiting for init and signalling it through its pidfd work from any thread of the Hall
+// (`wait4` on a sibling thread's child is allowed within one thread group). A warm instance
+// (`super::warm`) is started on the pool's thread and finished on a dispatch's thread.
+unsafe impl Send for Running {}
+
 impl Running {
     /// Init has been reaped and no pre-exec process is left: the memory can be freed.
     pub(crate) fn settle(mut self) {
         self.settled = true;
+    }
+
+    /// Kills init (its PID namespace goes with it), waits for it and frees the memory. Only for
+    /// a run whose status pipe reached end-of-file (no pre-exec process is left to use it): a
+    /// warm instance that is discarded.
+    pub(crate) fn kill_settled(mut self) {
+        let _ = sys::pidfd_send_signal(self.pidfd.as_raw_fd(), libc::SIGKILL);
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        let r = unsafe { libc::waitpid(self.pid, &mut status, libc::__WALL) };
+        // Not reaped (it cannot happen: init is ours and nobody else waits for it): leak.
+        self.settled = r == self.pid;
     }
 }
 

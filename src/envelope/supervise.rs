@@ -76,10 +76,60 @@ impl DiskGuard<'_> {
     }
 }
 
+/// What a warm instance's start already collected: its stage records up to the exec (the status
+/// pipe is at end-of-file) and what `/proc` showed of the worker then.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ExecSeen {
+    pub records: Vec<Record>,
+    pub observed: ObservedReport,
+}
+
+/// A frame still to be written to the worker's stdin pipe, then closed (protocol 2).
+pub(crate) struct StdinFrame {
+    pub fd: OwnedFd,
+    pub bytes: Vec<u8>,
+    pub written: usize,
+}
+
+impl StdinFrame {
+    /// Writes what the pipe takes now (the descriptor is non-blocking); `true` when the frame
+    /// is complete or the worker closed its end (nothing more will ever be written).
+    #[allow(unsafe_code)] // write(2) from our own buffer
+    fn pump(&mut self) -> bool {
+        while self.written < self.bytes.len() {
+            let rest = &self.bytes[self.written..];
+            // SAFETY: writing from a valid buffer to a descriptor we own.
+            let n = unsafe {
+                libc::write(
+                    self.fd.as_raw_fd(),
+                    rest.as_ptr() as *const libc::c_void,
+                    rest.len(),
+                )
+            };
+            if n > 0 {
+                self.written += n as usize;
+                continue;
+            }
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                std::io::ErrorKind::Interrupted => continue,
+                std::io::ErrorKind::WouldBlock => return false,
+                // EPIPE: the worker closed stdin (or died); it gets no more of the frame.
+                _ => return true,
+            }
+        }
+        true
+    }
+}
+
 pub(crate) struct Supervision<'a> {
     pub pid: libc::pid_t,
     pub pidfd: &'a OwnedFd,
-    pub status_r: OwnedFd,
+    /// `None` when a warm start already read it to the end ([`Supervision::exec_seen`]).
+    pub status_r: Option<OwnedFd>,
+    pub exec_seen: Option<ExecSeen>,
+    /// The protocol 2 frame for a warm instance's stdin pipe.
+    pub stdin: Option<StdinFrame>,
     pub stdout_r: OwnedFd,
     pub stderr_r: OwnedFd,
     pub result_r: OwnedFd,
@@ -93,7 +143,7 @@ pub(crate) struct Supervision<'a> {
 }
 
 #[allow(unsafe_code)] // read(2) into the caller's buffer
-fn read_some(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<usize> {
+pub(crate) fn read_some(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<usize> {
     loop {
         // SAFETY: reading into a valid buffer.
         let n = unsafe {
@@ -124,8 +174,22 @@ impl Supervision<'_> {
         let mut kill_at: Option<Instant> = None;
         let mut exited_at: Option<Instant> = None;
         let (mut status_open, mut stdout_open, mut stderr_open, mut result_open) =
-            (true, true, true, true);
+            (self.status_r.is_some(), true, true, true);
         let mut observed_done = false;
+        if let Some(seen) = &self.exec_seen {
+            c.records = seen.records.clone();
+            c.observed = seen.observed.clone();
+            c.status_eof = true;
+            status_open = false;
+            observed_done = true;
+        }
+        let mut stdin = self.stdin;
+        if let Some(f) = &mut stdin {
+            sys::set_nonblocking(&f.fd);
+            if f.pump() {
+                stdin = None;
+            }
+        }
         let mut next_guard = self.guard.as_ref().map(|g| self.started + g.every);
 
         loop {
@@ -194,12 +258,18 @@ impl Supervision<'_> {
             };
             let wait_ms = next.saturating_duration_since(now).as_millis().min(60_000) as u16;
             let wait_ms = wait_ms.max(1);
-            let mut fds = Vec::with_capacity(5);
-            let mut which = Vec::with_capacity(5);
+            let mut fds = Vec::with_capacity(6);
+            let mut which = Vec::with_capacity(6);
             let flags = PollFlags::POLLIN;
-            if status_open {
-                fds.push(PollFd::new(self.status_r.as_fd(), flags));
+            if status_open && let Some(fd) = &self.status_r {
+                fds.push(PollFd::new(fd.as_fd(), flags));
                 which.push(0);
+            }
+            if exited_at.is_none()
+                && let Some(f) = &stdin
+            {
+                fds.push(PollFd::new(f.fd.as_fd(), PollFlags::POLLOUT));
+                which.push(5);
             }
             if stdout_open {
                 fds.push(PollFd::new(self.stdout_r.as_fd(), flags));
@@ -229,17 +299,22 @@ impl Supervision<'_> {
             drop(fds);
             for w in ready {
                 match w {
-                    0 => match read_some(&self.status_r, &mut buf) {
-                        Ok(0) => {
+                    5 => {
+                        if stdin.as_mut().is_some_and(StdinFrame::pump) {
+                            stdin = None;
+                        }
+                    }
+                    0 => match self.status_r.as_ref().map(|fd| read_some(fd, &mut buf)) {
+                        Some(Ok(0)) | None => {
                             status_open = false;
                             c.status_eof = true;
                             c.records = Record::parse_all(&status_bytes);
                         }
-                        Err(_) => {
+                        Some(Err(_)) => {
                             status_open = false;
                             c.records = Record::parse_all(&status_bytes);
                         }
-                        Ok(n) => status_bytes.extend_from_slice(&buf[..n]),
+                        Some(Ok(n)) => status_bytes.extend_from_slice(&buf[..n]),
                     },
                     1 | 2 => {
                         let (fd, keep, total) = if w == 1 {
@@ -264,6 +339,7 @@ impl Supervision<'_> {
                     }
                     _ => {
                         exited_at = Some(Instant::now());
+                        stdin = None;
                         drain_result(&self.result_r, &mut buf, &mut result_bytes);
                         result_open = false;
                         c.result = ResultRecord::parse(&result_bytes);
@@ -308,13 +384,8 @@ impl Supervision<'_> {
 
 /// Reads whatever init wrote to the result pipe. Init is gone; non-blocking anyway, in case
 /// anything else still held the write end.
-#[allow(unsafe_code)] // read(2) into the caller's buffer
 fn drain_result(fd: &OwnedFd, buf: &mut [u8], out: &mut Vec<u8>) {
-    // SAFETY: fcntl on a descriptor we own.
-    unsafe {
-        let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
-    }
+    sys::set_nonblocking(fd);
     while let Ok(n) = read_some(fd, buf) {
         if n == 0 {
             break;
@@ -325,7 +396,7 @@ fn drain_result(fd: &OwnedFd, buf: &mut [u8], out: &mut Vec<u8>) {
     }
 }
 
-fn exec_confirmed(records: &[Record]) -> bool {
+pub(crate) fn exec_confirmed(records: &[Record]) -> bool {
     use super::child::{Outcome, Stage};
     let failed = records.iter().any(|r| r.outcome() == Some(Outcome::Failed));
     let attempted = records
@@ -335,7 +406,7 @@ fn exec_confirmed(records: &[Record]) -> bool {
 }
 
 /// Reads the worker's `/proc/<pid>/status` (the first child of init).
-fn observe(init_pid: libc::pid_t) -> ObservedReport {
+pub(crate) fn observe(init_pid: libc::pid_t) -> ObservedReport {
     let children = fs::read_to_string(format!("/proc/{init_pid}/task/{init_pid}/children"))
         .unwrap_or_default();
     let Some(pid) = children.split_whitespace().next() else {

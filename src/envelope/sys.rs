@@ -114,6 +114,19 @@ pub(crate) fn seccomp_errno_available() -> Result<(), i32> {
     }
 }
 
+/// Sets `O_NONBLOCK` on a descriptor the Hall owns (its end of a pipe).
+pub(crate) fn set_nonblocking(fd: &OwnedFd) {
+    let raw = std::os::fd::AsRawFd::as_raw_fd(fd);
+    // SAFETY: fcntl on a descriptor we own; failure leaves it blocking, which the callers only
+    // use in a poll loop that never reads or writes more than poll reported ready.
+    unsafe {
+        let fl = libc::fcntl(raw, libc::F_GETFL);
+        if fl >= 0 {
+            libc::fcntl(raw, libc::F_SETFL, fl | libc::O_NONBLOCK);
+        }
+    }
+}
+
 /// A pipe with both ends close-on-exec: (read, write).
 pub(crate) fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];

@@ -166,6 +166,39 @@ pub enum Bootstrap {
     Native { program: PathBuf, args: Vec<String> },
 }
 
+/// How a worker receives its request and context: declared by its signed package
+/// (`wcp-worker.json`, [`crate::hall::runner::package_bootstrap`]), never by what arrives on
+/// stdin.
+///
+/// - `V1`: stdin is the request JSON (a sealed memfd); the correlation id and trace context are
+///   `WCP_CORRELATION_ID` and `TRACEPARENT` in the environment at exec.
+/// - `V2`: the environment names no request (`WCP_WORKER_PROTOCOL=2` instead), and stdin
+///   carries one frame, `{"protocol":2,"context":{…},"request":{…}}`, ending at end-of-file
+///   ([`super::protocol`]). Only a `V2` worker can be started before its request exists (a
+///   warm instance, [`super::warm`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum WorkerProtocol {
+    #[default]
+    V1,
+    V2,
+}
+
+impl WorkerProtocol {
+    /// The number in `wcp-worker.json`, the report and `WCP_WORKER_PROTOCOL`.
+    pub fn number(self) -> u8 {
+        match self {
+            WorkerProtocol::V1 => 1,
+            WorkerProtocol::V2 => 2,
+        }
+    }
+}
+
+impl Serialize for WorkerProtocol {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(self.number())
+    }
+}
+
 /// Read-only runtime paths a bootstrap needs (interpreter libraries, certificates, locale):
 /// `read` gets read access, `execute` additionally execute (the interpreter, the dynamic loader).
 /// For Python they are derived from a probe of the interpreter
@@ -205,8 +238,10 @@ pub struct RunRequest {
     pub minimums: Minimums,
     pub bootstrap: Bootstrap,
     pub runtime: RuntimePaths,
-    /// The request JSON, given to the worker on stdin.
+    /// The request JSON: stdin itself (protocol 1) or the frame's `request` (protocol 2).
     pub payload: Vec<u8>,
+    /// How the worker receives `payload` and its context.
+    pub protocol: WorkerProtocol,
     /// Becomes `WCP_CORRELATION_ID`; printable ASCII, at most 128 characters.
     pub correlation_id: String,
     /// An incoming W3C `traceparent` to hand on as it is (the Hall's: its run span); when absent
@@ -246,6 +281,7 @@ impl RunRequest {
             bootstrap: python.bootstrap(),
             runtime: python.paths.clone(),
             payload,
+            protocol: WorkerProtocol::V1,
             correlation_id: correlation_id.into(),
             traceparent: None,
             identity: None,

@@ -616,13 +616,22 @@ fn build_runner(
     host.hidden_paths = hidden_paths;
     host.scratch_bytes = (e.scratch_bytes > 0).then_some(e.scratch_bytes);
     let envelope = crate::envelope::Envelope::new(host)
+        .map(Arc::new)
         .map_err(|err| fail(StartFailure::Config, format!("privilege envelope: {err}")))?;
     let swept = envelope.sweep_stale();
     if swept > 0 {
         tracing::warn!(swept, "cleared runs a previous Hall left behind");
     }
+    let warm =
+        super::warm::WarmPool::start(envelope.clone(), config.warm.clone()).map_err(|err| {
+            fail(
+                StartFailure::Config,
+                format!("the warm pool's thread: {err}"),
+            )
+        })?;
     Ok(Arc::new(super::runner::HallRunner {
         envelope,
+        warm: Some(warm),
         receipts,
         data_dir: e
             .data_dir

@@ -32,6 +32,7 @@ pub mod metrics_http;
 pub mod otel;
 pub mod runner;
 pub mod server;
+pub mod warm;
 pub mod wire;
 
 use std::sync::Arc;
@@ -173,6 +174,11 @@ impl Hall {
                     tracing::warn!(
                         "[metrics] changed: the metrics listener changes after a restart"
                     );
+                }
+                // Nothing started before a reload serves a request after it (keys, packages and
+                // profiles may all have changed).
+                if let Some(w) = &self.runner.warm {
+                    w.reconfigure(loaded.config.warm.clone());
                 }
                 self.metrics
                     .inc("wcp_hall_reloads_total", &[("result", "ok")]);

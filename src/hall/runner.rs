@@ -25,7 +25,9 @@ use crate::registry::{PrivilegeEnvelope, RegistryRecord};
 
 /// Runs workers for the daemon.
 pub struct HallRunner {
-    pub envelope: Envelope,
+    pub envelope: Arc<Envelope>,
+    /// Warm instances of `[warm] workers` (`None`: every run is cold).
+    pub warm: Option<Arc<super::warm::WarmPool>>,
     pub receipts: Arc<ReceiptLog>,
     /// `<data_dir>/<worker_id>/<dir>` holds workers' persistent writable directories.
     pub data_dir: PathBuf,
@@ -252,6 +254,10 @@ impl HallRunner {
         let store_path = match (&report.store_path, report.ok) {
             (Some(p), true) => p.clone(),
             _ => {
+                // Nothing started from an earlier verification of this worker serves again.
+                if let Some(w) = &self.warm {
+                    w.discard_worker(&species);
+                }
                 return Err(failure(
                     "attestation_failed",
                     format!(
@@ -331,6 +337,7 @@ impl HallRunner {
         let run = writes.and_then(|opened_writes| {
             let (bootstrap, runtime) =
                 package_bootstrap(&store_path, loaded.python.as_deref()).map_err(|e| (e, None))?;
+            let protocol = package_protocol(&store_path).map_err(|e| (e, None))?;
             let payload = serde_json::to_vec(&input.request)
                 .map_err(|e| (RunError::Internal(e.to_string()), None))?;
             let req = envelope::RunRequest {
@@ -342,6 +349,7 @@ impl HallRunner {
                 bootstrap,
                 runtime,
                 payload,
+                protocol,
                 correlation_id: input.correlation_id.clone(),
                 traceparent: run_span.trace().traceparent(),
                 identity: None,
@@ -351,7 +359,18 @@ impl HallRunner {
                 opened_writes,
                 data_quota_bytes: (self.data_quota_bytes > 0).then_some(self.data_quota_bytes),
             };
-            self.envelope.run(&req).map_err(|e| {
+            // Counted in flight for the pool thread, which refills only while the Hall is not
+            // busy.
+            let _in_flight = self.warm.as_ref().map(|w| w.running());
+            let claim = match &self.warm {
+                Some(w) => w.claim(&species, &req),
+                None => super::warm::Claim::Cold("not_configured"),
+            };
+            match claim {
+                super::warm::Claim::Warm(instance) => (*instance).run(&self.envelope, &req),
+                super::warm::Claim::Cold(_) => self.envelope.run(&req),
+            }
+            .map_err(|e| {
                 if let Some(r) = e.report() {
                     stage_events(&run_span, &r.stages);
                 }
@@ -572,6 +591,57 @@ pub fn package_bootstrap(
     }
 }
 
+/// The worker protocol a verified package declares in its signed tree
+/// ([`crate::attest::tree::WORKER_DECLARATION`], `{"worker_protocol": 1|2}`); absent: 1.
+///
+/// Threat model: the declaration is signed with the rest of the package, so only its signer
+/// decides that a worker receives its request in a frame (and may be started warm); a record,
+/// a caller or a payload cannot. Anything else in the file, a second key, another number, a
+/// non-regular file or more than 4 KiB, refuses the package (`package_declaration_invalid`):
+/// a declaration the Hall does not understand is never guessed at.
+pub fn package_protocol(package: &Path) -> Result<envelope::WorkerProtocol, RunError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Declaration {
+        worker_protocol: u8,
+    }
+    const MAX_BYTES: u64 = 4096;
+    let path = package.join(crate::attest::tree::WORKER_DECLARATION);
+    let invalid = |why: String| {
+        failure(
+            "package_declaration_invalid",
+            format!(
+                "{}: {why}; it must be {{\"worker_protocol\": 1}} or {{\"worker_protocol\": 2}} \
+                 (sign the package again after fixing it)",
+                path.display()
+            ),
+        )
+    };
+    let meta = match std::fs::symlink_metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(envelope::WorkerProtocol::V1);
+        }
+        Err(e) => return Err(invalid(format!("cannot be read: {e}"))),
+    };
+    if !meta.is_file() || meta.len() > MAX_BYTES {
+        return Err(invalid(format!(
+            "is not a regular file of at most {MAX_BYTES} bytes"
+        )));
+    }
+    let bytes = std::fs::read(&path).map_err(|e| invalid(format!("cannot be read: {e}")))?;
+    // An object only (serde would also take a struct from an array), each key once.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(invalid("is not a JSON object".into()));
+    }
+    let d: Declaration = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+    match d.worker_protocol {
+        1 => Ok(envelope::WorkerProtocol::V1),
+        2 => Ok(envelope::WorkerProtocol::V2),
+        n => Err(invalid(format!("protocol {n} is not one this Hall speaks"))),
+    }
+}
+
 /// Wall-clock time per phase of a run, for the answer (operators see where time went), and
 /// each phase as a child span of the dispatch's when tracing is on.
 struct Phases {
@@ -747,7 +817,7 @@ fn bare_hex(s: &str) -> String {
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
-    use super::package_bootstrap;
+    use super::{package_bootstrap, package_protocol};
     use crate::envelope::Bootstrap;
 
     fn package(files: &[(&str, &[u8], u32)]) -> tempfile::TempDir {
@@ -834,5 +904,38 @@ mod tests {
             package_bootstrap(dir.path(), None).err().unwrap().code(),
             "package_not_elf"
         );
+    }
+
+    #[test]
+    fn the_package_declares_its_protocol_and_nothing_else() {
+        use crate::envelope::WorkerProtocol;
+        let dir = tempfile::tempdir().unwrap();
+        let decl = dir.path().join("wcp-worker.json");
+        assert_eq!(package_protocol(dir.path()).unwrap(), WorkerProtocol::V1);
+        for (text, expected) in [
+            (r#"{"worker_protocol": 1}"#, WorkerProtocol::V1),
+            (r#"{"worker_protocol": 2}"#, WorkerProtocol::V2),
+        ] {
+            std::fs::write(&decl, text).unwrap();
+            assert_eq!(package_protocol(dir.path()).unwrap(), expected);
+        }
+        for bad in [
+            r#"{"worker_protocol": 3}"#,
+            r#"{"worker_protocol": 2, "warm": true}"#,
+            r#"{"worker_protocol": "2"}"#,
+            r#"{"worker_protocol": 2, "worker_protocol": 1}"#,
+            "[2]",
+            "",
+        ] {
+            std::fs::write(&decl, bad).unwrap();
+            let e = package_protocol(dir.path()).expect_err(bad);
+            assert_eq!(e.code(), "package_declaration_invalid", "{bad}");
+            assert!(e.to_string().contains("sign the package again"), "{e}");
+        }
+        std::fs::write(&decl, " ".repeat(5000)).unwrap();
+        assert!(package_protocol(dir.path()).is_err());
+        std::fs::remove_file(&decl).unwrap();
+        std::fs::create_dir(&decl).unwrap();
+        assert!(package_protocol(dir.path()).is_err());
     }
 }

@@ -647,7 +647,49 @@ async fn reload(
 pub(super) async fn metrics(State(hall): State<Arc<Hall>>) -> Response {
     let loaded = hall.current.get();
     let log = hall.receipts.status();
+    let warm = hall.runner.warm.as_ref();
+    let warm_sizes = warm.map_or((0, 0, 0), |w| w.sizes());
+    let warm_count = |f: fn(&super::warm::WarmStats) -> &std::sync::atomic::AtomicU64| {
+        warm.map_or(0.0, |w| {
+            f(&w.stats).load(std::sync::atomic::Ordering::Relaxed) as f64
+        })
+    };
     let text = hall.metrics.render(&[
+        (
+            "wcp_hall_warm_hits",
+            "Executed dispatches served by a warm instance since start (a count).",
+            warm_count(|s| &s.hits),
+        ),
+        (
+            "wcp_hall_warm_misses",
+            "Executed dispatches of a [warm] worker, or of any worker, that ran cold since start (a count: the pool was empty, the worker is not configured or cannot run warm).",
+            warm_count(|s| &s.misses),
+        ),
+        (
+            "wcp_hall_warm_discards",
+            "Warm instances stopped unused since start (a count: reload, package or plan change, failed verification, changed while idle, idle too long, over the memory budget).",
+            warm_count(|s| &s.discards),
+        ),
+        (
+            "wcp_hall_warm_start_failures",
+            "Warm instances that did not reach their exec since start (a count).",
+            warm_count(|s| &s.start_failures),
+        ),
+        (
+            "wcp_hall_warm_idle",
+            "Warm instances idle now.",
+            warm_sizes.0 as f64,
+        ),
+        (
+            "wcp_hall_warm_starting",
+            "Warm instances being started now.",
+            warm_sizes.1 as f64,
+        ),
+        (
+            "wcp_hall_warm_idle_memory_bytes",
+            "Memory the idle warm instances hold, as measured when each became ready.",
+            warm_sizes.2 as f64,
+        ),
         (
             "wcp_hall_in_flight",
             "Requests holding an execution slot.",

@@ -35,7 +35,7 @@ pub(crate) struct TestHall {
     child: Option<Child>,
     runtime: tokio::runtime::Runtime,
     /// Run the Hall as this uid (and gid) instead of root: an ordinary-user Hall.
-    as_uid: Option<u32>,
+    pub(crate) as_uid: Option<u32>,
     /// Start the Hall with this `RLIMIT_NOFILE` (soft and hard).
     nofile: Option<u64>,
 }
@@ -1305,7 +1305,7 @@ fn the_requester_collects_an_approved_result_that_the_operator_never_sees() {
 
 /// A signed copy of the bundled hello worker, enrolled with its package, and a trust policy.
 /// Signs `pkg` with `<dir>`'s package key and makes `record` the only enrolled record.
-fn sign_and_enroll(dir: &Path, pkg: &Path, record: &Value) -> String {
+pub(crate) fn sign_and_enroll(dir: &Path, pkg: &Path, record: &Value) -> String {
     let reg = dir.join("registry");
     for e in std::fs::read_dir(&reg).unwrap() {
         std::fs::remove_file(e.unwrap().path()).unwrap();
@@ -1314,7 +1314,7 @@ fn sign_and_enroll(dir: &Path, pkg: &Path, record: &Value) -> String {
 }
 
 /// Re-signs `pkg` (changed after enrollment) with `<dir>`'s package key.
-fn sign_package(dir: &Path, pkg: &Path, worker_id: &str, species: &str) {
+pub(crate) fn sign_package(dir: &Path, pkg: &Path, worker_id: &str, species: &str) {
     crate::hall_support::sign_package(&package_key(dir), pkg, worker_id, species);
 }
 
@@ -1327,7 +1327,7 @@ pub(crate) fn signed_hello(dir: &Path) -> (PathBuf, String) {
 
 /// Stops `hall`, lets `enroll` change its directory, turns attestation on (re-verifying on every
 /// dispatch) and starts it again.
-fn restart_attested(hall: &mut TestHall, enroll: impl FnOnce(&Path)) {
+pub(crate) fn restart_attested(hall: &mut TestHall, enroll: impl FnOnce(&Path)) {
     hall.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(hall.wait_exit(Duration::from_secs(20)), 0);
     enroll(hall.dir.path());

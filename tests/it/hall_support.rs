@@ -90,7 +90,8 @@ pub fn read_record(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// A native package: the `wcp-hello-native` binary as `code/bootstrap`, with its schema.
+/// A native package: the `wcp-hello-native` binary as `code/bootstrap`, with its schema and its
+/// declaration of worker protocol 2.
 /// Returns the package directory and its record template.
 pub fn native_hello_package(dir: &Path) -> (PathBuf, Value) {
     let pkg = dir.join("packages/hello-native");
@@ -100,10 +101,8 @@ pub fn native_hello_package(dir: &Path) -> (PathBuf, Value) {
         pkg.join("code/bootstrap"),
     )
     .unwrap();
-    std::fs::copy(
-        repo("workers/hello_native/config.schema.json"),
-        pkg.join("config.schema.json"),
-    )
-    .unwrap();
+    for file in ["config.schema.json", "wcp-worker.json"] {
+        std::fs::copy(repo("workers/hello_native").join(file), pkg.join(file)).unwrap();
+    }
     (pkg, read_record(&repo("workers/hello_native/record.json")))
 }

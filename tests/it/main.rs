@@ -36,4 +36,5 @@ mod registry_service;
 mod routing_vectors;
 mod systemd;
 mod verify_doc;
+mod warm;
 mod workers;

@@ -581,9 +581,17 @@ fn every_package_has_the_pyhall_layout() {
             "record.json",
             "example.request.json",
             "tests/test_logic.py",
+            "wcp-worker.json",
         ] {
             assert!(dir.join(file).is_file(), "{}: {file} is missing", w.dir);
         }
+        // Every bundled worker speaks protocol 2 (it can be started warm).
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&read(&dir.join("wcp-worker.json"))).unwrap(),
+            serde_json::json!({"worker_protocol": 2}),
+            "{}",
+            w.dir
+        );
         assert!(
             read(&dir.join("code/bootstrap.py")) == bootstrap,
             "{}: code/bootstrap.py differs from workers/bootstrap.py, its one source: edit that \

@@ -1,5 +1,5 @@
 //! hello, native: the `hello` worker (cap.hello.greet) as a compiled program, speaking the same
-//! wcp-hall worker protocol, version 1, as the Python packages' `code/bootstrap.py`.
+//! wcp-hall worker protocol, versions 1 and 2, as the Python packages' `code/bootstrap.py`.
 //!
 //! Why it exists: an executed dispatch of a Python worker costs ~65 ms of CPython start-up, which
 //! hides what the Hall itself costs. This worker starts in well under a millisecond, so
@@ -18,6 +18,9 @@
 //! - exit: 0 success, 2 the request or environment was rejected, 1 the work failed.
 //! - environment: `WCP_CORRELATION_ID` (required, 1-128 printable ASCII characters, no spaces),
 //!   `TRACEPARENT` (optional).
+//! - version 2 (`WCP_WORKER_PROTOCOL=2`, set by the Hall because the package declares it in
+//!   `wcp-worker.json`): stdin is one frame, `{"protocol": 2, "context": {"correlation_id",
+//!   "traceparent", "timeout_ms"}, "request": {...}}`, and the environment names no request.
 //!
 //! Build it with `cargo build --release --bin wcp-hello-native`; package it as
 //! `<pkg>/code/bootstrap` next to `workers/hello/config.schema.json` (workers/hello_native/README.md).
@@ -127,23 +130,76 @@ fn trace_id(traceparent: &str) -> Option<String> {
     .then(|| parts[1].to_owned())
 }
 
-fn correlation_id() -> Result<String, Failure> {
-    let id = std::env::var("WCP_CORRELATION_ID").unwrap_or_default();
+fn check_correlation_id(id: String, name: &str) -> Result<String, Failure> {
     if id.is_empty() {
         return Err(bad(
             "missing_correlation_id",
-            "WCP_CORRELATION_ID is not set; the Hall sets it for every dispatch",
+            format!("{name} is not set; the Hall sets it for every dispatch"),
         ));
     }
     if id.len() > MAX_CORRELATION_ID_CHARS || !id.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
         return Err(bad(
             "invalid_correlation_id",
             format!(
-                "WCP_CORRELATION_ID must be 1-{MAX_CORRELATION_ID_CHARS} printable ASCII characters without spaces"
+                "{name} must be 1-{MAX_CORRELATION_ID_CHARS} printable ASCII characters without spaces"
             ),
         ));
     }
     Ok(id)
+}
+
+/// A version 2 frame: exactly these keys.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Frame<'a> {
+    protocol: u8,
+    context: FrameContext,
+    #[serde(borrow)]
+    request: &'a serde_json::value::RawValue,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FrameContext {
+    #[serde(default)]
+    correlation_id: String,
+    traceparent: Option<String>,
+    #[allow(dead_code)] // the Hall enforces the budget; a worker may read it
+    timeout_ms: Option<u64>,
+}
+
+/// What stdin held, up to the limit.
+fn read_stdin(limit: u64) -> Result<Vec<u8>, Failure> {
+    let mut data = Vec::new();
+    std::io::stdin()
+        .take(limit + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| Failure {
+            code: "internal_error",
+            message: format!("cannot read the request: {e}"),
+            exit: EXIT_FAILED,
+        })?;
+    Ok(data)
+}
+
+/// Version 2: the frame on stdin sets the context and holds the request.
+fn read_frame(ctx: &mut Context) -> Result<Request, Failure> {
+    let data = read_stdin(MAX_REQUEST_BYTES + 4096)?;
+    let frame: Frame<'_> = serde_json::from_slice(&data).map_err(|e| {
+        bad(
+            "invalid_frame",
+            format!("stdin must be one protocol 2 frame: {e}"),
+        )
+    })?;
+    if frame.protocol != 2 {
+        return Err(bad("invalid_frame", "the frame's protocol must be 2"));
+    }
+    ctx.correlation_id = Some(check_correlation_id(
+        frame.context.correlation_id,
+        "context.correlation_id",
+    )?);
+    ctx.trace_id = frame.context.traceparent.as_deref().and_then(trace_id);
+    parse_request(frame.request.get().as_bytes())
 }
 
 fn parse_request(data: &[u8]) -> Result<Request, Failure> {
@@ -214,26 +270,30 @@ fn emit(value: &Value) -> std::io::Result<()> {
 fn main() -> ExitCode {
     let mut ctx = Context {
         correlation_id: None,
-        trace_id: std::env::var("TRACEPARENT")
-            .ok()
-            .as_deref()
-            .and_then(trace_id),
+        trace_id: None,
     };
-    let answer = correlation_id()
-        .and_then(|id| {
-            ctx.correlation_id = Some(id);
-            let mut data = Vec::new();
-            std::io::stdin()
-                .take(MAX_REQUEST_BYTES + 1)
-                .read_to_end(&mut data)
-                .map_err(|e| Failure {
-                    code: "internal_error",
-                    message: format!("cannot read the request: {e}"),
-                    exit: EXIT_FAILED,
-                })?;
-            parse_request(&data)
-        })
-        .and_then(|request| greet(&request.name));
+    let answer = match std::env::var("WCP_WORKER_PROTOCOL").as_deref() {
+        Ok("2") => read_frame(&mut ctx),
+        Err(std::env::VarError::NotPresent) | Ok("1") => {
+            ctx.trace_id = std::env::var("TRACEPARENT")
+                .ok()
+                .as_deref()
+                .and_then(trace_id);
+            check_correlation_id(
+                std::env::var("WCP_CORRELATION_ID").unwrap_or_default(),
+                "WCP_CORRELATION_ID",
+            )
+            .and_then(|id| {
+                ctx.correlation_id = Some(id);
+                parse_request(&read_stdin(MAX_REQUEST_BYTES)?)
+            })
+        }
+        Ok(_) | Err(_) => Err(bad(
+            "invalid_environment",
+            "WCP_WORKER_PROTOCOL must be 1 or 2",
+        )),
+    }
+    .and_then(|request| greet(&request.name));
     match answer {
         Ok(greeting) => {
             ctx.log(

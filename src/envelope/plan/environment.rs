@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::super::error::EnvelopeError;
 use super::super::report::EnvironmentReport;
-use super::super::types::{HostConfig, RunRequest};
+use super::super::types::{HostConfig, RunRequest, WorkerProtocol};
 use super::{PlanContext, RunDirs, SecretPlan, WriteGrant, s};
 
 /// The worker's environment and secrets.
@@ -21,6 +21,8 @@ pub(super) struct Environment {
     pub env: Vec<(String, String)>,
     pub secrets: Vec<SecretPlan>,
     pub report: EnvironmentReport,
+    /// The run's trace context (in the environment for protocol 1, in the frame for 2).
+    pub traceparent: String,
 }
 
 /// The trace id for a correlation id: a UUID's 32 hex digits, otherwise the first 16 bytes of
@@ -73,22 +75,7 @@ pub(super) fn decide(
     writes: &[WriteGrant],
     res_options: bool,
 ) -> Result<Environment, EnvelopeError> {
-    // An incoming traceparent (the Hall's run span, already checked) is handed on as it is:
-    // the worker's own spans become children of that span, and its sampled flag holds.
-    let traceparent = match &req.traceparent {
-        Some(tp) => tp.clone(),
-        None => {
-            let mut span = ctx.span_id;
-            if span == [0; 8] {
-                span[7] = 1;
-            }
-            format!(
-                "00-{}-{}-01",
-                trace_id_for(&req.correlation_id),
-                crate::common::hex(&span)
-            )
-        }
-    };
+    let traceparent = traceparent_for(req, ctx.span_id);
     let write_dirs: Vec<String> = writes.iter().map(|w| s(&w.path)).collect();
     let mut env: Vec<(String, String)> = vec![
         ("PATH".into(), "/usr/bin:/bin".into()),
@@ -99,11 +86,19 @@ pub(super) fn decide(
         ("PYTHONDONTWRITEBYTECODE".into(), "1".into()),
         ("PYTHONPYCACHEPREFIX".into(), s(&dirs.pycache)),
         ("PYTHONIOENCODING".into(), "utf-8".into()),
-        ("WCP_CORRELATION_ID".into(), req.correlation_id.clone()),
-        ("TRACEPARENT".into(), traceparent),
         ("WCP_WORK_DIR".into(), s(&dirs.work)),
         ("WCP_WRITE_DIRS".into(), write_dirs.join(":")),
     ];
+    match req.protocol {
+        // Protocol 1: the request's context is in the environment at exec.
+        WorkerProtocol::V1 => {
+            env.push(("WCP_CORRELATION_ID".into(), req.correlation_id.clone()));
+            env.push(("TRACEPARENT".into(), traceparent.clone()));
+        }
+        // Protocol 2: nothing about the request; it comes in the frame on stdin. The Hall, not
+        // the payload, tells the bootstrap which protocol it speaks.
+        WorkerProtocol::V2 => env.push(("WCP_WORKER_PROTOCOL".into(), "2".into())),
+    }
     if res_options {
         env.push(("RES_OPTIONS".into(), "use-vc".into()));
     }
@@ -144,5 +139,26 @@ pub(super) fn decide(
         env,
         secrets,
         report,
+        traceparent,
     })
+}
+
+/// The run's W3C `traceparent`: an incoming one (the Hall's run span, already checked) as it
+/// is, so the worker's own spans become children of that span and its sampled flag holds;
+/// otherwise one derived from the correlation id with this run's span id.
+pub fn traceparent_for(req: &RunRequest, span_id: [u8; 8]) -> String {
+    match &req.traceparent {
+        Some(tp) => tp.clone(),
+        None => {
+            let mut span = span_id;
+            if span == [0; 8] {
+                span[7] = 1;
+            }
+            format!(
+                "00-{}-{}-01",
+                trace_id_for(&req.correlation_id),
+                crate::common::hex(&span)
+            )
+        }
+    }
 }

@@ -59,7 +59,7 @@ mod rlimits;
 mod seccomp;
 mod validate;
 
-pub use environment::{secret_env_key, trace_id_for};
+pub use environment::{secret_env_key, trace_id_for, traceparent_for};
 pub use network::parse_destination;
 pub use validate::{check_correlation_id, check_traceparent};
 
@@ -205,6 +205,9 @@ pub struct Plan {
     pub worker_uid: u32,
     pub rlimits: Vec<RlimitPlan>,
     pub payload_len: usize,
+    pub protocol: super::types::WorkerProtocol,
+    /// The run's W3C trace context ([`environment::traceparent_for`]).
+    pub traceparent: String,
 }
 
 /// The run's directories, all under `<runs_dir>/<run_id>`.
@@ -320,6 +323,8 @@ pub fn plan(
         worker_uid: identity.uid,
         rlimits: rlimits.plan,
         payload_len: req.payload.len(),
+        protocol: req.protocol,
+        traceparent: environment.traceparent,
     };
     Ok((plan, report))
 }

@@ -61,6 +61,7 @@ pub(super) fn assemble(parts: Parts<'_>) -> EnvelopeReport {
             argv: program.argv.clone(),
             cwd: s(&dirs.work),
             runtime: program.runtime.clone(),
+            protocol: req.protocol,
         },
         minimums: req.minimums,
         landlock,
@@ -119,7 +120,13 @@ pub(super) fn assemble(parts: Parts<'_>) -> EnvelopeReport {
             new_session: true,
             parent_death_signal: "SIGKILL".into(),
             inherited_fds_closed: true,
-            stdin: "sealed memfd holding the request".into(),
+            stdin: match req.protocol {
+                super::super::types::WorkerProtocol::V1 => "sealed memfd holding the request",
+                super::super::types::WorkerProtocol::V2 => {
+                    "sealed memfd holding the protocol 2 frame (request and context)"
+                }
+            }
+            .into(),
             no_new_privs: true,
             init: if ns.pid {
                 "the Hall's reaper is PID 1 of the namespace: when it exits every process in it is killed"
@@ -132,6 +139,7 @@ pub(super) fn assemble(parts: Parts<'_>) -> EnvelopeReport {
         stages: Vec::new(),
         observed: ObservedReport::default(),
         degraded: degraded.0,
+        instance: InstanceReport::planned(),
     };
     report.refresh_memory();
     report

@@ -1,4 +1,4 @@
-"""WCP worker bootstrap: the wcp-hall worker protocol, version 1.
+"""WCP worker bootstrap: the wcp-hall worker protocol, versions 1 and 2.
 
 This file is byte-identical in every bundled worker package (a test enforces it); the worker's
 own behaviour lives in ``worker_logic.py`` beside it. The Hall runs it as
@@ -9,9 +9,14 @@ with an empty environment except PATH, LANG(/LC_ALL), HOME, TMPDIR and the WCP_*
 below, from any working directory, with the package directory read-only.
 
 Protocol
-  stdin   the request payload: one JSON object, UTF-8, at most MAX_REQUEST_BYTES. Duplicate keys,
-          NaN/Infinity and unpaired surrogates are refused. It is validated against the
-          package's ``config.schema.json`` before ``worker_logic.run`` sees it.
+  stdin   version 1: the request payload: one JSON object, UTF-8, at most MAX_REQUEST_BYTES.
+          Version 2: one frame, read after the package is loaded (so the Hall may start the
+          worker before its request exists):
+              {"protocol": 2, "context": {"correlation_id": ..., "traceparent": ...,
+               "timeout_ms": ...}, "request": {...}}
+          ending at end-of-file. Duplicate keys, NaN/Infinity and unpaired surrogates are
+          refused in both. The request is validated against the package's
+          ``config.schema.json`` before ``worker_logic.run`` sees it.
   stdout  exactly one JSON object and a newline: the result, or
           ``{"error": {"code": ..., "message": ...}}``. Both carry ``correlation_id``.
   stderr  log records, one JSON object per line (ts, level, worker, correlation_id, trace_id,
@@ -20,10 +25,13 @@ Protocol
           1 the work failed (upstream down, store unavailable, a bug): retrying may help.
 
 Environment
-  WCP_CORRELATION_ID  required; printable ASCII, at most 128 characters. Echoed in every result
-                      and log record.
-  TRACEPARENT         optional W3C trace context (``00-<32 hex>-<16 hex>-<2 hex>``); a malformed
-                      value is ignored with a warning.
+  WCP_WORKER_PROTOCOL ``2`` selects version 2 (the package declares it in ``wcp-worker.json``
+                      and the Hall sets it); absent or ``1``: version 1. Never guessed from stdin.
+  WCP_CORRELATION_ID  version 1: required; printable ASCII, at most 128 characters. Echoed in
+                      every result and log record. (Version 2: ``context.correlation_id``.)
+  TRACEPARENT         version 1: optional W3C trace context (``00-<32 hex>-<16 hex>-<2 hex>``); a
+                      malformed value is ignored with a warning. (Version 2:
+                      ``context.traceparent``.)
   WCP_WORK_DIR        optional absolute path of the per-run scratch directory.
   WCP_WRITE_DIRS      optional colon-separated absolute paths of the worker's writable
                       directories, in the order of the record's ``filesystem_writes``.
@@ -39,8 +47,10 @@ import re
 import sys
 import traceback
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSIONS = ("1", "2")
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
+# What a version 2 frame may add around the request (its context).
+MAX_FRAME_OVERHEAD = 4096
 MAX_CORRELATION_ID_CHARS = 128
 
 EXIT_OK = 0
@@ -118,9 +128,9 @@ def _no_constants(name):
     raise ValueError("%s is not valid JSON" % name)
 
 
-def parse_request(data):
+def parse_request(data, limit=None):
     """Bytes from stdin -> the request object, or ProtocolError."""
-    if len(data) > MAX_REQUEST_BYTES:
+    if len(data) > (MAX_REQUEST_BYTES if limit is None else limit):
         raise ProtocolError("request_too_large",
                             "the request is larger than %d bytes" % MAX_REQUEST_BYTES)
     try:
@@ -312,23 +322,26 @@ def load_schema(path=SCHEMA_PATH):
 
 # ---- the run --------------------------------------------------------------------------------
 
-def context_from_env(environ, worker="unknown", stream=None):
-    """Reads the WCP_* environment; raises ProtocolError naming the variable."""
-    cid = environ.get("WCP_CORRELATION_ID", "")
-    if not cid:
+def _check_correlation_id(cid, where):
+    if not isinstance(cid, str) or not cid:
         raise ProtocolError("missing_correlation_id",
-                            "WCP_CORRELATION_ID is not set; the Hall sets it for every dispatch")
+                            "%s is not set; the Hall sets it for every dispatch" % where)
     if len(cid) > MAX_CORRELATION_ID_CHARS or not all(0x21 <= ord(c) <= 0x7E for c in cid):
         raise ProtocolError("invalid_correlation_id",
-                            "WCP_CORRELATION_ID must be 1-%d printable ASCII characters without spaces"
-                            % MAX_CORRELATION_ID_CHARS)
-    ctx = Context(cid, worker=worker, stream=stream)
-    traceparent = environ.get("TRACEPARENT")
+                            "%s must be 1-%d printable ASCII characters without spaces"
+                            % (where, MAX_CORRELATION_ID_CHARS))
+    return cid
+
+
+def _set_traceparent(ctx, traceparent, where):
     if traceparent:
-        if _TRACEPARENT.match(traceparent):
+        if isinstance(traceparent, str) and _TRACEPARENT.match(traceparent):
             ctx.traceparent = traceparent
         else:
-            ctx.log("warning", "ignoring a malformed TRACEPARENT", traceparent=traceparent[:80])
+            ctx.log("warning", "ignoring a malformed %s" % where, traceparent=str(traceparent)[:80])
+
+
+def _set_dirs(ctx, environ):
     work_dir = environ.get("WCP_WORK_DIR")
     if work_dir:
         if not os.path.isabs(work_dir):
@@ -340,7 +353,41 @@ def context_from_env(environ, worker="unknown", stream=None):
             raise ProtocolError("invalid_environment",
                                 "WCP_WRITE_DIRS entries must be absolute paths, got %r" % d[:200])
     ctx.write_dirs = dirs
+
+
+def context_from_env(environ, worker="unknown", stream=None):
+    """Version 1: reads the WCP_* environment; raises ProtocolError naming the variable."""
+    cid = _check_correlation_id(environ.get("WCP_CORRELATION_ID", ""), "WCP_CORRELATION_ID")
+    ctx = Context(cid, worker=worker, stream=stream)
+    _set_traceparent(ctx, environ.get("TRACEPARENT"), "TRACEPARENT")
+    _set_dirs(ctx, environ)
     return ctx
+
+
+def parse_frame(data, ctx):
+    """Version 2: bytes from stdin -> the request object; fills in ``ctx`` from the frame's
+    context. Raises ProtocolError."""
+    if len(data) > MAX_REQUEST_BYTES + MAX_FRAME_OVERHEAD:
+        raise ProtocolError("request_too_large",
+                            "the request is larger than %d bytes" % MAX_REQUEST_BYTES)
+    frame = parse_request(data, limit=MAX_REQUEST_BYTES + MAX_FRAME_OVERHEAD)
+    if set(frame) != {"protocol", "context", "request"} or type(frame["protocol"]) is not int \
+            or frame["protocol"] != 2:
+        raise ProtocolError("invalid_frame",
+                            "stdin must be one protocol 2 frame with exactly protocol (2), "
+                            "context and request")
+    context = frame["context"]
+    if not isinstance(context, dict) or set(context) - {"correlation_id", "traceparent", "timeout_ms"}:
+        raise ProtocolError("invalid_frame",
+                            "the frame's context has only correlation_id, traceparent, timeout_ms")
+    ctx.correlation_id = _check_correlation_id(context.get("correlation_id"),
+                                               "context.correlation_id")
+    _set_traceparent(ctx, context.get("traceparent"), "context.traceparent")
+    request = frame["request"]
+    if not isinstance(request, dict):
+        raise ProtocolError("invalid_request",
+                            "the request must be a JSON object, got %s" % _json_type(request))
+    return request
 
 
 def _encode(obj):
@@ -370,26 +417,51 @@ def main(stdin=None, stdout=None, stderr=None, environ=None):
         # -I (and -P) keep the script's directory off sys.path; worker_logic lives there.
         sys.path.insert(0, CODE_DIR)
 
+    protocol = environ.get("WCP_WORKER_PROTOCOL", "1")
     try:
-        ctx = context_from_env(environ, stream=stderr)
+        if protocol not in PROTOCOL_VERSIONS:
+            raise ProtocolError("invalid_environment",
+                                "WCP_WORKER_PROTOCOL must be 1 or 2, got %r" % protocol[:20])
+        if protocol == "1":
+            ctx = context_from_env(environ, stream=stderr)
+        else:
+            ctx = Context(None, stream=stderr)
+            _set_dirs(ctx, environ)
     except ProtocolError as exc:
         Context(None, stream=stderr).log("error", exc.message, code=exc.code)
         _emit(_error(exc.code, exc.message, None), stdout)
         return EXIT_BAD_REQUEST
 
+    # The package loads before stdin is read: a version 2 worker may be started ahead of its
+    # request, and its imports are then done when the request arrives.
+    load_failure = None
     try:
         import worker_logic
         ctx.worker = worker_logic.WORKER_SPECIES
         schema = load_schema()
     except Exception:  # the package itself is broken: a bug, not bad input
-        ctx.log("error", "the worker package failed to load", traceback=traceback.format_exc())
+        load_failure = traceback.format_exc()
+
+    frame_error = None
+    if protocol == "2":
+        try:
+            request = parse_frame(stdin.read(MAX_REQUEST_BYTES + MAX_FRAME_OVERHEAD + 1), ctx)
+        except ProtocolError as exc:
+            frame_error = exc
+
+    if load_failure is not None:
+        ctx.log("error", "the worker package failed to load", traceback=load_failure)
         _emit(_error("internal_error", "the worker package failed to load (see the worker log)",
                      ctx.correlation_id), stdout)
         return EXIT_FAILED
 
     try:
-        request = validate(parse_request(stdin.read(MAX_REQUEST_BYTES + 1)), schema)
-        ctx.log("info", "request accepted", protocol=PROTOCOL_VERSION, keys=sorted(request))
+        if frame_error is not None:
+            raise frame_error
+        if protocol == "1":
+            request = parse_request(stdin.read(MAX_REQUEST_BYTES + 1))
+        request = validate(request, schema)
+        ctx.log("info", "request accepted", protocol=int(protocol), keys=sorted(request))
         result = worker_logic.run(request, ctx)
         if not isinstance(result, dict) or "error" in result:
             raise TypeError("worker_logic.run must return a dict without an 'error' key")

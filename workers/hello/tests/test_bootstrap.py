@@ -192,5 +192,94 @@ class Validator(unittest.TestCase):
         self.assertIn("a[1] must be string", cm.exception.message)
 
 
+V2_ENV = {"WCP_WORKER_PROTOCOL": "2", "WCP_WORK_DIR": "/tmp/work", "WCP_WRITE_DIRS": "/tmp/a"}
+CID = "3f1c2d9e-0000-4000-8000-000000000002"
+
+
+def frame(request, **context):
+    ctx = {"correlation_id": CID, "traceparent": TRACEPARENT, "timeout_ms": 1000}
+    ctx.update(context)
+    return json.dumps({"protocol": 2, "context": ctx, "request": request})
+
+
+class ProtocolV2(unittest.TestCase):
+    """Version 2: the context comes in the frame, never from the environment."""
+
+    def test_the_frame_carries_request_and_context(self):
+        status, lines, logs = call(frame({"name": "Ada"}), V2_ENV)
+        self.assertEqual(status, 0)
+        self.assertEqual(json.loads(lines[0]), {"greeting": "Hello, Ada!", "correlation_id": CID})
+        for record in logs:
+            self.assertEqual(record["correlation_id"], CID)
+            self.assertEqual(record["trace_id"], "0af7651916cd43dd8448eb211c80319c")
+        self.assertEqual(logs[0]["fields"]["protocol"], 2)
+
+    def test_the_environment_cannot_supply_the_context(self):
+        # A version 1 environment left over (or forged) is ignored: the frame decides.
+        env = dict(V2_ENV, WCP_CORRELATION_ID="from-env", TRACEPARENT=TRACEPARENT)
+        status, lines, _ = call(frame({"name": "Ada"}), env)
+        self.assertEqual((status, json.loads(lines[0])["correlation_id"]), (0, CID))
+
+    def test_a_bare_request_is_not_a_frame(self):
+        status, lines, _ = call('{"name": "Ada"}', V2_ENV)
+        obj = json.loads(lines[0])
+        self.assertEqual((status, obj["error"]["code"]), (2, "invalid_frame"))
+
+    def test_a_frame_is_not_a_request_under_version_1(self):
+        # Under version 1 a frame-shaped payload is the agent's own JSON: the schema refuses it,
+        # and the correlation id stays the Hall's.
+        status, lines, _ = call(frame({"name": "Ada"}, correlation_id="forged"))
+        obj = json.loads(lines[0])
+        self.assertEqual((status, obj["error"]["code"]), (2, "invalid_request"))
+        self.assertEqual(obj["correlation_id"], ENV["WCP_CORRELATION_ID"])
+
+    def test_malformed_frames(self):
+        for data, code in [
+            (json.dumps({"protocol": 1, "context": {"correlation_id": CID}, "request": {}}),
+             "invalid_frame"),
+            (json.dumps({"protocol": 2.0, "context": {"correlation_id": CID}, "request": {}}),
+             "invalid_frame"),
+            (json.dumps({"protocol": 2, "context": {"correlation_id": CID}, "request": {},
+                         "extra": 1}), "invalid_frame"),
+            (json.dumps({"protocol": 2, "context": {"correlation_id": CID, "x": 1},
+                         "request": {}}), "invalid_frame"),
+            (json.dumps({"protocol": 2, "context": {}, "request": {}}), "missing_correlation_id"),
+            (json.dumps({"protocol": 2, "context": {"correlation_id": "a b"}, "request": {}}),
+             "invalid_correlation_id"),
+            (json.dumps({"protocol": 2, "context": {"correlation_id": CID}, "request": []}),
+             "invalid_request"),
+            (frame({"name": "Ada"}) + frame({"name": "Eve"}), "invalid_json"),
+            ("", "invalid_json"),
+        ]:
+            status, lines, _ = call(data, V2_ENV)
+            self.assertEqual(status, 2, data)
+            self.assertEqual(len(lines), 1, data)
+            self.assertEqual(json.loads(lines[0])["error"]["code"], code, data)
+
+    def test_the_schema_still_applies(self):
+        status, lines, _ = call(frame({"name": 1}), V2_ENV)
+        self.assertEqual((status, json.loads(lines[0])["error"]["code"]), (2, "invalid_request"))
+
+    def test_an_unknown_protocol_is_refused(self):
+        status, lines, _ = call(frame({"name": "Ada"}), dict(V2_ENV, WCP_WORKER_PROTOCOL="3"))
+        self.assertEqual((status, json.loads(lines[0])["error"]["code"]),
+                         (2, "invalid_environment"))
+
+    def test_the_package_loads_before_stdin_is_read(self):
+        order = []
+
+        class Stdin:
+            def read(self, n):
+                order.append("read")
+                self.assertion = "worker_logic" in sys.modules
+                return frame({"name": "Ada"}).encode("utf-8")
+
+        stdin = Stdin()
+        out, err = io.BytesIO(), io.StringIO()
+        self.assertEqual(bootstrap.main(stdin=stdin, stdout=out, stderr=err, environ=V2_ENV), 0)
+        self.assertEqual(order, ["read"])
+        self.assertTrue(stdin.assertion)
+
+
 if __name__ == "__main__":
     unittest.main()

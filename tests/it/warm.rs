@@ -1,0 +1,287 @@
+//! Warm instances from the outside (issue #19): a Hall with `[warm]`, real dispatches over its
+//! socket, hostile protocol 2 workers, the receipts and `/metrics`. Each attack a warm instance
+//! adds over a cold run has a test here; the cold hostile suite (`tests/envelope`,
+//! `tests/it/daemon.rs`) applies unchanged because a warm run is supervised by the same code.
+
+use std::time::{Duration, Instant};
+
+use hyper::Method;
+use serde_json::{Value, json};
+
+use crate::daemon::{TestHall, input, restart_attested, sign_and_enroll, signed_hello};
+use crate::hall_support::{copy_dir, read_record, repo};
+
+const NOBODY: u32 = 65534;
+
+fn warm_toml(extra: &str) -> String {
+    format!("[warm]\nworkers = [\"wrk.hello.greeter\"]\n{extra}\n")
+}
+
+/// A gauge from `/metrics`.
+fn gauge(hall: &TestHall, name: &str) -> f64 {
+    let (_, metrics) = hall.call(Method::GET, "/metrics", None);
+    let text = metrics.as_str().unwrap_or("").to_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics: {text}"))
+}
+
+/// Waits until `wcp_hall_warm_idle` reaches `n`.
+fn wait_idle(hall: &TestHall, n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gauge(hall, "wcp_hall_warm_idle") < n {
+        assert!(
+            Instant::now() < deadline,
+            "the pool never held {n} idle instances: {}",
+            hall.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn dispatch(hall: &TestHall, request: Value) -> Value {
+    let mut body = input("cap.hello.greet", "acme-corp");
+    body["request"] = request;
+    let (s, out) = hall.call(Method::POST, "/wcp/dispatch", Some(&body));
+    assert_eq!(s, 200, "{out}; {}", hall.log());
+    out
+}
+
+fn instance(out: &Value) -> &Value {
+    &out["execution"]["summary"]["envelope"]["instance"]
+}
+
+fn secret() -> String {
+    format!("SECRET-{}", uuid::Uuid::new_v4())
+}
+
+/// The parts of an envelope report that say what was enforced (not run ids, paths or times).
+fn enforced(report: &Value) -> Value {
+    let stages: Vec<Value> = report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| json!([s["stage"], s["process"], s["outcome"]]))
+        .collect();
+    let mut namespaces = report["namespaces"].clone();
+    // A fresh network namespace comes from the pool or from clone3: both are new and empty.
+    namespaces.as_object_mut().unwrap().remove("net_source");
+    // How stdin is described differs (a sealed memfd, or the warm instance's pipe).
+    let mut process = report["process"].clone();
+    process.as_object_mut().unwrap().remove("stdin");
+    let o = &report["observed"];
+    json!({
+        "stages": stages,
+        "landlock": report["landlock"]["effective"], "ruleset": report["landlock"]["ruleset"],
+        "seccomp": report["seccomp"]["effective"], "network": report["network"]["effective"],
+        "pid_namespace": report["pid_namespace"], "namespaces": namespaces,
+        "cgroup": report["cgroup"]["effective"], "identity": report["identity"],
+        "rlimits": report["rlimits"], "memory": report["memory"]["scope"],
+        "environment": report["environment"], "process": process,
+        "degraded": report["degraded"], "bootstrap": report["bootstrap"]["protocol"],
+        "observed": [o["no_new_privs"], o["seccomp"], o["seccomp_filters"], o["uid"], o["gid"], o["cap_eff"]],
+    })
+}
+
+/// A Hall keeping two instances of the hostile `warm_snoop` package warm.
+fn snoop_hall(as_uid: Option<u32>) -> TestHall {
+    let mut hall = TestHall::start(&warm_toml("per_worker = 2"));
+    hall.as_uid = as_uid;
+    restart_attested(&mut hall, |dir| {
+        let pkg = dir.join("packages/warm_snoop");
+        copy_dir(&repo("tests/hostile/warm_snoop"), &pkg);
+        std::fs::copy(repo("workers/bootstrap.py"), pkg.join("code/bootstrap.py")).unwrap();
+        sign_and_enroll(dir, &pkg, &read_record(&repo("workers/hello/record.json")));
+    });
+    hall
+}
+
+/// Threat: a request's data reaching a later request through an instance that was already
+/// waiting while it ran, and a request killing the instances that wait beside it.
+fn warm_instances_share_nothing(as_uid: Option<u32>) {
+    let mut hall = snoop_hall(as_uid);
+    // The first dispatch teaches the pool its key and runs cold.
+    let s0 = secret();
+    let cold = dispatch(&hall, json!({"secret": s0}));
+    assert_eq!(cold["status"], "completed", "{cold}");
+    assert_eq!(instance(&cold)["kind"], "cold", "{cold}");
+    assert_eq!(instance(&cold)["idle_ms"], 0, "{cold}");
+
+    // Two instances wait; the next request goes to one while the other waits beside it.
+    wait_idle(&hall, 2.0);
+    let s1 = secret();
+    let first = dispatch(&hall, json!({"secret": s1, "kill_all": true}));
+    assert_eq!(first["status"], "completed", "{first}");
+    assert_eq!(instance(&first)["kind"], "warm", "{first}");
+    assert!(instance(&first)["idle_ms"].as_u64().unwrap() > 0, "{first}");
+    assert_eq!(first["result"]["found"], json!([]), "{first}");
+    // The kill was tried: nothing outside its own namespace could be signalled (ESRCH).
+    assert!(first["result"]["killed"].is_string(), "{first}");
+    // The correlation id came in the frame, not from an environment set at the instance's start.
+    assert_eq!(
+        first["result"]["correlation_id"], first["decision"]["correlation_id"],
+        "{first}"
+    );
+
+    // The instance that waited beside it survived the kill and knows nothing of either request.
+    let s2 = secret();
+    let second = dispatch(&hall, json!({"secret": s2}));
+    assert_eq!(second["status"], "completed", "{second}");
+    assert_eq!(instance(&second)["kind"], "warm", "{second}");
+    assert_eq!(second["result"]["found"], json!([]), "{second}");
+
+    // Exactly the cold run's envelope, stage by stage.
+    let report = |out: &Value| out["execution"]["summary"]["envelope"].clone();
+    assert_eq!(enforced(&report(&cold)), enforced(&report(&second)));
+    assert_eq!(report(&second)["bootstrap"]["protocol"], 2);
+    // Nothing about the request is in a warm worker's environment.
+    let keys = report(&second)["environment"]["keys"].clone();
+    assert!(
+        !keys
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k == "WCP_CORRELATION_ID" || k == "TRACEPARENT"),
+        "{keys}"
+    );
+    assert!(
+        keys.as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k == "WCP_WORKER_PROTOCOL"),
+        "{keys}"
+    );
+    assert!(gauge(&hall, "wcp_hall_warm_hits") >= 2.0);
+
+    // The receipts record warm and cold, and the log verifies.
+    let v = hall.stop_and_verify_log();
+    let mut kinds = Vec::new();
+    for seq in 0..v["records"].as_u64().unwrap() {
+        let (_, shown, _) = hall.show_receipt(seq);
+        let payload = &shown["payload"];
+        if payload["kind"] == "executed" {
+            let env = &payload["dispatch"]["envelope"]["instance"];
+            assert!(
+                env["started_at"].as_str().unwrap().ends_with('Z'),
+                "{shown}"
+            );
+            kinds.push(env["kind"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(kinds, ["cold", "warm", "warm"], "{v}");
+}
+
+#[test]
+fn a_root_halls_warm_instances_share_nothing() {
+    warm_instances_share_nothing(None);
+}
+
+#[test]
+fn an_ordinary_users_warm_instances_share_nothing() {
+    warm_instances_share_nothing(Some(NOBODY));
+}
+
+/// Threat: code that changed after the instance started running a request. An edit of the
+/// enrolled package is refused as for a cold run (`DENY_WORKER_TAMPERED`), the pool is emptied,
+/// and a re-signed package gets new instances (its digest is a new key).
+#[test]
+fn a_package_edit_empties_the_pool_and_nothing_stale_runs() {
+    let mut hall = TestHall::start(&warm_toml("per_worker = 2"));
+    let mut enrolled = None;
+    restart_attested(&mut hall, |dir| enrolled = Some(signed_hello(dir)));
+    let (pkg, worker_id) = enrolled.unwrap();
+    let greet = |hall: &TestHall| dispatch(hall, json!({"name": "Ada"}));
+    assert_eq!(instance(&greet(&hall))["kind"], "cold");
+    wait_idle(&hall, 2.0);
+
+    let logic = pkg.join("code/worker_logic.py");
+    let original = std::fs::read_to_string(&logic).unwrap();
+    std::fs::write(&logic, original.replace("Hello, ", "Pwned, ")).unwrap();
+    let out = greet(&hall);
+    assert_eq!(out["status"], "denied", "{out}");
+    assert_eq!(
+        crate::daemon::deny_code(&out),
+        "DENY_WORKER_TAMPERED",
+        "{out}"
+    );
+
+    // Re-signed: a new digest, so a new key; what waited for the old one never runs.
+    crate::daemon::sign_package(hall.dir.path(), &pkg, &worker_id, "wrk.hello.greeter");
+    let out = greet(&hall);
+    assert_eq!(out["status"], "completed", "{out}");
+    assert_eq!(out["result"]["greeting"], "Pwned, Ada!", "{out}");
+    assert_eq!(
+        instance(&out)["kind"],
+        "cold",
+        "the old instances were not used: {out}"
+    );
+    wait_idle(&hall, 2.0);
+    let out = greet(&hall);
+    assert_eq!(instance(&out)["kind"], "warm", "{out}");
+    assert_eq!(out["result"]["greeting"], "Pwned, Ada!", "{out}");
+    assert!(gauge(&hall, "wcp_hall_warm_discards") >= 2.0);
+    hall.stop_and_verify_log();
+}
+
+/// An empty pool is a cold run, never a wait; a reload empties the pool; the memory budget
+/// bounds what idle instances hold.
+#[test]
+fn an_empty_pool_runs_cold_and_the_bounds_hold() {
+    let mut hall = TestHall::start(&warm_toml("per_worker = 1"));
+    restart_attested(&mut hall, |dir| {
+        signed_hello(dir);
+    });
+    let greet = |hall: &TestHall| dispatch(hall, json!({"name": "Ada"}));
+    assert_eq!(instance(&greet(&hall))["kind"], "cold");
+    wait_idle(&hall, 1.0);
+    // Four at once against one idle instance: all complete, and those that found the pool
+    // empty ran cold rather than waiting for a refill.
+    let outs: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4).map(|_| s.spawn(|| greet(&hall))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let cold = outs
+        .iter()
+        .filter(|o| instance(o)["kind"] == "cold")
+        .count();
+    assert!(cold >= 1, "{outs:?}");
+    for o in &outs {
+        assert_eq!(o["status"], "completed", "{o}");
+    }
+
+    // A reload stops what waits; the next dispatch is cold.
+    wait_idle(&hall, 1.0);
+    let (s, _) = hall.call(Method::POST, "/wcp/reload", None);
+    assert_eq!(s, 200);
+    assert_eq!(gauge(&hall, "wcp_hall_warm_idle"), 0.0);
+    assert_eq!(instance(&greet(&hall))["kind"], "cold");
+
+    // A budget smaller than one instance: instances start and are stopped, none is kept.
+    let text = std::fs::read_to_string(hall.config_path()).unwrap();
+    std::fs::write(
+        hall.config_path(),
+        text.replace(
+            "per_worker = 1",
+            "per_worker = 1\nmemory_budget_bytes = 4096",
+        ),
+    )
+    .unwrap();
+    let (s, _) = hall.call(Method::POST, "/wcp/reload", None);
+    assert_eq!(s, 200);
+    let before = gauge(&hall, "wcp_hall_warm_discards");
+    assert_eq!(instance(&greet(&hall))["kind"], "cold");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gauge(&hall, "wcp_hall_warm_discards") <= before {
+        assert!(
+            Instant::now() < deadline,
+            "no instance was started: {}",
+            hall.log()
+        );
+        assert_eq!(gauge(&hall, "wcp_hall_warm_idle"), 0.0);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(gauge(&hall, "wcp_hall_warm_idle"), 0.0);
+    assert!(gauge(&hall, "wcp_hall_warm_idle_memory_bytes") <= 4096.0);
+    assert_eq!(instance(&greet(&hall))["kind"], "cold");
+}
