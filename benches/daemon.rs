@@ -167,14 +167,20 @@ impl Hall {
 
     /// The CPU time (user + system) the Hall process used so far, in ms (clock-tick resolution).
     fn cpu_ms(&self) -> f64 {
+        let (user, system) = self.cpu_split_ms();
+        user + system
+    }
+
+    /// The Hall process's (user, system) CPU time so far, in ms.
+    fn cpu_split_ms(&self) -> (f64, f64) {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
         // Fields after the command name (which may hold spaces): utime is the 14th field of the
         // line, stime the 15th, so the 12th and 13th after the closing parenthesis.
         let rest = &stat[stat.rfind(')').unwrap() + 2..];
         let f: Vec<&str> = rest.split(' ').collect();
-        let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
         // USER_HZ (sysconf(_SC_CLK_TCK)) is 100 on Linux for every architecture.
-        ticks * 10.0
+        let ms = |i: usize| f[i].parse::<f64>().unwrap() * 10.0;
+        (ms(11), ms(12))
     }
 
     /// `per_client` dispatches from each of `clients` concurrent clients, each answer checked
@@ -444,11 +450,12 @@ fn warm_cost(rt: &tokio::runtime::Runtime, selected: &dyn Fn(&str) -> bool) {
         let mut wall = [0.0f64; 2];
         let mut cpu = [0.0f64; 2];
         let mut warm_hits = 0;
+        let mut warm_answers = Vec::new();
         for round in 0..ROUNDS {
             let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
             for i in order {
                 let h = if i == 0 { &cold } else { &warm };
-                let before_cpu = h.cpu_ms();
+                let before_cpu = h.cpu_split_ms().0;
                 let before_warm = h.warm_seen.load(std::sync::atomic::Ordering::Relaxed);
                 let started = Instant::now();
                 let answers = match gap {
@@ -462,12 +469,15 @@ fn warm_cost(rt: &tokio::runtime::Runtime, selected: &dyn Fn(&str) -> bool) {
                 };
                 wall[i] += started.elapsed().as_secs_f64()
                     - gap.map_or(0.0, |ms| (ms * per_client as u64) as f64 / 1000.0);
-                cpu[i] += h.cpu_ms() - before_cpu;
+                cpu[i] += h.cpu_split_ms().0 - before_cpu;
                 if i == 1 {
                     warm_hits +=
                         h.warm_seen.load(std::sync::atomic::Ordering::Relaxed) - before_warm;
                 }
-                lat[i].extend(answers.into_iter().map(|(ms, _)| ms));
+                lat[i].extend(answers.iter().map(|(ms, _)| *ms));
+                if i == 1 {
+                    warm_answers.extend(answers);
+                }
             }
         }
         for l in &mut lat {
@@ -488,9 +498,10 @@ fn warm_cost(rt: &tokio::runtime::Runtime, selected: &dyn Fn(&str) -> bool) {
             cpu[1] / lat[1].len() as f64,
             lat[0].len()
         );
+        println!("{:>27} warm: {}", "", phase_medians(&warm_answers));
     }
     println!(
-        "Hall CPU is per dispatch, the Hall process only (warm instances' start-up is the \
+        "user: the Hall process's user-space CPU per dispatch (warm instances' start-up is the \
          workers' CPU, not the Hall's); paced rows: throughput excludes the gaps"
     );
 }

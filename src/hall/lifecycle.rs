@@ -535,6 +535,11 @@ pub fn run(options: ServeOptions) -> Result<(), StartError> {
             task.abort();
         }
         notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+        // Idle warm instances are stopped and their run directories removed (their scratch
+        // tmpfs unmounted), rather than left to die with the Hall's threads.
+        if let Some(w) = &hall.runner.warm {
+            w.shutdown();
+        }
         // A final checkpoint, so the log's last state is signed and saved.
         if let Err(e) = hall.receipts.checkpoint_now() {
             tracing::error!(error = %e, "final receipt checkpoint failed");

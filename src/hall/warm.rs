@@ -58,6 +58,8 @@ struct WorkerPool {
 
 struct Inner {
     config: WarmSection,
+    /// Set at shutdown: nothing is started or kept any more.
+    closed: bool,
     pools: BTreeMap<String, WorkerPool>,
     /// Bumped whenever pools are emptied: an instance started before is not kept.
     generation: u64,
@@ -70,6 +72,8 @@ pub struct WarmPool {
     wake: Condvar,
     envelope: Arc<Envelope>,
     in_flight: AtomicUsize,
+    /// Starts the pool thread has under way (0 or 1).
+    starting: AtomicUsize,
     cpus: usize,
     pub stats: WarmStats,
 }
@@ -97,6 +101,7 @@ impl WarmPool {
         let pool = Arc::new(WarmPool {
             inner: Mutex::new(Inner {
                 config,
+                closed: false,
                 pools: BTreeMap::new(),
                 generation: 0,
                 memory: 0,
@@ -104,6 +109,7 @@ impl WarmPool {
             wake: Condvar::new(),
             envelope,
             in_flight: AtomicUsize::new(0),
+            starting: AtomicUsize::new(0),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             stats: WarmStats::default(),
         });
@@ -147,7 +153,7 @@ impl WarmPool {
         stopped: &mut Vec<WarmInstance>,
     ) -> Claim {
         let mut inner = self.lock();
-        if !inner.config.workers.iter().any(|w| w == species) {
+        if inner.closed || !inner.config.workers.iter().any(|w| w == species) {
             return Claim::Cold("not_configured");
         }
         let key = match warm_key(req) {
@@ -227,6 +233,18 @@ impl WarmPool {
         self.wake.notify_one();
     }
 
+    /// Stops every idle instance and starts no more (the Hall is stopping).
+    pub fn shutdown(&self) {
+        self.lock().closed = true;
+        self.reconfigure(WarmSection::default());
+        // A start under way ends in `place`, which stops it now; wait for that (bounded), so
+        // its run directory does not outlive the Hall.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.starting.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// (idle instances, instances starting, idle memory in bytes).
     pub fn sizes(&self) -> (usize, usize, u64) {
         let inner = self.lock();
@@ -278,6 +296,7 @@ fn refill_loop(pool: std::sync::Weak<WarmPool>) {
             } => {
                 let started = p.envelope.start_warm(&template, timeout);
                 p.place(&species, generation, started);
+                p.starting.fetch_sub(1, Ordering::Release);
             }
         }
     }
@@ -305,7 +324,7 @@ impl WarmPool {
                 .map(|p| p.idle.len() + p.starting)
                 .sum();
             let now = Instant::now();
-            let busy = self.in_flight.load(Ordering::Relaxed) >= self.cpus;
+            let busy = inner.closed || self.in_flight.load(Ordering::Relaxed) >= self.cpus;
             let want = inner.pools.iter_mut().find(|(species, p)| {
                 inner.config.workers.iter().any(|w| w == *species)
                     && p.idle.len() + p.starting < inner.config.per_worker
@@ -318,6 +337,7 @@ impl WarmPool {
                         && inner.memory < inner.config.memory_budget_bytes =>
                 {
                     p.starting += 1;
+                    self.starting.fetch_add(1, Ordering::Acquire);
                     Next::Start {
                         species: species.clone(),
                         template: Box::new(p.template.clone()),
@@ -348,7 +368,7 @@ impl WarmPool {
         let stop: Option<WarmInstance>;
         let mut inner = self.lock();
         let inner = &mut *inner;
-        let current = inner.generation == generation;
+        let current = inner.generation == generation && !inner.closed;
         let budget = inner.config.memory_budget_bytes;
         let used = inner.memory;
         let Some(pool) = inner.pools.get_mut(species) else {

@@ -161,6 +161,14 @@ fn demo_runs_the_governed_pipeline_and_cleans_up() {
         assert_eq!(p["chain_blast"], chain, "{p}");
         assert!(p["receipt"]["seq"].is_u64(), "{p}");
     }
+    // The second pass: every worker was started ahead of its request ([warm]) and served it.
+    let warm = &by["warm"][0];
+    assert_eq!(warm["warm_steps"], 5, "{warm}");
+    assert_ne!(warm["correlation_id"], cid, "{warm}");
+    for step in warm["each"].as_array().unwrap() {
+        assert_eq!(step["instance"]["kind"], "warm", "{step}");
+        assert!(step["instance"]["idle_ms"].as_u64().unwrap() > 0, "{step}");
+    }
     // The fetcher's envelope allowed exactly the fixture's port.
     let fetch_env = &pipeline[0]["envelope"];
     if fetch_env["network_mode"] == "landlock_tcp_ports" {

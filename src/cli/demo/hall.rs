@@ -188,8 +188,13 @@ impl HallProcess {
 }
 
 impl Drop for HallProcess {
+    /// A Hall the demo leaves early (a failed step) is stopped as an operator would stop it
+    /// (SIGTERM: it stops its warm instances and unmounts their scratch), killed only if it
+    /// does not stop within 5 s.
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
+        if let Ok(None) = self.child.try_wait()
+            && self.stop(Duration::from_secs(5)).is_err()
+        {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }

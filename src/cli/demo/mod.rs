@@ -264,6 +264,7 @@ fn run_steps(
     let cid = uuid::Uuid::new_v4().to_string();
     pr.text("")?;
     pr.text(&format!("Research pipeline, one correlation id {cid}:"))?;
+    let pipeline_started = Instant::now();
     let results = pipeline::run(
         hall,
         &enrolled,
@@ -273,6 +274,7 @@ fn run_steps(
         s.server.as_ref(),
         pr,
     )?;
+    pipeline::again_warm(hall, &document.url, pipeline_started.elapsed(), pr)?;
 
     // Governance.
     pr.text("")?;

@@ -521,6 +521,12 @@ checkpoint_interval_secs = 0
 [envelope]
 runs_dir = "state/runs"
 data_dir = "state/data"
+
+[warm]
+# The pipeline's workers are started ahead of their requests, in the same envelope as a cold
+# run, one request per process: the demo's second pass shows what that saves.
+workers = ["wrk.web.fetcher", "wrk.doc.chunker", "wrk.ml.embedder", "wrk.doc.hasher", "wrk.research.registrar"]
+per_worker = 1
 "#
     )
 }

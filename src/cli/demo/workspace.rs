@@ -76,6 +76,12 @@ pub(super) fn remove_tree(path: &Path) -> std::io::Result<()> {
         }
     }
     open_up(path, nix::unistd::geteuid().as_raw());
+    // A Hall that was killed leaves its runs' scratch tmpfs mounted (root only): detach them.
+    if let Ok(entries) = std::fs::read_dir(path.join("state/runs")) {
+        for e in entries.flatten() {
+            let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
     match std::fs::remove_dir_all(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         other => other,

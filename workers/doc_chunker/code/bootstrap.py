@@ -37,7 +37,9 @@ Environment
                       directories, in the order of the record's ``filesystem_writes``.
 
 worker_logic.py must define ``run(request: dict, ctx) -> dict``, ``BadRequest`` and
-``WorkFailed`` (exceptions with ``.code`` and a message), and ``WORKER_SPECIES``.
+``WorkFailed`` (exceptions with ``.code`` and a message), and ``WORKER_SPECIES``. Under version
+2 the process ends right after the result is written, without the interpreter's finalization:
+close what ``run`` opens (``with``), and leave nothing to ``atexit``.
 """
 
 import datetime
@@ -495,5 +497,20 @@ def main(stdin=None, stdout=None, stderr=None, environ=None):
     return status
 
 
+def _end(status):
+    """Ends the process. Version 2 ends it at once (``os._exit``) once stdout and stderr are
+    flushed: the interpreter's finalization costs more than a warm request itself (~5 ms), and a
+    version 2 worker must not rely on it (close what it opens; no ``atexit`` work). Version 1
+    exits normally."""
+    if os.environ.get("WCP_WORKER_PROTOCOL") == "2":
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _end(main())
