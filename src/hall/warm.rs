@@ -156,11 +156,21 @@ impl WarmPool {
         if inner.closed || !inner.config.workers.iter().any(|w| w == species) {
             return Claim::Cold("not_configured");
         }
+        let inner = &mut *inner;
         let key = match warm_key(req) {
             Ok(k) => k,
-            Err(why) => return Claim::Cold(ineligible(why)),
+            Err(why) => {
+                // The worker's package no longer runs warm (re-signed as protocol 1, or it now
+                // declares secrets): what waits for it was started for another package.
+                if let Some(pool) = inner.pools.remove(species) {
+                    for (i, mem) in pool.idle {
+                        inner.memory = inner.memory.saturating_sub(mem);
+                        stopped.push(i);
+                    }
+                }
+                return Claim::Cold(ineligible(why));
+            }
         };
-        let inner = &mut *inner;
         let pool = inner
             .pools
             .entry(species.to_owned())

@@ -84,13 +84,13 @@ fn enforced(report: &Value) -> Value {
     })
 }
 
-/// A Hall keeping two instances of the hostile `warm_snoop` package warm.
-fn snoop_hall(as_uid: Option<u32>) -> TestHall {
+/// A Hall keeping two instances of the hostile package `tests/hostile/<name>` warm.
+fn hostile_warm_hall(as_uid: Option<u32>, name: &str) -> TestHall {
     let mut hall = TestHall::start(&warm_toml("per_worker = 2"));
     hall.as_uid = as_uid;
     restart_attested(&mut hall, |dir| {
-        let pkg = dir.join("packages/warm_snoop");
-        copy_dir(&repo("tests/hostile/warm_snoop"), &pkg);
+        let pkg = dir.join("packages").join(name);
+        copy_dir(&repo(&format!("tests/hostile/{name}")), &pkg);
         std::fs::copy(repo("workers/bootstrap.py"), pkg.join("code/bootstrap.py")).unwrap();
         sign_and_enroll(dir, &pkg, &read_record(&repo("workers/hello/record.json")));
     });
@@ -100,7 +100,7 @@ fn snoop_hall(as_uid: Option<u32>) -> TestHall {
 /// Threat: a request's data reaching a later request through an instance that was already
 /// waiting while it ran, and a request killing the instances that wait beside it.
 fn warm_instances_share_nothing(as_uid: Option<u32>) {
-    let mut hall = snoop_hall(as_uid);
+    let mut hall = hostile_warm_hall(as_uid, "warm_snoop");
     // The first dispatch teaches the pool its key and runs cold.
     let s0 = secret();
     let cold = dispatch(&hall, json!({"secret": s0}));
@@ -284,4 +284,76 @@ fn an_empty_pool_runs_cold_and_the_bounds_hold() {
     assert_eq!(gauge(&hall, "wcp_hall_warm_idle"), 0.0);
     assert!(gauge(&hall, "wcp_hall_warm_idle_memory_bytes") <= 4096.0);
     assert_eq!(instance(&greet(&hall))["kind"], "cold");
+}
+
+/// A native protocol 2 worker is served warm too, with its result and correlation id; the same
+/// package without its declaration (protocol 1) always runs cold: its context would have been
+/// fixed at exec.
+#[test]
+fn a_native_worker_runs_warm_and_a_protocol_1_package_never_does() {
+    let mut hall = TestHall::start("[warm]\nworkers = [\"wrk.hello.native\"]\nper_worker = 1\n");
+    let native_rules = json!({"rules": [
+        {"rule_id": "rr_hello_native", "match": {"capability_id": "cap.hello.greet", "env": "dev"},
+         "decision": {"candidate_workers_ranked": [{"worker_species_id": "wrk.hello.native"}],
+                      "required_controls_suggested": ["ctrl.obs.audit-log-append-only"]}}]});
+    let mut enrolled = None;
+    restart_attested(&mut hall, |dir| {
+        std::fs::write(dir.join("rules.json"), native_rules.to_string()).unwrap();
+        let (pkg, record) = crate::hall_support::native_hello_package(dir);
+        let worker_id = sign_and_enroll(dir, &pkg, &record);
+        enrolled = Some((pkg, worker_id));
+    });
+    let (pkg, worker_id) = enrolled.unwrap();
+    let greet = |hall: &TestHall| dispatch(hall, json!({"name": "Ada"}));
+    assert_eq!(instance(&greet(&hall))["kind"], "cold");
+    wait_idle(&hall, 1.0);
+    let out = greet(&hall);
+    assert_eq!(out["status"], "completed", "{out}");
+    assert_eq!(instance(&out)["kind"], "warm", "{out}");
+    assert_eq!(out["result"]["greeting"], "Hello, Ada!", "{out}");
+    assert_eq!(
+        out["result"]["correlation_id"], out["decision"]["correlation_id"],
+        "{out}"
+    );
+    assert_eq!(
+        out["execution"]["summary"]["envelope"]["bootstrap"]["protocol"],
+        2
+    );
+
+    // Protocol 1: re-signed without wcp-worker.json; configured warm, it still runs cold.
+    std::fs::remove_file(pkg.join("wcp-worker.json")).unwrap();
+    crate::daemon::sign_package(hall.dir.path(), &pkg, &worker_id, "wrk.hello.native");
+    for _ in 0..3 {
+        let out = greet(&hall);
+        assert_eq!(out["status"], "completed", "{out}");
+        assert_eq!(instance(&out)["kind"], "cold", "{out}");
+        assert_eq!(
+            out["execution"]["summary"]["envelope"]["bootstrap"]["protocol"],
+            1
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(gauge(&hall, "wcp_hall_warm_idle"), 0.0);
+    hall.stop_and_verify_log();
+}
+
+/// Threat: an instance that changed while it waited (here: it wrote a result before any
+/// request existed) being handed a request, whose answer it could then forge. The claim checks
+/// each instance; this one is stopped and the dispatch runs cold (and fails as a cold run of
+/// this package does: two JSON values on stdout).
+#[test]
+fn an_instance_that_answers_before_its_request_is_never_claimed() {
+    let hall = hostile_warm_hall(None, "warm_early");
+    let first = dispatch(&hall, json!({"name": "Ada"}));
+    assert_eq!(instance(&first)["kind"], "cold", "{first}");
+    assert_eq!(first["execution"]["error"]["code"], "not_json", "{first}");
+    wait_idle(&hall, 2.0);
+    // Give the instances time to load their package (and so to write).
+    std::thread::sleep(Duration::from_millis(700));
+    let before = gauge(&hall, "wcp_hall_warm_discards");
+    let second = dispatch(&hall, json!({"name": "Ada"}));
+    assert_eq!(instance(&second)["kind"], "cold", "{second}");
+    assert_eq!(second["execution"]["error"]["code"], "not_json", "{second}");
+    assert!(gauge(&hall, "wcp_hall_warm_discards") >= before + 2.0);
+    assert_eq!(gauge(&hall, "wcp_hall_warm_hits"), 0.0);
 }
