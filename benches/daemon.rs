@@ -7,7 +7,8 @@
 //! envelope, with durable intent and outcome receipts); `hello` (the same for the Python hello
 //! worker, whose cost is CPython's start-up). Then the cost of traces: the `native` workload
 //! on a second Hall with `[tracing]` on (every dispatch sampled, spans exported over OTLP/HTTP
-//! to a sink in this process) against the first, in alternating rounds.
+//! to a sink in this process) against the first, in alternating rounds. Then warm instances
+//! (`warmcost`): a Hall with `[warm]` against a cold one, in alternating rounds.
 //! `cargo bench --bench daemon [-- FILTER]`. Figures go to BENCHMARKS.md; nothing is asserted.
 //! `WCP_BENCH_BIN=PATH` measures another build of `wcp-hall` (the client side stays this one).
 
@@ -432,8 +433,8 @@ fn warm_cost(rt: &tokio::runtime::Runtime, selected: &dyn Fn(&str) -> bool) {
         "/s cold",
         "/s warm",
         "warm %",
-        "CPU cold",
-        "CPU warm",
+        "user cold",
+        "user warm",
         "n each"
     );
     const ROUNDS: usize = 3;
