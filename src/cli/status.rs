@@ -100,6 +100,13 @@ pub fn run(cmd: ConfigCommand, out: &mut Out) -> Result<u8, CliError> {
         config.state_dir().join("runs"),
     ));
     let memory = probe.memory_bound();
+    // `[warm] workers` naming a species nobody enrolled is almost always a typo.
+    let warm_unknown: Vec<&String> = config
+        .warm
+        .workers
+        .iter()
+        .filter(|w| !summary.available_species.contains(w))
+        .collect();
     if out.json {
         out.json_line(&json!({
             "config": args.config.config,
@@ -110,6 +117,7 @@ pub fn run(cmd: ConfigCommand, out: &mut Out) -> Result<u8, CliError> {
             "python": hall.python,
             "memory_bound": memory,
             "run_limits": super::envelope::run_limits_json(&probe),
+            "warm": {"config": config.warm, "not_enrolled": warm_unknown},
         }))?;
         return Ok(exit::OK);
     }
@@ -194,6 +202,24 @@ pub fn run(cmd: ConfigCommand, out: &mut Out) -> Result<u8, CliError> {
     ))?;
     for (what, line) in super::envelope::run_limits(&probe) {
         out.line(format!("{what}: {line}"))?;
+    }
+    let w = &config.warm;
+    if w.workers.is_empty() {
+        out.line("warm:      off (every run starts its worker when the request arrives)")?;
+    } else {
+        out.line(format!(
+            "warm:      {} (up to {} idle each, {} in all, {} MiB of idle memory; protocol 2 \
+             packages only)",
+            w.workers.join(", "),
+            w.per_worker,
+            w.max_instances,
+            w.memory_budget_bytes >> 20
+        ))?;
+        for species in &warm_unknown {
+            out.line(format!(
+                "           note: {species} is not enrolled: no instance of it will ever start"
+            ))?;
+        }
     }
     Ok(exit::OK)
 }

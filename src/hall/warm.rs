@@ -13,8 +13,9 @@
 //!   in flight than the host has CPUs: refilling never competes with a busy Hall. The thread
 //!   lives as long as the Hall (init's parent-death signal follows the cloning thread).
 //! - **Bounds.** At most `per_worker` idle instances per worker and `max_instances` in all;
-//!   idle memory (measured per instance when it is ready) stays within `memory_budget_bytes`:
-//!   an instance that would go over is stopped. Instances idle for `max_idle_seconds` are
+//!   idle memory stays within `memory_budget_bytes`: each instance is measured when it is ready
+//!   and again on every turn of the pool thread (at least once a second; an interpreter grows
+//!   as it loads its modules), and the newest instances are stopped while the total is over. Instances idle for `max_idle_seconds` are
 //!   replaced.
 //! - **Invalidation.** A reload (which is also how keys and packages are rotated) empties
 //!   every pool; a failed verification empties that worker's pool; a package change changes
@@ -327,6 +328,28 @@ impl WarmPool {
                         expired.push(i);
                     }
                 }
+            }
+            // An instance grows after its exec (an interpreter loads its modules): measure
+            // again, and stop the newest instances while the total is over the budget.
+            let mut total_memory = 0u64;
+            for pool in inner.pools.values_mut() {
+                for (i, mem) in pool.idle.iter_mut() {
+                    *mem = i.memory_bytes().unwrap_or(*mem);
+                    total_memory = total_memory.saturating_add(*mem);
+                }
+            }
+            inner.memory = total_memory;
+            while inner.memory > inner.config.memory_budget_bytes {
+                let Some(pool) = inner.pools.values_mut().max_by_key(|p| p.idle.len()) else {
+                    break;
+                };
+                let Some((i, mem)) = pool.idle.pop_back() else {
+                    break;
+                };
+                inner.memory = inner.memory.saturating_sub(mem);
+                // Wait for a claim before starting another for this worker.
+                pool.retry_at = Some(Instant::now() + Duration::from_secs(1));
+                expired.push(i);
             }
             let total: usize = inner
                 .pools

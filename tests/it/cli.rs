@@ -547,6 +547,53 @@ fn config_show_and_check_describe_the_configured_hall() {
         stdout(&human)
     );
 
+    assert!(
+        stdout(&human).contains("warm:      off"),
+        "{}",
+        stdout(&human)
+    );
+    // [warm]: what is kept warm, and a species nobody enrolled (a typo) is pointed out.
+    let warm = policies_copy();
+    let toml = warm.path().join("hall.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(
+        &toml,
+        format!("{text}\n[warm]\nworkers = [\"wrk.hello.greeter\", \"wrk.helo.greeter\"]\n"),
+    )
+    .unwrap();
+    let o = run(
+        &["--json", "config", "show", "-c", toml.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(
+        v["warm"]["not_enrolled"],
+        serde_json::json!(["wrk.helo.greeter"]),
+        "{v}"
+    );
+    assert_eq!(v["warm"]["config"]["per_worker"], 2, "{v}");
+    let human = stdout(&run(
+        &["config", "show", "-c", toml.to_str().unwrap()],
+        None,
+    ));
+    assert!(
+        human.contains("warm:      wrk.hello.greeter, wrk.helo.greeter"),
+        "{human}"
+    );
+    assert!(
+        human.contains("note: wrk.helo.greeter is not enrolled"),
+        "{human}"
+    );
+    std::fs::write(&toml, format!("{text}\n[warm]\nworkers = [\"hello\"]\n")).unwrap();
+    let o = run(&["config", "check", "-c", toml.to_str().unwrap()], None);
+    assert_eq!(code(&o), 78, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("hint: list species like"),
+        "{}",
+        stderr(&o)
+    );
+
     let dir = policies_copy();
     std::fs::write(dir.path().join("registry/broken.json"), "{").unwrap();
     let o = run(

@@ -284,6 +284,34 @@ fn an_empty_pool_runs_cold_and_the_bounds_hold() {
     assert_eq!(gauge(&hall, "wcp_hall_warm_idle"), 0.0);
     assert!(gauge(&hall, "wcp_hall_warm_idle_memory_bytes") <= 4096.0);
     assert_eq!(instance(&greet(&hall))["kind"], "cold");
+
+    // A budget for one loaded instance (a Python hello holds ~11.5 MiB once its modules are
+    // in): an instance is small at its exec and grows, so the pool measures again and stops
+    // what goes over; four are allowed by per_worker, at most two are ever seen (the one kept
+    // and a new one before it has grown).
+    let budget = 15u64 << 20;
+    std::fs::write(
+        hall.config_path(),
+        text.replace(
+            "per_worker = 1",
+            &format!("per_worker = 4\nmemory_budget_bytes = {budget}"),
+        ),
+    )
+    .unwrap();
+    let (s, _) = hall.call(Method::POST, "/wcp/reload", None);
+    assert_eq!(s, 200);
+    assert_eq!(instance(&greet(&hall))["kind"], "cold");
+    wait_idle(&hall, 1.0);
+    let mut most = 0.0f64;
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < deadline {
+        most = most.max(gauge(&hall, "wcp_hall_warm_idle"));
+        assert!(gauge(&hall, "wcp_hall_warm_idle_memory_bytes") <= budget as f64);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(most <= 2.0, "{most} instances idle within a budget for one");
+    assert!(gauge(&hall, "wcp_hall_warm_idle") >= 1.0);
+    assert_eq!(instance(&greet(&hall))["kind"], "warm");
 }
 
 /// A native protocol 2 worker is served warm too, with its result and correlation id; the same
