@@ -1819,13 +1819,18 @@ fn the_python_runtime_is_configured_resolved_probed_and_kept_on_a_bad_reload() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("[envelope] python"));
 }
 
+/// Rules that route `cap.hello.greet` in dev to the native hello worker.
+pub(crate) fn native_rules() -> Value {
+    json!({"rules": [
+        {"rule_id": "rr_hello_native", "match": {"capability_id": "cap.hello.greet", "env": "dev"},
+         "decision": {"candidate_workers_ranked": [{"worker_species_id": "wrk.hello.native"}],
+                      "required_controls_suggested": ["ctrl.obs.audit-log-append-only"]}}]})
+}
+
 #[test]
 fn a_native_worker_runs_from_its_store_copy_and_odd_entrypoints_are_refused() {
     let mut hall = TestHall::start("");
-    let native_rules = json!({"rules": [
-        {"rule_id": "rr_hello_native", "match": {"capability_id": "cap.hello.greet", "env": "dev"},
-         "decision": {"candidate_workers_ranked": [{"worker_species_id": "wrk.hello.native"}],
-                      "required_controls_suggested": ["ctrl.obs.audit-log-append-only"]}}]});
+    let native_rules = native_rules();
     let mut enrolled = None;
     restart_attested(&mut hall, |dir| {
         std::fs::write(dir.join("rules.json"), native_rules.to_string()).unwrap();

@@ -320,10 +320,7 @@ fn an_empty_pool_runs_cold_and_the_bounds_hold() {
 #[test]
 fn a_native_worker_runs_warm_and_a_protocol_1_package_never_does() {
     let mut hall = TestHall::start("[warm]\nworkers = [\"wrk.hello.native\"]\nper_worker = 1\n");
-    let native_rules = json!({"rules": [
-        {"rule_id": "rr_hello_native", "match": {"capability_id": "cap.hello.greet", "env": "dev"},
-         "decision": {"candidate_workers_ranked": [{"worker_species_id": "wrk.hello.native"}],
-                      "required_controls_suggested": ["ctrl.obs.audit-log-append-only"]}}]});
+    let native_rules = crate::daemon::native_rules();
     let mut enrolled = None;
     restart_attested(&mut hall, |dir| {
         std::fs::write(dir.join("rules.json"), native_rules.to_string()).unwrap();
