@@ -168,6 +168,28 @@ pub fn request(
     req
 }
 
+/// Runs `req` twice, as the Hall can: cold (protocol 1, started when the request arrives) and
+/// warm (protocol 2: started ahead of its request, which then arrives in its frame). The
+/// hostile-worker tests assert the same of both: a warm instance has exactly a cold run's
+/// envelope. The hostile packages read their request from the frame under protocol 2.
+pub fn cold_and_warm(
+    env: &Envelope,
+    req: &RunRequest,
+) -> Vec<(&'static str, wcp_hall::envelope::RunOutcome)> {
+    let cold = env.run(req).expect("the cold run");
+    assert_eq!(cold.report.instance.kind, "cold");
+    let mut warm_req = req.clone();
+    warm_req.protocol = wcp_hall::envelope::WorkerProtocol::V2;
+    let instance = env
+        .start_warm(&warm_req, std::time::Duration::from_secs(10))
+        .expect("the warm instance starts");
+    // It waits for its request a moment, as in the Hall's pool.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let warm = instance.run(env, &warm_req).expect("the warm run");
+    assert_eq!(warm.report.instance.kind, "warm");
+    vec![("cold", cold), ("warm", warm)]
+}
+
 /// Pids of live (non-zombie) processes owned by `uid`.
 pub fn processes_of(uid: u32) -> Vec<u32> {
     let mut out = Vec::new();

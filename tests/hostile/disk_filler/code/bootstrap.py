@@ -33,6 +33,8 @@ def fill(where, target, prefix):
 
 
 req = json.load(sys.stdin)
+if __import__("os").environ.get("WCP_WORKER_PROTOCOL") == "2":  # a warm instance: the request is in its frame
+    req = req["request"]
 SYNC = bool(req.get("sync"))
 PACE = req.get("pace_ms", 0) / 1000
 out = {}

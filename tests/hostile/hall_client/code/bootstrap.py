@@ -34,4 +34,6 @@ def call(sock_path, method, path, body):
 
 
 req = json.load(sys.stdin)
+if __import__("os").environ.get("WCP_WORKER_PROTOCOL") == "2":  # a warm instance: the request is in its frame
+    req = req["request"]
 print(json.dumps({"calls": [call(req["socket"], m, p, b) for m, p, b in req["calls"]]}))

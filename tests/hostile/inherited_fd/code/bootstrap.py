@@ -2,6 +2,8 @@
 import json, os, sys
 
 req = json.load(sys.stdin)
+if __import__("os").environ.get("WCP_WORKER_PROTOCOL") == "2":  # a warm instance: the request is in its frame
+    req = req["request"]
 open_fds = []
 for fd in range(3, 1024):
     try:

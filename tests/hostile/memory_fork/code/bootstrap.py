@@ -5,6 +5,8 @@ import os
 import sys
 
 request = json.loads(sys.stdin.buffer.read() or b"{}")
+if __import__("os").environ.get("WCP_WORKER_PROTOCOL") == "2":  # a warm instance: the request is in its frame
+    request = request["request"]
 children = int(request.get("children", 3))
 each = int(request.get("each_mib", 96)) << 20
 

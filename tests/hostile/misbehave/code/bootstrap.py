@@ -7,6 +7,8 @@ import sys
 import time
 
 request = json.loads(sys.stdin.buffer.read() or b"{}")
+if __import__("os").environ.get("WCP_WORKER_PROTOCOL") == "2":  # a warm instance: the request is in its frame
+    request = request["request"]
 do = request.get("do", "ok")
 sys.stderr.write("misbehave: %s\n" % do)
 sys.stderr.flush()

@@ -28,5 +28,7 @@ def udp(port):
 
 
 req = json.load(sys.stdin)
+if __import__("os").environ.get("WCP_WORKER_PROTOCOL") == "2":  # a warm instance: the request is in its frame
+    req = req["request"]
 out = {"tcp": {str(p): attempt(tcp(p)) for p in req["tcp"]}, "udp": attempt(udp(req["udp"]))}
 print(json.dumps(out))

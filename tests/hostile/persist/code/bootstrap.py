@@ -14,6 +14,8 @@ def attempt(fn):
 
 
 req = json.load(sys.stdin)
+if __import__("os").environ.get("WCP_WORKER_PROTOCOL") == "2":  # a warm instance: the request is in its frame
+    req = req["request"]
 dirs = [d for d in os.environ.get("WCP_WRITE_DIRS", "").split(":") if d]
 out = {"write_dirs": dirs}
 if dirs:

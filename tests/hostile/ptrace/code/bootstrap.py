@@ -25,6 +25,8 @@ class IoVec(ctypes.Structure):
 
 
 req = json.load(sys.stdin)
+if __import__("os").environ.get("WCP_WORKER_PROTOCOL") == "2":  # a warm instance: the request is in its frame
+    req = req["request"]
 child = os.fork()
 if child == 0:
     time.sleep(30)

@@ -19,6 +19,8 @@ def write(path, data=b"x"):
 
 
 req = json.load(sys.stdin)
+if __import__("os").environ.get("WCP_WORKER_PROTOCOL") == "2":  # a warm instance: the request is in its frame
+    req = req["request"]
 pkg, outside = req["package"], req["outside"]
 declared = os.environ["WCP_WRITE_DIRS"].split(":")[0]
 link = os.path.join(declared, "link-out")
