@@ -93,6 +93,10 @@ pub struct WarmSection {
     pub max_idle_seconds: u64,
     /// How long an instance may take to reach its exec before the start counts as failed.
     pub start_timeout_ms: u64,
+    /// The CPU time an instance may use before its request (its start-up: an interpreter and
+    /// its imports); one that uses more is stopped, and its worker gets no new instance for a
+    /// minute.
+    pub start_cpu_ms: u64,
 }
 
 impl Default for WarmSection {
@@ -104,6 +108,7 @@ impl Default for WarmSection {
             memory_budget_bytes: 512 << 20,
             max_idle_seconds: 600,
             start_timeout_ms: 10_000,
+            start_cpu_ms: 5_000,
         }
     }
 }
@@ -125,8 +130,11 @@ impl WarmSection {
         if self.max_instances == 0 || self.max_instances > 1024 {
             return Err("[warm] max_instances must be 1 to 1024".into());
         }
-        if self.max_idle_seconds == 0 || self.start_timeout_ms == 0 {
-            return Err("[warm] max_idle_seconds and start_timeout_ms must be at least 1".into());
+        if self.max_idle_seconds == 0 || self.start_timeout_ms == 0 || self.start_cpu_ms == 0 {
+            return Err(
+                "[warm] max_idle_seconds, start_timeout_ms and start_cpu_ms must be at least 1"
+                    .into(),
+            );
         }
         Ok(())
     }

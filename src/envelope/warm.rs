@@ -270,6 +270,27 @@ impl WarmInstance {
         }
     }
 
+    /// The CPU time it has used since it started, in ms: its cgroup leaf's `cpu.stat` (the whole
+    /// tree) when it has one, else the worker process's own and its reaped children's
+    /// (`/proc/<pid>/stat`). Init does nothing while the worker waits.
+    pub fn cpu_ms(&self) -> Option<u64> {
+        let s = self.started.as_ref()?;
+        if let Some(us) = s.leaf.as_ref().and_then(|l| l.stats().cpu_usage_usec) {
+            return Some(us / 1000);
+        }
+        let pid = self.exec_seen.observed.ns_pid.as_ref()?.first()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // After the command name (which may hold spaces): utime, stime, cutime, cstime are the
+        // 12th to 15th fields.
+        let rest = stat.get(stat.rfind(')')? + 2..)?;
+        let f: Vec<&str> = rest.split(' ').collect();
+        let ticks: u64 = (11..15)
+            .map(|i| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+            .sum();
+        // USER_HZ is 100 on Linux.
+        Some(ticks * 10)
+    }
+
     /// The memory it holds while idle, in bytes: its cgroup leaf's `memory.current` when it has
     /// one with the memory controller, else the worker process's resident set (init shares the
     /// Hall's memory and is not counted).

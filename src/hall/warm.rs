@@ -329,6 +329,31 @@ impl WarmPool {
                     }
                 }
             }
+            // Threat: a package that works while nobody asked it to (spins, or exits and is
+            // restarted) would burn the host's CPU with no request at all. An instance that
+            // changed (exited, wrote to stdout) or used more CPU than its start-up allows is
+            // stopped; for the CPU, its worker gets no new instance for a minute.
+            let start_cpu_ms = inner.config.start_cpu_ms;
+            for (species, pool) in inner.pools.iter_mut() {
+                let mut kept = VecDeque::with_capacity(pool.idle.len());
+                for (i, mem) in pool.idle.drain(..) {
+                    let spinning = i.cpu_ms().is_some_and(|ms| ms > start_cpu_ms);
+                    if spinning {
+                        tracing::warn!(
+                            worker_species_id = %species,
+                            "a warm instance used more than [warm] start_cpu_ms = {start_cpu_ms} \
+                             of CPU before its request: stopped; no new instance for 60 s"
+                        );
+                        pool.retry_at = Some(Instant::now() + Duration::from_secs(60));
+                    }
+                    if spinning || !i.usable() {
+                        expired.push(i);
+                    } else {
+                        kept.push_back((i, mem));
+                    }
+                }
+                pool.idle = kept;
+            }
             // An instance grows after its exec (an interpreter loads its modules): measure
             // again, and stop the newest instances while the total is over the budget.
             let mut total_memory = 0u64;

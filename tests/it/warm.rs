@@ -86,7 +86,12 @@ fn enforced(report: &Value) -> Value {
 
 /// A Hall keeping two instances of the hostile package `tests/hostile/<name>` warm.
 fn hostile_warm_hall(as_uid: Option<u32>, name: &str) -> TestHall {
-    let mut hall = TestHall::start(&warm_toml("per_worker = 2"));
+    hostile_warm_hall_with(as_uid, name, "per_worker = 2")
+}
+
+/// [`hostile_warm_hall`] with these `[warm]` settings.
+fn hostile_warm_hall_with(as_uid: Option<u32>, name: &str, warm: &str) -> TestHall {
+    let mut hall = TestHall::start(&warm_toml(warm));
     hall.as_uid = as_uid;
     restart_attested(&mut hall, |dir| {
         let pkg = dir.join("packages").join(name);
@@ -381,4 +386,35 @@ fn an_instance_that_answers_before_its_request_is_never_claimed() {
     assert_eq!(second["execution"]["error"]["code"], "not_json", "{second}");
     assert!(gauge(&hall, "wcp_hall_warm_discards") >= before + 2.0);
     assert_eq!(gauge(&hall, "wcp_hall_warm_hits"), 0.0);
+}
+
+/// Threat: a package that works while nobody asked it to (here: it spins as soon as it sees no
+/// request on stdin) turning the pool into a way to burn the host's CPU without any request.
+/// The pool stops an instance past `start_cpu_ms` and starts no other for that worker for a
+/// minute; dispatches run cold meanwhile.
+#[test]
+fn an_instance_that_spins_while_it_waits_is_stopped() {
+    let hall = hostile_warm_hall_with(None, "warm_spin", "per_worker = 1\nstart_cpu_ms = 300");
+    let first = dispatch(&hall, json!({"name": "Ada"}));
+    assert_eq!(first["status"], "completed", "{first}");
+    assert_eq!(instance(&first)["kind"], "cold", "{first}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while gauge(&hall, "wcp_hall_warm_discards") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the spinning instance was never stopped: {}",
+            hall.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(hall.log().contains("start_cpu_ms"), "{}", hall.log());
+    // No new instance for that worker for a while: the pool does not keep feeding it CPU.
+    for _ in 0..20 {
+        assert_eq!(gauge(&hall, "wcp_hall_warm_idle"), 0.0);
+        assert_eq!(gauge(&hall, "wcp_hall_warm_starting"), 0.0);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let again = dispatch(&hall, json!({"name": "Ada"}));
+    assert_eq!(again["status"], "completed", "{again}");
+    assert_eq!(instance(&again)["kind"], "cold", "{again}");
 }
