@@ -30,6 +30,10 @@ use crate::config::WarmSection;
 use crate::envelope::warm::{Ineligible, WarmInstance, WarmStartError, warm_key};
 use crate::envelope::{self, Envelope};
 
+/// How long a worker gets no new instance after one of its instances changed while it waited
+/// (exited, or wrote to stdout).
+const CHANGED_BACKOFF: Duration = Duration::from_secs(10);
+
 /// Counters for `/metrics` (counts since start).
 #[derive(Debug, Default)]
 pub struct WarmStats {
@@ -199,6 +203,7 @@ impl WarmPool {
                 found = Some(instance);
                 break;
             }
+            pool.retry_at = Some(Instant::now() + CHANGED_BACKOFF);
             stopped.push(instance);
         }
         self.wake.notify_one();
@@ -346,7 +351,12 @@ impl WarmPool {
                         );
                         pool.retry_at = Some(Instant::now() + Duration::from_secs(60));
                     }
-                    if spinning || !i.usable() {
+                    if spinning {
+                        expired.push(i);
+                    } else if !i.usable() {
+                        // A package whose instances die or write while they wait would otherwise
+                        // be restarted back to back: rest first.
+                        pool.retry_at = Some(Instant::now() + CHANGED_BACKOFF);
                         expired.push(i);
                     } else {
                         kept.push_back((i, mem));
