@@ -136,6 +136,21 @@ fn warm_instances_share_nothing(as_uid: Option<u32>) {
     assert_eq!(instance(&second)["kind"], "warm", "{second}");
     assert_eq!(second["result"]["found"], json!([]), "{second}");
 
+    // A frame far larger than a pipe's buffer reaches the instance whole (the Hall writes it as
+    // the worker reads, never blocking on it).
+    wait_idle(&hall, 1.0);
+    let big = dispatch(
+        &hall,
+        json!({"secret": secret(), "padding": "x".repeat(512 << 10)}),
+    );
+    assert_eq!(
+        big["status"],
+        "completed",
+        "{}",
+        &big.to_string()[..2000.min(big.to_string().len())]
+    );
+    assert_eq!(instance(&big)["kind"], "warm");
+
     // Exactly the cold run's envelope, stage by stage.
     let report = |out: &Value| out["execution"]["summary"]["envelope"].clone();
     assert_eq!(enforced(&report(&cold)), enforced(&report(&second)));
@@ -174,7 +189,7 @@ fn warm_instances_share_nothing(as_uid: Option<u32>) {
             kinds.push(env["kind"].as_str().unwrap().to_owned());
         }
     }
-    assert_eq!(kinds, ["cold", "warm", "warm"], "{v}");
+    assert_eq!(kinds, ["cold", "warm", "warm", "warm"], "{v}");
 }
 
 #[test]
