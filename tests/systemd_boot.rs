@@ -188,6 +188,16 @@ r reload_good $?
 su - alice -c 'wcp-hall --json dispatch -s /run/wcp-hall/hall.sock --capability cap.hello.greet --tenant-id acme-corp --input "{\"name\": \"Ada\"}"' > /out/dispatch.json 2>/out/dispatch.err
 r dispatch $?
 
+# Warm workers under the hardened unit: keep hello warm, reload, one dispatch teaches the pool
+# its key, the next is served by an instance started ahead of it.
+printf '\n[warm]\nworkers = ["wrk.hello.greeter"]\nper_worker = 1\n' >> /etc/wcp-hall/hall.toml
+systemctl reload wcp-hall.service
+r reload_warm $?
+su - alice -c 'wcp-hall --json dispatch -s /run/wcp-hall/hall.sock --capability cap.hello.greet --tenant-id acme-corp --input "{\"name\": \"Ada\"}"' > /dev/null 2>&1
+sleep 3
+su - alice -c 'wcp-hall --json dispatch -s /run/wcp-hall/hall.sock --capability cap.hello.greet --tenant-id acme-corp --input "{\"name\": \"Ada\"}"' > /out/warm.json 2>/out/warm.err
+r warm_dispatch $?
+
 # A bad configuration: systemctl reload fails, the Hall keeps serving the old one.
 cp /etc/wcp-hall/rules.json /tmp/rules.json
 echo '{"rules": [' > /etc/wcp-hall/rules.json
@@ -343,6 +353,8 @@ fn the_documented_install_runs_a_worker_under_a_real_systemd() {
     is("tenant_by_group", "1");
     is("reload_good", "0");
     is("dispatch", "0");
+    is("reload_warm", "0");
+    is("warm_dispatch", "0");
     is("reload_bad", "1");
     is("service_after_bad", "active");
     is("watchdog", "30s");
@@ -373,6 +385,19 @@ fn the_documented_install_runs_a_worker_under_a_real_systemd() {
     assert_eq!(report["pid_namespace"]["effective"], "enforced", "{report}");
     assert_eq!(report["network"]["effective"], "enforced", "{report}");
     assert_eq!(report["namespaces"]["mount"], true, "{report}");
+    assert_eq!(report["instance"]["kind"], "cold", "{report}");
+    // A warm instance under the same unit: the same envelope, started ahead of its request.
+    let warm: serde_json::Value = serde_json::from_str(&read("warm.json"))
+        .unwrap_or_else(|e| panic!("warm answer: {e}: {}: {context}", read("warm.err")));
+    assert_eq!(warm["status"], "completed", "{context}");
+    let warm_report = &warm["execution"]["summary"]["envelope"];
+    assert_eq!(warm_report["instance"]["kind"], "warm", "{warm_report}");
+    for feature in ["landlock", "seccomp", "pid_namespace", "network"] {
+        assert_eq!(
+            warm_report[feature]["effective"], report[feature]["effective"],
+            "{feature}: {warm_report}"
+        );
+    }
     // Structured journal fields: the target of each line.
     assert!(
         read("journal.json").contains("\"TARGET\":\"wcp_hall::hall::lifecycle\""),
