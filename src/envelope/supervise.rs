@@ -182,9 +182,9 @@ impl Supervision<'_> {
         let (mut status_open, mut stdout_open, mut stderr_open, mut result_open) =
             (self.status_r.is_some(), true, true, true);
         let mut observed_done = false;
-        if let Some(seen) = &self.exec_seen {
-            c.records = seen.records.clone();
-            c.observed = seen.observed.clone();
+        if let Some(seen) = self.exec_seen {
+            c.records = seen.records;
+            c.observed = seen.observed;
             c.status_eof = true;
             status_open = false;
             observed_done = true;

@@ -43,7 +43,7 @@ use sha2::{Digest, Sha256};
 
 use super::child::Record;
 use super::plan::Plan;
-use super::report::InstanceReport;
+use super::report::{InstanceReport, ObservedReport};
 use super::supervise::{self, ExecSeen};
 use super::{
     Envelope, EnvelopeError, EnvelopeReport, RunOutcome, RunRequest, Started, WorkerProtocol,
@@ -193,7 +193,19 @@ impl Envelope {
                     Some(_) => "it stopped before its exec",
                     None => "it was not at its exec in time",
                 };
-                let r = self.finish(s, &mut report, req, Instant::now(), None, None);
+                // The records read so far are the stages' own: a failed one becomes the typed
+                // StageFailed error, as in a cold run (the pipe is at end-of-file when read).
+                let exec_seen = other.map(|records| {
+                    s.status_r = None;
+                    ExecSeen {
+                        records,
+                        observed: ObservedReport {
+                            reason: Some("the worker never reached exec".into()),
+                            ..ObservedReport::default()
+                        },
+                    }
+                });
+                let r = self.finish(s, &mut report, req, Instant::now(), exec_seen, None);
                 remove_dir(&plan);
                 match r {
                     Err(e) => Err(e.into()),
@@ -241,11 +253,6 @@ impl WarmInstance {
     /// The pool key it was started for ([`warm_key`]).
     pub fn key(&self) -> &str {
         &self.key
-    }
-
-    /// Its run id (the report's `run_id`).
-    pub fn run_id(&self) -> &str {
-        &self.plan.run_id
     }
 
     /// How long ago it was started.

@@ -27,7 +27,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::WarmSection;
-use crate::envelope::warm::{Ineligible, WarmInstance, WarmStartError, warm_key};
+use crate::envelope::warm::{WarmInstance, WarmStartError, warm_key};
 use crate::envelope::{self, Envelope};
 
 /// How long a worker gets no new instance after one of its instances changed while it waited
@@ -47,7 +47,8 @@ pub struct WarmStats {
 pub enum Claim {
     /// An instance, ready for its request.
     Warm(Box<WarmInstance>),
-    /// Run cold, for this reason (`empty`, `not_configured`, or [`Ineligible::as_str`]).
+    /// Run cold, for this reason (`empty`, `not_configured`, or
+    /// [`crate::envelope::warm::Ineligible::as_str`]).
     Cold(&'static str),
 }
 
@@ -173,7 +174,7 @@ impl WarmPool {
                         stopped.push(i);
                     }
                 }
-                return Claim::Cold(ineligible(why));
+                return Claim::Cold(why.as_str());
             }
         };
         let pool = inner
@@ -268,10 +269,6 @@ impl WarmPool {
         let starting = inner.pools.values().map(|p| p.starting).sum();
         (idle, starting, inner.memory)
     }
-}
-
-fn ineligible(why: Ineligible) -> &'static str {
-    why.as_str()
 }
 
 /// A request with nothing of the dispatch in it: what instances are started from.
