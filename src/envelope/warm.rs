@@ -278,29 +278,37 @@ impl WarmInstance {
     }
 
     /// The CPU time it has used since it started, in ms: its cgroup leaf's `cpu.stat` (the whole
-    /// tree) when it has one, else the worker process's own and its reaped children's
-    /// (`/proc/<pid>/stat`). Init does nothing while the worker waits.
+    /// tree) when it has one, else the sum over init and every process below it of their own
+    /// and their reaped children's time (`/proc/<pid>/stat`), so a process it forked, or one
+    /// that escaped its session and was reparented to init, is counted too.
     pub fn cpu_ms(&self) -> Option<u64> {
         let s = self.started.as_ref()?;
         if let Some(us) = s.leaf.as_ref().and_then(|l| l.stats().cpu_usage_usec) {
             return Some(us / 1000);
         }
-        let pid = self.exec_seen.observed.ns_pid.as_ref()?.first()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // After the command name (which may hold spaces): utime, stime, cutime, cstime are the
-        // 12th to 15th fields.
-        let rest = stat.get(stat.rfind(')')? + 2..)?;
-        let f: Vec<&str> = rest.split(' ').collect();
-        let ticks: u64 = (11..15)
-            .map(|i| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+        let ticks: u64 = tree(s.running.pid)
+            .into_iter()
+            .filter_map(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                // After the command name (which may hold spaces): utime, stime, cutime and
+                // cstime are the 12th to 15th fields.
+                let rest = stat.get(stat.rfind(')')? + 2..)?;
+                let f: Vec<&str> = rest.split(' ').collect();
+                Some(
+                    (11..15)
+                        .map(|i| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+                        .sum::<u64>(),
+                )
+            })
             .sum();
         // USER_HZ is 100 on Linux.
         Some(ticks * 10)
     }
 
     /// The memory it holds while idle, in bytes: its cgroup leaf's `memory.current` when it has
-    /// one with the memory controller, else the worker process's resident set (init shares the
-    /// Hall's memory and is not counted).
+    /// one with the memory controller, else the resident sets of every process below init
+    /// added up (shared pages counted once per process: never less than the truth; init shares
+    /// the Hall's memory and is not counted).
     pub fn memory_bytes(&self) -> Option<u64> {
         let s = self.started.as_ref()?;
         if let Some(leaf) = &s.leaf
@@ -308,9 +316,14 @@ impl WarmInstance {
         {
             return Some(b);
         }
-        let pid = self.exec_seen.observed.ns_pid.as_ref()?.first()?;
-        let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        let pages: u64 = tree(s.running.pid)
+            .into_iter()
+            .filter(|pid| *pid != s.running.pid)
+            .filter_map(|pid| {
+                let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+                statm.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+            .sum();
         Some(pages * page_size())
     }
 
@@ -382,6 +395,32 @@ impl Drop for WarmInstance {
             let _ = prepare::remove_run_dir(&self.plan.run_dir);
         }
     }
+}
+
+/// The most processes [`tree`] lists (RLIMIT_NPROC bounds an instance far below this).
+const MAX_TREE: usize = 4096;
+
+/// `init` and every process below it, from `/proc/<pid>/task/<tid>/children`.
+fn tree(init: libc::pid_t) -> Vec<libc::pid_t> {
+    let mut out = vec![init];
+    let mut i = 0;
+    while i < out.len() && out.len() < MAX_TREE {
+        let pid = out[i];
+        i += 1;
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            out.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<libc::pid_t>().ok()),
+            );
+        }
+    }
+    out.truncate(MAX_TREE);
+    out
 }
 
 fn page_size() -> u64 {

@@ -411,11 +411,12 @@ fn an_instance_that_answers_before_its_request_is_never_claimed() {
 
 /// Threat: a package that works while nobody asked it to (here: it spins as soon as it sees no
 /// request on stdin) turning the pool into a way to burn the host's CPU without any request.
-/// The pool stops an instance past `start_cpu_ms` and starts no other for that worker for a
-/// minute; dispatches run cold meanwhile.
-#[test]
-fn an_instance_that_spins_while_it_waits_is_stopped() {
-    let hall = hostile_warm_hall_with(None, "warm_spin", "per_worker = 1\nstart_cpu_ms = 300");
+/// The spinning is done by a child, so the whole tree must be measured (the cgroup leaf of a
+/// root Hall; every process below init for an ordinary user's, which has no leaf). The pool
+/// stops an instance past `start_cpu_ms` and starts no other for that worker for a minute;
+/// dispatches run cold meanwhile.
+fn spinning_instance(as_uid: Option<u32>) {
+    let hall = hostile_warm_hall_with(as_uid, "warm_spin", "per_worker = 1\nstart_cpu_ms = 300");
     let first = dispatch(&hall, json!({"name": "Ada"}));
     assert_eq!(first["status"], "completed", "{first}");
     assert_eq!(instance(&first)["kind"], "cold", "{first}");
@@ -438,4 +439,14 @@ fn an_instance_that_spins_while_it_waits_is_stopped() {
     let again = dispatch(&hall, json!({"name": "Ada"}));
     assert_eq!(again["status"], "completed", "{again}");
     assert_eq!(instance(&again)["kind"], "cold", "{again}");
+}
+
+#[test]
+fn a_root_halls_instance_that_spins_while_it_waits_is_stopped() {
+    spinning_instance(None);
+}
+
+#[test]
+fn an_ordinary_users_instance_that_spins_while_it_waits_is_stopped() {
+    spinning_instance(Some(NOBODY));
 }
