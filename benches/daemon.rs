@@ -9,7 +9,9 @@
 //! on a second Hall with `[tracing]` on (every dispatch sampled, spans exported over OTLP/HTTP
 //! to a sink in this process) against the first, in alternating rounds. Then warm instances
 //! (`warmcost`): a Hall with `[warm]` against a cold one, in alternating rounds.
-//! `cargo bench --bench daemon [-- FILTER]`. Figures go to BENCHMARKS.md; nothing is asserted.
+//! `cargo bench --bench daemon [-- FILTER]`: FILTER is a comma-separated list of label prefixes
+//! (`native/1,denied`, `warmcost/native`, `tracecost`). Figures go to BENCHMARKS.md; nothing is
+//! asserted.
 //! `WCP_BENCH_BIN=PATH` measures another build of `wcp-hall` (the client side stays this one).
 
 use std::path::{Path, PathBuf};
@@ -339,15 +341,19 @@ fn main() {
     if std::env::var_os("WCP_BENCH_SKIP").is_some() {
         return;
     }
-    let selected = |label: &str| filter.as_ref().is_none_or(|f| label.contains(f.as_str()));
+    let selected = |label: &str| {
+        filter
+            .as_ref()
+            .is_none_or(|f| f.split(',').any(|p| label.starts_with(p)))
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     let hall = Hall::start(&rt, "");
     println!(
-        "\n{:>8} {:>8} {:>10} {:>10} {:>12} {:>8}   Hall phases, median ms",
-        "workload", "clients", "p50 ms", "p99 ms", "per second", "n"
+        "\n{:>8} {:>8} {:>10} {:>10} {:>12} {:>8} {:>9} {:>9}   Hall phases, median ms",
+        "workload", "clients", "p50 ms", "p99 ms", "per second", "n", "user ms", "sys ms"
     );
     for (workload, cap, env, expect, total) in [
         ("denied", "cap.unknown.thing", "dev", "denied", 600usize),
@@ -365,6 +371,7 @@ fn main() {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1);
             let per_client = (total * scale / clients).max(2);
+            let (user0, sys0) = hall.cpu_split_ms();
             let (answers, wall) = hall.drive(
                 &rt,
                 (cap, env, expect),
@@ -372,16 +379,20 @@ fn main() {
                 per_client,
                 Some(format!("{workload}-{clients}")),
             );
+            let (user1, sys1) = hall.cpu_split_ms();
             let mut lat: Vec<f64> = answers.iter().map(|(ms, _)| *ms).collect();
             lat.sort_by(|a, b| a.total_cmp(b));
+            let n = lat.len() as f64;
             println!(
-                "{:>8} {:>8} {:>10.2} {:>10.2} {:>12.0} {:>8}   {}",
+                "{:>8} {:>8} {:>10.2} {:>10.2} {:>12.0} {:>8} {:>9.3} {:>9.3}   {}",
                 workload,
                 clients,
                 pct(&lat, 0.5),
                 pct(&lat, 0.99),
-                lat.len() as f64 / wall,
+                n / wall,
                 lat.len(),
+                (user1 - user0) / n,
+                (sys1 - sys0) / n,
                 phase_medians(&answers)
             );
         }
