@@ -123,8 +123,8 @@ pub const DISK_GUARD_INTERVAL_MS: u64 = 100;
 
 /// The canonical-JSON part of an outcome for the evidence receipt (no output bytes: digests).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RunSummary {
-    pub exit: WorkerExit,
+pub struct RunSummary<'a> {
+    pub exit: &'a WorkerExit,
     pub timed_out: bool,
     pub cpu_limit_exceeded: bool,
     pub stdout_bytes: u64,
@@ -134,11 +134,11 @@ pub struct RunSummary {
     pub stdout_sha256: String,
     pub stderr_sha256: String,
     pub cpu_time_ms: Option<u64>,
-    pub cpu_time_source: String,
+    pub cpu_time_source: &'a str,
     pub peak_memory_bytes: Option<u64>,
-    pub peak_memory_source: String,
+    pub peak_memory_source: &'a str,
     pub duration_ms: u64,
-    pub envelope: EnvelopeReport,
+    pub envelope: &'a EnvelopeReport,
 }
 
 /// Why the worker's stdout is not a usable result.
@@ -372,10 +372,10 @@ impl RunOutcome {
     }
 
     /// The receipt-ready summary.
-    pub fn summary(&self) -> RunSummary {
+    pub fn summary(&self) -> RunSummary<'_> {
         let sha = |b: &[u8]| format!("sha256:{}", crate::common::hex(&Sha256::digest(b)));
         RunSummary {
-            exit: self.exit.clone(),
+            exit: &self.exit,
             timed_out: self.timed_out,
             cpu_limit_exceeded: self.cpu_limit_exceeded,
             stdout_bytes: self.stdout_bytes,
@@ -385,11 +385,11 @@ impl RunOutcome {
             stdout_sha256: sha(&self.stdout),
             stderr_sha256: sha(&self.stderr),
             cpu_time_ms: self.cpu_time_ms,
-            cpu_time_source: self.cpu_time_source.clone(),
+            cpu_time_source: &self.cpu_time_source,
             peak_memory_bytes: self.peak_memory_bytes,
-            peak_memory_source: self.peak_memory_source.clone(),
+            peak_memory_source: &self.peak_memory_source,
             duration_ms: self.duration_ms,
-            envelope: self.report.clone(),
+            envelope: &self.report,
         }
     }
 }

@@ -66,6 +66,17 @@ impl IntoResponse for ApiError {
 /// The API version string served by the version probe and the `Api-Version` header.
 pub const API_VERSION: &str = "wcp-hall/1";
 
+/// JSON kept as the bytes it is sent as: serialised once, straight from the Hall's typed values
+/// (no `Value` tree in between), and copied into the answer verbatim.
+pub type RawJson = Box<serde_json::value::RawValue>;
+
+/// `value` as [`RawJson`]; `null` if it cannot be serialised (only a map with non-string keys
+/// cannot, and the Hall's own types have none).
+pub fn raw_json(value: &impl serde::Serialize) -> RawJson {
+    serde_json::value::to_raw_value(value)
+        .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tracing::Instrument as _;
 
-use super::api::ApiError;
+pub use super::api::RawJson;
+use super::api::{ApiError, raw_json};
 use super::approvals::{Approval, ApprovalStatus, now_ms, rfc3339_ms};
 use super::otel;
 use super::runner;
@@ -40,11 +41,11 @@ pub struct DispatchResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub escalation_context: Option<Value>,
     /// The RouteDecision this answer rests on.
-    pub decision: Value,
+    pub decision: RawJson,
     /// The policy gate's full answer (outcome, supervisor level, policy version, the
     /// determining policies and their reasons, profile, WCP blast assessment), when consulted.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub policy: Option<Value>,
+    pub policy: Option<RawJson>,
     /// The worker registry service's status used, when `[registry_service]` is enabled (its
     /// `warning` says when a dispatch proceeded on stale data).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -54,7 +55,24 @@ pub struct DispatchResponse {
     pub result: Option<Value>,
     /// What the runner reports about the run (exit, limits, envelope report, receipt).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub execution: Option<Value>,
+    pub execution: Option<RawJson>,
+    /// The seq of the receipt `execution` names, for logs and spans (not part of the JSON).
+    #[serde(skip)]
+    pub receipt_seq: Option<u64>,
+}
+
+/// `raw` as a `Value` (for what is stored, not sent: an approval's final outcome).
+fn raw_to_value(raw: &RawJson) -> Value {
+    serde_json::from_str(raw.get()).unwrap_or(Value::Null)
+}
+
+impl DispatchResponse {
+    /// Carries a receipt reference (`{seq, receipt_hash, ...}`) as its `execution`.
+    fn with_receipt(mut self, receipt: &Value) -> Self {
+        self.receipt_seq = receipt["seq"].as_u64();
+        self.execution = Some(raw_json(&json!({ "receipt": receipt })));
+        self
+    }
 }
 
 /// Whether a denial is one a human may overturn (WCP §5.8).
@@ -241,19 +259,30 @@ fn response(status: &'static str, routed: Routed) -> DispatchResponse {
         registry,
         ..
     } = routed;
+    answer(status, &decision, policy.as_ref(), registry.map(|(_, e)| e))
+}
+
+/// The answer for `decision` (and the policy gate's answer, the registry service's evidence).
+fn answer(
+    status: &'static str,
+    decision: &RouteDecision,
+    policy: Option<&GateDecision>,
+    registry: Option<RegistryEvidence>,
+) -> DispatchResponse {
     DispatchResponse {
         status,
         denied: decision.denied,
-        decision: serde_json::to_value(&decision).unwrap_or(Value::Null),
-        policy: policy.and_then(|p| serde_json::to_value(p).ok()),
+        decision: raw_json(decision),
+        policy: policy.map(raw_json),
         supervisor_required: false,
         supervisor_level: None,
         pending_approval_id: None,
         approval_expires_at: None,
         escalation_context: None,
-        registry_service: registry.map(|(_, e)| e),
+        registry_service: registry,
         result: None,
         execution: None,
+        receipt_seq: None,
     }
 }
 
@@ -288,24 +317,13 @@ pub async fn dispatch(
         .await;
     let _entered = log_span.enter();
     match &out {
-        Ok(r) => tracing::debug!(
-            status = r.status,
-            receipt_seq = r
-                .execution
-                .as_ref()
-                .and_then(|e| e["receipt"]["seq"].as_u64()),
-            "answered"
-        ),
+        Ok(r) => tracing::debug!(status = r.status, receipt_seq = r.receipt_seq, "answered"),
         Err(e) => tracing::debug!(code = e.code, "answered with an error"),
     }
     match &out {
         Ok(r) => {
             trace.set(vec![otel::kv("wcp.status", r.status)]);
-            if let Some(seq) = r
-                .execution
-                .as_ref()
-                .and_then(|e| e["receipt"]["seq"].as_u64())
-            {
+            if let Some(seq) = r.receipt_seq {
                 trace.set(vec![otel::kv("wcp.receipt_seq", seq as i64)]);
             }
         }
@@ -402,9 +420,7 @@ async fn dispatch_steps(
             receipting,
             receipt_seq_attributes(&receipt),
         );
-        let mut r = response("denied", routed);
-        r.execution = Some(json!({"receipt": receipt}));
-        r
+        response("denied", routed).with_receipt(&receipt)
     } else if input.dry_run {
         response("dry_run", routed)
     } else {
@@ -476,18 +492,29 @@ async fn run(
             return refuse_input(hall, loaded, &peer, routed, &species, &mismatch, &trace).await;
         }
     }
+    // The answer's decision and policy are serialised now, so the runner takes the typed
+    // values without a copy.
+    let Routed {
+        decision,
+        policy,
+        verified,
+        run_limits,
+        registry,
+    } = routed;
+    let evidence = registry.map(|(_, e)| e);
+    let mut r = answer("completed", &decision, policy.as_ref(), evidence.clone());
+    let correlation_id = decision.correlation_id.clone();
     let request = RunRequest {
         peer,
         input,
-        decision: routed.decision.clone(),
-        policy: routed.policy.clone(),
-        verified: routed.verified.clone(),
-        run_limits: routed.run_limits,
+        decision,
+        policy,
+        verified,
+        run_limits,
         loaded: loaded.clone(),
         trace,
-        registry: routed.registry.as_ref().map(|(_, e)| e.clone()),
+        registry: evidence,
     };
-    let correlation_id = routed.decision.correlation_id.clone();
     let outcome = blocking(move || runner.run(request))
         .await
         .map_err(|e| ApiError::internal(format!("worker runner panicked: {e}")))?;
@@ -505,17 +532,13 @@ async fn run(
             {
                 tracing::warn!(error = %e, "chain blast not recorded");
             }
-            let mut r = response(
-                if done.succeeded {
-                    "completed"
-                } else {
-                    "failed"
-                },
-                routed,
-            );
+            if !done.succeeded {
+                r.status = "failed";
+            }
             r.result = done.result;
+            r.receipt_seq = Some(done.execution.receipt_seq());
             r.execution = Some(
-                serde_json::to_value(&done.execution)
+                serde_json::value::to_raw_value(&done.execution)
                     .map_err(|e| ApiError::internal(e.to_string()))?,
             );
             Ok(r)
@@ -620,9 +643,7 @@ async fn refuse_input(
         trace,
     )
     .await?;
-    let mut r = response("denied", routed);
-    r.execution = Some(json!({"receipt": receipt}));
-    Ok(r)
+    Ok(response("denied", routed).with_receipt(&receipt))
 }
 
 /// Who asked for what: the request as parsed and exactly as received.
@@ -747,11 +768,12 @@ pub fn pending_or_final(approval: &Approval, outcome: Option<Value>) -> Dispatch
             "capability_id": approval.capability_id,
             "correlation_id": approval.correlation_id,
         })),
-        decision: approval.decision.clone(),
-        policy: approval.policy.clone(),
+        decision: raw_json(&approval.decision),
+        policy: approval.policy.as_ref().map(raw_json),
         registry_service: None,
         result: None,
         execution: None,
+        receipt_seq: None,
     }
 }
 
@@ -788,11 +810,15 @@ impl FinalOutcome {
             pending_approval_id: self.pending_approval_id,
             approval_expires_at: None,
             escalation_context: self.escalation_context,
-            decision: self.decision,
-            policy: self.policy,
+            decision: raw_json(&self.decision),
+            policy: self.policy.as_ref().map(raw_json),
             registry_service: None,
             result: self.result,
-            execution: self.execution,
+            receipt_seq: self
+                .execution
+                .as_ref()
+                .and_then(|e| e["receipt"]["seq"].as_u64()),
+            execution: self.execution.as_ref().map(raw_json),
         }
     }
 
@@ -800,10 +826,10 @@ impl FinalOutcome {
         FinalOutcome {
             status: r.status.to_owned(),
             denied: r.denied,
-            decision: r.decision.clone(),
-            policy: r.policy.clone(),
+            decision: raw_to_value(&r.decision),
+            policy: r.policy.as_ref().map(raw_to_value),
             result: r.result.clone(),
-            execution: r.execution.clone(),
+            execution: r.execution.as_ref().map(raw_to_value),
             escalation_context: r.escalation_context.clone(),
             pending_approval_id: r.pending_approval_id.clone(),
         }
@@ -880,8 +906,9 @@ async fn complete_approval_steps(
                     Ok(r) => r,
                     Err(e) => {
                         let mut r = response("failed", routed);
-                        r.execution =
-                            Some(json!({"error": {"code": e.code, "message": e.message}}));
+                        r.execution = Some(raw_json(
+                            &json!({"error": {"code": e.code, "message": e.message}}),
+                        ));
                         r
                     }
                 }
@@ -907,12 +934,14 @@ async fn complete_approval_steps(
                 escalation_context: Some(
                     json!({"approval_status": approval.status, "reason": approval.reason}),
                 ),
-                decision: approval.decision.clone(),
-                policy: approval.policy.clone(),
+                decision: raw_json(&approval.decision),
+                policy: approval.policy.as_ref().map(raw_json),
                 registry_service: None,
                 result: None,
-                execution: Some(json!({"receipt": receipt})),
+                execution: None,
+                receipt_seq: None,
             }
+            .with_receipt(&receipt)
         }
         ApprovalStatus::Pending => return Err(ApiError::internal("approval is still pending")),
     };

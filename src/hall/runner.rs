@@ -433,10 +433,11 @@ impl HallRunner {
             }
         };
         let summary = outcome.summary();
-        // Serialised once: the answer's summary carries the envelope report, and the receipt a
-        // copy of that same value.
-        let summary_json = serde_json::to_value(&summary).unwrap_or(Value::Null);
-        intent.dispatch_mut().envelope = Some(summary_json["envelope"].clone());
+        // The answer's summary is serialised straight to its bytes; the receipt takes the report
+        // as a value (it is canonicalised there).
+        let summary_json = super::api::raw_json(&summary);
+        intent.dispatch_mut().envelope =
+            Some(serde_json::to_value(&outcome.report).unwrap_or(Value::Null));
         let exit_code = outcome.exit.code.map(i64::from);
         let signal = outcome.exit.signal.map(i64::from);
         // Why it failed, once: the receipt records the code, the answer the code and message.
@@ -717,6 +718,16 @@ pub enum RunExecution {
     Executed(ExecutedRun),
 }
 
+impl RunExecution {
+    /// The seq of the run's outcome receipt.
+    pub fn receipt_seq(&self) -> u64 {
+        match self {
+            RunExecution::Aborted(a) => a.receipt.seq,
+            RunExecution::Executed(e) => e.receipt.seq,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct AbortedRun {
     pub error: ErrorBody,
@@ -731,7 +742,7 @@ pub struct AbortedRun {
 pub struct ExecutedRun {
     pub worker_id: String,
     /// The run summary with the envelope report (`envelope::RunSummary`).
-    pub summary: Value,
+    pub summary: super::api::RawJson,
     pub receipt: ReceiptRef,
     pub package: PackageJson,
     pub attestation: AttestationRef,

@@ -390,7 +390,32 @@ async fn dispatch_handler(
     let status = answered.as_ref().map_or("error", |out| out.status);
     hall.metrics
         .inc("wcp_hall_dispatches_total", &[("status", status)]);
-    Ok(Json(answered?).into_response())
+    Ok(dispatch_body(&answered?))
+}
+
+/// The answer's JSON, written once into a buffer sized for it: its pre-serialised parts (the
+/// decision, the execution with the envelope report) are most of it.
+fn dispatch_body(r: &dispatch::DispatchResponse) -> Response {
+    let raw = |v: Option<&dispatch::RawJson>| v.map_or(0, |v| v.get().len());
+    let hint = 1024
+        + raw(Some(&r.decision))
+        + raw(r.policy.as_ref())
+        + raw(r.execution.as_ref())
+        + r.result.as_ref().map_or(0, |_| 1024);
+    let mut body = Vec::with_capacity(hint);
+    match serde_json::to_writer(&mut body, r) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => {
+            ApiError::internal(format!("the answer could not be encoded: {e}")).into_response()
+        }
+    }
 }
 
 async fn dispatch_answer(

@@ -108,6 +108,9 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 /// giving up on it.
 const OWED_ATTEMPTS: usize = 3;
 
+/// Why an append failed, and the body it was given when it can still be appended again.
+type Unappended = (LogError, Option<Body>);
+
 /// How the writer is set up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogOptions {
@@ -1192,8 +1195,14 @@ impl ReceiptLog {
     /// Records that a worker is about to start. Durable when it returns; on any error the
     /// worker must not start.
     pub fn append_intent(&self, dispatch: Dispatch) -> Result<IntentHandle, LogError> {
-        let appended = self.inner.append(Body::Intent(dispatch.clone()), None)?;
-        Ok(IntentHandle { appended, dispatch })
+        // The dispatch comes back from the append: the handle keeps it for the outcome.
+        match self.inner.append_returning(Body::Intent(dispatch), None)? {
+            (appended, Some(Body::Intent(dispatch))) => Ok(IntentHandle { appended, dispatch }),
+            (appended, _) => Err(LogError::Usage(format!(
+                "intent {} was recorded but its dispatch was not returned",
+                appended.seq
+            ))),
+        }
     }
 
     /// Records how an intent ended. Durable when it returns; on any error the caller must not
@@ -1581,6 +1590,15 @@ impl Inner {
     /// but an intent) is attempted even while the log is degraded, giving up the space reserve
     /// on `ENOSPC`; a new intent is refused then.
     fn append(&self, body: Body, extra_key: Option<&KeyPair>) -> Result<Appended, LogError> {
+        self.append_returning(body, extra_key).map(|(a, _)| a)
+    }
+
+    /// [`Inner::append`], giving the body back once it is durable.
+    fn append_returning(
+        &self,
+        body: Body,
+        extra_key: Option<&KeyPair>,
+    ) -> Result<(Appended, Option<Body>), LogError> {
         let owed = !matches!(body, Body::Intent(_));
         let mut st = self.lock()?;
         if !owed && st.degraded.is_some() && st.failed.is_none() {
@@ -1590,23 +1608,29 @@ impl Inner {
         let mut body = Some(body);
         loop {
             attempts -= 1;
-            let this = if attempts == 0 {
-                body.take()
-            } else {
-                body.clone()
-            };
-            let Some(this) = this else {
+            let Some(this) = body.take() else {
                 return Err(LogError::Usage("no receipt to append".into()));
             };
-            let result = self
-                .ready(st)
-                .and_then(|mut g| {
-                    let a = self.append_locked(&mut g, this, extra_key)?;
-                    Ok((g, a))
-                })
-                .and_then(|(g, a)| self.wait_durable(g, a.seq + 1).map(|g| (g, a)));
+            // The body comes back from every attempt that can be retried (not copied up front).
+            let result = match self.ready(st) {
+                Err(e) => {
+                    body = Some(this);
+                    Err(e)
+                }
+                Ok(mut g) => match self.append_locked_returning(&mut g, this, extra_key) {
+                    Err(failed) => {
+                        let (e, back) = *failed;
+                        body = back;
+                        Err(e)
+                    }
+                    Ok((a, back)) => {
+                        body = back;
+                        self.wait_durable(g, a.seq + 1).map(|g| (g, a))
+                    }
+                },
+            };
             match result {
-                Ok((_g, a)) => return Ok(a),
+                Ok((_g, a)) => return Ok((a, body)),
                 // Retried after the repair (by this thread, or the recovery meanwhile).
                 Err(LogError::Unavailable { .. }) if attempts > 0 => {
                     st = self.lock()?;
@@ -1937,15 +1961,30 @@ impl Inner {
         body: Body,
         extra_key: Option<&KeyPair>,
     ) -> Result<Appended, LogError> {
+        self.append_locked_returning(st, body, extra_key)
+            .map(|(a, _)| a)
+            .map_err(|b| b.0)
+    }
+
+    /// [`Inner::append_locked`], giving the body back (when it still has it) for a retry.
+    /// A failure is boxed: it is rare, and a [`Body`] is large.
+    fn append_locked_returning(
+        &self,
+        st: &mut State,
+        body: Body,
+        extra_key: Option<&KeyPair>,
+    ) -> Result<(Appended, Option<Body>), Box<Unappended>> {
         if let Some(reason) = &st.failed {
-            return Err(LogError::Failed {
+            let e = LogError::Failed {
                 reason: reason.clone(),
-            });
+            };
+            return Err(Box::new((e, Some(body))));
         }
         if st.needs_repair {
-            return Err(LogError::Unavailable {
+            let e = LogError::Unavailable {
                 reason: "a write or sync failed; the log is recovering".into(),
-            });
+            };
+            return Err(Box::new((e, Some(body))));
         }
         // Intent bookkeeping is checked before anything is written.
         let closes = match &body {
@@ -1959,15 +1998,18 @@ impl Inner {
                 dispatch,
                 ..
             } => {
-                let open = st
-                    .open_intents
-                    .get(intent_seq)
-                    .ok_or(LogError::UnknownIntent { seq: *intent_seq })?;
+                let Some(open) = st.open_intents.get(intent_seq) else {
+                    return Err(Box::new((
+                        LogError::UnknownIntent { seq: *intent_seq },
+                        None,
+                    )));
+                };
                 if open.correlation_id != dispatch.correlation_id {
-                    return Err(LogError::Usage(format!(
+                    let e = LogError::Usage(format!(
                         "the outcome's correlation_id {:?} differs from intent {intent_seq}'s {:?}",
                         dispatch.correlation_id, open.correlation_id
-                    )));
+                    ));
+                    return Err(Box::new((e, None)));
                 }
                 Some(*intent_seq)
             }
@@ -1991,22 +2033,25 @@ impl Inner {
                 host_id: self.opts.host_id.clone(),
             },
         };
-        let payload = ReceiptPayload::new(&header, body)?;
+        let payload = ReceiptPayload::new(&header, body).map_err(|e| Box::new((e.into(), None)))?;
         let sealed = match extra_key {
-            Some(k) => model::seal(payload, &[&st.key, k])?,
-            None => model::seal(payload, &[&st.key])?,
-        };
+            Some(k) => model::seal(payload, &[&st.key, k]),
+            None => model::seal(payload, &[&st.key]),
+        }
+        .map_err(|e| Box::new((e.into(), None)))?;
         if st.segment_len > 0
             && st.segment_len + sealed.line.len() as u64 > self.opts.segment_max_bytes
+            && let Err(e) = self.new_segment(st, seq)
         {
-            self.new_segment(st, seq)?;
+            return Err(Box::new((e, sealed.payload.into_body().ok())));
         }
         let written = self.fault(FaultPoint::Write).inspect_err(|_| {
             // As a short write would: part of the line reaches the file.
             let _ = (&*st.file).write_all(&sealed.line[..sealed.line.len() / 2]);
         });
         if let Err(e) = written.and_then(|()| (&*st.file).write_all(&sealed.line)) {
-            return Err(self.io_failed(st, "cannot write the receipt log", &e));
+            let e = self.io_failed(st, "cannot write the receipt log", &e);
+            return Err(Box::new((e, sealed.payload.into_body().ok())));
         }
         st.last_line = Some((st.segment_len, Sha256::digest(&sealed.line).into()));
         st.segment_len += sealed.line.len() as u64;
@@ -2027,11 +2072,12 @@ impl Inner {
             st.checkpoint_wanted = true;
             self.tick.notify_all();
         }
-        Ok(Appended {
+        let appended = Appended {
             seq,
             receipt_id,
             receipt_hash: sealed.hash,
-        })
+        };
+        Ok((appended, sealed.payload.into_body().ok()))
     }
 
     /// Starts segment `first_seq`: the old one is synced first, the directory after.

@@ -829,70 +829,44 @@ impl ReceiptPayload {
 
     /// The typed view of the sections.
     pub fn body(&self) -> Result<Body, ModelError> {
-        let need = |v: bool, f: &str| {
-            if v {
-                Ok(())
-            } else {
-                Err(invalid(
-                    f,
-                    format!("is required for kind {}", self.kind.as_str()),
-                ))
-            }
-        };
-        let dispatch = || {
-            self.dispatch.clone().ok_or_else(|| {
-                invalid(
-                    "dispatch",
-                    format!("is required for kind {}", self.kind.as_str()),
-                )
-            })
-        };
-        Ok(match self.kind {
-            Kind::Intent => Body::Intent(dispatch()?),
-            Kind::Denied => Body::Denied(dispatch()?),
+        self.clone().into_body()
+    }
+
+    /// The typed sections, taken out of the payload (the inverse of [`ReceiptPayload::new`]:
+    /// the log appends an owed record again after a failed write without copying it first).
+    pub fn into_body(self) -> Result<Body, ModelError> {
+        let kind = self.kind;
+        let missing =
+            move |f: &'static str| invalid(f, format!("is required for kind {}", kind.as_str()));
+        let dispatch = self.dispatch.ok_or_else(|| missing("dispatch"));
+        Ok(match kind {
+            Kind::Intent => Body::Intent(dispatch?),
+            Kind::Denied => Body::Denied(dispatch?),
             Kind::Executed => {
-                need(self.intent_seq.is_some(), "intent_seq")?;
-                need(self.execution.is_some(), "execution")?;
+                let intent_seq = self.intent_seq.ok_or_else(|| missing("intent_seq"))?;
+                let execution = self.execution.ok_or_else(|| missing("execution"))?;
                 Body::Executed {
-                    intent_seq: self.intent_seq.unwrap_or_default(),
-                    dispatch: dispatch()?,
-                    execution: self
-                        .execution
-                        .clone()
-                        .ok_or_else(|| invalid("execution", "missing"))?,
+                    intent_seq,
+                    dispatch: dispatch?,
+                    execution,
                 }
             }
             Kind::ExpiredApproval => Body::ExpiredApproval {
-                dispatch: dispatch()?,
-                approval: self
-                    .approval
-                    .clone()
-                    .ok_or_else(|| invalid("approval", "is required for kind expired_approval"))?,
+                approval: self.approval.ok_or_else(|| missing("approval"))?,
+                dispatch: dispatch?,
             },
             Kind::Aborted => Body::Aborted {
                 intent_seq: self.intent_seq,
-                dispatch: dispatch()?,
-                reason: self
-                    .abort
-                    .as_ref()
-                    .map(|a| a.reason.clone())
-                    .ok_or_else(|| invalid("abort", "is required for kind aborted"))?,
+                reason: self.abort.ok_or_else(|| missing("abort"))?.reason,
+                dispatch: dispatch?,
             },
-            Kind::Recovery => Body::Recovery(
-                self.recovery
-                    .clone()
-                    .ok_or_else(|| invalid("recovery", "is required for kind recovery"))?,
-            ),
-            Kind::KeyRotation => Body::KeyRotation(
-                self.rotation
-                    .clone()
-                    .ok_or_else(|| invalid("rotation", "is required for kind key_rotation"))?,
-            ),
-            Kind::Checkpoint => Body::Checkpoint(
-                self.checkpoint
-                    .clone()
-                    .ok_or_else(|| invalid("checkpoint", "is required for kind checkpoint"))?,
-            ),
+            Kind::Recovery => Body::Recovery(self.recovery.ok_or_else(|| missing("recovery"))?),
+            Kind::KeyRotation => {
+                Body::KeyRotation(self.rotation.ok_or_else(|| missing("rotation"))?)
+            }
+            Kind::Checkpoint => {
+                Body::Checkpoint(self.checkpoint.ok_or_else(|| missing("checkpoint"))?)
+            }
         })
     }
 

@@ -362,6 +362,30 @@ fn a_failed_write_degrades_then_recovers_with_an_intact_chain() {
     assert!(report.recovered.is_none(), "{report:?}");
     assert_eq!(report.records, records);
     drop(log);
+    // Each record appended again after a failure is the one its caller gave (the body comes
+    // back from the failed attempt; it is not rebuilt or copied from elsewhere).
+    let data = store::read_segment(&dir.path().join(store::segment_name(0))).unwrap();
+    let (lines, _) = store::split_lines(&data);
+    let kept: Vec<(Kind, String)> = lines
+        .iter()
+        .map(|l| {
+            let line = model::LogLine::parse(l.bytes).unwrap();
+            let p = ReceiptPayload::decode(&line.payload_bytes().unwrap()).unwrap();
+            (
+                p.kind,
+                p.dispatch.map(|d| d.correlation_id).unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kept[..4],
+        [
+            (Kind::Intent, "c-run".to_owned()),
+            (Kind::Executed, "c-run".to_owned()),
+            (Kind::Denied, "c-denied".to_owned()),
+            (Kind::Denied, "c-owed".to_owned()),
+        ]
+    );
 }
 
 #[test]
