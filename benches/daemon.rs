@@ -174,6 +174,29 @@ impl Hall {
         user + system
     }
 
+    /// The receipt log's (records, fdatasyncs) so far, from `/metrics`.
+    fn log_counts(&self, rt: &tokio::runtime::Runtime) -> (f64, f64) {
+        let text = rt
+            .block_on(client::call(
+                &self.socket,
+                Method::GET,
+                "/metrics",
+                None,
+                Duration::from_secs(5),
+            ))
+            .map(|a| a.body.as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default();
+        let sample = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or(f64::NAN)
+        };
+        (
+            sample("wcp_hall_receipt_records"),
+            sample("wcp_hall_receipt_fdatasyncs"),
+        )
+    }
+
     /// The Hall process's (user, system) CPU time so far, in ms.
     fn cpu_split_ms(&self) -> (f64, f64) {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
@@ -352,8 +375,16 @@ fn main() {
         .unwrap();
     let hall = Hall::start(&rt, "");
     println!(
-        "\n{:>8} {:>8} {:>10} {:>10} {:>12} {:>8} {:>9} {:>9}   Hall phases, median ms",
-        "workload", "clients", "p50 ms", "p99 ms", "per second", "n", "user ms", "sys ms"
+        "\n{:>8} {:>8} {:>10} {:>10} {:>12} {:>8} {:>9} {:>9} {:>10}   Hall phases, median ms",
+        "workload",
+        "clients",
+        "p50 ms",
+        "p99 ms",
+        "per second",
+        "n",
+        "user ms",
+        "sys ms",
+        "syncs/rec"
     );
     for (workload, cap, env, expect, total) in [
         ("denied", "cap.unknown.thing", "dev", "denied", 600usize),
@@ -372,6 +403,7 @@ fn main() {
                 .unwrap_or(1);
             let per_client = (total * scale / clients).max(2);
             let (user0, sys0) = hall.cpu_split_ms();
+            let (records0, syncs0) = hall.log_counts(&rt);
             let (answers, wall) = hall.drive(
                 &rt,
                 (cap, env, expect),
@@ -380,11 +412,12 @@ fn main() {
                 Some(format!("{workload}-{clients}")),
             );
             let (user1, sys1) = hall.cpu_split_ms();
+            let (records1, syncs1) = hall.log_counts(&rt);
             let mut lat: Vec<f64> = answers.iter().map(|(ms, _)| *ms).collect();
             lat.sort_by(|a, b| a.total_cmp(b));
             let n = lat.len() as f64;
             println!(
-                "{:>8} {:>8} {:>10.2} {:>10.2} {:>12.0} {:>8} {:>9.3} {:>9.3}   {}",
+                "{:>8} {:>8} {:>10.2} {:>10.2} {:>12.0} {:>8} {:>9.3} {:>9.3} {:>10.2}   {}",
                 workload,
                 clients,
                 pct(&lat, 0.5),
@@ -393,6 +426,7 @@ fn main() {
                 lat.len(),
                 (user1 - user0) / n,
                 (sys1 - sys0) / n,
+                (syncs1 - syncs0) / (records1 - records0),
                 phase_medians(&answers)
             );
         }

@@ -489,8 +489,8 @@ impl Envelope {
     /// or a stage before exec failed (the error names the stage and carries the report).
     pub fn run(&self, req: &RunRequest) -> Result<RunOutcome, EnvelopeError> {
         let started = Instant::now();
-        let (plan, mut report) = plan::plan(req, &self.host, &self.probe, &new_context())?;
-        let result = self.run_cold(&plan, &mut report, req, started);
+        let (plan, report) = plan::plan(req, &self.host, &self.probe, &new_context())?;
+        let result = self.run_cold(&plan, report, req, started);
         if !self.host.keep_run_dirs {
             let _ = prepare::remove_run_dir(&plan.run_dir);
         }
@@ -500,7 +500,7 @@ impl Envelope {
     fn run_cold(
         &self,
         plan: &Plan,
-        report: &mut EnvelopeReport,
+        mut report: EnvelopeReport,
         req: &RunRequest,
         started: Instant,
     ) -> Result<RunOutcome, EnvelopeError> {
@@ -519,7 +519,7 @@ impl Envelope {
                 prepare::StdinSource::Sealed(&frame)
             }
         };
-        let s = self.start(plan, report, req, stdin)?;
+        let s = self.start(plan, &mut report, req, stdin)?;
         self.finish(s, report, req, started, None, None)
     }
 
@@ -596,7 +596,7 @@ impl Envelope {
     fn finish(
         &self,
         s: Started,
-        report: &mut EnvelopeReport,
+        mut report: EnvelopeReport,
         req: &RunRequest,
         started: Instant,
         exec_seen: Option<supervise::ExecSeen>,
@@ -675,7 +675,7 @@ impl Envelope {
                 detail: errno.map(sys::errno_text),
             });
             if outcome == Some(Outcome::Degraded) {
-                degrade_stage(report, stage, r.errno);
+                degrade_stage(&mut report, stage, r.errno);
             }
             if outcome != Some(Outcome::Ok)
                 && outcome != Some(Outcome::Degraded)
@@ -704,7 +704,7 @@ impl Envelope {
                 stage: stage.name().into(),
                 errno,
                 message,
-                report: Box::new(report.clone()),
+                report: Box::new(report),
             });
         }
 
@@ -762,7 +762,7 @@ impl Envelope {
             oom_kills: stats.and_then(|s| s.oom_kills),
             write_quota_exceeded: c.quota_exceeded,
             duration_ms: started.elapsed().as_millis() as u64,
-            report: report.clone(),
+            report,
         })
     }
 }

@@ -205,7 +205,7 @@ impl Envelope {
                         },
                     }
                 });
-                let r = self.finish(s, &mut report, req, Instant::now(), exec_seen, None);
+                let r = self.finish(s, report, req, Instant::now(), exec_seen, None);
                 remove_dir(&plan);
                 match r {
                     Err(e) => Err(e.into()),
@@ -361,14 +361,7 @@ impl WarmInstance {
             idle_ms: claimed.duration_since(self.started_at).as_millis() as u64,
         };
         let exec_seen = std::mem::take(&mut self.exec_seen);
-        let result = envelope.finish(
-            started,
-            &mut report,
-            req,
-            claimed,
-            Some(exec_seen),
-            Some(frame),
-        );
+        let result = envelope.finish(started, report, req, claimed, Some(exec_seen), Some(frame));
         if !self.keep_run_dir {
             let _ = prepare::remove_run_dir(&self.plan.run_dir);
         }

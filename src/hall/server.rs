@@ -794,6 +794,16 @@ pub(super) async fn metrics(State(hall): State<Arc<Hall>>) -> Response {
             log.refusals as f64,
         ),
         (
+            "wcp_hall_receipt_records",
+            "Records in the receipt log (a count, exposed as a gauge).",
+            log.records as f64,
+        ),
+        (
+            "wcp_hall_receipt_fdatasyncs",
+            "fdatasync calls the receipt log made since start: concurrent appends share one, so fewer than records when dispatches overlap (a count, exposed as a gauge).",
+            log.fdatasyncs as f64,
+        ),
+        (
             "wcp_hall_receipt_reserve_bytes",
             "Bytes held in the receipt log's space reserve (0 while it is given up).",
             log.reserve_bytes as f64,

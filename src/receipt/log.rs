@@ -72,7 +72,7 @@ use super::checkpoint::{self, Checkpoint};
 use super::merkle::{self, Frontier, Hash};
 use super::model::{
     self, Approval, Body, CheckpointRecord, Dispatch, Execution, HallInfo, Header, ModelError,
-    ReceiptPayload, Recovery, Rotation, hash_string,
+    Recovery, Rotation, hash_string,
 };
 use super::resume;
 use super::store;
@@ -2033,10 +2033,9 @@ impl Inner {
                 host_id: self.opts.host_id.clone(),
             },
         };
-        let payload = ReceiptPayload::new(&header, body).map_err(|e| Box::new((e.into(), None)))?;
         let sealed = match extra_key {
-            Some(k) => model::seal(payload, &[&st.key, k]),
-            None => model::seal(payload, &[&st.key]),
+            Some(k) => model::seal_new(&header, body, &[&st.key, k]),
+            None => model::seal_new(&header, body, &[&st.key]),
         }
         .map_err(|e| Box::new((e.into(), None)))?;
         if st.segment_len > 0

@@ -768,13 +768,22 @@ impl ReceiptPayload {
     /// The canonical bytes (validated, size-checked).
     pub fn encode(&self) -> Result<Vec<u8>, ModelError> {
         self.validate()?;
+        self.encode_valid()
+    }
+
+    /// [`ReceiptPayload::encode`] for a payload [`ReceiptPayload::new`] just validated (the
+    /// checks walk the whole envelope report, and are not repeated).
+    fn encode_valid(&self) -> Result<Vec<u8>, ModelError> {
         let sorted = self
             .dispatch
             .as_ref()
             .and_then(|d| d.envelope.as_ref())
             .is_none_or(keys_sorted);
         let bytes = if sorted {
-            serde_json::to_vec(self).map_err(|e| ModelError::Json(e.to_string()))?
+            // Sized for an outcome with its envelope report, so it is written without regrowing.
+            let mut out = Vec::with_capacity(16 * 1024);
+            serde_json::to_writer(&mut out, self).map_err(|e| ModelError::Json(e.to_string()))?;
+            out
         } else {
             canonical::to_canonical_from(self)?
         };
@@ -1081,6 +1090,22 @@ pub struct Sealed {
 /// new key) and frames the log line.
 pub fn seal(payload: ReceiptPayload, keys: &[&KeyPair]) -> Result<Sealed, ModelError> {
     let payload_bytes = payload.encode()?;
+    seal_encoded(payload, payload_bytes, keys)
+}
+
+/// Assembles a payload from `header` and `body` ([`ReceiptPayload::new`]: validated, its
+/// envelope report canonicalised) and [`seal`]s it, validating it once.
+pub fn seal_new(header: &Header, body: Body, keys: &[&KeyPair]) -> Result<Sealed, ModelError> {
+    let payload = ReceiptPayload::new(header, body)?;
+    let payload_bytes = payload.encode_valid()?;
+    seal_encoded(payload, payload_bytes, keys)
+}
+
+fn seal_encoded(
+    payload: ReceiptPayload,
+    payload_bytes: Vec<u8>,
+    keys: &[&KeyPair],
+) -> Result<Sealed, ModelError> {
     let hash = receipt_hash(&payload_bytes);
     let envelope = Envelope::sign(PAYLOAD_TYPE, &payload_bytes, keys);
     let line = LogLine {

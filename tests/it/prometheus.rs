@@ -272,6 +272,13 @@ fn promtool_accepts_the_exposition_and_a_real_prometheus_scrapes_the_tcp_listene
         Some(1.0),
         "{text}"
     );
+    // The denial is the log's one record, made durable by (at least) one fdatasync.
+    let records = sample(&text, "wcp_hall_receipt_records").unwrap_or_default();
+    let syncs = sample(&text, "wcp_hall_receipt_fdatasyncs").unwrap_or_default();
+    assert!(
+        records >= 1.0 && (1.0..=records).contains(&syncs),
+        "records {records}, fdatasyncs {syncs}: {text}"
+    );
     assert_eq!(
         sample(&text, "wcp_hall_requests_total{endpoint=\"resolve\"}"),
         Some(0.0),

@@ -370,7 +370,7 @@ fn a_failed_write_degrades_then_recovers_with_an_intact_chain() {
         .iter()
         .map(|l| {
             let line = model::LogLine::parse(l.bytes).unwrap();
-            let p = ReceiptPayload::decode(&line.payload_bytes().unwrap()).unwrap();
+            let p = model::ReceiptPayload::decode(&line.payload_bytes().unwrap()).unwrap();
             (
                 p.kind,
                 p.dispatch.map(|d| d.correlation_id).unwrap_or_default(),
