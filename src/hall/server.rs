@@ -673,7 +673,7 @@ pub(super) async fn metrics(State(hall): State<Arc<Hall>>) -> Response {
     let loaded = hall.current.get();
     let log = hall.receipts.status();
     let warm = hall.runner.warm.as_ref();
-    let warm_sizes = warm.map_or((0, 0, 0), |w| w.sizes());
+    let warm_sizes = warm.map(|w| w.sizes()).unwrap_or_default();
     let warm_count = |f: fn(&super::warm::WarmStats) -> &std::sync::atomic::AtomicU64| {
         warm.map_or(0.0, |w| {
             f(&w.stats).load(std::sync::atomic::Ordering::Relaxed) as f64
@@ -703,17 +703,22 @@ pub(super) async fn metrics(State(hall): State<Arc<Hall>>) -> Response {
         (
             "wcp_hall_warm_idle",
             "Warm instances idle now.",
-            warm_sizes.0 as f64,
+            warm_sizes.idle as f64,
+        ),
+        (
+            "wcp_hall_warm_settled",
+            "Idle warm instances that used no CPU between the pool's last two looks (loaded, waiting for their request).",
+            warm_sizes.settled as f64,
         ),
         (
             "wcp_hall_warm_starting",
             "Warm instances being started now.",
-            warm_sizes.1 as f64,
+            warm_sizes.starting as f64,
         ),
         (
             "wcp_hall_warm_idle_memory_bytes",
-            "Memory the idle warm instances hold, as measured when each became ready.",
-            warm_sizes.2 as f64,
+            "Memory the idle warm instances hold, as measured at the pool's last look.",
+            warm_sizes.memory_bytes as f64,
         ),
         (
             "wcp_hall_in_flight",

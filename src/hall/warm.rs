@@ -7,8 +7,11 @@
 //!   runs cold, and it is the template the pool starts instances from. A dispatch with another
 //!   key (a new package, another profile) replaces the pool; old instances are stopped unused.
 //! - **Claims.** A claim takes an instance out of the pool for good, after checking it is
-//!   unchanged ([`WarmInstance::usable`]). An empty pool is a cold run at once: a dispatch
-//!   never waits for an instance.
+//!   unchanged ([`WarmInstance::usable`]), preferring a *settled* one: an instance that used no
+//!   CPU between the pool thread's last two looks has finished loading and is blocked on its
+//!   request (an interpreter still importing would make the request wait). Settled is a hint
+//!   from measurement, not a promise: a starved instance can look settled. An empty pool is a
+//!   cold run at once: a dispatch never waits for an instance.
 //! - **Refills** run on the pool thread, one instance at a time, and only while fewer runs are
 //!   in flight than the host has CPUs: refilling never competes with a busy Hall. The thread
 //!   lives as long as the Hall (init's parent-death signal follows the cloning thread).
@@ -52,11 +55,36 @@ pub enum Claim {
     Cold(&'static str),
 }
 
+/// An idle instance and what the pool measured of it.
+struct Idle {
+    instance: WarmInstance,
+    /// Its memory at the last look, in bytes.
+    memory: u64,
+    /// Its CPU time at the last look, in ms (none where the host cannot measure it).
+    cpu_ms: Option<u64>,
+    /// It used no CPU between the last two looks: loaded, and blocked on its request.
+    settled: bool,
+}
+
+impl Idle {
+    fn new(instance: WarmInstance, memory: u64) -> Idle {
+        Idle {
+            cpu_ms: instance.cpu_ms(),
+            instance,
+            memory,
+            settled: false,
+        }
+    }
+}
+
+/// How often the pool thread looks at instances that have not settled yet.
+const SETTLE_LOOK: Duration = Duration::from_millis(100);
+
 struct WorkerPool {
     key: String,
     /// The first dispatch's request with its payload and context removed.
     template: envelope::RunRequest,
-    idle: VecDeque<(WarmInstance, u64)>,
+    idle: VecDeque<Idle>,
     starting: usize,
     /// After a failed start, no new start before this.
     retry_at: Option<Instant>,
@@ -169,9 +197,9 @@ impl WarmPool {
                 // The worker's package no longer runs warm (re-signed as protocol 1, or it now
                 // declares secrets): what waits for it was started for another package.
                 if let Some(pool) = inner.pools.remove(species) {
-                    for (i, mem) in pool.idle {
-                        inner.memory = inner.memory.saturating_sub(mem);
-                        stopped.push(i);
+                    for e in pool.idle {
+                        inner.memory = inner.memory.saturating_sub(e.memory);
+                        stopped.push(e.instance);
                     }
                 }
                 return Claim::Cold(why.as_str());
@@ -189,23 +217,29 @@ impl WarmPool {
             });
         if pool.key != key {
             // Another package or plan: what is idle was started for the old one.
-            for (i, mem) in pool.idle.drain(..) {
-                inner.memory = inner.memory.saturating_sub(mem);
-                stopped.push(i);
+            for e in pool.idle.drain(..) {
+                inner.memory = inner.memory.saturating_sub(e.memory);
+                stopped.push(e.instance);
             }
             pool.key = key;
             pool.template = template(req);
             pool.retry_at = None;
         }
+        // A settled instance first (it answers without finishing its start-up first).
+        if let Some(at) = pool.idle.iter().position(|e| e.settled)
+            && let Some(e) = pool.idle.remove(at)
+        {
+            pool.idle.push_front(e);
+        }
         let mut found = None;
-        while let Some((instance, mem)) = pool.idle.pop_front() {
-            inner.memory = inner.memory.saturating_sub(mem);
-            if instance.usable() {
-                found = Some(instance);
+        while let Some(e) = pool.idle.pop_front() {
+            inner.memory = inner.memory.saturating_sub(e.memory);
+            if e.instance.usable() {
+                found = Some(e.instance);
                 break;
             }
             pool.retry_at = Some(Instant::now() + CHANGED_BACKOFF);
-            stopped.push(instance);
+            stopped.push(e.instance);
         }
         self.wake.notify_one();
         match found {
@@ -221,9 +255,9 @@ impl WarmPool {
             let Some(pool) = inner.pools.remove(species) else {
                 return;
             };
-            let mem: u64 = pool.idle.iter().map(|(_, m)| m).sum();
+            let mem: u64 = pool.idle.iter().map(|e| e.memory).sum();
             inner.memory = inner.memory.saturating_sub(mem);
-            pool.idle.into_iter().map(|(i, _)| i).collect()
+            pool.idle.into_iter().map(|e| e.instance).collect()
         };
         self.stats
             .discards
@@ -240,7 +274,7 @@ impl WarmPool {
             inner.memory = 0;
             std::mem::take(&mut inner.pools)
                 .into_values()
-                .flat_map(|p| p.idle.into_iter().map(|(i, _)| i))
+                .flat_map(|p| p.idle.into_iter().map(|e| e.instance))
                 .collect()
         };
         self.stats
@@ -262,13 +296,30 @@ impl WarmPool {
         }
     }
 
-    /// (idle instances, instances starting, idle memory in bytes).
-    pub fn sizes(&self) -> (usize, usize, u64) {
+    /// What the pool holds now.
+    pub fn sizes(&self) -> PoolSizes {
         let inner = self.lock();
-        let idle = inner.pools.values().map(|p| p.idle.len()).sum();
-        let starting = inner.pools.values().map(|p| p.starting).sum();
-        (idle, starting, inner.memory)
+        let idle = inner.pools.values().flat_map(|p| p.idle.iter());
+        PoolSizes {
+            idle: inner.pools.values().map(|p| p.idle.len()).sum(),
+            settled: idle.filter(|e| e.settled).count(),
+            starting: inner.pools.values().map(|p| p.starting).sum(),
+            memory_bytes: inner.memory,
+        }
     }
+}
+
+/// What the pool holds (for `/metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolSizes {
+    /// Idle instances.
+    pub idle: usize,
+    /// Idle instances that have settled (see the module's "Claims").
+    pub settled: usize,
+    /// Instances being started.
+    pub starting: usize,
+    /// The memory idle instances hold, in bytes.
+    pub memory_bytes: u64,
 }
 
 /// A request with nothing of the dispatch in it: what instances are started from.
@@ -324,10 +375,14 @@ impl WarmPool {
             let inner = &mut *inner;
             let max_idle = Duration::from_secs(inner.config.max_idle_seconds);
             for pool in inner.pools.values_mut() {
-                while pool.idle.front().is_some_and(|(i, _)| i.age() >= max_idle) {
-                    if let Some((i, mem)) = pool.idle.pop_front() {
-                        inner.memory = inner.memory.saturating_sub(mem);
-                        expired.push(i);
+                while pool
+                    .idle
+                    .front()
+                    .is_some_and(|e| e.instance.age() >= max_idle)
+                {
+                    if let Some(e) = pool.idle.pop_front() {
+                        inner.memory = inner.memory.saturating_sub(e.memory);
+                        expired.push(e.instance);
                     }
                 }
             }
@@ -338,8 +393,11 @@ impl WarmPool {
             let start_cpu_ms = inner.config.start_cpu_ms;
             for (species, pool) in inner.pools.iter_mut() {
                 let mut kept = VecDeque::with_capacity(pool.idle.len());
-                for (i, mem) in pool.idle.drain(..) {
-                    let spinning = i.cpu_ms().is_some_and(|ms| ms > start_cpu_ms);
+                for mut e in pool.idle.drain(..) {
+                    let cpu_ms = e.instance.cpu_ms();
+                    e.settled = cpu_ms.is_some() && cpu_ms == e.cpu_ms;
+                    e.cpu_ms = cpu_ms;
+                    let spinning = cpu_ms.is_some_and(|ms| ms > start_cpu_ms);
                     if spinning {
                         tracing::warn!(
                             worker_species_id = %species,
@@ -349,14 +407,14 @@ impl WarmPool {
                         pool.retry_at = Some(Instant::now() + Duration::from_secs(60));
                     }
                     if spinning {
-                        expired.push(i);
-                    } else if !i.usable() {
+                        expired.push(e.instance);
+                    } else if !e.instance.usable() {
                         // A package whose instances die or write while they wait would otherwise
                         // be restarted back to back: rest first.
                         pool.retry_at = Some(Instant::now() + CHANGED_BACKOFF);
-                        expired.push(i);
+                        expired.push(e.instance);
                     } else {
-                        kept.push_back((i, mem));
+                        kept.push_back(e);
                     }
                 }
                 pool.idle = kept;
@@ -365,9 +423,9 @@ impl WarmPool {
             // again, and stop the newest instances while the total is over the budget.
             let mut total_memory = 0u64;
             for pool in inner.pools.values_mut() {
-                for (i, mem) in pool.idle.iter_mut() {
-                    *mem = i.memory_bytes().unwrap_or(*mem);
-                    total_memory = total_memory.saturating_add(*mem);
+                for e in pool.idle.iter_mut() {
+                    e.memory = e.instance.memory_bytes().unwrap_or(e.memory);
+                    total_memory = total_memory.saturating_add(e.memory);
                 }
             }
             inner.memory = total_memory;
@@ -375,13 +433,13 @@ impl WarmPool {
                 let Some(pool) = inner.pools.values_mut().max_by_key(|p| p.idle.len()) else {
                     break;
                 };
-                let Some((i, mem)) = pool.idle.pop_back() else {
+                let Some(e) = pool.idle.pop_back() else {
                     break;
                 };
-                inner.memory = inner.memory.saturating_sub(mem);
+                inner.memory = inner.memory.saturating_sub(e.memory);
                 // Wait for a claim before starting another for this worker.
                 pool.retry_at = Some(Instant::now() + Duration::from_secs(1));
-                expired.push(i);
+                expired.push(e.instance);
             }
             let total: usize = inner
                 .pools
@@ -389,6 +447,16 @@ impl WarmPool {
                 .map(|p| p.idle.len() + p.starting)
                 .sum();
             let now = Instant::now();
+            // Instances still loading are looked at often, so a settled one is known soon.
+            let look = if inner
+                .pools
+                .values()
+                .any(|p| p.idle.iter().any(|e| !e.settled))
+            {
+                SETTLE_LOOK
+            } else {
+                Duration::from_secs(1)
+            };
             let busy = inner.closed || self.in_flight.load(Ordering::Relaxed) >= self.cpus;
             let want = inner.pools.iter_mut().find(|(species, p)| {
                 inner.config.workers.iter().any(|w| w == *species)
@@ -411,8 +479,12 @@ impl WarmPool {
                     }
                 }
                 // Busy: look again when a run ends (or soon).
-                Some(_) => Next::Wait(Duration::from_millis(if busy { 50 } else { 1000 })),
-                None => Next::Wait(Duration::from_secs(1)),
+                Some(_) => Next::Wait(if busy {
+                    Duration::from_millis(50)
+                } else {
+                    look
+                }),
+                None => Next::Wait(look),
             }
         };
         self.stats
@@ -462,7 +534,7 @@ impl WarmPool {
             stop = Some(instance);
         } else {
             inner.memory += memory;
-            pool.idle.push_back((instance, memory));
+            pool.idle.push_back(Idle::new(instance, memory));
             stop = None;
         }
         let _ = &stop;

@@ -29,11 +29,16 @@ fn gauge(hall: &TestHall, name: &str) -> f64 {
 
 /// Waits until `wcp_hall_warm_idle` reaches `n`.
 fn wait_idle(hall: &TestHall, n: f64) {
+    wait_gauge(hall, "wcp_hall_warm_idle", n);
+}
+
+/// Waits until the gauge `name` reaches `n`.
+fn wait_gauge(hall: &TestHall, name: &str, n: f64) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while gauge(hall, "wcp_hall_warm_idle") < n {
+    while gauge(hall, name) < n {
         assert!(
             Instant::now() < deadline,
-            "the pool never held {n} idle instances: {}",
+            "{name} never reached {n}: {}",
             hall.log()
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -255,6 +260,9 @@ fn an_empty_pool_runs_cold_and_the_bounds_hold() {
     let greet = |hall: &TestHall| dispatch(hall, json!({"name": "Ada"}));
     assert_eq!(instance(&greet(&hall))["kind"], "cold");
     wait_idle(&hall, 1.0);
+    // Once it has loaded and blocks on its request, the instance is counted as settled.
+    wait_gauge(&hall, "wcp_hall_warm_settled", 1.0);
+    assert_eq!(gauge(&hall, "wcp_hall_warm_idle"), 1.0);
     // Four at once against one idle instance: all complete, and those that found the pool
     // empty ran cold rather than waiting for a refill.
     let outs: Vec<Value> = std::thread::scope(|s| {
@@ -421,14 +429,19 @@ fn spinning_instance(as_uid: Option<u32>) {
     assert_eq!(first["status"], "completed", "{first}");
     assert_eq!(instance(&first)["kind"], "cold", "{first}");
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen_idle = false;
     while gauge(&hall, "wcp_hall_warm_discards") < 1.0 {
         assert!(
             Instant::now() < deadline,
             "the spinning instance was never stopped: {}",
             hall.log()
         );
+        // Busy while it waits: never taken for a loaded, settled instance.
+        seen_idle |= gauge(&hall, "wcp_hall_warm_idle") > 0.0;
+        assert_eq!(gauge(&hall, "wcp_hall_warm_settled"), 0.0);
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert!(seen_idle, "the spinning instance was never seen idle");
     assert!(hall.log().contains("start_cpu_ms"), "{}", hall.log());
     // No new instance for that worker for a while: the pool does not keep feeding it CPU.
     for _ in 0..20 {

@@ -126,8 +126,9 @@ pub(super) fn run(
 }
 
 /// The `warm` step: the five dispatches again under a new correlation id, once `[warm]` has an
-/// instance of each worker waiting (the demo's `hall.toml` keeps each of them warm): the same
-/// governed pipeline without five interpreter start-ups. `cold` is the first pass's time.
+/// instance of each worker loaded and waiting (`wcp_hall_warm_settled`; the demo's `hall.toml`
+/// keeps each of them warm): the same governed pipeline without five interpreter start-ups.
+/// `cold` is the first pass's time.
 pub(super) fn again_warm(
     hall: &HallProcess,
     url: &str,
@@ -136,20 +137,20 @@ pub(super) fn again_warm(
 ) -> Step<()> {
     // The first pass taught the pool each worker's key; its instances start in the background.
     let deadline = Instant::now() + Duration::from_secs(20);
-    let idle = |hall: &HallProcess| -> f64 {
+    let settled = |hall: &HallProcess| -> f64 {
         hall.call(hyper::Method::GET, "/metrics", None)
             .ok()
             .and_then(|a| {
                 a.body
                     .as_str()?
                     .lines()
-                    .find_map(|l| l.strip_prefix("wcp_hall_warm_idle "))?
+                    .find_map(|l| l.strip_prefix("wcp_hall_warm_settled "))?
                     .parse()
                     .ok()
             })
             .unwrap_or(0.0)
     };
-    while idle(hall) < STEPS.len() as f64 && Instant::now() < deadline {
+    while settled(hall) < STEPS.len() as f64 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     let cid = uuid::Uuid::new_v4().to_string();
