@@ -104,10 +104,7 @@ fn ppid(pid: i32) -> io::Result<i32> {
 }
 
 fn parse_ppid(stat: &str) -> Option<i32> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut f = rest.split_ascii_whitespace();
-    let _state = f.next()?;
-    f.next()?.parse().ok()
+    super::sys::stat_fields(stat)?.nth(1)?.parse().ok()
 }
 
 /// The pid a pidfd refers to (`Pid:` in its fdinfo); `None` once the process has exited.

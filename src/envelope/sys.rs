@@ -1,5 +1,6 @@
 //! Thin wrappers over the Linux system calls the envelope needs and `nix` 0.32 does not offer
-//! (clone3, pidfds, Landlock's version query, seccomp's action query, memfd seals).
+//! (clone3, pidfds, Landlock's version query, seccomp's action query, memfd seals), and the one
+//! reader of `/proc/<pid>/stat` lines.
 //!
 //! Everything here is a direct system call with its error mapped to `std::io::Error`; nothing
 //! allocates, so the raw pieces ([`clone3`]) are also usable between fork and exec.
@@ -166,6 +167,13 @@ pub(crate) fn sealed_memfd(name: &std::ffi::CStr, data: &[u8]) -> io::Result<Own
         return Err(io::Error::last_os_error());
     }
     Ok(fd)
+}
+
+/// The fields of a `/proc/<pid>/stat` line after the parenthesised command name (which may
+/// itself hold spaces and parentheses): the state first, then the parent pid, and so on
+/// (`proc_pid_stat(5)`'s field n is item n - 3).
+pub(crate) fn stat_fields(stat: &str) -> Option<std::str::SplitAsciiWhitespace<'_>> {
+    Some(stat.get(stat.rfind(')')? + 1..)?.split_ascii_whitespace())
 }
 
 /// `strerror`-style text for an errno, for messages.

@@ -277,54 +277,54 @@ impl WarmInstance {
         }
     }
 
-    /// The CPU time it has used since it started, in ms: its cgroup leaf's `cpu.stat` (the whole
-    /// tree) when it has one, else the sum over init and every process below it of their own
-    /// and their reaped children's time (`/proc/<pid>/stat`), so a process it forked, or one
-    /// that escaped its session and was reparented to init, is counted too.
-    pub fn cpu_ms(&self) -> Option<u64> {
-        let s = self.started.as_ref()?;
-        if let Some(us) = s.leaf.as_ref().and_then(|l| l.stats().cpu_usage_usec) {
-            return Some(us / 1000);
+    /// What it has used so far, measured over its whole process tree in one look.
+    ///
+    /// CPU: its cgroup leaf's `cpu.stat` when it has one, else the sum over init and every
+    /// process below it of their own and their reaped children's time (`/proc/<pid>/stat`), so
+    /// a process it forked, or one that escaped its session and was reparented to init, is
+    /// counted too. Memory: the leaf's `memory.current` when it has the memory controller, else
+    /// the resident sets of every process below init added up (shared pages counted once per
+    /// process: never less than the truth; init shares the Hall's memory and is not counted).
+    pub fn usage(&self) -> Usage {
+        let Some(s) = self.started.as_ref() else {
+            return Usage::default();
+        };
+        let leaf_cpu = s.leaf.as_ref().and_then(|l| l.stats().cpu_usage_usec);
+        let leaf_memory = s.leaf.as_ref().and_then(|l| l.memory_current());
+        // The tree is walked once, and only for what the leaf cannot say.
+        let procs = if leaf_cpu.is_none() || leaf_memory.is_none() {
+            tree(s.running.pid)
+        } else {
+            Vec::new()
+        };
+        let cpu_ms = leaf_cpu.map(|us| us / 1000).unwrap_or_else(|| {
+            let ticks: u64 = procs
+                .iter()
+                .filter_map(|pid| {
+                    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                    // utime, stime, cutime and cstime: fields 14 to 17.
+                    let f = super::sys::stat_fields(&stat)?.skip(11).take(4);
+                    Some(f.filter_map(|v| v.parse::<u64>().ok()).sum::<u64>())
+                })
+                .sum();
+            // USER_HZ is 100 on Linux.
+            ticks * 10
+        });
+        let memory_bytes = leaf_memory.unwrap_or_else(|| {
+            let pages: u64 = procs
+                .iter()
+                .filter(|pid| **pid != s.running.pid)
+                .filter_map(|pid| {
+                    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+                    statm.split_whitespace().nth(1)?.parse::<u64>().ok()
+                })
+                .sum();
+            pages * page_size()
+        });
+        Usage {
+            cpu_ms: Some(cpu_ms),
+            memory_bytes: Some(memory_bytes),
         }
-        let ticks: u64 = tree(s.running.pid)
-            .into_iter()
-            .filter_map(|pid| {
-                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-                // After the command name (which may hold spaces): utime, stime, cutime and
-                // cstime are the 12th to 15th fields.
-                let rest = stat.get(stat.rfind(')')? + 2..)?;
-                let f: Vec<&str> = rest.split(' ').collect();
-                Some(
-                    (11..15)
-                        .map(|i| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
-                        .sum::<u64>(),
-                )
-            })
-            .sum();
-        // USER_HZ is 100 on Linux.
-        Some(ticks * 10)
-    }
-
-    /// The memory it holds while idle, in bytes: its cgroup leaf's `memory.current` when it has
-    /// one with the memory controller, else the resident sets of every process below init
-    /// added up (shared pages counted once per process: never less than the truth; init shares
-    /// the Hall's memory and is not counted).
-    pub fn memory_bytes(&self) -> Option<u64> {
-        let s = self.started.as_ref()?;
-        if let Some(leaf) = &s.leaf
-            && let Some(b) = leaf.memory_current()
-        {
-            return Some(b);
-        }
-        let pages: u64 = tree(s.running.pid)
-            .into_iter()
-            .filter(|pid| *pid != s.running.pid)
-            .filter_map(|pid| {
-                let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-                statm.split_whitespace().nth(1)?.parse::<u64>().ok()
-            })
-            .sum();
-        Some(pages * page_size())
     }
 
     /// Delivers `req` (whose [`warm_key`] must equal this instance's) and supervises the run to
@@ -388,6 +388,15 @@ impl Drop for WarmInstance {
             let _ = prepare::remove_run_dir(&self.plan.run_dir);
         }
     }
+}
+
+/// What a waiting instance has used ([`WarmInstance::usage`]); `None` once it was claimed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU time since it started, in ms.
+    pub cpu_ms: Option<u64>,
+    /// Memory it holds, in bytes.
+    pub memory_bytes: Option<u64>,
 }
 
 /// The most processes [`tree`] lists (RLIMIT_NPROC bounds an instance far below this).

@@ -18,8 +18,8 @@
 //! - **Bounds.** At most `per_worker` idle instances per worker and `max_instances` in all;
 //!   idle memory stays within `memory_budget_bytes`: each instance is measured when it is ready
 //!   and again on every turn of the pool thread (at least once a second; an interpreter grows
-//!   as it loads its modules), and the newest instances are stopped while the total is over. Instances idle for `max_idle_seconds` are
-//!   replaced.
+//!   as it loads its modules), and the newest instances are stopped while the total is over.
+//!   Instances idle for `max_idle_seconds` are replaced.
 //! - **Invalidation.** A reload (which is also how keys and packages are rotated) empties
 //!   every pool; a failed verification empties that worker's pool; a package change changes
 //!   the key.
@@ -30,7 +30,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::WarmSection;
-use crate::envelope::warm::{WarmInstance, WarmStartError, warm_key};
+use crate::envelope::warm::{Usage, WarmInstance, WarmStartError, warm_key};
 use crate::envelope::{self, Envelope};
 
 /// How long a worker gets no new instance after one of its instances changed while it waited
@@ -67,11 +67,11 @@ struct Idle {
 }
 
 impl Idle {
-    fn new(instance: WarmInstance, memory: u64) -> Idle {
+    fn new(instance: WarmInstance, usage: Usage) -> Idle {
         Idle {
-            cpu_ms: instance.cpu_ms(),
             instance,
-            memory,
+            memory: usage.memory_bytes.unwrap_or(0),
+            cpu_ms: usage.cpu_ms,
             settled: false,
         }
     }
@@ -394,19 +394,19 @@ impl WarmPool {
             for (species, pool) in inner.pools.iter_mut() {
                 let mut kept = VecDeque::with_capacity(pool.idle.len());
                 for mut e in pool.idle.drain(..) {
-                    let cpu_ms = e.instance.cpu_ms();
-                    e.settled = cpu_ms.is_some() && cpu_ms == e.cpu_ms;
-                    e.cpu_ms = cpu_ms;
-                    let spinning = cpu_ms.is_some_and(|ms| ms > start_cpu_ms);
-                    if spinning {
+                    // One look: CPU (settled? spinning?) and memory (an interpreter grows as it
+                    // loads its modules; the budget is checked below).
+                    let usage = e.instance.usage();
+                    e.settled = usage.cpu_ms.is_some() && usage.cpu_ms == e.cpu_ms;
+                    e.cpu_ms = usage.cpu_ms;
+                    e.memory = usage.memory_bytes.unwrap_or(e.memory);
+                    if usage.cpu_ms.is_some_and(|ms| ms > start_cpu_ms) {
                         tracing::warn!(
                             worker_species_id = %species,
                             "a warm instance used more than [warm] start_cpu_ms = {start_cpu_ms} \
                              of CPU before its request: stopped; no new instance for 60 s"
                         );
                         pool.retry_at = Some(Instant::now() + Duration::from_secs(60));
-                    }
-                    if spinning {
                         expired.push(e.instance);
                     } else if !e.instance.usable() {
                         // A package whose instances die or write while they wait would otherwise
@@ -419,16 +419,13 @@ impl WarmPool {
                 }
                 pool.idle = kept;
             }
-            // An instance grows after its exec (an interpreter loads its modules): measure
-            // again, and stop the newest instances while the total is over the budget.
-            let mut total_memory = 0u64;
-            for pool in inner.pools.values_mut() {
-                for e in pool.idle.iter_mut() {
-                    e.memory = e.instance.memory_bytes().unwrap_or(e.memory);
-                    total_memory = total_memory.saturating_add(e.memory);
-                }
-            }
-            inner.memory = total_memory;
+            // Stop the newest instances while the total just measured is over the budget.
+            inner.memory = inner
+                .pools
+                .values()
+                .flat_map(|p| p.idle.iter())
+                .map(|e| e.memory)
+                .fold(0u64, u64::saturating_add);
             while inner.memory > inner.config.memory_budget_bytes {
                 let Some(pool) = inner.pools.values_mut().max_by_key(|p| p.idle.len()) else {
                     break;
@@ -496,11 +493,11 @@ impl WarmPool {
     /// Puts a started instance in its pool, or stops it (the pool changed meanwhile, or it
     /// would go over the memory budget).
     fn place(&self, species: &str, generation: u64, started: Result<WarmInstance, WarmStartError>) {
-        let memory = started
+        let usage = started
             .as_ref()
-            .ok()
-            .and_then(WarmInstance::memory_bytes)
-            .unwrap_or(0);
+            .map(WarmInstance::usage)
+            .unwrap_or_default();
+        let memory = usage.memory_bytes.unwrap_or(0);
         // Declared before the lock so that an instance stopped here is stopped after it.
         let stop: Option<WarmInstance>;
         let mut inner = self.lock();
@@ -534,7 +531,7 @@ impl WarmPool {
             stop = Some(instance);
         } else {
             inner.memory += memory;
-            pool.idle.push_back(Idle::new(instance, memory));
+            pool.idle.push_back(Idle::new(instance, usage));
             stop = None;
         }
         let _ = &stop;
