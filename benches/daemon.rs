@@ -148,16 +148,7 @@ impl Hall {
             warm_seen: Arc::default(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while rt
-            .block_on(client::call(
-                &hall.socket,
-                Method::GET,
-                "/wcp/health",
-                None,
-                Duration::from_secs(5),
-            ))
-            .is_err()
-        {
+        while hall.get(rt, "/wcp/health").is_err() {
             assert!(
                 Instant::now() < deadline,
                 "the Hall did not start: {}",
@@ -174,16 +165,25 @@ impl Hall {
         user + system
     }
 
+    /// `GET path` on the Hall.
+    fn get(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        path: &str,
+    ) -> Result<client::Answer, client::ClientError> {
+        rt.block_on(client::call(
+            &self.socket,
+            Method::GET,
+            path,
+            None,
+            Duration::from_secs(5),
+        ))
+    }
+
     /// The receipt log's (records, fdatasyncs) so far, from `/metrics`.
     fn log_counts(&self, rt: &tokio::runtime::Runtime) -> (f64, f64) {
-        let text = rt
-            .block_on(client::call(
-                &self.socket,
-                Method::GET,
-                "/metrics",
-                None,
-                Duration::from_secs(5),
-            ))
+        let text = self
+            .get(rt, "/metrics")
             .map(|a| a.body.as_str().unwrap_or_default().to_owned())
             .unwrap_or_default();
         let sample = |name: &str| {
